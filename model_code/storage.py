@@ -1,0 +1,259 @@
+"""One object-store abstraction for the whole library (fsspec underneath).
+
+URIs: a plain path or ``file://...`` (the default: a local directory) and ``s3://bucket/key``
+(MinIO in a cluster, SeaweedFS in tests). The S3 endpoint and credentials come from the
+environment, never from code:
+
+- ``EASEL_S3_ENDPOINT_URL`` (or ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` /
+  ``MLFLOW_S3_ENDPOINT_URL``): the S3 endpoint, e.g. ``http://minio.easel:9000``;
+- ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` (/ ``AWS_SESSION_TOKEN``): credentials;
+- ``AWS_REGION`` (default ``us-east-1``).
+
+Errors from the store are translated into ``StorageError`` with a message that says what is
+wrong (missing object, bad credentials, unreachable endpoint) and which URI was involved.
+"""
+from __future__ import annotations
+
+import os
+import posixpath
+import shutil
+from contextlib import contextmanager
+from typing import IO, Iterator
+
+import fsspec
+
+
+class StorageError(RuntimeError):
+    """A store operation failed; the message names the URI and the cause."""
+
+
+def _endpoint() -> str | None:
+    for var in ("EASEL_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL",
+                "MLFLOW_S3_ENDPOINT_URL"):
+        if os.environ.get(var):
+            return os.environ[var]
+    return None
+
+
+def scheme(uri: str) -> str:
+    return uri.split("://", 1)[0] if "://" in uri else "file"
+
+
+def is_remote(uri: str) -> bool:
+    return scheme(uri) != "file"
+
+
+def local_path(uri: str) -> str:
+    """The filesystem path of a file:// URI or a plain path."""
+    if is_remote(uri):
+        raise StorageError(f"{uri} is not a local path")
+    return uri[len("file://"):] if uri.startswith("file://") else uri
+
+
+def filesystem(uri: str) -> fsspec.AbstractFileSystem:
+    """The fsspec filesystem for a URI; s3 is configured from the environment."""
+    sch = scheme(uri)
+    if sch == "file":
+        return fsspec.filesystem("file", auto_mkdir=True)
+    if sch in ("s3", "s3a"):
+        opts: dict = {"client_kwargs": {"region_name": os.environ.get("AWS_REGION", "us-east-1")},
+                      # fresh listings every time: shards appear while other workers write
+                      "use_listings_cache": False, "skip_instance_cache": True}
+        if _endpoint():
+            opts["endpoint_url"] = _endpoint()
+        return fsspec.filesystem("s3", **opts)
+    try:
+        return fsspec.filesystem(sch)
+    except (ValueError, ImportError) as e:
+        raise StorageError(f"unsupported URI scheme {sch!r} in {uri}: use a path, file:// or s3://") from e
+
+
+def _strip(uri: str) -> str:
+    """The path as the filesystem wants it (no scheme for file, bucket/key for s3)."""
+    return local_path(uri) if not is_remote(uri) else uri.split("://", 1)[1]
+
+
+def _with_scheme(uri_like: str, path: str) -> str:
+    return path if not is_remote(uri_like) else f"{scheme(uri_like)}://{path}"
+
+
+def join(uri: str, *parts: str) -> str:
+    if is_remote(uri):
+        return posixpath.join(uri, *parts)
+    return os.path.join(uri, *parts)
+
+
+@contextmanager
+def _errors(uri: str, action: str) -> Iterator[None]:
+    try:
+        yield
+    except StorageError:
+        raise
+    except FileNotFoundError as e:
+        raise StorageError(f"{action} {uri}: no such object or directory") from e
+    except PermissionError as e:
+        raise StorageError(f"{action} {uri}: access denied ({_cause(e)}); check AWS_ACCESS_KEY_ID / "
+                           f"AWS_SECRET_ACCESS_KEY for endpoint {_endpoint() or 'default AWS'}") from e
+    except OSError as e:
+        raise StorageError(f"{action} {uri}: {_cause(e)}") from e
+    except Exception as e:  # botocore and aiohttp errors are not OSError subclasses
+        raise StorageError(f"{action} {uri}: {_cause(e)}") from e
+
+
+def _cause(e: BaseException) -> str:
+    text = str(e) or type(e).__name__
+    low = text.lower()
+    if any(k in low for k in ("invalidaccesskeyid", "signaturedoesnotmatch", "access denied",
+                              "accessdenied", "forbidden", "403")):
+        return (f"credentials rejected by the object store ({text.splitlines()[0][:200]}); check "
+                f"AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
+    if any(k in low for k in ("could not connect", "connect timeout", "connection refused",
+                              "cannot connect")):
+        return f"object store unreachable at {_endpoint() or 'the default endpoint'} ({text[:200]})"
+    return text.splitlines()[0][:300]
+
+
+def open_uri(uri: str, mode: str = "rb", **kw) -> IO:
+    """Open a file at a URI (parent directories are created for local writes)."""
+    fs = filesystem(uri)
+    with _errors(uri, "open"):
+        return fs.open(_strip(uri), mode, **kw)
+
+
+def read_bytes(uri: str) -> bytes:
+    with _errors(uri, "read"):
+        return filesystem(uri).cat_file(_strip(uri))
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    with _errors(uri, "write"):
+        with open_uri(uri, "wb") as f:
+            f.write(data)
+
+
+def read_text(uri: str) -> str:
+    return read_bytes(uri).decode("utf-8")
+
+
+def write_text(uri: str, text: str) -> None:
+    write_bytes(uri, text.encode("utf-8"))
+
+
+def exists(uri: str) -> bool:
+    with _errors(uri, "stat"):
+        return filesystem(uri).exists(_strip(uri))
+
+
+def size(uri: str) -> int:
+    with _errors(uri, "stat"):
+        return int(filesystem(uri).size(_strip(uri)))
+
+
+def ls(uri: str, pattern: str | None = None) -> list[str]:
+    """Entries directly under a directory/prefix (full URIs, sorted); optional glob on names."""
+    fs = filesystem(uri)
+    with _errors(uri, "list"):
+        if not fs.exists(_strip(uri)):
+            return []
+        names = sorted(fs.ls(_strip(uri), detail=False))
+    out = [_with_scheme(uri, n) for n in names]
+    if pattern:
+        import fnmatch
+        out = [u for u in out if fnmatch.fnmatch(posixpath.basename(u.rstrip("/")), pattern)]
+    return out
+
+
+def glob(uri_pattern: str) -> list[str]:
+    fs = filesystem(uri_pattern)
+    with _errors(uri_pattern, "glob"):
+        return sorted(_with_scheme(uri_pattern, p) for p in fs.glob(_strip(uri_pattern)))
+
+
+def makedirs(uri: str) -> None:
+    if not is_remote(uri):
+        os.makedirs(local_path(uri), exist_ok=True)
+    # object stores have no directories
+
+
+def remove(uri: str, recursive: bool = False) -> None:
+    fs = filesystem(uri)
+    with _errors(uri, "remove"):
+        if fs.exists(_strip(uri)):
+            fs.rm(_strip(uri), recursive=recursive)
+
+
+def put_file(local: str, uri: str) -> None:
+    """Upload a local file (multipart for large files, by s3fs)."""
+    if not is_remote(uri):
+        dst = local_path(uri)
+        os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+        if os.path.abspath(local) != os.path.abspath(dst):
+            shutil.copyfile(local, dst)
+        return
+    with _errors(uri, "upload to"):
+        filesystem(uri).put_file(local, _strip(uri))
+
+
+def get_file(uri: str, local: str) -> str:
+    """Download to a local path; returns the local path."""
+    os.makedirs(os.path.dirname(os.path.abspath(local)) or ".", exist_ok=True)
+    if not is_remote(uri):
+        if os.path.abspath(local_path(uri)) != os.path.abspath(local):
+            shutil.copyfile(local_path(uri), local)
+        return local
+    with _errors(uri, "download"):
+        filesystem(uri).get_file(_strip(uri), local)
+    return local
+
+
+def put_dir(local_dir: str, uri: str) -> None:
+    """Upload a local directory tree under a URI prefix."""
+    for root, _, files in os.walk(local_dir):
+        for name in files:
+            src = os.path.join(root, name)
+            rel = os.path.relpath(src, local_dir).replace(os.sep, "/")
+            put_file(src, join(uri, rel))
+
+
+def get_dir(uri: str, local_dir: str) -> str:
+    """Download everything under a URI prefix into a local directory."""
+    if not is_remote(uri):
+        src = local_path(uri)
+        if os.path.abspath(src) != os.path.abspath(local_dir):
+            shutil.copytree(src, local_dir, dirs_exist_ok=True)
+        return local_dir
+    fs = filesystem(uri)
+    base = _strip(uri).rstrip("/")
+    with _errors(uri, "download"):
+        for p in fs.find(base):
+            rel = p[len(base):].lstrip("/")
+            dst = os.path.join(local_dir, rel)
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            fs.get_file(p, dst)
+    return local_dir
+
+
+def wds_url(uri: str) -> str:
+    """A URL webdataset can stream: local paths as they are, s3 through a `pipe:` reader
+    that uses this module (so the same endpoint/credentials apply)."""
+    if not is_remote(uri):
+        return local_path(uri)
+    import shlex
+    import sys
+    return f"pipe:{shlex.quote(sys.executable)} -m model_code.storage cat {shlex.quote(uri)}"
+
+
+def _main(argv: list[str]) -> int:
+    # `python -m model_code.storage cat URI`: stream an object to stdout (webdataset pipe:)
+    import sys
+    if len(argv) == 2 and argv[0] == "cat":
+        with open_uri(argv[1], "rb") as f:
+            shutil.copyfileobj(f, sys.stdout.buffer, 1 << 20)
+        return 0
+    print("usage: python -m model_code.storage cat URI", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    import sys
+    raise SystemExit(_main(sys.argv[1:]))
