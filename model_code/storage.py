@@ -50,18 +50,30 @@ def local_path(uri: str) -> str:
     return uri[len("file://"):] if uri.startswith("file://") else uri
 
 
+_S3_ENV = ("AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
+_S3_FS: dict[tuple, fsspec.AbstractFileSystem] = {}
+
+
 def filesystem(uri: str) -> fsspec.AbstractFileSystem:
     """The fsspec filesystem for a URI; s3 is configured from the environment."""
     sch = scheme(uri)
     if sch == "file":
         return fsspec.filesystem("file", auto_mkdir=True)
     if sch in ("s3", "s3a"):
-        opts: dict = {"client_kwargs": {"region_name": os.environ.get("AWS_REGION", "us-east-1")},
-                      # fresh listings every time: shards appear while other workers write
-                      "use_listings_cache": False, "skip_instance_cache": True}
-        if _endpoint():
-            opts["endpoint_url"] = _endpoint()
-        return fsspec.filesystem("s3", **opts)
+        # One instance per (environment, process): a new S3FileSystem builds a botocore client,
+        # ~0.5-1 s each time, while a reused one answers in ~10-30 ms. Keyed on the variables
+        # it is configured from, so changed credentials/endpoint get a new client, and on the
+        # pid, since a client's event loop does not survive a fork.
+        env_key = (_endpoint(), os.getpid(), *(os.environ.get(v) for v in _S3_ENV))
+        fs = _S3_FS.get(env_key)
+        if fs is None:
+            opts: dict = {"client_kwargs": {"region_name": os.environ.get("AWS_REGION", "us-east-1")},
+                          # fresh listings every time: shards appear while other workers write
+                          "use_listings_cache": False, "skip_instance_cache": True}
+            if _endpoint():
+                opts["endpoint_url"] = _endpoint()
+            fs = _S3_FS[env_key] = fsspec.filesystem("s3", **opts)
+        return fs
     try:
         return fsspec.filesystem(sch)
     except (ValueError, ImportError) as e:
@@ -92,21 +104,38 @@ def _errors(uri: str, action: str) -> Iterator[None]:
     except FileNotFoundError as e:
         raise StorageError(f"{action} {uri}: no such object or directory") from e
     except PermissionError as e:
-        raise StorageError(f"{action} {uri}: access denied ({_cause(e)}); check AWS_ACCESS_KEY_ID / "
-                           f"AWS_SECRET_ACCESS_KEY for endpoint {_endpoint() or 'default AWS'}") from e
+        raise StorageError(f"{action} {uri}: {_cause(e)}") from e
     except OSError as e:
         raise StorageError(f"{action} {uri}: {_cause(e)}") from e
     except Exception as e:  # botocore and aiohttp errors are not OSError subclasses
         raise StorageError(f"{action} {uri}: {_cause(e)}") from e
 
 
+def _s3_error_code(e: BaseException) -> str | None:
+    """The S3 error code (e.g. "SignatureDoesNotMatch") from botocore's ClientError, which s3fs
+    keeps as the __cause__ of the PermissionError/OSError it raises."""
+    seen = 0
+    while e is not None and seen < 8:
+        code = (getattr(e, "response", None) or {}).get("Error", {}).get("Code")
+        if code:
+            return str(code)
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return None
+
+
 def _cause(e: BaseException) -> str:
     text = str(e) or type(e).__name__
-    low = text.lower()
-    if any(k in low for k in ("invalidaccesskeyid", "signaturedoesnotmatch", "access denied",
-                              "accessdenied", "forbidden", "403")):
-        return (f"credentials rejected by the object store ({text.splitlines()[0][:200]}); check "
-                f"AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
+    code = _s3_error_code(e) or ""
+    low = f"{text} {code}".lower()
+    # a HEAD request's 403 has no body, so a bad key shows only as "Forbidden": treat every
+    # 403 as a credentials problem and say both possibilities
+    if isinstance(e, PermissionError) or any(k in low for k in (
+            "invalidaccesskeyid", "signaturedoesnotmatch", "access denied", "accessdenied",
+            "forbidden", "403", "does not exist in our records", "does not match the signature")):
+        detail = f"{code}: {text}" if code and code not in text else text
+        return (f"credentials rejected by the object store at {_endpoint() or 'the default AWS endpoint'}"
+                f" ({detail.splitlines()[0][:200]}): the access key is unknown, the secret is wrong, or "
+                f"they do not grant access to this object; check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
     if any(k in low for k in ("could not connect", "connect timeout", "connection refused",
                               "cannot connect")):
         return f"object store unreachable at {_endpoint() or 'the default endpoint'} ({text[:200]})"

@@ -1,0 +1,15 @@
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Output
+
+from components.images import CPU_IMAGE
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def ingest(raw: Input[Dataset], preset: str, overrides: str, workdir: str,
+           dataset: Output[Dataset]) -> dict:
+    """Decode, verify, normalise, dedup and shard a source; bad records are quarantined."""
+    from model_code.steps import ingest_step, input_location, output_location
+    summary = ingest_step(input_location(raw.path), output_location(dataset.path, workdir, "dataset"),
+                          preset, overrides)
+    dataset.metadata.update({k: summary[k] for k in ("input", "accepted", "quarantined", "duplicates")})
+    return summary

@@ -1,0 +1,3 @@
+from model_code.cli import main
+
+raise SystemExit(main())

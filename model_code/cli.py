@@ -1,0 +1,162 @@
+"""The `easel` command: argument parsing and calls into the library, no logic of its own.
+
+Every command prints human-readable progress to stderr; with `--json` the last line of stdout
+is one JSON object (the summary). Exit status 0 on success; on failure a one-line reason on
+stderr and a non-zero status (2 for bad usage, 1 for everything else).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any, Callable
+
+log = logging.getLogger("easel")
+
+
+class UsageError(Exception):
+    """Bad arguments: exit status 2."""
+
+
+# ---------------------------------------------------------------- handlers
+# Each handler takes the parsed args and returns the summary dict. Imports are local so that
+# `easel --help` stays fast and a missing optional dependency only breaks its own command.
+
+def _data_synth(a) -> dict:
+    from model_code.data.synth import synthesize
+    return synthesize(a.out, n=a.n, size=a.size, seed=a.seed, curated_fraction=a.curated_fraction,
+                      workers=a.workers)
+
+
+def _data_ingest(a) -> dict:
+    from model_code.data.ingest import ingest
+    return ingest(a.src, a.out, size=a.size, kind=a.kind, shard_size=a.shard_size, workers=a.workers,
+                  heldout_fraction=a.heldout_fraction, progress=not a.quiet)
+
+
+def _data_validate(a) -> dict:
+    from model_code.data.validate import summary_text, validate
+    thresholds = {}
+    if a.max_quarantine_ratio is not None:
+        thresholds["max_quarantine_ratio"] = a.max_quarantine_ratio
+    if a.max_duplicate_ratio is not None:
+        thresholds["max_duplicate_ratio"] = a.max_duplicate_ratio
+    res = validate(a.dataset, thresholds=thresholds or None, report_path=a.report)
+    print(summary_text(res), file=sys.stderr)
+    if not res["success"]:
+        # the summary still goes to stdout for scripts; the exit status says it failed
+        _emit(a, res)
+        raise SystemExit(_fail(f"validation failed: {', '.join(res['failed_expectations'])} "
+                               f"(report: {res['report']})"))
+    return res
+
+
+def _data_version(a) -> dict:
+    from model_code.data.version import lineage
+    return lineage(a.dataset)
+
+
+def _run_local(a) -> dict:
+    from model_code.lifecycle import run_local
+    return run_local(preset=a.preset, recipe=a.recipe, out=a.out, overrides=a.set or None)
+
+
+# ---------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="easel", description="Easel: the lifecycle of DALL-E-family "
+                                "text-to-image models, from data to a served model.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
+
+    def cmd(parent, name: str, fn: Callable, help: str) -> argparse.ArgumentParser:
+        sp = parent.add_parser(name, help=help, description=help)
+        sp.add_argument("--json", action="store_true", help="print a JSON summary as the last line of stdout")
+        sp.set_defaults(fn=fn)
+        return sp
+
+    data = sub.add_parser("data", help="synthesize, ingest, validate and version datasets")
+    dsub = data.add_subparsers(dest="data_cmd", metavar="STEP")
+    s = cmd(dsub, "synth", _data_synth, "write a raw Shapes-world source (images, scene graphs, captions)")
+    s.add_argument("--out", required=True, help="output directory or URI")
+    s.add_argument("--n", type=int, default=1000, help="number of images (default 1000)")
+    s.add_argument("--size", type=int, default=64, help="canvas side in pixels, 32-256 (default 64)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--curated-fraction", type=float, default=0.1,
+                   help="fraction of images with a careful descriptive caption (default 0.1)")
+    s.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+
+    s = cmd(dsub, "ingest", _data_ingest, "any supported source -> shards + manifest + quarantine")
+    s.add_argument("src", help="image folder, WebDataset tars, parquet/CSV manifest, or shapes://n=..,size=..")
+    s.add_argument("--out", required=True, help="output dataset directory or URI")
+    s.add_argument("--size", type=int, default=64, help="output resolution (square, default 64)")
+    s.add_argument("--kind", default="auto", choices=["auto", "folder", "webdataset", "manifest", "shapes"])
+    s.add_argument("--shard-size", type=int, default=1000)
+    s.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    s.add_argument("--heldout-fraction", type=float, default=0.0,
+                   help="fraction of records marked split=heldout (evaluation only)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    s = cmd(dsub, "validate", _data_validate, "run the Great Expectations suite on an ingested dataset")
+    s.add_argument("dataset", help="ingested dataset directory or URI")
+    s.add_argument("--report", default=None, help="report path (default DATASET/validation.json)")
+    s.add_argument("--max-quarantine-ratio", type=float, default=None)
+    s.add_argument("--max-duplicate-ratio", type=float, default=None)
+
+    s = cmd(dsub, "version", _data_version, "the dataset's version id (DVC hash + git revision) and lineage")
+    s.add_argument("dataset")
+
+    run = sub.add_parser("run", help="run the lifecycle")
+    rsub = run.add_subparsers(dest="run_cmd", metavar="WHERE")
+    s = cmd(rsub, "local", _run_local, "the whole lifecycle on the embedded default (no cluster)")
+    s.add_argument("--preset", default="tiny")
+    s.add_argument("--recipe", default="all", choices=["dalle", "unclip", "all"])
+    s.add_argument("--out", default="runs/local", help="run directory (default runs/local)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="preset override, repeatable")
+    return p
+
+
+# ---------------------------------------------------------------- main
+def _emit(a, summary: Any) -> None:
+    if getattr(a, "json", False):
+        print(json.dumps(summary, default=str))
+    elif summary is not None:
+        for k, v in (summary.items() if isinstance(summary, dict) else []):
+            if not isinstance(v, (dict, list)):
+                print(f"{k}: {v}")
+
+
+def _fail(msg: str, code: int = 1) -> int:
+    print(f"easel: error: {msg}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    if not hasattr(a, "fn"):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        summary = a.fn(a)
+    except SystemExit as e:
+        return int(e.code or 0)
+    except UsageError as e:
+        return _fail(str(e), 2)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    except Exception as e:  # one line for the user; the traceback with -v
+        if a.verbose:
+            log.exception("failed")
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return _fail(f"{type(e).__name__}: {first}" if not isinstance(e, (ValueError, RuntimeError))
+                     else first)
+    _emit(a, summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,444 @@
+"""The Shapes-world oracle: parse an image back into a scene graph (the perfect judge).
+
+Pipeline (one image, side S):
+  1. background  = median of the border ring, named by the nearest palette background;
+  2. colour model: every pixel is a mix  p = B + a * (C_k - B)  of the background B and one object
+     colour C_k (objects never overlap), so projecting p - B on each colour line gives a soft
+     coverage a_k in [0, 1] and a residual; the colour with the smallest residual wins;
+  3. objects     = 8-connected components of confident pixels (a >= 0.5) per colour; components
+     that swallowed two same-colour neighbours (blur) are split by erosion + nearest seed;
+     anti-aliased / blurred edge pixels join the nearest component as a soft mask;
+  4. shape       = analysis by synthesis: each of the 5 shapes is rendered with the generator's own
+     shapes.shape_polygons at 4x supersampling (exactly like shapes.render), its centre and extent
+     fitted to the observed mask's centroid and area (both survive blur), optionally blurred, and
+     the candidate with the smallest squared error wins;
+  5. cell from the fitted centre, size class from the fitted extent (0.18 S vs 0.30 S).
+
+It never raises on an image (blank in, zero objects out); only a value that is not an image at
+all gets a ValueError naming `img`.
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+from scipy import ndimage
+from scipy.optimize import linear_sum_assignment
+
+from model_code.data import shapes
+
+# ---------------------------------------------------------------- palette as arrays
+_BG_NAMES = list(shapes.BACKGROUNDS)
+_BG_RGB = np.array([shapes.BACKGROUNDS[n] for n in _BG_NAMES], np.float32)      # (4, 3)
+_COLOR_NAMES = list(shapes.COLORS)
+_COLOR_RGB = np.array([shapes.COLORS[n] for n in _COLOR_NAMES], np.float32)    # (8, 3)
+
+# ---------------------------------------------------------------- tunables (fractions of S unless said)
+WORK_MAX = 128          # larger canvases are box-filtered down to this side before parsing (speed)
+FG_ALPHA = 0.35         # foreground: a palette colour covers >= 35% of the pixel...
+RESID_FRAC = 0.30       # ...and the pixel lies within 0.30 |C - B| (+ RESID_ABS) of its line
+RESID_ABS = 12.0        # RGB units: JPEG / noise slack on the residual
+MIN_MASS = 0.30         # components lighter than 0.30 x the smallest object's area are noise
+SIZE_SPLIT = sum(shapes.SIZES.values()) / 2   # extent/S below 0.24 -> small, above -> large
+BLUR_SIGMAS = (0.0, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5)  # candidate blurs (working pixels) tried in the shape fit
+CHROMA_WEIGHT = 0.25     # chroma vs luma weight in the shape-fit coverage (JPEG subsamples chroma)
+COUPLING = 0.2          # how strongly luma and chroma coverage are tied in the colour decision
+FIT_ITERS = 4           # centroid/area fixed-point iterations per candidate shape
+MIN_FIT = 0.3           # a blob whose best rendered shape overlaps it less (soft IoU) is dropped
+MAX_COMPONENTS = 32     # bound the work on garbage images: keep the heaviest components
+
+
+def _area_fracs() -> float:
+    """Area / extent^2 of every shape, measured by rendering (so it matches the rasteriser)."""
+    e, n = 200.0, 240
+    out = {}
+    for s in shapes.SHAPES:
+        out[s] = float(_render_alpha(s, n / 2, n / 2, e, n, n).sum()) / e ** 2
+    return out
+
+
+def _render_alpha(shape: str, cx: float, cy: float, e: float, w: int, h: int) -> np.ndarray:
+    """Coverage (h, w) in [0, 1] of one shape drawn like shapes.render: polygons at 4x, box-filtered.
+
+    (cx, cy, e) are in window pixels; drawing into a window whose origin is an integer pixel is the
+    generator's drawing shifted by a multiple of the supersampling factor, so rasterisation agrees.
+    """
+    k = shapes.SUPERSAMPLE
+    e = max(float(e), 0.25)
+    im = Image.new("L", (w * k, h * k), 0)
+    draw = ImageDraw.Draw(im)
+    for poly in shapes.shape_polygons(shape, cx * k, cy * k, e * k):
+        if shape == "circle":
+            draw.ellipse(poly, fill=255)
+        else:
+            draw.polygon(poly, fill=255)
+    # PIL's BOX filter is the exact k x k mean (like shapes.render), up to uint8 rounding (< 0.003)
+    return np.asarray(im.resize((w, h), Image.BOX), np.float32) / 255.0
+
+
+AREA_FRAC = _area_fracs()                   # e.g. circle ~0.785, star ~0.28
+_MIN_OBJ_AREA = min(AREA_FRAC.values()) * min(shapes.SIZES.values()) ** 2  # x S^2
+
+
+# ---------------------------------------------------------------- input handling
+def _to_rgb_array(img: Any) -> np.ndarray:
+    """Any image-like value -> float32 (H, W, 3) in 0..255. ValueError names `img` if it is not one."""
+    if isinstance(img, Image.Image):
+        return np.asarray(img.convert("RGB"), np.float32)
+    if hasattr(img, "detach") and hasattr(img, "cpu"):  # a torch tensor, without importing torch
+        img = img.detach().cpu().float().numpy()
+    try:
+        a = np.asarray(img)
+    except Exception as exc:  # noqa: BLE001 - report what was wrong with the argument
+        raise ValueError(f"img: cannot read as an array ({exc})") from None
+    if a.dtype == object or a.size == 0 or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+        raise ValueError(f"img: expected a PIL image or a numeric array, got dtype {a.dtype}")
+    if a.ndim == 4 and a.shape[0] == 1:  # a batch of one
+        a = a[0]
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3:
+        raise ValueError(f"img: expected (H, W), (H, W, C) or (C, H, W), got shape {a.shape}")
+    if a.shape[-1] not in (1, 3, 4) and a.shape[0] in (1, 3, 4):  # channels first
+        a = np.moveaxis(a, 0, -1)
+    if a.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"img: expected 1, 3 or 4 channels, got shape {a.shape}")
+    a = a[..., :3] if a.shape[-1] >= 3 else np.repeat(a, 3, axis=-1)
+    if a.dtype == bool:
+        a = a.astype(np.float32) * 255.0
+    elif np.issubdtype(a.dtype, np.floating):
+        a = np.nan_to_num(a.astype(np.float32), nan=0.0, posinf=255.0, neginf=0.0)
+        lo, hi = float(a.min()), float(a.max())
+        if lo >= -1.0 - 1e-3 and hi <= 1.0 + 1e-3:  # model tensors: [-1, 1] if negative, else [0, 1]
+            a = (a + 1.0) * 127.5 if lo < 0 else a * 255.0
+    return np.clip(a.astype(np.float32), 0.0, 255.0)
+
+
+def _square(a: np.ndarray) -> tuple[np.ndarray, float]:
+    """Make the canvas square and at most WORK_MAX wide; return it and the factor back to input px."""
+    h, w = a.shape[:2]
+    side = max(h, w)
+    work = min(side, WORK_MAX)
+    if (h, w) == (work, work):
+        return a, 1.0
+    im = Image.fromarray(np.round(a).astype(np.uint8))
+    # BOX is exact area averaging: a 256 render boxed to 128 is (up to rounding) a 128 render
+    resample = Image.BOX if work < side and h == w else Image.BILINEAR
+    im = im.resize((work, work), resample)
+    return np.asarray(im, np.float32), side / work
+
+
+# ---------------------------------------------------------------- parsing
+def parse_image(img: Image.Image | np.ndarray) -> dict[str, Any]:
+    """Parse an image into a scene graph {"size", "background", "objects": [...]}.
+
+    Objects carry shape, color, size, cell, cx, cy, extent (input pixels) like shapes.sample_scene,
+    plus `fit`: the soft IoU of the winning rendered shape with the observed mask (1.0 = perfect).
+    """
+    a = _to_rgb_array(img)
+    in_h, in_w = a.shape[:2]
+    a, back = _square(a)
+    S = a.shape[0]
+    bg_obs = _border_median(a)
+    bg_name = _BG_NAMES[int(np.argmin(((_BG_RGB - bg_obs) ** 2).sum(1)))]
+    scene: dict[str, Any] = {"size": int(max(in_h, in_w)), "background": bg_name, "objects": []}
+    if S < 4:
+        return scene
+
+    alpha, resid, ok = _colour_model(a, bg_obs)             # (S,S,8) each
+    comps = _components(alpha, resid, ok, S)                 # list of (colour index, pixel mask)
+    if not comps:
+        return scene
+    min_mass = MIN_MASS * _MIN_OBJ_AREA * S * S
+    objs = []
+    for region in _regions(comps, S):
+        k = _decide_colour(a, bg_obs, region)
+        m = np.where(region, _shape_alpha(a, bg_obs, k), 0.0)   # (S,S) soft mask of this object
+        m[m < 0.04] = 0.0                                    # background noise on the colour line
+        if m.sum() < min_mass:
+            continue
+        fit = _fit_shape(m, S)
+        if fit is None:
+            continue
+        shape, cx, cy, e, score = fit
+        if score < MIN_FIT:  # no shape explains it: a smear or noise, not an object
+            continue
+        col = min(max(int(cx * 3 // S), 0), 2)
+        row = min(max(int(cy * 3 // S), 0), 2)
+        objs.append({"shape": shape, "color": _COLOR_NAMES[k],
+                     "size": "small" if e / S < SIZE_SPLIT else "large",
+                     "cell": shapes.CELLS[row * 3 + col],
+                     "cx": round(cx * back, 3), "cy": round(cy * back, 3),
+                     "extent": round(e * back, 3), "fit": round(score, 4)})
+    # reading order, like the generator's cells
+    objs.sort(key=lambda o: (shapes.CELLS.index(o["cell"]), o["cy"], o["cx"]))
+    scene["objects"] = objs
+    return scene
+
+
+def _border_median(a: np.ndarray) -> np.ndarray:
+    ring = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]], axis=0)  # (4S, 3)
+    return np.median(ring, axis=0).astype(np.float32)
+
+
+def _colour_model(a: np.ndarray, bg: np.ndarray):
+    """Soft coverage of every palette colour at every pixel, and how well each colour explains it.
+
+    alpha[..., k] = projection of (p - B) on (C_k - B), clipped to [0, 1]; resid[..., k] = distance
+    of p from that colour line; ok[..., k] = the residual is within the colour's tolerance.
+    Returns alpha (S,S,8), resid (S,S,8), ok (S,S,8) bool.
+    """
+    v = a - bg                                              # (S,S,3)
+    d = _COLOR_RGB - bg                                     # (8,3)
+    dd = np.maximum((d * d).sum(1), 1.0)                    # (8,)
+    alpha = np.clip(v @ d.T / dd, 0.0, 1.0)                 # (S,S,8)
+    resid = np.linalg.norm(v[..., None, :] - alpha[..., None] * d, axis=-1)  # (S,S,8)
+    ok = resid <= RESID_FRAC * np.sqrt(dd) + RESID_ABS
+    return alpha, resid, ok
+
+
+_EIGHT = np.ones((3, 3), bool)
+
+
+def _components(alpha, resid, ok, S) -> list[tuple[int, np.ndarray]]:
+    """Objects as (colour index, seed mask).
+
+    Seeds are connected solid pixels (coverage >= 0.5) of one winning colour, with merged same-colour
+    neighbours split. Small or blurred objects (a 32 px star after blur) may have too few solid
+    pixels of a clear colour: a connected foreground region (some colour covers >= FG_ALPHA) that
+    holds no seed becomes a seed itself, coloured by the palette line that explains its pixels best:
+    per-pixel votes fail where blur and JPEG chroma subsampling mix an object with the background,
+    the whole region's pixels together name its colour clearly.
+    """
+    min_mass = MIN_MASS * _MIN_OBJ_AREA * S * S
+    cand = np.where(ok, alpha, 0.0)                          # (S,S,8) explained coverage
+    best = np.argmax(np.where(ok & (alpha > 0.25), -resid, -np.inf), axis=-1)  # (S,S)
+    a_best = np.take_along_axis(cand, best[..., None], -1)[..., 0]
+    solid = a_best >= 0.5
+    out = []
+    for k in np.unique(best[solid]):
+        lab, n = ndimage.label(solid & (best == k), structure=_EIGHT)
+        mass = ndimage.sum(alpha[..., k], lab, index=np.arange(1, n + 1))
+        for i in np.nonzero(mass >= min_mass)[0]:
+            for piece in _split(lab == i + 1, S):
+                out.append((int(k), piece, float(alpha[..., k][piece].sum())))
+    seeded = np.zeros(alpha.shape[:2], bool)
+    for _, m, _ in out:
+        seeded |= m
+    strength = cand.max(axis=-1)
+    lab, n = ndimage.label(strength >= FG_ALPHA, structure=_EIGHT)
+    if n:
+        has_seed = ndimage.maximum(seeded, lab, index=np.arange(1, n + 1))
+        mass = ndimage.sum(strength, lab, index=np.arange(1, n + 1))
+        for i in np.nonzero((~has_seed.astype(bool)) & (mass >= min_mass))[0]:
+            region = lab == i + 1
+            w = strength[region] ** 2                        # weight solid pixels more
+            k = int(np.argmin((w[:, None] * resid[region] ** 2).sum(0)))
+            m = float(alpha[..., k][region].sum())
+            if m >= min_mass:
+                out.append((k, region, m))
+    out.sort(key=lambda t: -t[2])
+    return [(k, m) for k, m, _ in out[:MAX_COMPONENTS]]
+
+
+def _split(mask: np.ndarray, S: int) -> list[np.ndarray]:
+    """Split a component that holds two same-colour objects in different cells (touching after blur).
+
+    One object spans at most 0.30 S (+ blur); wider components are eroded until they fall apart into
+    seeds in different cells, and every pixel goes to its nearest seed (a cheap watershed).
+    """
+    ys, xs = np.nonzero(mask)
+    if max(np.ptp(xs), np.ptp(ys)) + 1 <= 0.36 * S:
+        return [mask]
+    min_seed = 0.1 * _MIN_OBJ_AREA * S * S
+    for it in range(1, max(2, int(0.08 * S)) + 1):
+        er = ndimage.binary_erosion(mask, structure=_EIGHT, iterations=it)
+        lab, n = ndimage.label(er, structure=_EIGHT)
+        if n == 0:
+            break
+        if n < 2:
+            continue
+        sizes = ndimage.sum(er, lab, index=np.arange(1, n + 1))
+        keep = [i + 1 for i in np.nonzero(sizes >= min_seed)[0]]
+        if len(keep) < 2:
+            continue
+        cells = set()
+        for i in keep:
+            cy, cx = ndimage.center_of_mass(lab == i)
+            cells.add((min(int(cy * 3 // S), 2), min(int(cx * 3 // S), 2)))
+        if len(cells) < 2:
+            continue
+        seeds = np.isin(lab, keep)
+        _, (iy, ix) = ndimage.distance_transform_edt(~seeds, return_indices=True)
+        owner = lab[iy, ix]
+        return [mask & (owner == i) for i in keep]
+    return [mask]
+
+
+# RGB -> (Y, Cb, Cr) without offsets (JPEG's matrix, ITU-R BT.601)
+_YCC = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]],
+                np.float32)
+
+
+def _shape_alpha(a: np.ndarray, bg: np.ndarray, k: int) -> np.ndarray:
+    """Coverage of colour k for the shape fit: least squares in YCbCr with chroma down-weighted.
+
+    JPEG keeps luma at full resolution but subsamples and quantises chroma harder, so for a colour
+    whose contrast with the background is mostly chroma (yellow on white) the RGB projection is a
+    blurred, blocky mask; leaning on luma keeps the outline. Colours with little luma contrast keep
+    their chroma weight through the least-squares normalisation.
+    """
+    w = np.array([1.0, CHROMA_WEIGHT, CHROMA_WEIGHT], np.float32)
+    v = ((a - bg) @ _YCC.T) * w                              # (S,S,3)
+    d = ((_COLOR_RGB[k] - bg) @ _YCC.T) * w                  # (3,)
+    return np.clip(v @ d / max(float(d @ d), 1.0), 0.0, 1.0)
+
+
+def _regions(comps, S) -> list[np.ndarray]:
+    """Each component's region: every pixel within reach of its seed and nearer to it than to any
+    other seed (anti-aliased and blurred edges belong to the nearest object)."""
+    ids = np.zeros(comps[0][1].shape, np.int32)
+    for j, (_, m) in enumerate(comps):
+        ids[m] = j + 1
+    dist, (iy, ix) = ndimage.distance_transform_edt(ids == 0, return_indices=True)
+    owner = np.where(dist <= max(3.5, 0.06 * S), ids[iy, ix], 0)
+    return [owner == j + 1 for j in range(len(comps))]
+
+
+def _decide_colour(a: np.ndarray, bg: np.ndarray, region: np.ndarray) -> int:
+    """The palette colour that best explains a region, robust to JPEG chroma loss.
+
+    In YCbCr every pixel is fitted as B + aY*dY (luma) and aC*dC (chroma) with its own coverage
+    for each, so a small object whose chroma JPEG has halved (a purple star turning greyish) is
+    still purple rather than black; a penalty COUPLING*|dC|^2*(aY - aC)^2 keeps the two coverages
+    together where the data allow, which is what separates "black" (no chroma to explain) from a
+    colour whose chroma would have to vanish entirely. Returns the colour index.
+    """
+    v = (a[region] - bg) @ _YCC.T                            # (P,3) pixel minus background
+    d = (_COLOR_RGB - bg) @ _YCC.T                           # (8,3)
+    vy, vc = v[:, 0:1], v[:, 1:]                             # (P,1), (P,2)
+    dy, dc = d[:, 0], d[:, 1:]                               # (8,), (8,2)
+    c = np.maximum((dc * dc).sum(1), 1.0)                    # (8,) chroma contrast
+    lam = COUPLING * c
+    # normal equations of the 2x2 least squares, per colour: [[dy^2+lam, -lam], [-lam, c+lam]]
+    a11, a12, a22 = dy * dy + lam, -lam, c + lam
+    det = a11 * a22 - a12 * a12                              # (8,)
+    by, bc = vy * dy, vc @ dc.T                              # (P,8) each
+    ay = np.clip((a22 * by - a12 * bc) / det, 0.0, 1.0)
+    ac = np.clip((a11 * bc - a12 * by) / det, 0.0, 1.0)
+    err = ((vy - ay * dy) ** 2 + ((vc[:, None, :] - ac[..., None] * dc) ** 2).sum(-1)
+           + lam * (ay - ac) ** 2)                           # (P,8)
+    return int(np.argmin(err.sum(0)))
+
+
+def _gauss_kernel(sigma: float) -> np.ndarray:
+    r = np.arange(-math.ceil(4 * sigma), math.ceil(4 * sigma) + 1)
+    g = np.exp(-r ** 2 / (2 * sigma ** 2))
+    return g / g.sum()
+
+
+_KERNELS = {s: _gauss_kernel(s) for s in BLUR_SIGMAS if s > 0}
+
+
+def _blurs(r: np.ndarray) -> np.ndarray:
+    """(len(BLUR_SIGMAS), h, w): r under every trial blur, zero outside the window (an object on
+    its background). Separable 1-D correlations in C: no BLAS threads for these tiny arrays."""
+    out = []
+    for sigma in BLUR_SIGMAS:
+        if sigma <= 0:
+            out.append(r)
+            continue
+        k = _KERNELS[sigma]
+        t = ndimage.correlate1d(r, k, axis=0, mode="constant")
+        out.append(ndimage.correlate1d(t, k, axis=1, mode="constant"))
+    return np.stack(out)
+
+
+def _fit_shape(m: np.ndarray, S: int):
+    """Analysis by synthesis on one object's soft mask m (S, S).
+
+    For each shape: start from the mask's centroid and the extent its area implies, then fix-point
+    iterate (render, compare centroid and area, shift and rescale): centroid and area are what blur
+    preserves, and clipping at the canvas edge is handled because the rendering is clipped too.
+    Returns (shape, cx, cy, extent, soft IoU) in working pixels, or None.
+    """
+    ys, xs = np.nonzero(m)
+    if len(xs) == 0:
+        return None
+    pad = int(math.ceil(0.08 * S + 4))
+    x0, x1 = max(xs.min() - pad, 0), min(xs.max() + pad + 1, S)
+    y0, y1 = max(ys.min() - pad, 0), min(ys.max() + pad + 1, S)
+    win = m[y0:y1, x0:x1].astype(np.float64)
+    h, w = win.shape
+    A = win.sum()
+    gy, gx = np.mgrid[0:h, 0:w] + 0.5
+    mx, my = (win * gx).sum() / A, (win * gy).sum() / A   # centroid, window pixels
+    norm = (win * win).sum()
+    best = None
+    for shape in shapes.SHAPES:
+        cx, cy, e = mx, my, math.sqrt(A / AREA_FRAC[shape])
+        for it in range(FIT_ITERS):
+            r = _render_alpha(shape, cx, cy, e, w, h)
+            ar = r.sum()
+            if it == FIT_ITERS - 1 or ar <= 1e-6:
+                break
+            cx += mx - (r * gx).sum() / ar
+            cy += my - (r * gy).sum() / ar
+            e = min(max(e * math.sqrt(A / ar), 0.5), 2.0 * S)
+        # the candidate under every trial blur (separable: Ky @ r @ Kx^T); the best blur is kept
+        rb = _blurs(r.astype(np.float64))                    # (n_sigma, h, w)
+        errs = ((rb - win) ** 2).sum(axis=(1, 2))            # (n_sigma,)
+        j = int(np.argmin(errs))
+        err, rb_best = float(errs[j]), rb[j]
+        err /= max(norm, 1e-9)
+        if best is None or err < best[0]:
+            iou = float(np.minimum(rb_best, win).sum() / max(np.maximum(rb_best, win).sum(), 1e-9))
+            best = (err, shape, cx + x0, cy + y0, e, iou)
+    _, shape, cx, cy, e, iou = best
+    return shape, cx, cy, e, iou
+
+
+# ---------------------------------------------------------------- comparing scenes
+def _key(o: dict) -> tuple:
+    return (o["shape"], o["color"], o["size"], o["cell"])
+
+
+def scene_match(pred: dict, truth: dict) -> bool:
+    """Exact match: same background and the same multiset of (shape, color, size, cell)."""
+    return (pred.get("background") == truth.get("background")
+            and Counter(_key(o) for o in pred.get("objects", []))
+            == Counter(_key(o) for o in truth.get("objects", [])))
+
+
+_ATTRS = ("shape", "color", "size", "cell")
+
+
+def match_objects(pred: dict, truth: dict) -> dict[str, Any]:
+    """Pair predicted objects with true ones and say which attributes agree.
+
+    Pairs maximise agreement (the cell counts most: it identifies an object); a pair that agrees on
+    nothing is no pair. Returns {"pairs": [{"truth": i, "pred": j, "shape": bool, ..., "exact": bool}],
+    "missing": [truth indices], "extra": [pred indices], "object_accuracy": exact pairs / len(truth)}.
+    """
+    P, T = pred.get("objects", []), truth.get("objects", [])
+    pairs, used_p, used_t = [], set(), set()
+    if P and T:
+        w = np.array([[sum((4 if a == "cell" else 1) * (p.get(a) == t.get(a)) for a in _ATTRS)
+                       for p in P] for t in T], float)
+        ti, pj = linear_sum_assignment(-w)
+        for i, j in zip(ti, pj):
+            if w[i, j] <= 0:
+                continue
+            row = {"truth": int(i), "pred": int(j)}
+            row.update({a: P[j].get(a) == T[i].get(a) for a in _ATTRS})
+            row["exact"] = all(row[a] for a in _ATTRS)
+            pairs.append(row)
+            used_t.add(int(i))
+            used_p.add(int(j))
+    return {"pairs": pairs,
+            "missing": [i for i in range(len(T)) if i not in used_t],
+            "extra": [j for j in range(len(P)) if j not in used_p],
+            "object_accuracy": (sum(p["exact"] for p in pairs) / len(T)) if T else float(not P)}

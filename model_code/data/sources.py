@@ -1,0 +1,525 @@
+"""Source readers: every supported input becomes one stream of records, in a deterministic order.
+
+Kinds (`detect_kind`, or `kind=` to force one):
+  folder      an image directory, recursive; captions in captions.jsonl / metadata.jsonl files
+              (fields: file or key, caption, anything else kept) or beside each image as KEY.txt
+              (+ optional KEY.json metadata). A raw Shapes source (synth.py) is one of these.
+  webdataset  .tar shards (a directory of them, one .tar, a glob, a {000..009} brace pattern or a
+              list): members KEY.jpg/png/webp/... + KEY.txt and/or KEY.json
+  manifest    a parquet or CSV file with an image column (path/file/image/url/..., local or s3://,
+              relative paths against the manifest's directory; or image bytes) and a caption
+              column (caption/text/alt/...), names auto-detected
+  shapes      the Shapes generator itself: shapes://n=1000,size=64,seed=0[,curated_fraction=0.1]
+
+A record is a plain dict (picklable, so ingest can ship it to worker processes):
+  key              unique id (sanitised: [A-Za-z0-9_-], no dots, so WebDataset keeps it whole)
+  source           where it came from: a path/URI, "TAR#MEMBER", "FILE#line=N", "shapes://...#i"
+  image            encoded image bytes, or None while `ref` is unresolved (lazy) or on error
+  ref              lazy image: ("uri", URI) or ("shapes", scene); `load_image` resolves it
+  caption, curated_caption, scene, license, opt_out   the known fields (None when absent)
+  meta             every other field the source carried
+  error            None, or (reason, detail): the record could not even be read. It is still
+                   yielded, so that ingest quarantines it: nothing is dropped silently.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import posixpath
+import re
+import tarfile
+from typing import Any, Iterable, Iterator
+
+from model_code import storage
+
+KINDS = ("folder", "webdataset", "manifest", "shapes")
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+JSONL_NAMES = ("captions.jsonl", "metadata.jsonl")  # ours, and the Hugging Face imagefolder one
+
+# Field names recognised in jsonl lines, sidecar json, tar json and manifest columns (lower case).
+FILE_FIELDS = ("file", "file_name", "filename", "path", "image", "image_path", "filepath",
+               "file_path", "url", "image_url", "uri", "image_uri")
+CAPTION_FIELDS = ("caption", "text", "alt", "alt_text", "alttext", "txt", "prompt", "description")
+KEY_FIELDS = ("key", "id", "__key__")
+KNOWN = ("curated_caption", "scene", "license", "opt_out")
+
+# Reasons for records that cannot be read (ingest adds the decode/caption ones).
+MISSING_IMAGE = "missing image"
+UNREADABLE = "unreadable file"
+BAD_METADATA = "bad metadata"
+CAPTION_NOT_UTF8 = "caption not UTF-8"
+UNREADABLE_TAR = "unreadable tar"
+
+
+# ---------------------------------------------------------------- object-store access
+# storage.filesystem() builds a fresh S3 client on every call (0.5-1 s each here), which is
+# right for one-off calls but not for thousands of images. Per-object reads and writes on s3://
+# go through one client per process (and per credentials); on any failure the call is repeated
+# through the plain storage function, which raises its StorageError that names the cause.
+_FS: dict[tuple, Any] = {}
+
+
+def _client(uri: str):
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(("AWS_", "EASEL_S3", "MLFLOW_S3"))))
+    key = (os.getpid(), storage.scheme(uri), env)  # a forked worker builds its own
+    if key not in _FS:
+        _FS.clear()
+        _FS[key] = storage.filesystem(uri)
+    return _FS[key]
+
+
+def _bucket_path(uri: str) -> str:
+    return uri.split("://", 1)[1]
+
+
+def read_uri(uri: str) -> bytes:
+    if not storage.is_remote(uri):
+        return storage.read_bytes(uri)
+    try:
+        return _client(uri).cat_file(_bucket_path(uri))
+    except Exception:
+        return storage.read_bytes(uri)
+
+
+def write_uri(uri: str, data: bytes) -> None:
+    if not storage.is_remote(uri):
+        return storage.write_bytes(uri, data)
+    try:
+        _client(uri).pipe_file(_bucket_path(uri), data)
+    except Exception:
+        storage.write_bytes(uri, data)
+
+
+def upload(local: str, uri: str) -> None:
+    if not storage.is_remote(uri):
+        return storage.put_file(local, uri)
+    try:
+        _client(uri).put_file(local, _bucket_path(uri))
+    except Exception:
+        storage.put_file(local, uri)
+
+
+def uri_exists(uri: str) -> bool:
+    if not storage.is_remote(uri):
+        return storage.exists(uri)
+    try:
+        return _client(uri).exists(_bucket_path(uri))
+    except Exception:
+        return storage.exists(uri)
+
+
+# ---------------------------------------------------------------- records
+def sanitize_key(text: str) -> str:
+    """A key that survives tar member names and WebDataset's first-dot split."""
+    s = text.replace("\\", "/").strip("/").replace("/", "__")
+    s = re.sub(r"[^A-Za-z0-9_-]+", "_", s).strip("_") or "_"
+    if len(s) > 160:  # keep tar names short; the hash keeps long keys distinct
+        import hashlib
+        s = s[:140] + "-" + hashlib.sha1(s.encode()).hexdigest()[:16]
+    return s
+
+
+def make_record(key: str, source: str, *, image: bytes | None = None, ref: tuple | None = None,
+                fields: dict | None = None, error: tuple[str, str] | None = None) -> dict[str, Any]:
+    """A record from raw fields: known names go to their slots, the rest to `meta`."""
+    rec: dict[str, Any] = {"key": sanitize_key(key), "source": source, "image": image, "ref": ref,
+                           "caption": None, "curated_caption": None, "scene": None, "license": None,
+                           "opt_out": False, "meta": {}, "error": error}
+    fields = fields or {}
+    cap = _pick(list(fields), CAPTION_FIELDS)  # "caption" wins over "text" over "alt" ...
+    for name, value in fields.items():
+        low = name.lower()
+        if name == cap:
+            rec["caption"] = value
+        elif low in KNOWN:
+            rec[low] = value
+        elif low in KEY_FIELDS or low in FILE_FIELDS:
+            continue  # already used for key / image
+        else:
+            rec["meta"][name] = value
+    if isinstance(rec["scene"], str):  # manifests carry the scene as a JSON string
+        try:
+            rec["scene"] = json.loads(rec["scene"]) if rec["scene"].strip() else None
+        except ValueError as e:
+            rec["error"] = rec["error"] or (BAD_METADATA, f"scene is not valid JSON: {e}")
+    rec["opt_out"] = _truthy(rec["opt_out"])
+    return rec
+
+
+def _truthy(v: Any) -> bool:
+    if isinstance(v, str):
+        return v.strip().lower() in ("1", "true", "yes", "y", "t")
+    return bool(v) if v is not None and v == v else False  # NaN -> False
+
+
+def _decode_caption(data: bytes, where: str) -> tuple[str | None, tuple[str, str] | None]:
+    try:
+        return data.decode("utf-8"), None
+    except UnicodeDecodeError as e:
+        return None, (CAPTION_NOT_UTF8, f"{where}: {e}")
+
+
+def load_image(rec: dict) -> dict:
+    """Resolve a lazy record in place: read `ref` into `image`, or set `error` (never raises
+    for a bad input; ingest workers call this so reads run in parallel)."""
+    if rec["image"] is not None or rec["error"] is not None or rec["ref"] is None:
+        return rec
+    what, arg = rec["ref"]
+    if what == "shapes":
+        from model_code.data.synth import render_png
+        rec["image"] = render_png(arg)
+    elif what == "uri":
+        try:
+            rec["image"] = read_uri(arg)
+        except (storage.StorageError, OSError) as e:
+            missing = isinstance(e.__cause__ or e, FileNotFoundError) and not os.path.islink(arg)
+            rec["error"] = (MISSING_IMAGE if missing else UNREADABLE, f"{arg}: {e}")
+    else:
+        raise ValueError(f"unknown image ref kind {what!r}")
+    rec["ref"] = None
+    return rec
+
+
+# ---------------------------------------------------------------- detection
+def _has_glob(s: str) -> bool:
+    return any(c in s for c in "*?[") or ("{" in s and ".." in s)
+
+
+def _expand(src: str | Iterable[str]) -> list[str]:
+    """A list of shard URIs from a list, a glob or a {a..b} brace pattern."""
+    if not isinstance(src, str):
+        return [str(s) for s in src]
+    if "{" in src and ".." in src:
+        from braceexpand import braceexpand
+        return list(braceexpand(src))
+    if _has_glob(src):
+        return storage.glob(src)
+    return [src]
+
+
+def detect_kind(src: str | list[str]) -> str:
+    """"folder" | "webdataset" | "manifest" | "shapes" for a source string (or list of tars)."""
+    if not isinstance(src, str):
+        return "webdataset"
+    if src.startswith("shapes://"):
+        return "shapes"
+    low = src.lower().rstrip("/")
+    if low.endswith((".parquet", ".pq", ".csv", ".tsv", ".csv.gz")):
+        return "manifest"
+    if low.endswith(".tar") or _has_glob(src):
+        return "webdataset"
+    if not storage.exists(src):
+        raise ValueError(f"source {src!r} does not exist")
+    entries = [posixpath.basename(u.rstrip("/")).lower() for u in storage.ls(src)]
+    if any(e.endswith(".tar") for e in entries) and not any(
+            e.endswith(IMAGE_EXTS) or e in JSONL_NAMES for e in entries):
+        return "webdataset"
+    return "folder"
+
+
+def iter_records(src: str | list[str], kind: str = "auto", lazy: bool = False) -> Iterator[dict]:
+    """All records of a source, in a deterministic order. With lazy=True images that live in
+    their own files (folder, manifest, shapes) are left as `ref` for `load_image`."""
+    kind = detect_kind(src) if kind == "auto" else kind
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of auto, {', '.join(KINDS)}; got {kind!r}")
+    reader = {"folder": read_folder, "webdataset": read_webdataset, "manifest": read_manifest,
+              "shapes": read_shapes}[kind]
+    for rec in reader(src):
+        yield rec if lazy else load_image(rec)
+
+
+# ---------------------------------------------------------------- (a) image folder
+def _list_files(root: str) -> list[str]:
+    """Relative paths ('/'-separated) of all files under root, sorted. Local walks do not
+    follow directory symlinks (no loops); a file symlink that loops is listed and fails on read."""
+    if storage.is_remote(root):
+        fs = _client(root)
+        base = root.split("://", 1)[1].rstrip("/")
+        return sorted(p[len(base) + 1:] for p in fs.find(base))
+    base = storage.local_path(root)
+    out = []
+    for d, dirs, files in os.walk(base, followlinks=False):
+        dirs.sort()
+        rel = os.path.relpath(d, base)
+        for name in files:
+            out.append(name if rel == "." else f"{rel}/{name}".replace(os.sep, "/"))
+    return sorted(out)
+
+
+def _split_ext(rel: str) -> tuple[str, str]:
+    stem, ext = posixpath.splitext(rel)
+    return stem, ext.lower()
+
+
+def read_folder(src: str) -> Iterator[dict]:
+    files = _list_files(src)
+    if not files and not storage.exists(src):
+        raise ValueError(f"source {src!r} does not exist")
+    images = [f for f in files if _split_ext(f)[1] in IMAGE_EXTS]
+    sidecars = {f for f in files if _split_ext(f)[1] in (".txt", ".json")}
+    claimed: set[str] = set()
+    # 1) caption files, line by line (streamed: a million-line jsonl is never held whole)
+    for jl in (f for f in files if posixpath.basename(f) in JSONL_NAMES):
+        yield from _read_jsonl(src, jl, claimed, set(files))
+    # 2) images no caption file named: KEY.txt / KEY.json beside them, or no caption at all
+    for rel in images:
+        if rel in claimed:
+            continue
+        stem, _ = _split_ext(rel)
+        uri = storage.join(src, rel)
+        fields: dict[str, Any] = {}
+        error = None
+        if f"{stem}.json" in sidecars:
+            fields, error = _read_json_sidecar(storage.join(src, f"{stem}.json"))
+        if f"{stem}.txt" in sidecars and error is None:
+            where = storage.join(src, f"{stem}.txt")
+            try:
+                text, error = _decode_caption(read_uri(where), where)
+            except storage.StorageError as e:
+                text, error = None, (UNREADABLE, str(e))
+            if text is not None:
+                fields["caption"] = text
+        yield make_record(stem, uri, ref=("uri", uri), fields=fields, error=error)
+
+
+def _read_json_sidecar(uri: str) -> tuple[dict, tuple[str, str] | None]:
+    try:
+        obj = json.loads(read_uri(uri).decode("utf-8"))
+    except UnicodeDecodeError as e:
+        return {}, (CAPTION_NOT_UTF8, f"{uri}: {e}")
+    except (ValueError, storage.StorageError) as e:
+        return {}, (BAD_METADATA, f"{uri}: {e}")
+    if not isinstance(obj, dict):
+        return {}, (BAD_METADATA, f"{uri}: expected a JSON object, got {type(obj).__name__}")
+    return obj, None
+
+
+def _first(obj: dict, names: tuple[str, ...]) -> Any:
+    for k, v in obj.items():
+        if k.lower() in names and v is not None:
+            return v
+    return None
+
+
+def _read_jsonl(src: str, jl: str, claimed: set[str], files: set[str]) -> Iterator[dict]:
+    jl_uri = storage.join(src, jl)
+    jl_dir = posixpath.dirname(jl)
+    with storage.open_uri(jl_uri, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            where = f"{jl_uri}#line={n}"
+            error = None
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                # still parse it (lossily) to learn which image it names, so that image is
+                # quarantined under its own key rather than reappearing without a caption
+                line, error = raw.decode("utf-8", "replace"), (CAPTION_NOT_UTF8, f"{where}: {e}")
+            try:
+                obj = json.loads(line)
+                if not isinstance(obj, dict):
+                    raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+            except ValueError as e:
+                yield make_record(f"{posixpath.splitext(jl)[0]}-line{n}", where,
+                                  error=(BAD_METADATA, f"{where}: invalid JSON ({e})"))
+                continue
+            file = _first(obj, FILE_FIELDS)
+            key = _first(obj, KEY_FIELDS)
+            if file is None and key is not None:  # key only: the image is KEY.<ext> beside it
+                file = next((f"{key}{e}" for e in IMAGE_EXTS
+                             if posixpath.join(jl_dir, f"{key}{e}") in files), f"{key}.png")
+            if file is None:
+                yield make_record(f"{posixpath.splitext(jl)[0]}-line{n}", where,
+                                  error=(BAD_METADATA, f"{where}: names no image (no file or key field)"))
+                continue
+            rel = posixpath.normpath(posixpath.join(jl_dir, str(file)))
+            claimed.add(rel)
+            uri = storage.join(src, rel)
+            rec = make_record(str(key) if key is not None else _split_ext(rel)[0], uri,
+                              ref=("uri", uri), fields=obj, error=error)
+            if error is None and rec["error"] is None and rel not in files and not uri_exists(uri):
+                rec["error"] = (MISSING_IMAGE, f"{where} names {uri}, which does not exist")
+            yield rec
+
+
+# ---------------------------------------------------------------- (b) WebDataset tars
+def _wds_split(name: str) -> tuple[str, str]:
+    """WebDataset's rule: the key is the path up to the first dot of the basename."""
+    d, base = posixpath.split(name)
+    stem, _, ext = base.partition(".")
+    return (f"{d}/{stem}" if d else stem), ext.lower()
+
+
+def read_webdataset(src: str | list[str]) -> Iterator[dict]:
+    if isinstance(src, str) and not _has_glob(src) and not src.lower().endswith(".tar"):
+        shards = storage.ls(src, "*.tar")  # a directory of shards
+    else:
+        shards = _expand(src)
+    if not shards:
+        raise ValueError(f"source {src!r} holds no .tar shards")
+    for shard in shards:
+        yield from _read_tar(shard)
+
+
+def _group_record(shard: str, key: str, members: dict[str, bytes]) -> dict:
+    """One WebDataset sample. Fields are matched on their last suffix ("d.webp" is an image,
+    as webdataset's decoders do)."""
+    source = f"{shard}#{key}"
+    by_suffix: dict[str, str] = {}
+    for ext in members:
+        by_suffix.setdefault(ext.rsplit(".", 1)[-1], ext)
+    members = {**members, **{suf: members[ext] for suf, ext in by_suffix.items()}}
+    img_ext = next((e for e in (x.lstrip(".") for x in IMAGE_EXTS) if e in by_suffix), None)
+    fields: dict[str, Any] = {}
+    error = None
+    if "json" in members:
+        try:
+            obj = json.loads(members["json"].decode("utf-8"))
+            fields = obj if isinstance(obj, dict) else {"json": obj}
+        except UnicodeDecodeError as e:
+            error = (CAPTION_NOT_UTF8, f"{source}.json: {e}")
+        except ValueError as e:
+            error = (BAD_METADATA, f"{source}.json: {e}")
+    if "txt" in members and error is None:
+        text, error = _decode_caption(members["txt"], f"{source}.txt")
+        if text is not None:
+            fields = {k: v for k, v in fields.items() if k.lower() not in CAPTION_FIELDS}
+            fields["caption"] = text
+    if img_ext is None:
+        error = error or (MISSING_IMAGE, f"{source}: no image member (has {', '.join(sorted(by_suffix.values()))})")
+    else:
+        source = f"{shard}#{key}.{by_suffix[img_ext]}"
+    return make_record(key, source, image=members.get(img_ext) if img_ext else None,
+                       fields=fields, error=error)
+
+
+def _read_tar(shard: str) -> Iterator[dict]:
+    key, members, n = None, {}, 0
+    try:
+        with storage.open_uri(shard, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+            for m in tar:  # streaming: members in file order, one group at a time
+                if not m.isfile():
+                    continue
+                k, ext = _wds_split(m.name)
+                if k != key and key is not None:
+                    yield _group_record(shard, key, members)
+                    members = {}
+                key = k
+                members[ext] = tar.extractfile(m).read()
+                n += 1
+    except (tarfile.TarError, OSError, EOFError, storage.StorageError) as e:
+        if key is not None and members:
+            yield _group_record(shard, key, members)
+        # the rest of the shard cannot be read: one quarantine record says so, with where
+        yield make_record(f"{posixpath.basename(shard)}-unreadable", shard,
+                          error=(UNREADABLE_TAR, f"{shard}: {type(e).__name__}: {e} "
+                                                 f"(after {n} members; the rest is unreadable)"))
+        return
+    if key is not None:
+        yield _group_record(shard, key, members)
+
+
+# ---------------------------------------------------------------- (c) parquet / CSV manifest
+def _pick(columns: list[str], names: tuple[str, ...]) -> str | None:
+    low = {c.lower(): c for c in columns}
+    return next((low[n] for n in names if n in low), None)
+
+
+def _manifest_batches(src: str) -> Iterator[list[dict]]:
+    low = src.lower()
+    if low.endswith((".parquet", ".pq")):
+        import pyarrow.parquet as pq
+        with storage.open_uri(src, "rb") as f:
+            pf = pq.ParquetFile(f)
+            for batch in pf.iter_batches(batch_size=1024):
+                yield batch.to_pylist()
+    else:
+        import pandas as pd
+        sep = "\t" if low.endswith(".tsv") else ","
+        with storage.open_uri(src, "rb") as f:
+            # strings throughout: an empty caption stays "" (quarantined as empty), not NaN
+            for chunk in pd.read_csv(f, sep=sep, dtype=str, keep_default_na=False, chunksize=1024,
+                                     compression="gzip" if low.endswith(".gz") else None):
+                yield chunk.to_dict("records")
+
+
+def read_manifest(src: str) -> Iterator[dict]:
+    if not storage.exists(src):
+        raise ValueError(f"manifest {src!r} does not exist")
+    base = posixpath.dirname(src) if storage.is_remote(src) else os.path.dirname(
+        os.path.abspath(storage.local_path(src)))
+    image_col = caption_col = None
+    row_no = 0
+    for rows in _manifest_batches(src):
+        for row in rows:
+            if image_col is None:
+                image_col = _pick(list(row), FILE_FIELDS)
+                caption_col = _pick(list(row), CAPTION_FIELDS)
+                if image_col is None:
+                    raise ValueError(f"manifest {src}: no image column; expected one of "
+                                     f"{', '.join(FILE_FIELDS)} (columns: {', '.join(row)})")
+                if caption_col is None:
+                    raise ValueError(f"manifest {src}: no caption column; expected one of "
+                                     f"{', '.join(CAPTION_FIELDS)} (columns: {', '.join(row)})")
+            row_no += 1
+            yield _manifest_record(src, base, row, row_no, image_col)
+
+
+def _manifest_record(src: str, base: str, row: dict, row_no: int, image_col: str) -> dict:
+    where = f"{src}#row={row_no}"
+    value = row[image_col]
+    key = _first(row, KEY_FIELDS)
+    image = None
+    if isinstance(value, dict):  # Hugging Face datasets' Image feature: {"bytes", "path"}
+        image, value = value.get("bytes"), value.get("path")
+    if isinstance(value, (bytes, bytearray)):
+        image, value = bytes(value), None
+    if image is not None:
+        return make_record(str(key if key is not None else f"row-{row_no:08d}"), where,
+                           image=image, fields=row)
+    if value is None or not str(value).strip():
+        return make_record(str(key if key is not None else f"row-{row_no:08d}"), where, fields=row,
+                           error=(MISSING_IMAGE, f"{where}: empty {image_col!r}"))
+    path = str(value).strip()
+    if "://" not in path and not os.path.isabs(path):
+        path = storage.join(base, path)
+    stem = posixpath.splitext(posixpath.basename(path))[0]
+    # a missing file is found by the reader that reads it (load_image), in parallel under ingest
+    return make_record(str(key if key is not None else stem), path, ref=("uri", path), fields=row)
+
+
+# ---------------------------------------------------------------- (d) the Shapes generator
+def parse_shapes_uri(src: str) -> dict[str, Any]:
+    """shapes://n=1000,size=64,seed=0,curated_fraction=0.1 -> dict (defaults filled in)."""
+    if not src.startswith("shapes://"):
+        raise ValueError(f"a Shapes source looks like shapes://n=1000,size=64,seed=0; got {src!r}")
+    params: dict[str, Any] = {"n": 1000, "size": 64, "seed": 0, "curated_fraction": 0.1}
+    body = src[len("shapes://"):].strip("/")
+    for part in filter(None, re.split(r"[,&;]", body)):
+        name, eq, value = part.partition("=")
+        name = name.strip()
+        if not eq or name not in params:
+            raise ValueError(f"{src}: unknown or malformed field {part!r}; fields: {', '.join(params)}")
+        try:
+            params[name] = float(value) if name == "curated_fraction" else int(value)
+        except ValueError:
+            raise ValueError(f"{src}: field {name!r} must be a number, got {value!r}") from None
+    if params["n"] < 1:
+        raise ValueError(f"{src}: field 'n' must be >= 1")
+    if not 8 <= params["size"] <= 4096:
+        raise ValueError(f"{src}: field 'size' must be in [8, 4096]")
+    if not 0 <= params["curated_fraction"] <= 1:
+        raise ValueError(f"{src}: field 'curated_fraction' must be in [0, 1]")
+    return params
+
+
+def read_shapes(src: str) -> Iterator[dict]:
+    from model_code.data.synth import shapes_item
+    p = parse_shapes_uri(src)
+    for i in range(p["n"]):
+        row = shapes_item(p["seed"], i, p["size"], p["curated_fraction"])
+        yield make_record(row["key"], f"{src}#{i}", ref=("shapes", row["scene"]),
+                          fields={k: row[k] for k in ("caption", "curated_caption", "scene", "license")})

@@ -1,0 +1,292 @@
+"""Generation bundles and generators: prompts in, images out, for either recipe.
+
+A *bundle* is one directory (or s3:// prefix) holding every trained part a recipe needs and a
+`bundle.json` that names them:
+
+    bundle.json   {"format": "easel-bundle/1", "recipe": "dalle"|"unclip", "preset": ...,
+                   "parts": {"tokenizer": "tokenizer", "clip": "clip", ...},
+                   "sampling": {...defaults...}, "lineage": {...}}
+    tokenizer/ clip/ dvae/ transformer/            (dalle)
+    tokenizer/ clip/ prior/ decoder/ upsampler/    (unclip; upsampler optional)
+
+A generator samples `candidates` images per prompt and keeps the `n` that CLIP ranks best
+(DALL-E 1's generate-then-search; DALL-E 2 reranks too). Evaluation, the MLflow pyfunc model
+and the KServe server all call `Generator.generate`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from model_code import storage
+
+BUNDLE_FORMAT = "easel-bundle/1"
+RECIPE_PARTS = {"dalle": ("tokenizer", "clip", "dvae", "transformer"),
+                "unclip": ("tokenizer", "clip", "prior", "decoder")}
+OPTIONAL_PARTS = {"unclip": ("upsampler",), "dalle": ()}
+DEFAULT_SAMPLING = {
+    # DALL-E 1 samples at temperature 1 and reranks; the paper's N = 512 is far beyond CPU.
+    "dalle": {"temperature": 1.0, "top_k": None, "top_p": None, "candidates": 4},
+    # DALL-E 2 samples the prior and decoder with guidance; steps come from the part configs.
+    "unclip": {"prior_guidance": None, "decoder_guidance": None, "prior_steps": None,
+               "decoder_steps": None, "upsample": True, "candidates": 2},
+}
+
+
+# ---------------------------------------------------------------- tensors <-> images
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """(B, 3, H, W) in [-1, 1] -> list of RGB images."""
+    arr = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte()
+    arr = arr.permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a, "RGB") for a in arr]
+
+
+def to_tensor(images: Sequence[Image.Image], size: int | None = None) -> torch.Tensor:
+    """list of images -> (B, 3, S, S) in [-1, 1] (resized to `size` if given)."""
+    out = []
+    for im in images:
+        im = im.convert("RGB")
+        if size and im.size != (size, size):
+            im = im.resize((size, size), Image.BICUBIC)
+        out.append(torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1))
+    return torch.stack(out).float() / 127.5 - 1
+
+
+# ---------------------------------------------------------------- bundle files
+def save_bundle(out: str, recipe: str, parts: dict[str, str], preset: str = "",
+                sampling: dict | None = None, lineage: dict | None = None) -> str:
+    """Assemble a bundle from trained part directories (copied, so the bundle stands alone)."""
+    if recipe not in RECIPE_PARTS:
+        raise ValueError(f"unknown recipe {recipe!r}: choose dalle or unclip")
+    missing = [p for p in RECIPE_PARTS[recipe] if not parts.get(p)]
+    if missing:
+        raise ValueError(f"a {recipe} bundle needs parts {', '.join(missing)}")
+    names = {}
+    for name, src in parts.items():
+        if not src:
+            continue
+        if name not in RECIPE_PARTS[recipe] + OPTIONAL_PARTS[recipe]:
+            raise ValueError(f"part {name!r} does not belong in a {recipe} bundle")
+        dst = storage.join(out, name)
+        if storage.is_remote(src):
+            with tempfile.TemporaryDirectory() as tmp:
+                storage.put_dir(storage.get_dir(src, tmp), dst)
+        else:
+            storage.put_dir(storage.local_path(src), dst)
+        names[name] = name
+    meta = {"format": BUNDLE_FORMAT, "recipe": recipe, "preset": preset, "parts": names,
+            "sampling": {**DEFAULT_SAMPLING[recipe], **(sampling or {})}, "lineage": lineage or {}}
+    storage.write_text(storage.join(out, "bundle.json"), json.dumps(meta, indent=2, default=str))
+    return out
+
+
+def read_bundle_meta(path: str) -> dict:
+    meta_path = storage.join(path, "bundle.json")
+    if not storage.exists(meta_path):
+        raise FileNotFoundError(f"{path} is not an Easel bundle (no bundle.json)")
+    meta = json.loads(storage.read_text(meta_path))
+    if meta.get("format") != BUNDLE_FORMAT:
+        raise ValueError(f"{path}: unsupported bundle format {meta.get('format')!r}")
+    return meta
+
+
+# ---------------------------------------------------------------- generators
+@dataclass
+class Generated:
+    """The result for one prompt: the kept images (best first) and their CLIP scores."""
+    prompt: str
+    images: list[Image.Image]
+    scores: list[float]
+    candidates: int = 1
+    extra: dict = field(default_factory=dict)
+
+
+class Generator:
+    """Shared half of both recipes: text encoding, CLIP embedding and reranking."""
+
+    recipe = ""
+
+    def __init__(self, tokenizer, clip, sampling: dict | None = None, meta: dict | None = None):
+        self.tokenizer = tokenizer
+        self.clip = clip.eval()
+        self.sampling = {**DEFAULT_SAMPLING.get(self.recipe, {}), **(sampling or {})}
+        self.meta = meta or {}
+
+    # -- loading
+    @staticmethod
+    def load(path: str, map_location: str = "cpu") -> "Generator":
+        """Load a bundle (local dir or s3:// prefix) as the generator of its recipe."""
+        meta = read_bundle_meta(path)
+        cls = {"dalle": DalleGenerator, "unclip": UnclipGenerator}[meta["recipe"]]
+        return cls._from_bundle(path, meta, map_location)
+
+    # -- text and CLIP
+    def encode_text(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.tokenizer.encode_batch(list(prompts))
+
+    @torch.no_grad()
+    def embed_texts(self, prompts: Sequence[str]) -> torch.Tensor:
+        ids, mask = self.encode_text(prompts)
+        return self.clip.encode_text(ids, mask)
+
+    @torch.no_grad()
+    def embed_images(self, images: torch.Tensor | Sequence[Image.Image]) -> torch.Tensor:
+        if not isinstance(images, torch.Tensor):
+            images = to_tensor(images, self.clip.config["image_size"])
+        elif images.shape[-1] != self.clip.config["image_size"]:
+            images = torch.nn.functional.interpolate(images, size=self.clip.config["image_size"],
+                                                     mode="bilinear", antialias=True, align_corners=False)
+        return self.clip.encode_image(images)
+
+    @torch.no_grad()
+    def clip_scores(self, images: torch.Tensor | Sequence[Image.Image], prompts: Sequence[str]) -> torch.Tensor:
+        """Cosine similarity of each image with its prompt (same length lists)."""
+        return (self.embed_images(images) * self.embed_texts(prompts)).sum(-1)
+
+    # -- the public entry point
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[str], n: int = 1, candidates: int | None = None,
+                 seed: int | None = 0, **overrides) -> list[Generated]:
+        """For each prompt, sample `candidates` images and keep the `n` CLIP likes best.
+
+        Deterministic for the same prompts, settings and seed. `overrides` are sampling
+        settings of the recipe (see DEFAULT_SAMPLING)."""
+        prompts = list(prompts)
+        if not prompts:
+            return []
+        if any(not isinstance(p, str) for p in prompts):
+            raise ValueError("prompts must be strings")
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        cand = int(candidates or self.sampling.get("candidates") or n)
+        cand = max(cand, n)
+        settings = {**self.sampling, **{k: v for k, v in overrides.items() if v is not None}}
+        gen = torch.Generator().manual_seed(int(seed if seed is not None else torch.seed() % 2**31))
+        images = self.sample(prompts, cand, gen, settings)          # (P * cand, 3, H, W)
+        scores = self.clip_scores(images, [p for p in prompts for _ in range(cand)]).view(len(prompts), cand)
+        out = []
+        for i, p in enumerate(prompts):
+            order = torch.argsort(scores[i], descending=True)[:n]
+            pil = to_pil(images[i * cand + order])
+            out.append(Generated(p, pil, [float(scores[i, j]) for j in order], candidates=cand))
+        return out
+
+    def sample(self, prompts: list[str], num: int, generator: torch.Generator,
+               settings: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def image_size(self) -> int:
+        raise NotImplementedError
+
+
+def _load_parts(path: str, names: dict[str, str], loaders: dict[str, Any], map_location: str) -> dict:
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        local = storage.get_dir(path, tmp) if storage.is_remote(path) else storage.local_path(path)
+        for part, loader in loaders.items():
+            if part in names:
+                out[part] = loader(os.path.join(local, names[part]))
+    for m in out.values():
+        if isinstance(m, torch.nn.Module):
+            m.to(map_location).eval()
+    return out
+
+
+class DalleGenerator(Generator):
+    """DALL-E 1: text tokens -> transformer samples image codes -> dVAE decodes them."""
+
+    recipe = "dalle"
+
+    def __init__(self, tokenizer, clip, dvae, transformer, sampling=None, meta=None):
+        super().__init__(tokenizer, clip, sampling, meta)
+        self.dvae, self.transformer = dvae.eval(), transformer.eval()
+
+    @classmethod
+    def _from_bundle(cls, path, meta, map_location):
+        from model_code.models.clip import CLIP
+        from model_code.models.dvae import DVAE
+        from model_code.models.transformer import DalleTransformer
+        from model_code.text.tokenizer import TextTokenizer
+        p = _load_parts(path, meta["parts"], {"tokenizer": TextTokenizer.load, "clip": CLIP.from_pretrained,
+                                              "dvae": DVAE.from_pretrained,
+                                              "transformer": DalleTransformer.from_pretrained}, map_location)
+        return cls(p["tokenizer"], p["clip"], p["dvae"], p["transformer"], meta.get("sampling"), meta)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.dvae.config["image_size"])
+
+    def encode_text(self, prompts):
+        return self.tokenizer.encode_batch(list(prompts), max_len=self.transformer.config["text_len"])
+
+    def sample(self, prompts, num, generator, settings):
+        ids, mask = self.encode_text(prompts)
+        codes = self.transformer.generate(ids, mask, num_samples=num, temperature=settings["temperature"],
+                                          top_k=settings.get("top_k"), top_p=settings.get("top_p"),
+                                          generator=generator)
+        return self.dvae.decode(codes)
+
+
+class UnclipGenerator(Generator):
+    """DALL-E 2: CLIP text embedding -> prior samples an image embedding -> decoder renders it
+    (-> conv upsampler 4x)."""
+
+    recipe = "unclip"
+
+    def __init__(self, tokenizer, clip, prior, decoder, upsampler=None, sampling=None, meta=None):
+        super().__init__(tokenizer, clip, sampling, meta)
+        self.prior, self.decoder = prior.eval(), decoder.eval()
+        self.upsampler = upsampler.eval() if upsampler is not None else None
+
+    @classmethod
+    def _from_bundle(cls, path, meta, map_location):
+        from model_code.models.clip import CLIP
+        from model_code.models.decoder import UnCLIPDecoder
+        from model_code.models.prior import DiffusionPrior
+        from model_code.models.upsampler import Upsampler
+        from model_code.text.tokenizer import TextTokenizer
+        p = _load_parts(path, meta["parts"], {"tokenizer": TextTokenizer.load, "clip": CLIP.from_pretrained,
+                                              "prior": DiffusionPrior.from_pretrained,
+                                              "decoder": UnCLIPDecoder.from_pretrained,
+                                              "upsampler": Upsampler.from_pretrained}, map_location)
+        return cls(p["tokenizer"], p["clip"], p["prior"], p["decoder"], p.get("upsampler"),
+                   meta.get("sampling"), meta)
+
+    @property
+    def image_size(self) -> int:
+        s = int(self.decoder.config["image_size"])
+        if self.upsampler is not None and self.sampling.get("upsample", True):
+            s *= int(self.upsampler.config["scale"])
+        return s
+
+    def text_condition(self, prompts: list[str]):
+        ids, mask = self.encode_text(prompts)
+        emb, tokens = self.clip.encode_text_all(ids, mask)
+        return emb, tokens, mask
+
+    def sample(self, prompts, num, generator, settings):
+        emb, tokens, mask = self.text_condition(prompts)
+        rep = lambda x: x.repeat_interleave(num, dim=0)  # noqa: E731  (B*num rows, prompt-major)
+        emb, tokens, mask = rep(emb), rep(tokens), rep(mask)
+        if self.decoder.conditioning == "text":  # the DALL-E 2 table's text-conditioned baseline
+            z = emb
+        else:
+            z = self.prior.sample(emb, tokens, mask, steps=settings.get("prior_steps"),
+                                  guidance_scale=settings.get("prior_guidance"), generator=generator)
+        images = self.decode_embeddings(z, tokens, mask, generator, settings)
+        return images
+
+    def decode_embeddings(self, z, tokens, mask, generator, settings) -> torch.Tensor:
+        images = self.decoder.sample(z, tokens, mask, steps=settings.get("decoder_steps"),
+                                     guidance_scale=settings.get("decoder_guidance"), generator=generator)
+        if self.upsampler is not None and settings.get("upsample", True):
+            images = self.upsampler.sample(images, generator=generator)
+        return images

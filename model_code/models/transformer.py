@@ -1,0 +1,297 @@
+"""DALL-E 1 transformer: a decoder-only transformer over [text tokens, image tokens]
+(Ramesh et al. 2021, section 2.2), built from `transformers`' GPT2LMHeadModel.
+
+One shared vocabulary and one embedding table, laid out as
+
+    [0, V)               text BPE tokens                    V = text_vocab_size
+    [V, V + T)           text padding, one token per text position (paper: "a special padding
+                         token unique to each of the T text positions")   T = text_len
+    [V + T, V + T + K)   image codes                        K = codebook_size
+
+and one sequence of fixed length T + N (N = image_grid^2 image tokens, raster order):
+
+    [t_0 ... t_{T-1}, c_0 ... c_{N-1}]      padded text positions hold their own padding token
+
+Because every sequence has the same length and the padding tokens are real tokens, no attention
+mask is needed: mixed-length prompts batch without left-padding, KV-cache generation and full
+recomputation see exactly the same inputs, and an image token always sits at the same position.
+GPT-2's learned absolute position embeddings cover both streams (the paper's row/column image
+embeddings and sparse attention masks are not reproduced; dense causal attention is used).
+
+Loss (paper): cross-entropies of text and image normalised separately, weighted 1/8 and 7/8.
+Text positions are scored over the text+padding part of the vocabulary and only where the target
+is real text (mask True); image positions are scored over the K image codes, as at sampling time
+where a LogitsProcessor confines every image position to image codes.
+
+Config keys (the `transformer:` preset section; missing keys take the defaults in DEFAULTS):
+    text_vocab_size, text_len, image_grid, codebook_size, n_layer, n_head, d_model, n_inner,
+    dropout, attn_dropout, activation, layer_norm_eps, initializer_range, text_loss_weight,
+    image_loss_weight, attn_implementation, and training knobs read by model_code.train (TRAIN_KEYS).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_model, save_model
+from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel, LogitsProcessor, LogitsProcessorList
+
+from model_code import storage
+
+DEFAULTS: dict = {
+    # the paper's 12B shapes (section 2.2 / appendix B): 64 layers, 62 heads of 64, d_model 3968,
+    # 16384 BPE tokens, 256 text + 32x32 image tokens from 8192 codes
+    "text_vocab_size": 16384,
+    "text_len": 256,
+    "image_grid": 32,
+    "codebook_size": 8192,
+    "n_layer": 64,
+    "n_head": 62,
+    "d_model": 3968,
+    "n_inner": None,            # MLP width; None = 4 * d_model
+    "dropout": 0.0,             # embedding and residual dropout
+    "attn_dropout": 0.0,
+    "activation": "gelu_new",
+    "layer_norm_eps": 1e-5,
+    "initializer_range": 0.02,
+    # paper: text 1/8, image 7/8 (the main objective is image modelling)
+    "text_loss_weight": 1.0 / 8,
+    "image_loss_weight": 7.0 / 8,
+    "attn_implementation": "sdpa",
+}
+TRAIN_KEYS = {"lr", "lr_end", "weight_decay", "adam_betas", "adam_eps", "warmup_steps", "max_steps",
+              "batch_size", "grad_clip", "log_every", "val_every", "ckpt_every", "precision",
+              "gradient_checkpointing"}
+
+
+def resolve_config(cfg: dict | None) -> dict:
+    """Fill defaults and validate a `transformer` config; ValueError naming the bad field."""
+    cfg = dict(cfg or {})
+    unknown = set(cfg) - set(DEFAULTS) - TRAIN_KEYS
+    if unknown:
+        raise ValueError(f"unknown transformer config keys {sorted(unknown)}; known: "
+                         f"{sorted(set(DEFAULTS) | TRAIN_KEYS)}")
+    out = {**DEFAULTS, **cfg}
+    for k in ("text_vocab_size", "text_len", "image_grid", "codebook_size", "n_layer", "n_head",
+              "d_model"):
+        if isinstance(out[k], bool) or not isinstance(out[k], int) or out[k] < 1:
+            raise ValueError(f"transformer.{k} must be a positive int, got {out[k]!r}")
+    if out["d_model"] % out["n_head"]:
+        raise ValueError(f"transformer.d_model ({out['d_model']}) must be divisible by "
+                         f"transformer.n_head ({out['n_head']})")
+    if out["text_len"] < 2:
+        raise ValueError(f"transformer.text_len must be >= 2, got {out['text_len']}")
+    for k in ("dropout", "attn_dropout"):
+        if not 0 <= out[k] < 1:
+            raise ValueError(f"transformer.{k} must be in [0, 1), got {out[k]}")
+    for k in ("text_loss_weight", "image_loss_weight"):
+        if out[k] < 0:
+            raise ValueError(f"transformer.{k} must be >= 0, got {out[k]}")
+    if out["attn_implementation"] not in ("sdpa", "eager"):
+        raise ValueError(f"transformer.attn_implementation must be 'sdpa' or 'eager', "
+                         f"got {out['attn_implementation']!r}")
+    return out
+
+
+class ImageCodesOnly(LogitsProcessor):
+    """Confines sampling to the image-code range [offset, offset + K) of the shared vocabulary."""
+
+    def __init__(self, offset: int, codebook_size: int):
+        self.offset, self.codebook_size = offset, codebook_size
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scores = scores.clone()                                      # (B, vocab)
+        scores[:, :self.offset] = -float("inf")
+        scores[:, self.offset + self.codebook_size:] = -float("inf")
+        return scores
+
+
+class DalleTransformer(nn.Module):
+    """Decoder-only transformer over [text, image] tokens (see the module docstring)."""
+
+    def __init__(self, cfg: dict | None = None):
+        super().__init__()
+        self._config = c = resolve_config(cfg)
+        self.text_vocab_size = c["text_vocab_size"]
+        self.text_len = c["text_len"]
+        self.codebook_size = c["codebook_size"]
+        self.image_grid = c["image_grid"]
+        self.image_tokens = c["image_grid"] ** 2
+        self.pad_offset = self.text_vocab_size                       # first per-position pad token
+        self.image_offset = self.text_vocab_size + self.text_len     # first image code
+        gpt_cfg = GPT2Config(
+            vocab_size=self.image_offset + self.codebook_size,
+            n_positions=self.text_len + self.image_tokens,
+            n_embd=c["d_model"], n_layer=c["n_layer"], n_head=c["n_head"], n_inner=c["n_inner"],
+            activation_function=c["activation"], resid_pdrop=c["dropout"], embd_pdrop=c["dropout"],
+            attn_pdrop=c["attn_dropout"], layer_norm_epsilon=c["layer_norm_eps"],
+            initializer_range=c["initializer_range"],
+            bos_token_id=None, eos_token_id=None, pad_token_id=None, tie_word_embeddings=True)
+        gpt_cfg._attn_implementation = c["attn_implementation"]
+        self.gpt = GPT2LMHeadModel(gpt_cfg)
+        if c.get("gradient_checkpointing"):  # recompute activations in backward (large presets)
+            enable = getattr(self.gpt, "activation_checkpointing_enable", None)  # transformers >= 5.2x
+            (enable or self.gpt.gradient_checkpointing_enable)()
+
+    # -------------------------------------------------------------- construction / io
+    @classmethod
+    def from_config(cls, cfg: dict | None) -> "DalleTransformer":
+        """Build from the `transformer` preset section (a whole preset with that key also works)."""
+        if cfg and "transformer" in cfg and isinstance(cfg["transformer"], dict):
+            cfg = cfg["transformer"]
+        return cls(cfg)
+
+    @property
+    def config(self) -> dict:
+        return dict(self._config)
+
+    @property
+    def seq_len(self) -> int:
+        return self.text_len + self.image_tokens
+
+    def num_params(self) -> int:
+        """Unique parameters (the tied input/output embedding counted once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def save_pretrained(self, dir_or_uri: str) -> None:
+        """Write config.json + model.safetensors under a directory or URI."""
+        with tempfile.TemporaryDirectory() as tmp:
+            with open(os.path.join(tmp, "config.json"), "w") as f:
+                json.dump({"model_type": "easel-dalle-transformer", **self._config}, f, indent=2)
+            save_model(self, os.path.join(tmp, "model.safetensors"))  # handles the tied embedding
+            storage.put_dir(tmp, dir_or_uri)
+
+    @classmethod
+    def from_pretrained(cls, dir_or_uri: str,
+                        map_location: str | torch.device = "cpu") -> "DalleTransformer":
+        with tempfile.TemporaryDirectory() as tmp:
+            local = storage.get_dir(dir_or_uri, tmp) if storage.is_remote(dir_or_uri) \
+                else storage.local_path(dir_or_uri)
+            with open(os.path.join(local, "config.json")) as f:
+                cfg = json.load(f)
+            if cfg.pop("model_type", None) != "easel-dalle-transformer":
+                raise ValueError(f"{dir_or_uri}/config.json is not an easel DALL-E transformer config")
+            model = cls(cfg)
+            load_model(model, os.path.join(local, "model.safetensors"), strict=True,
+                       device=str(map_location))
+        return model
+
+    # -------------------------------------------------------------- sequences
+    def text_tokens(self, text_ids: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """(B, L<=T) tokenizer output -> (B, T) text stream: padded positions (mask False, and
+        positions L..T-1) get their position's unique padding token V + t."""
+        if text_ids.dim() != 2 or text_mask.shape != text_ids.shape:
+            raise ValueError(f"text_ids and text_mask must both be (B, L), got "
+                             f"{tuple(text_ids.shape)} and {tuple(text_mask.shape)}")
+        B, L = text_ids.shape
+        if L > self.text_len:
+            raise ValueError(f"text length {L} exceeds transformer.text_len={self.text_len}; "
+                             f"encode with max_len={self.text_len}")
+        mask = text_mask.bool()
+        ids = text_ids.long()
+        real = ids[mask]
+        if real.numel() and (int(real.min()) < 0 or int(real.max()) >= self.text_vocab_size):
+            raise ValueError(f"text_ids must lie in [0, text_vocab_size={self.text_vocab_size}) "
+                             f"where text_mask is True, got [{int(real.min())}, {int(real.max())}]")
+        pads = self.pad_offset + torch.arange(self.text_len, device=ids.device).expand(B, -1)
+        out = pads.clone()                                           # (B, T)
+        out[:, :L] = torch.where(mask, ids, pads[:, :L])
+        return out
+
+    def _image_tokens(self, image_codes: torch.Tensor, batch: int) -> torch.Tensor:
+        """(B,h,w) or (B,N) codes -> (B,N) ids in the shared vocabulary."""
+        codes = image_codes.reshape(image_codes.shape[0], -1) if image_codes.dim() == 3 else image_codes
+        if codes.dim() != 2 or codes.shape != (batch, self.image_tokens):
+            raise ValueError(f"image_codes must be (B,{self.image_grid},{self.image_grid}) or "
+                             f"(B,{self.image_tokens}) with B={batch}, got {tuple(image_codes.shape)}")
+        if codes.is_floating_point():
+            raise ValueError(f"image_codes must be integer, got {codes.dtype}")
+        if int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size:
+            raise ValueError(f"image_codes must lie in [0, codebook_size={self.codebook_size}), "
+                             f"got [{int(codes.min())}, {int(codes.max())}]")
+        return codes.long() + self.image_offset
+
+    # -------------------------------------------------------------- training
+    def forward_loss(self, text_ids: torch.Tensor, text_mask: torch.Tensor,
+                     image_codes: torch.Tensor) -> dict:
+        """Weighted next-token cross-entropy: {"loss", "text_loss", "image_loss"} (nats/token)."""
+        text = self.text_tokens(text_ids, text_mask)                 # (B, T)
+        B, T = text.shape
+        image = self._image_tokens(image_codes, B)                   # (B, N)
+        seq = torch.cat([text, image], dim=1)                        # (B, T+N)
+        logits = self.gpt(input_ids=seq[:, :-1], use_cache=False).logits  # (B, T+N-1, vocab)
+
+        # position i predicts seq[i+1]: text targets are seq[1:T], image targets seq[T:]
+        text_logits = logits[:, :T - 1, :self.image_offset].float()  # (B, T-1, V+T)
+        text_target = seq[:, 1:T]
+        text_real = torch.zeros_like(text_target, dtype=torch.bool)
+        Lm = min(text_mask.shape[1], T) - 1
+        text_real[:, :Lm] = text_mask[:, 1:Lm + 1].bool()            # only real text is scored
+        text_ce = F.cross_entropy(text_logits.transpose(1, 2), text_target, reduction="none")
+        text_loss = (text_ce * text_real).sum() / text_real.sum().clamp_min(1)
+
+        image_logits = logits[:, T - 1:, self.image_offset:].float()  # (B, N, K)
+        image_loss = F.cross_entropy(image_logits.transpose(1, 2), image - self.image_offset)
+
+        c = self._config
+        loss = c["text_loss_weight"] * text_loss + c["image_loss_weight"] * image_loss
+        return {"loss": loss, "text_loss": text_loss.detach(), "image_loss": image_loss.detach()}
+
+    def forward(self, text_ids: torch.Tensor, text_mask: torch.Tensor, image_codes: torch.Tensor) -> dict:
+        return self.forward_loss(text_ids, text_mask, image_codes)
+
+    # -------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def generate(self, text_ids: torch.Tensor, text_mask: torch.Tensor, num_samples: int = 1,
+                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                 seed: int | None = None, generator: torch.Generator | None = None,
+                 use_cache: bool = True) -> torch.Tensor:
+        """Sample image codes for each prompt: LongTensor (B * num_samples, h, w), the samples of
+        prompt b at rows b*num_samples ... (b+1)*num_samples-1.
+
+        temperature 0 means greedy decoding. The same seed (or a generator in the same state) gives
+        the same codes; the global RNG is left untouched. use_cache=False recomputes the whole
+        prefix at every step (the baseline of the KV-cache benchmark).
+        """
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+        if top_p is not None and not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
+        if seed is not None and generator is not None:
+            raise ValueError("give seed or generator, not both")
+        device = self.gpt.device
+        prompt = self.text_tokens(text_ids.to(device), text_mask.to(device))   # (B, T)
+        prompt = prompt.repeat_interleave(num_samples, dim=0)                   # (B*n, T)
+        greedy = temperature == 0
+        gen_cfg = GenerationConfig(
+            max_new_tokens=self.image_tokens, min_new_tokens=0, do_sample=not greedy,
+            temperature=None if greedy else float(temperature),
+            top_k=None if greedy else top_k, top_p=None if greedy else top_p,
+            use_cache=use_cache, num_beams=1, bos_token_id=None, eos_token_id=None,
+            pad_token_id=self.pad_offset)  # no eos: exactly N image tokens are generated
+        if generator is not None:
+            seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
+        was_training = self.training
+        self.eval()  # no dropout while sampling
+        devices = [device] if device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+                if seed is not None:
+                    torch.manual_seed(seed)
+                out = self.gpt.generate(
+                    input_ids=prompt, attention_mask=torch.ones_like(prompt),
+                    generation_config=gen_cfg,
+                    logits_processor=LogitsProcessorList([ImageCodesOnly(self.image_offset,
+                                                                         self.codebook_size)]))
+        finally:
+            self.train(was_training)
+        codes = out[:, self.text_len:] - self.image_offset                      # (B*n, N)
+        return codes.reshape(-1, self.image_grid, self.image_grid)

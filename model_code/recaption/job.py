@@ -1,0 +1,454 @@
+"""The recaption job (DALL-E 3, "Step 2: Re-caption everything").
+
+For every image of an ingested dataset, write a short and a long synthetic caption, sampled with
+nucleus sampling (top_p 0.9, temperature 0.7), checked by the filters (length, repetition, CLIP
+alignment), regenerated up to `max_retries` times when rejected, and replaced by the original
+caption when every attempt fails ("regenerated or replaced with the original ground truth").
+
+Output, under `out` (a directory or s3:// prefix); images are never rewritten:
+    captions/shard-%05d.parquet   one sidecar per input shard, one row per record:
+        key, original, short, long,
+        {short,long}_verdict   "pass" (first sample) | "retry" (a later sample passed) | "fallback"
+        {short,long}_reason    why the last rejected sample failed ("" when the first passed)
+        {short,long}_retries   samples drawn after the first
+        {short,long}_fallback  True when the caption is the original one
+        {short,long}_tokens, original_tokens   caption lengths in the captioner's tokens
+        {short,long}_clip, original_clip       image-caption cosine under the alignment CLIP (NaN: no CLIP)
+      parquet metadata "easel": the captioner, the settings and the shard's timings and filter counts
+    dataset.json                  (finalize) the new dataset version: parent + its version id, a
+                                  pointer to the parent's shards, counts
+
+Resumable per shard: a shard whose sidecar exists is not redone; a sidecar is written whole
+(temporary name + rename locally, one PUT on S3), so a killed job never leaves half a sidecar.
+`recaption(..., shards=[...])` handles a subset, so a pipeline can fan out over shards
+(KFP ParallelFor) and call `finalize` once at the end.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import posixpath
+import time
+import zlib
+from datetime import datetime, timezone
+from typing import Any, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from model_code import storage
+from model_code.config import load_preset
+from model_code.recaption.captioner import KINDS, Captioner, CoCaCaptioner, images_to_tensor, load_captioner
+from model_code.recaption.filters import CaptionFilters, ClipAlignment, Verdict
+
+log = logging.getLogger(__name__)
+
+FORMAT = "easel-recaption-v1"
+DEFAULTS: dict[str, Any] = {
+    "top_p": 0.9,          # DALL-E 3: nucleus sampling with top-p 0.9 ...
+    "temperature": 0.7,    # ... and temperature 0.7, not beam search
+    "max_retries": 2,
+    "batch_size": 64,
+    "seed": 0,
+    "max_new_tokens": {},  # per kind caps, e.g. {"short": 40, "long": 200}; default: the model's room
+}
+VERDICTS = ("pass", "retry", "fallback")
+
+
+# ---------------------------------------------------------------- helpers
+def shard_index(name: str) -> int:
+    """"shard-00012.tar" / ".../shard-00012.parquet" -> 12."""
+    base = posixpath.basename(name.rstrip("/")).split(".", 1)[0]
+    if not base.startswith("shard-") or not base[6:].isdigit():
+        raise ValueError(f"shards: {name!r} is not a shard name like 'shard-00000.tar'")
+    return int(base[6:])
+
+
+def sidecar_uri(out: str, index: int) -> str:
+    return storage.join(out, "captions", f"shard-{index:05d}.parquet")
+
+
+def _seed(base: int, shard: int, batch: int, kind: str, attempt: int) -> int:
+    """A sample's seed depends only on where it is, so a resumed or fanned-out run draws the
+    same captions as one uninterrupted run."""
+    return (base * 1_000_003 + zlib.crc32(f"{shard}:{batch}:{kind}:{attempt}".encode())) % (2**31)
+
+
+def _original_caption(row: dict, key: str, shard: str) -> str:
+    if "caption" not in row:
+        raise ValueError(f"{shard}: record {key!r} has no 'caption' field in its JSON (not an ingested shard?)")
+    cap = row["caption"]
+    return "" if cap is None else str(cap)
+
+
+def _write_parquet(table: pa.Table, uri: str) -> None:
+    """Write a whole parquet file at once: temp name + rename locally, a single PUT on S3."""
+    if storage.is_remote(uri):
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        storage.write_bytes(uri, buf.getvalue())
+        return
+    path = storage.local_path(uri)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def _read_parquet(uri: str) -> pa.Table:
+    with storage.open_uri(uri, "rb") as f:
+        return pq.read_table(f)
+
+
+def _sidecar_meta(table: pa.Table) -> dict:
+    raw = (table.schema.metadata or {}).get(b"easel")
+    return json.loads(raw) if raw else {}
+
+
+def _sidecar_complete(uri: str) -> bool:
+    """A finished shard: the sidecar exists, parses and has the expected columns."""
+    if not storage.exists(uri):
+        return False
+    try:
+        table = _read_parquet(uri)
+    except Exception as e:  # a torn or foreign file: redo the shard rather than trust it
+        log.warning("recaption: %s is unreadable (%s); redoing the shard", uri, e)
+        return False
+    return {"key", "original", "short", "long"} <= set(table.column_names) and bool(_sidecar_meta(table))
+
+
+# ---------------------------------------------------------------- captioning one kind of one batch
+def _caption_batch(captioner: Captioner, filters: CaptionFilters, images, x, originals: list[str], kind: str,
+                   cfg: dict, shard: int, batch: int, counters: dict) -> dict[str, list]:
+    """Sample, filter, resample the rejected ones, fall back to the original caption."""
+    n = len(images)
+    kw = dict(kind=kind, top_p=cfg["top_p"], temperature=cfg["temperature"])
+    texts = captioner.caption(images, seed=_seed(cfg["seed"], shard, batch, kind, 0), **kw)
+    verdicts, ntok, cos = filters.check(texts, kind, x)
+    retries = [0] * n
+    last_reject: list[Verdict | None] = [v if not v.ok else None for v in verdicts]
+    counters["captions"] += n
+    counters["tokens"] += sum(ntok)
+    pending = [i for i, v in enumerate(verdicts) if not v.ok]
+    for attempt in range(1, cfg["max_retries"] + 1):
+        if not pending:
+            break
+        sub = captioner.caption([images[i] for i in pending],
+                                seed=_seed(cfg["seed"], shard, batch, kind, attempt), **kw)
+        v2, n2, c2 = filters.check(sub, kind, None if x is None else x[pending])
+        counters["captions"] += len(sub)
+        counters["tokens"] += sum(n2)
+        for j, i in enumerate(pending):
+            texts[i], verdicts[i], ntok[i], cos[i], retries[i] = sub[j], v2[j], n2[j], c2[j], attempt
+            if not v2[j].ok:
+                last_reject[i] = v2[j]
+        pending = [i for i in pending if not verdicts[i].ok]
+    fallback = [False] * n
+    for i in pending:  # every sample failed: keep the original caption (DALL-E 3's fallback)
+        texts[i], fallback[i] = originals[i], True
+        ntok[i] = filters.count_tokens(originals[i])
+        cos[i] = float("nan")
+    verdict = ["fallback" if fallback[i] else ("retry" if retries[i] else "pass") for i in range(n)]
+    return {kind: texts, f"{kind}_verdict": verdict,
+            f"{kind}_reason": [v.reason if v is not None else "" for v in last_reject],
+            f"{kind}_retries": retries, f"{kind}_fallback": fallback, f"{kind}_tokens": ntok, f"{kind}_clip": cos}
+
+
+def _recaption_shard(shard_uri: str, out: str, captioner: Captioner, filters: CaptionFilters, cfg: dict,
+                     image_size: int | None, progress: bool) -> dict:
+    from tqdm.auto import tqdm
+
+    from model_code.data.dataset import iter_shard
+
+    idx = shard_index(shard_uri)
+    name = posixpath.basename(shard_uri)
+    t0 = time.time()
+    counters = {"captions": 0, "tokens": 0}
+    before = filters.stats.as_dict()
+    cols: dict[str, list] = {c: [] for c in ("key", "original", "original_tokens", "original_clip")}
+    batch: list[tuple[str, Any, str]] = []
+    bar = tqdm(desc=f"recaption {name}", unit="img", disable=not progress, leave=False)
+
+    def flush(b: int) -> None:
+        keys = [k for k, _, _ in batch]
+        images = [im for _, im, _ in batch]
+        originals = [o for _, _, o in batch]
+        x = images_to_tensor(images, image_size) if filters.uses_clip else None
+        cols["key"] += keys
+        cols["original"] += originals
+        cols["original_tokens"] += [filters.count_tokens(o) for o in originals]
+        cols["original_clip"] += ([float(c) for c in filters.alignment.cosines(x, originals)]
+                                  if filters.uses_clip else [float("nan")] * len(keys))
+        for kind in KINDS:
+            for c, v in _caption_batch(captioner, filters, images, x, originals, kind, cfg, idx, b, counters).items():
+                cols.setdefault(c, []).extend(v)
+        bar.update(len(batch))
+        batch.clear()
+
+    n_batches = 0
+    for key, image, row in iter_shard(shard_uri):
+        batch.append((key, image, _original_caption(row, key, name)))
+        if len(batch) == cfg["batch_size"]:
+            flush(n_batches)
+            n_batches += 1
+    if batch:
+        flush(n_batches)
+    bar.close()
+    seconds = time.time() - t0
+    after = filters.stats.as_dict()
+    meta = {"format": FORMAT, "shard": name, "shard_uri": shard_uri, "captioner": captioner.name,
+            "settings": {k: cfg[k] for k in ("top_p", "temperature", "max_retries", "seed")},
+            "filters": filters.cfg, "uses_clip": filters.uses_clip, "seconds": seconds,
+            "generated_captions": counters["captions"], "generated_tokens": counters["tokens"],
+            "filter_counts": {k: after[k] - before.get(k, 0) for k in after if not k.endswith("_rate")}}
+    table = pa.Table.from_pydict(cols).replace_schema_metadata({b"easel": json.dumps(meta).encode()})
+    _write_parquet(table, sidecar_uri(out, idx))
+    return {"shard": name, "records": table.num_rows, "seconds": seconds, **counters}
+
+
+# ---------------------------------------------------------------- the job
+def _resolve(preset: str | dict, overrides: dict) -> dict:
+    pcfg = preset if isinstance(preset, dict) else load_preset(preset)
+    cfg = {**DEFAULTS, **(pcfg.get("recaption") or {})}
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    if not 0 < float(cfg["top_p"]) <= 1:
+        raise ValueError(f"recaption.top_p must be in (0, 1], got {cfg['top_p']!r}")
+    if float(cfg["temperature"]) < 0:
+        raise ValueError(f"recaption.temperature must be >= 0, got {cfg['temperature']!r}")
+    for key, lo in (("max_retries", 0), ("batch_size", 1)):
+        if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < lo:
+            raise ValueError(f"recaption.{key} must be an integer >= {lo}, got {cfg[key]!r}")
+    return cfg
+
+
+def _alignment(clip: str | None, captioner: Captioner, tokenizer: str | None):
+    """The CLIP that judges alignment: `clip` (a CLIP dir/URI), else the CoCa's own contrastive
+    towers; "none" turns the filter off. Returns (ClipAlignment | None, image size | None)."""
+    if clip is not None and str(clip).lower() == "none":
+        return None, None
+    if clip is None:
+        if isinstance(captioner, CoCaCaptioner):
+            return ClipAlignment(captioner.model.clip, captioner.tokenizer), captioner.model.clip.config["image_size"]
+        log.info("recaption: no CLIP given for a %s captioner; the alignment filter is off", captioner.name)
+        return None, None
+    from model_code.models.clip import CLIP
+    from model_code.text.tokenizer import TextTokenizer
+    if isinstance(captioner, CoCaCaptioner) and tokenizer is None:
+        tok = captioner.tokenizer
+    elif tokenizer is not None:
+        tok = TextTokenizer.load(tokenizer)
+    else:
+        raise ValueError("recaption: the CLIP alignment filter needs `tokenizer` (the CLIP's TextTokenizer dir)")
+    model = CLIP.from_pretrained(clip, map_location=getattr(captioner, "device", "cpu")).eval()
+    if model.config["vocab_size"] != tok.vocab_size:
+        raise ValueError(f"recaption: CLIP at {clip} has vocab_size {model.config['vocab_size']} but the "
+                         f"tokenizer has {tok.vocab_size}")
+    return ClipAlignment(model, tok), model.config["image_size"]
+
+
+def _token_counter(cap: Captioner, tokenizer: str | None, alignment: ClipAlignment | None):
+    """Lengths in the project's tokenizer where there is one (comparable across captioners and
+    with the generators' text budget), else in the captioner's own tokens."""
+    if isinstance(cap, CoCaCaptioner):
+        return cap.count_tokens
+    if alignment is not None:
+        return alignment.tokenizer.count_tokens
+    if tokenizer is not None:
+        from model_code.text.tokenizer import TextTokenizer
+        return TextTokenizer.load(tokenizer).count_tokens
+    return cap.count_tokens
+
+
+def recaption(dataset: str, out: str, captioner: str | Captioner, tokenizer: str | None = None,
+              clip: str | None = None, shards: Sequence[str] | None = None, preset: str | dict = "tiny",
+              top_p: float | None = None, temperature: float | None = None, max_retries: int | None = None,
+              batch_size: int | None = None, seed: int | None = None, progress: bool = True,
+              mlflow: bool = True, device: str | None = None, finalize_out: bool | None = None) -> dict:
+    """Recaption `dataset`'s shards (all, or the named subset) into sidecars under `out`.
+
+    captioner: a trained CoCa directory/URI, "pretrained:PATH", "oracle" (Shapes only) or a Captioner.
+    tokenizer: the project TextTokenizer directory: the CoCa's, `clip`'s, and the one caption lengths are
+               counted in (without one, a pretrained captioner counts in its own tokens).
+    clip: a CLIP directory/URI for the alignment filter; None uses the CoCa's own towers; "none" = off.
+    Settings left None come from the preset's `recaption:` section, then the paper's defaults.
+    finalize_out: write out/dataset.json at the end (default: when every shard was asked for).
+    Returns the run's summary (records, rates, filter counts, fallbacks).
+    """
+    cfg = _resolve(preset, {"top_p": top_p, "temperature": temperature, "max_retries": max_retries,
+                            "batch_size": batch_size, "seed": seed})
+    from model_code.data.dataset import shard_list
+
+    available = shard_list(dataset)
+    if not available:
+        raise ValueError(f"recaption: {dataset} has no shards (shards/shard-*.tar)")
+    if shards is None:
+        todo = available
+    else:
+        by_index = {shard_index(u): u for u in available}
+        todo = []
+        for s in shards:
+            i = shard_index(s)
+            if i not in by_index:
+                raise ValueError(f"shards: {s!r} is not a shard of {dataset}")
+            todo.append(by_index[i])
+    if finalize_out is None:
+        finalize_out = shards is None
+
+    cap = captioner if not isinstance(captioner, str) else load_captioner(
+        captioner, tokenizer, device=device, max_new_tokens=cfg.get("max_new_tokens") or None)
+    alignment, clip_size = _alignment(clip, cap, tokenizer)
+    filters = CaptionFilters(cfg, _token_counter(cap, tokenizer, alignment), alignment)
+
+    t0 = time.time()
+    done, skipped = [], []
+    for uri in todo:
+        if _sidecar_complete(sidecar_uri(out, shard_index(uri))):
+            skipped.append(posixpath.basename(uri))
+            continue
+        done.append(_recaption_shard(uri, out, cap, filters, cfg, clip_size, progress))
+    seconds = time.time() - t0
+    n_cap = sum(d["captions"] for d in done)
+    n_tok = sum(d["tokens"] for d in done)
+    summary = {
+        "out": out, "dataset": dataset, "captioner": cap.name, "shards_done": [d["shard"] for d in done],
+        "shards_skipped": skipped, "records": sum(d["records"] for d in done), "captions_generated": n_cap,
+        "tokens_generated": n_tok, "seconds": seconds,
+        "captions_per_s": n_cap / seconds if done and seconds > 0 else 0.0,
+        "tokens_per_s": n_tok / seconds if done and seconds > 0 else 0.0,
+        "filters": filters.stats.as_dict(), "uses_clip": filters.uses_clip,
+        "settings": {k: cfg[k] for k in ("top_p", "temperature", "max_retries", "batch_size", "seed")},
+    }
+    summary["verdicts"] = _count_sidecars(out, [shard_index(u) for u in todo])
+    summary["fallback"] = {k: c["fallback"] for k, c in summary["verdicts"].items()}
+    if finalize_out:
+        summary["dataset_json"] = finalize(out, dataset)["path"]
+    if mlflow:
+        _log_mlflow(summary)
+    log.info("recaption: %d records in %d shards (%d skipped), %.1f captions/s, %.0f tokens/s",
+             summary["records"], len(done), len(skipped), summary["captions_per_s"], summary["tokens_per_s"])
+    return summary
+
+
+def _count_sidecars(out: str, indices: Sequence[int]) -> dict:
+    """Verdict counts over the given shards' sidecars: {kind: {pass, retry, fallback}}."""
+    counts = {k: dict.fromkeys(VERDICTS, 0) for k in KINDS}
+    for i in indices:
+        uri = sidecar_uri(out, i)
+        if not storage.exists(uri):
+            continue
+        t = _read_parquet(uri)
+        for kind in KINDS:
+            for v in t.column(f"{kind}_verdict").to_pylist():
+                counts[kind][v] += 1
+    return counts
+
+
+# ---------------------------------------------------------------- finalize: the new dataset version
+def finalize(out: str, parent: str) -> dict:
+    """Write out/dataset.json: a new dataset version whose images are the parent's shards and
+    whose captions are the sidecars. Every parent shard must have its sidecar, and each sidecar
+    must cover exactly its shard's records (counts balance). Returns {"path", **meta}."""
+    from model_code.data.dataset import info, manifest, shard_list
+
+    parent_meta = info(parent)
+    parent_shards = shard_list(parent)
+    missing = [posixpath.basename(u) for u in parent_shards
+               if not storage.exists(sidecar_uri(out, shard_index(u)))]
+    if missing:
+        raise ValueError(f"finalize: {len(missing)} shards of {parent} have no sidecar yet (first: {missing[0]}); "
+                         f"run recaption on them first")
+    counts = {k: dict.fromkeys(VERDICTS, 0) for k in KINDS}
+    records = 0
+    content = hashlib.sha256(str(parent_meta.get("content_hash") or parent_meta.get("version") or parent).encode())
+    seconds = gen_caps = gen_toks = 0.0
+    captioners, keys_seen = set(), 0
+    for u in parent_shards:
+        uri = sidecar_uri(out, shard_index(u))
+        data = storage.read_bytes(uri)
+        content.update(hashlib.sha256(data).digest())
+        t = pq.read_table(io.BytesIO(data))
+        meta = _sidecar_meta(t)
+        records += t.num_rows
+        keys_seen += len(set(t.column("key").to_pylist()))
+        for kind in KINDS:
+            for v in t.column(f"{kind}_verdict").to_pylist():
+                counts[kind][v] += 1
+        seconds += meta.get("seconds", 0.0)
+        gen_caps += meta.get("generated_captions", 0)
+        gen_toks += meta.get("generated_tokens", 0)
+        captioners.add(meta.get("captioner", "?"))
+    if keys_seen != records:
+        raise ValueError(f"finalize: sidecars under {out} repeat keys ({records} rows, {keys_seen} distinct keys)")
+    try:
+        n_parent = len(manifest(parent))
+    except (FileNotFoundError, storage.StorageError):
+        n_parent = parent_meta.get("accepted")
+    if n_parent is not None and int(n_parent) != records:
+        raise ValueError(f"finalize: the sidecars hold {records} records but {parent} has {n_parent}")
+    for kind in KINDS:
+        if sum(counts[kind].values()) != records:  # pass + retry + fallback = records, per kind
+            raise ValueError(f"finalize: {kind} verdicts do not add up to {records} records: {counts[kind]}")
+    meta = {
+        "format": FORMAT, "kind": "recaptioned",
+        "parent": parent, "shards_from": parent,
+        "parent_version": parent_meta.get("version") or parent_meta.get("content_hash"),
+        "version": content.hexdigest()[:16],
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "captioner": sorted(captioners)[0] if len(captioners) == 1 else sorted(captioners),
+        "records": records, "accepted": records, "shards": len(parent_shards),
+        "shard_files": parent_shards,
+        "files": {"captions": "captions/shard-%05d.parquet", "shards": storage.join(parent, "shards", "shard-%05d.tar"),
+                  "manifest": storage.join(parent, "manifest.parquet")},
+        "captions": counts,
+        "fallback_rate": {k: counts[k]["fallback"] / max(1, records) for k in KINDS},
+        "generation": {"seconds": seconds, "captions": int(gen_caps), "tokens": int(gen_toks),
+                       "captions_per_s": gen_caps / seconds if seconds else 0.0,
+                       "tokens_per_s": gen_toks / seconds if seconds else 0.0},
+        "size": parent_meta.get("size"),
+        "balance": "records = pass + retry + fallback, per caption kind",
+    }
+    path = storage.join(out, "dataset.json")
+    storage.write_text(path, json.dumps(meta, indent=2, default=str))
+    return {"path": path, **meta}
+
+
+# ---------------------------------------------------------------- MLflow
+def _tracking_uri() -> str | None:
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    try:
+        from model_code.train.run import tracking_uri
+    except ImportError:
+        return None
+    return tracking_uri()
+
+
+def _log_mlflow(summary: dict) -> None:
+    """Totals, rates and filter counts to MLflow; a tracking problem is logged, never fatal
+    (the sidecars are the product, the metrics describe them)."""
+    uri = _tracking_uri()
+    if not uri:
+        log.info("recaption: no MLflow tracking URI; metrics not logged")
+        return
+    try:
+        import mlflow
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_experiment("easel-recaption")
+        with mlflow.start_run(run_name="recaption"):
+            mlflow.log_params({"dataset": summary["dataset"], "out": summary["out"], "captioner": summary["captioner"],
+                               "uses_clip": summary["uses_clip"], **summary["settings"]})
+            metrics = {k: summary[k] for k in ("records", "captions_generated", "tokens_generated", "seconds",
+                                               "captions_per_s", "tokens_per_s")}
+            metrics.update({f"filter/{k}": v for k, v in summary["filters"].items()})
+            for kind, c in summary["verdicts"].items():
+                metrics.update({f"verdict/{kind}_{v}": n for v, n in c.items()})
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))
+                                and math.isfinite(float(v))})
+            mlflow.set_tags({"shards_done": ",".join(summary["shards_done"])[:5000], "stage": "recaption"})
+            summary["mlflow_run_id"] = mlflow.active_run().info.run_id
+    except Exception as e:  # noqa: BLE001 - see docstring
+        log.warning("recaption: MLflow logging to %s failed: %s", uri, e)

@@ -1,0 +1,1 @@
+"""Text: the BPE tokenizer (tokenizer.py), caption parsing and caption blending."""

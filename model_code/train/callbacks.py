@@ -1,0 +1,293 @@
+"""Callbacks of a training run: checkpoints in the object store (periodic and on SIGTERM),
+throughput and MFU, sample grids in MLflow, and a periodic log line.
+
+Checkpoint layout under `<out>/checkpoints/` (a directory or s3:// prefix, via model_code.storage):
+
+    step-00000400.ckpt    Lightning checkpoint: weights, optimiser, LR schedule, loop state,
+                          and `easel` = {part, samples_seen, ema}
+    latest.json           {"step", "file", "samples_seen", "config_hash", "mlflow_run_id", "reason"}
+
+latest.json is written after the checkpoint is fully uploaded, so it always names a complete
+file; the oldest checkpoints beyond `keep` are then deleted.
+
+Preemption: a spot node gets SIGTERM and a grace period. The handler only sets a flag; at the end
+of the current optimizer step (never inside a gradient-accumulation window, whose partial
+gradients a checkpoint cannot hold) every rank agrees to stop, the checkpoint is written and
+training ends cleanly. Re-running the same command resumes from it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+import time
+from typing import Any, Callable
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+
+from model_code import storage
+
+log = logging.getLogger(__name__)
+
+# Dense bf16 tensor-core peaks (FLOP/s) by device name; the first substring that matches wins.
+PEAK_BF16_FLOPS = (
+    ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12),
+    ("GH200", 989e12), ("B200", 2250e12), ("A100", 312e12), ("L40S", 362e12), ("L40", 181e12),
+    ("L4", 121e12), ("A10G", 70e12), ("A10", 125e12), ("V100", 125e12), ("T4", 65e12),
+)
+
+
+def peak_flops(device: torch.device, configured: float | None = None) -> float | None:
+    """The device's peak bf16 FLOP/s for MFU: the configured value, else from the GPU's name."""
+    if configured:
+        return float(configured)
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_FLOPS if k in name), None)
+
+
+def _at_step_boundary(trainer: pl.Trainer, batch_idx: int) -> bool:
+    """True after the micro-batch that completed an optimizer step (the run is one epoch)."""
+    return (batch_idx + 1) % trainer.accumulate_grad_batches == 0
+
+
+# --------------------------------------------------------------------------- checkpoints
+class ObjectStoreCheckpoint(Callback):
+    def __init__(self, uri: str, every_n_steps: int, keep: int = 2,
+                 meta: Callable[[], dict] | None = None):
+        self.uri, self.every, self.keep = uri, int(every_n_steps), int(keep)
+        self.meta = meta or (lambda: {})
+        self.sigterm = False          # set by the signal handler
+        self.preempted = False        # training stopped early because of SIGTERM
+        self.saved: list[str] = []
+        self._old_handler: Any = None
+
+    # SIGTERM: Lightning installs its own handler (it stops after the current micro-batch); ours
+    # replaces it while training so the stop waits for an optimizer-step boundary.
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        try:
+            self._old_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+        except ValueError:  # not the main thread: leave signals to whoever owns them
+            self._old_handler = None
+
+    def _on_sigterm(self, signum, frame) -> None:
+        if not self.sigterm:
+            print("SIGTERM received: checkpointing at the end of this step, then stopping",
+                  file=sys.stderr, flush=True)
+        self.sigterm = True
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._old_handler is not None:
+            signal.signal(signal.SIGTERM, self._old_handler)
+            self._old_handler = None
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        if not _at_step_boundary(trainer, batch_idx):
+            return
+        stop = self.sigterm
+        if trainer.world_size > 1:  # all ranks stop at the same step or none does
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        step = trainer.global_step
+        if stop:
+            self.save(trainer, reason="sigterm")
+            self.preempted = True
+            trainer.should_stop = True
+        elif self.every and step % self.every == 0 and step < (trainer.max_steps or 0):
+            self.save(trainer, reason="periodic")
+
+    def save(self, trainer: pl.Trainer, reason: str) -> str:
+        """Write a checkpoint (a collective call: every rank), upload it, update latest.json."""
+        step = trainer.global_step
+        name = f"step-{step:08d}.ckpt"
+        uri = storage.join(self.uri, name)
+        with tempfile.TemporaryDirectory(prefix="easel-ckpt-") as tmp:
+            local = os.path.join(tmp, name)
+            trainer.save_checkpoint(local)
+            if trainer.is_global_zero:
+                storage.makedirs(self.uri)
+                if storage.is_remote(self.uri) or os.path.abspath(local) != os.path.abspath(uri):
+                    storage.put_file(local, uri)
+                pl_module = trainer.lightning_module
+                latest = {"step": step, "file": name, "reason": reason, "time": time.time(),
+                          "samples_seen": int(getattr(pl_module, "samples_seen", 0)), **self.meta()}
+                storage.write_text(storage.join(self.uri, "latest.json"), json.dumps(latest, indent=2))
+                self.saved.append(name)
+                self._prune()
+        trainer.strategy.barrier("easel-checkpoint")
+        print(f"checkpoint step {step} ({reason}) -> {uri}", file=sys.stderr, flush=True)
+        return uri
+
+    def _prune(self) -> None:
+        files = storage.ls(self.uri, "step-*.ckpt")
+        for old in files[:-self.keep]:
+            storage.remove(old)
+
+
+def latest_checkpoint(ckpt_dir: str) -> dict | None:
+    """latest.json of a checkpoint directory (plus `uri` of the file), or None when there is none."""
+    path = storage.join(ckpt_dir, "latest.json")
+    if not storage.exists(path):
+        return None
+    latest = json.loads(storage.read_text(path))
+    latest["uri"] = storage.join(ckpt_dir, latest["file"])
+    if not storage.exists(latest["uri"]):
+        raise ValueError(f"{path} names {latest['file']}, which is missing from {ckpt_dir}")
+    return latest
+
+
+# --------------------------------------------------------------------------- throughput
+class Throughput(Callback):
+    """Every `log_every` steps: steps/s, samples/s, tokens/s (where the part counts tokens),
+    achieved TFLOP/s and MFU = achieved / (peak per device x devices) when the peak is known.
+
+    FLOPs per sample are measured once, on the first batch, by counting one forward pass with
+    torch's FlopCounterMode (x3 for forward + backward). The clock is read at log steps only
+    (after a device synchronise), so the measurement adds no per-step host-device sync."""
+
+    def __init__(self, log_every: int, peak: float | None = None):
+        self.log_every, self.peak_cfg = int(log_every), peak
+        self.flops_per_sample: float | None = None
+        self.last: dict | None = None
+        self.latest: dict[str, float] = {}
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if self.flops_per_sample is None and self._peak(pl_module) is not None:
+            try:
+                self.flops_per_sample = 3.0 * pl_module.forward_flops(batch) / len(batch["image"])
+            except Exception as e:  # noqa: BLE001 - a model FlopCounterMode cannot trace: no MFU
+                log.warning("FLOP counting failed (%s); MFU will not be reported", e)
+                self.flops_per_sample = 0.0
+
+    def _peak(self, pl_module: pl.LightningModule) -> float | None:
+        return peak_flops(pl_module.device, self.peak_cfg)
+
+    def _mark(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        tokens = pl_module.tokens_window
+        pl_module.tokens_window = 0
+        return {"t": time.perf_counter(), "step": trainer.global_step,
+                "samples": pl_module.samples_seen, "tokens": float(tokens)}
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.last = None
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        if not _at_step_boundary(trainer, batch_idx):
+            return
+        if self.last is None:  # the first step (compilation, warm-up) is not timed
+            self.last = self._mark(trainer, pl_module)
+            return
+        if trainer.global_step % self.log_every:
+            return
+        now = self._mark(trainer, pl_module)
+        dt = now["t"] - self.last["t"]
+        if dt <= 0:
+            return
+        m = {"perf/steps_per_s": (now["step"] - self.last["step"]) / dt,
+             "perf/samples_per_s": (now["samples"] - self.last["samples"]) / dt}
+        if pl_module.spec.tokens_fn is not None:
+            # tokens were summed on this rank since the last mark; scale to all ranks
+            m["perf/tokens_per_s"] = now["tokens"] * trainer.world_size / dt
+        peak = self._peak(pl_module)
+        if self.flops_per_sample:
+            achieved = self.flops_per_sample * m["perf/samples_per_s"]   # all ranks together
+            m["perf/tflops"] = achieved / 1e12
+            if peak:
+                m["perf/mfu"] = achieved / (peak * trainer.world_size)
+        self.latest = m
+        self.last = now
+        for logger in trainer.loggers:
+            logger.log_metrics(m, step=trainer.global_step)
+
+
+# --------------------------------------------------------------------------- sample grids
+class SampleGrid(Callback):
+    """Every `every_n_steps` steps (and at the end of training) on rank 0: the part's sample_fn on
+    a fixed batch (the first one seen), with the EMA weights where there are some, logged to MLflow
+    as an image (`samples/step_XXXXXX.png`) or, without MLflow, written under `out_dir`."""
+
+    def __init__(self, every_n_steps: int, n: int, seed: int, out_dir: str | None = None):
+        self.every, self.n, self.seed, self.out_dir = int(every_n_steps), int(n), int(seed), out_dir
+        self.batch: dict | None = None
+        self.logged: list[str] = []
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        if self.batch is None:
+            self.batch = {k: (v[:self.n].detach().clone() if torch.is_tensor(v) else list(v[:self.n]))
+                          for k, v in batch.items()}
+        if (self.every and _at_step_boundary(trainer, batch_idx)
+                and trainer.global_step % self.every == 0 and trainer.global_step < trainer.max_steps):
+            self.log_grid(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.batch is not None and trainer.global_step >= trainer.max_steps:
+            self.log_grid(trainer, pl_module)
+
+    def log_grid(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        spec = pl_module.spec
+        if spec.sample_fn is None or not trainer.is_global_zero:
+            return
+        if type(trainer.strategy).__name__.startswith("FSDP"):
+            return  # sharded weights: sampling on one rank is not possible
+        from model_code.viz import image_grid
+        rng_state = torch.get_rng_state()
+        with pl_module.eval_weights() as model, torch.no_grad():
+            images, captions = spec.sample_fn(model, self.batch, pl_module.ctx, self.n, self.seed)
+        torch.set_rng_state(rng_state)
+        pil = [_to_pil(im) for im in images.float().cpu()]
+        grid = image_grid(pil, captions + [""] * (len(pil) - len(captions)) if captions else None,
+                          cols=min(self.n, len(pil)), cell=96, caption_lines=4)
+        name = f"samples/step_{trainer.global_step:06d}.png"
+        logger = next((lg for lg in trainer.loggers if type(lg).__name__ == "MLFlowLogger"), None)
+        if logger is not None:
+            logger.experiment.log_image(logger.run_id, grid, artifact_file=name)
+        elif self.out_dir:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = os.path.join(tmp, "grid.png")
+                grid.save(path)
+                storage.put_file(path, storage.join(self.out_dir, name))
+        self.logged.append(name)
+
+
+def _to_pil(image: torch.Tensor):
+    from PIL import Image
+    arr = ((image.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return Image.fromarray(arr)
+
+
+# --------------------------------------------------------------------------- log line
+class LogLine(Callback):
+    """One line per `log_every` steps on stderr, for logs without a terminal (pods, CI):
+    `[dvae] step 120/400 loss 0.1234 psnr 21.3 | 512 samples/s`."""
+
+    def __init__(self, part: str, log_every: int, throughput: Throughput | None = None):
+        self.part, self.every, self.throughput = part, int(log_every), throughput
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        if not (_at_step_boundary(trainer, batch_idx) and trainer.is_global_zero):
+            return
+        step = trainer.global_step
+        if step % self.every and step != trainer.max_steps:
+            return
+        metrics = {k[len("train/"):]: float(v) for k, v in trainer.callback_metrics.items()
+                   if k.startswith("train/") and k != "train/lr"}
+        parts = [f"[{self.part}] step {step}/{trainer.max_steps}"]
+        parts += [f"{k} {v:.4g}" for k, v in metrics.items()]
+        perf = self.throughput.latest if self.throughput else {}
+        if "perf/samples_per_s" in perf:
+            parts.append(f"| {perf['perf/samples_per_s']:.1f} samples/s")
+        if "perf/mfu" in perf:
+            parts.append(f"MFU {100 * perf['perf/mfu']:.1f}%")
+        print(" ".join(parts), file=sys.stderr, flush=True)

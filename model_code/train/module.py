@@ -1,0 +1,387 @@
+"""One thin LightningModule for every part: batch -> `spec.prepare` -> `model.forward_loss`.
+
+The models are plain nn.Modules that know nothing of Lightning; this wrapper adds only what a
+training run needs around them:
+
+- AdamW (weight decay on matrices only, as nanoGPT: no decay on biases, norms' gains, scalars),
+  a per-step LR schedule (linear warm-up then cosine, constant, or the dVAE's own schedule);
+- an EMA of the weights where the part asks for one (unCLIP prior and decoder: decay 0.9999);
+- deterministic per-step randomness: before each micro-batch the global RNG is reseeded from
+  (seed, samples seen, rank), so a resumed run draws the same noise as an uninterrupted one;
+- the data position: the loader is built in `train_dataloader` from the restored step, so a
+  resumed run continues at exactly the next sample (see model_code.data.loader);
+- logging of every key `forward_loss` returns, plus the learning rate.
+
+Training configuration (`resolve_train_config`), lowest precedence first:
+  TRAIN_DEFAULTS < the part's paper defaults (parts.PartSpec.train_defaults)
+  < the preset's `train:` scalars < training keys in the part's own section (e.g. `dvae.lr`)
+  < `train.steps.<part>` (max_steps) < `train.<part>: {...}` (any key, for that part only).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Callable, Iterator
+
+import pytorch_lightning as pl
+import torch
+import torch.nn as nn
+
+from model_code.train.parts import Context, PartSpec
+
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "seed": 0,
+    "max_steps": 1000,
+    "batch_size": 32,             # per device
+    "accumulate_grad_batches": 1,
+    # optimiser and schedule
+    "lr": 3e-4,
+    "lr_schedule": "cosine",      # cosine | constant | dvae
+    "warmup_steps": 0,            # capped at a tenth of the run (a paper's 5000 on a 300-step run)
+    "lr_end": None,               # cosine floor; None: min_lr_ratio * lr
+    "min_lr_ratio": 0.1,
+    "adam_betas": (0.9, 0.999),
+    "adam_eps": 1e-8,
+    "weight_decay": 0.0,
+    "grad_clip": None,            # max global grad norm
+    "ema_decay": None,            # e.g. 0.9999 (unCLIP prior/decoder); None: no EMA
+    # data
+    "caption_policy": None,       # None: the part's default (parts.PartSpec.caption_policy)
+    "synthetic_fraction": 0.95,   # DALL-E 3 blend: 95% synthetic / 5% original
+    "synthetic_kind": "long",
+    "data_cache": "auto",         # auto | decoded | none (model_code.data.loader)
+    "num_workers": 0,
+    # hardware
+    "precision": "auto",          # auto: bf16-mixed on GPU, 32 on CPU
+    "strategy": "auto",           # auto | ddp | fsdp
+    "devices": "auto",
+    "num_nodes": 1,
+    "compile": False,             # torch.compile the model's forward_loss
+    "gradient_checkpointing": False,
+    "find_unused_parameters": False,
+    # observability and robustness
+    "log_every": 50,
+    "ckpt_every": 500,
+    "keep_checkpoints": 2,
+    "sample_every": 0,            # 0: a sample grid only at the end of training
+    "sample_n": 8,
+    "progress": "auto",           # auto (bar on a terminal, else log lines) | bar | log | none
+    "peak_flops": None,           # per-device peak FLOP/s for MFU; None: from the GPU's name
+    "mlflow_experiment": "easel-train",
+}
+# Keys that may change between a run and its resumption without changing what is trained.
+OPERATIONAL_KEYS = {"max_steps", "num_workers", "data_cache", "precision", "strategy", "devices",
+                    "num_nodes", "compile", "gradient_checkpointing", "find_unused_parameters",
+                    "log_every", "ckpt_every", "keep_checkpoints", "sample_every", "sample_n",
+                    "progress", "peak_flops", "mlflow_experiment"}
+LR_SCHEDULES = ("cosine", "constant", "dvae")
+
+
+def resolve_train_config(cfg: dict, part: str, spec: PartSpec | None = None) -> dict:
+    """The training settings of one part (see the module docstring for the precedence)."""
+    from model_code.train.parts import get_part
+    spec = spec or get_part(part)
+    top = cfg.get("train") or {}
+    if not isinstance(top, dict):
+        raise ValueError(f"train must be a mapping, got {type(top).__name__}")
+    out = {**TRAIN_DEFAULTS, **spec.train_defaults}
+    out.update({k: v for k, v in top.items() if not isinstance(v, dict)})
+    sec = cfg.get(part) or {}
+    out.update({k: v for k, v in sec.items() if k in TRAIN_DEFAULTS or k in spec.train_defaults})
+    steps = top.get("steps") or {}
+    if part in steps:
+        out["max_steps"] = steps[part]
+    per_part = top.get(part) or {}
+    if not isinstance(per_part, dict):
+        raise ValueError(f"train.{part} must be a mapping of training keys, got {per_part!r}")
+    out.update(per_part)
+    known = set(TRAIN_DEFAULTS) | set(spec.train_defaults)
+    unknown = sorted(set(per_part) - known)
+    if unknown:
+        raise ValueError(f"unknown keys {unknown} in train.{part}; known: {sorted(known)}")
+    if out.get("caption_policy") is None:
+        out["caption_policy"] = spec.caption_policy
+    return _validate(out, part)
+
+
+def _validate(t: dict, part: str) -> dict:
+    def pos_int(k: str, minimum: int = 1) -> None:
+        v = t[k]
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            raise ValueError(f"train.{part}.{k} must be an integer >= {minimum}, got {v!r}")
+
+    # YAML 1.1 reads "3e-4" (no dot) as a string: accept numbers written either way
+    for k in ("lr", "adam_eps", "weight_decay", "lr_end", "min_lr_ratio", "grad_clip", "ema_decay",
+              "synthetic_fraction", "peak_flops"):
+        if isinstance(t.get(k), str):
+            try:
+                t[k] = float(t[k])
+            except ValueError:
+                raise ValueError(f"train.{part}.{k} must be a number, got {t[k]!r}") from None
+    for k in ("max_steps", "batch_size", "accumulate_grad_batches", "log_every", "keep_checkpoints",
+              "sample_n"):
+        pos_int(k)
+    for k in ("warmup_steps", "ckpt_every", "sample_every", "num_workers", "seed"):
+        pos_int(k, 0)
+    for k in ("lr", "adam_eps"):
+        if not isinstance(t[k], (int, float)) or not t[k] > 0:
+            raise ValueError(f"train.{part}.{k} must be a number > 0, got {t[k]!r}")
+    if not isinstance(t["weight_decay"], (int, float)) or t["weight_decay"] < 0:
+        raise ValueError(f"train.{part}.weight_decay must be >= 0, got {t['weight_decay']!r}")
+    betas = t["adam_betas"]
+    if not (isinstance(betas, (list, tuple)) and len(betas) == 2 and all(0 <= b < 1 for b in betas)):
+        raise ValueError(f"train.{part}.adam_betas must be two numbers in [0, 1), got {betas!r}")
+    t["adam_betas"] = tuple(float(b) for b in betas)
+    if t["lr_schedule"] not in LR_SCHEDULES:
+        raise ValueError(f"train.{part}.lr_schedule must be one of {LR_SCHEDULES}, got {t['lr_schedule']!r}")
+    if t["ema_decay"] is not None and not 0 < t["ema_decay"] < 1:
+        raise ValueError(f"train.{part}.ema_decay must be in (0, 1) or null, got {t['ema_decay']!r}")
+    if t["grad_clip"] is not None and not t["grad_clip"] > 0:
+        raise ValueError(f"train.{part}.grad_clip must be > 0 or null, got {t['grad_clip']!r}")
+    if t["strategy"] not in ("auto", "ddp", "fsdp"):
+        raise ValueError(f"train.{part}.strategy must be auto, ddp or fsdp, got {t['strategy']!r}")
+    if t["progress"] not in ("auto", "bar", "log", "none"):
+        raise ValueError(f"train.{part}.progress must be auto, bar, log or none, got {t['progress']!r}")
+    return t
+
+
+def lr_lambda(t: dict, model: nn.Module) -> Callable[[int], float]:
+    """Multiplier of the base lr at optimizer step s (LambdaLR)."""
+    if t["lr_schedule"] == "dvae":  # DALL-E 1: the dVAE anneals its own lr (dvae_schedule)
+        from model_code.models.dvae import dvae_schedule
+        mcfg = model.config
+        return lambda s: dvae_schedule(int(s), mcfg)["lr_scale"]
+    total = int(t["max_steps"])
+    warm = min(int(t["warmup_steps"]), total // 10)
+    if t["lr_schedule"] == "constant":
+        return lambda s: min(1.0, (s + 1) / warm) if warm else 1.0
+    floor = t["lr_end"] / t["lr"] if t["lr_end"] is not None else float(t["min_lr_ratio"])
+
+    def cosine(s: int) -> float:
+        if s < warm:
+            return (s + 1) / warm
+        p = min(1.0, (s - warm) / max(1, total - warm))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p))
+    return cosine
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices and conv kernels (dim >= 2) only."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+class EMA:
+    """Exponential moving average of a model's trainable weights (fp32 shadow copies).
+
+    The effective decay warms up as min(decay, (1 + n) / (10 + n)) over the n updates so far, so a
+    short run is not dominated by its random initialisation (a 0.9999 EMA needs ~10^4 updates)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = float(decay)
+        self.names = [n for n, p in model.named_parameters() if p.requires_grad]
+        self.shadow = [p.detach().float().clone() for _, p in self._params(model)]
+        self.updates = 0
+
+    def _params(self, model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+        named = dict(model.named_parameters())
+        return [(n, named[n]) for n in self.names]
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        params = [p.detach() for _, p in self._params(model)]
+        if self.shadow and self.shadow[0].device != params[0].device:
+            self.shadow = [s.to(params[0].device) for s in self.shadow]
+        if all(p.dtype == torch.float32 for p in params):
+            torch._foreach_lerp_(self.shadow, params, 1.0 - d)   # shadow += (1-d) (p - shadow)
+        else:
+            for s, p in zip(self.shadow, params):
+                s.lerp_(p.float(), 1.0 - d)
+
+    @contextlib.contextmanager
+    def swapped(self, model: nn.Module) -> Iterator[nn.Module]:
+        """Temporarily load the EMA weights into `model` (for sampling and the final save)."""
+        params = [p for _, p in self._params(model)]
+        backup = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            for p, s in zip(params, self.shadow):
+                p.copy_(s.to(p.device, p.dtype))
+        try:
+            yield model
+        finally:
+            with torch.no_grad():
+                for p, b in zip(params, backup):
+                    p.copy_(b)
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "updates": self.updates,
+                "shadow": dict(zip(self.names, [s.cpu() for s in self.shadow]))}
+
+    def load_state_dict(self, state: dict) -> None:
+        missing = [n for n in self.names if n not in state["shadow"]]
+        if missing:
+            raise ValueError(f"EMA state lacks weights {missing[:3]}")
+        self.updates = int(state["updates"])
+        self.shadow = [state["shadow"][n].float().clone() for n in self.names]
+
+
+def step_seed(seed: int, samples_seen: int, rank: int) -> int:
+    """The RNG seed of one micro-batch: a function of where the run is, not of its history."""
+    return (int(seed) * 1_000_003 + int(samples_seen) * 7919 + int(rank) * 104_729) % (2 ** 63 - 1)
+
+
+def activation_checkpointing(model: nn.Module) -> str:
+    """Recompute activations in backward: transformers models through their own switch, any other
+    model by wrapping its repeated blocks (the elements of its nn.ModuleLists)."""
+    hf = [m for m in model.modules() if getattr(m, "supports_gradient_checkpointing", False)
+          and hasattr(m, "gradient_checkpointing_enable")]
+    if hf:
+        for m in hf:
+            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return f"transformers ({len(hf)} models)"
+    blocks = block_types(model)
+    if not blocks:
+        raise ValueError(f"train.gradient_checkpointing: {type(model).__name__} has no repeated blocks "
+                         f"(nn.ModuleList) to checkpoint")
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+        CheckpointImpl, apply_activation_checkpointing, checkpoint_wrapper)
+    import functools
+    apply_activation_checkpointing(
+        model, checkpoint_wrapper_fn=functools.partial(checkpoint_wrapper,
+                                                       checkpoint_impl=CheckpointImpl.NO_REENTRANT),
+        check_fn=lambda m: isinstance(m, tuple(blocks)))
+    return ", ".join(sorted(b.__name__ for b in blocks))
+
+
+def block_types(model: nn.Module) -> set[type]:
+    """The classes of a model's repeated blocks: what FSDP wraps and checkpointing recomputes."""
+    return {type(child) for m in model.modules() if isinstance(m, nn.ModuleList) for child in m}
+
+
+class PartModule(pl.LightningModule):
+    """Trains `model` (one part) with `spec.prepare` + `model.forward_loss`.
+
+    loader_fn(start_batch, start_sample, rank, world_size) -> DataLoader is called once Lightning
+    has restored a checkpoint, so the loader starts at the restored data position."""
+
+    def __init__(self, spec: PartSpec, model: nn.Module, ctx: Context,
+                 loader_fn: Callable[[int, int, int, int], Any] | None = None):
+        super().__init__()
+        self.spec, self.model, self.ctx = spec, model, ctx
+        self.tcfg = ctx.train
+        self.loader_fn = loader_fn
+        self.ema = EMA(model, self.tcfg["ema_decay"]) if self.tcfg["ema_decay"] else None
+        self.samples_seen = 0          # samples consumed by the whole run (all ranks), checkpointed
+        self.tokens_window = 0         # tokens since the last throughput reading (device tensor)
+        self.first_metrics: dict[str, float] | None = None  # the first step's, for run summaries
+        self._loss_fn = model.forward_loss
+        self._log_every = int(self.tcfg["log_every"])
+
+    # ---------------------------------------------------------------- setup
+    def configure_model(self) -> None:
+        if self.tcfg["gradient_checkpointing"] and not getattr(self, "_gc_done", False):
+            activation_checkpointing(self.model)
+            self._gc_done = True
+        if self.tcfg["compile"] and self._loss_fn is self.model.forward_loss:
+            self._loss_fn = torch.compile(self.model.forward_loss)
+
+    def on_fit_start(self) -> None:
+        for dep in self.ctx.deps.values():  # frozen dependencies follow the model to its device
+            if isinstance(dep, nn.Module):
+                dep.to(self.device).eval().requires_grad_(False)
+
+    def train_dataloader(self):
+        if self.loader_fn is None:
+            raise RuntimeError("PartModule was built without a loader_fn")
+        # Lightning has restored global_step and (on_load_checkpoint) samples_seen by now
+        return self.loader_fn(self.trainer.global_step * self.trainer.accumulate_grad_batches,
+                              self.samples_seen, self.global_rank, self.trainer.world_size)
+
+    def configure_optimizers(self):
+        t = self.tcfg
+        fused = self.device.type == "cuda"
+        opt = torch.optim.AdamW(param_groups(self.model, float(t["weight_decay"])), lr=float(t["lr"]),
+                                betas=t["adam_betas"], eps=float(t["adam_eps"]), fused=fused)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(t, self.model))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ---------------------------------------------------------------- the step
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        torch.manual_seed(step_seed(self.tcfg["seed"], self.samples_seen, self.global_rank))
+
+    def prepare(self, batch: dict) -> dict:
+        self.ctx.step = int(self.global_step)
+        return self.spec.prepare(batch, self.ctx)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        kwargs = self.prepare(batch)
+        out = self._loss_fn(**kwargs)
+        if self.spec.tokens_fn is not None:
+            self.tokens_window = self.tokens_window + self.spec.tokens_fn(kwargs)
+        # log only on steps Lightning will write: self.log costs ~0.1 ms per key otherwise
+        step = self.global_step
+        if (step + 1) % self._log_every == 0 or step == 0 or step + 1 == self.trainer.max_steps:
+            metrics = {f"train/{k}": (v.detach().float() if torch.is_tensor(v) else float(v))
+                       for k, v in out.items()}
+            if self.first_metrics is None and step == 0:
+                self.first_metrics = {k: float(v) for k, v in metrics.items()}
+            metrics["train/lr"] = self.trainer.optimizers[0].param_groups[0]["lr"]
+            self.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=False, batch_size=len(batch["image"]))
+            self.log("loss", out["loss"].detach().float(), on_step=True, on_epoch=False, prog_bar=True,
+                     logger=False, batch_size=len(batch["image"]))
+        return out["loss"]
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.samples_seen += len(batch["image"]) * self.trainer.world_size
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:
+            self.ema.update(self.model)
+
+    # ---------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["easel"] = {"part": self.spec.name, "samples_seen": self.samples_seen,
+                               "first_metrics": self.first_metrics,
+                               "ema": self.ema.state_dict() if self.ema is not None else None}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("easel")
+        if state is None or state.get("part") != self.spec.name:
+            raise ValueError(f"checkpoint is not a {self.spec.name!r} training checkpoint "
+                             f"(it is for {state and state.get('part')!r})")
+        self.samples_seen = int(state["samples_seen"])
+        self.first_metrics = state.get("first_metrics")
+        if self.ema is not None:
+            if state.get("ema") is None:
+                raise ValueError("the run uses an EMA but the checkpoint has none (ema_decay changed?)")
+            self.ema.load_state_dict(state["ema"])
+
+    # ---------------------------------------------------------------- helpers for callbacks
+    @contextlib.contextmanager
+    def eval_weights(self) -> Iterator[nn.Module]:
+        """The weights to sample or save with: the EMA's where there is one, in eval mode."""
+        was = self.model.training
+        self.model.eval()
+        try:
+            with (self.ema.swapped(self.model) if self.ema is not None else contextlib.nullcontext()):
+                yield self.model
+        finally:
+            self.model.train(was)
+
+    @torch.no_grad()
+    def forward_flops(self, batch: dict) -> int:
+        """FLOPs of one forward pass of the model on `batch` (matmuls, convs, attention), counted
+        by torch's FlopCounterMode; the trainer counts a training step as 3x (fwd + 2x bwd)."""
+        from torch.utils.flop_counter import FlopCounterMode
+        kwargs = self.prepare(batch)
+        counter = FlopCounterMode(display=False)
+        with counter:
+            self.model.forward_loss(**kwargs)
+        return int(counter.get_total_flops())

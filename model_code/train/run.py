@@ -1,0 +1,394 @@
+"""`train_part`: the one entry point that trains any part (CLI, KFP components, Python).
+
+From Python:
+
+    from model_code.train import train_part
+    tok = train_part("tokenizer", "tiny", data="runs/x/data", out="runs/x/tokenizer")
+    dvae = train_part("dvae", "tiny", data="runs/x/data", out="runs/x/dvae")
+    tr = train_part("transformer", "tiny", data="runs/x/data", out="runs/x/transformer",
+                    deps={"tokenizer": "runs/x/tokenizer", "dvae": "runs/x/dvae"},
+                    overrides=["train.steps.transformer=200"])
+    tr["out"], tr["metrics"]["train/loss"], tr["mlflow_run_id"]
+
+From a shell: `python -m model_code.train.run dvae --preset tiny --data runs/x/data --out runs/x/dvae`
+(the `easel train` command calls the same function). Exit status 143 (128 + SIGTERM) means the
+run was preempted after writing a checkpoint: run the same command again to resume.
+
+What a run leaves under `out` (a directory or s3:// prefix):
+    config.json, model.safetensors    the trained model (EMA weights where the part keeps an EMA)
+    train_state.json                  the summary below + the config hash
+    checkpoints/                      resumable checkpoints (model_code.train.callbacks)
+    samples/                          sample grids, when MLflow is off
+
+Resuming: with resume=True (the default) a run whose `out` holds a checkpoint written with the same
+configuration continues from it, at the same step and data position; a finished run with the same
+configuration is not retrained (its summary is returned, `reused: True`). A different
+configuration in the same `out` is an error, unless resume=False (start over).
+
+MLflow: params (the part's model config, the resolved training config, data and deps), metrics
+every `log_every` steps (every key of the loss dict, lr, throughput, MFU), sample grids and the
+final summary go to the tracking server at MLFLOW_TRACKING_URI, or by default to a local SQLite
+store `.easel/mlflow.db` (artifacts in `.easel/mlruns`). The dataset's version id (dataset.json)
+is logged as the `dataset_version` param and tag.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from model_code import storage
+from model_code.config import deep_merge, load_preset, parse_overrides
+from model_code.train.parts import Context, PartSpec, get_part
+
+DEFAULT_TRACKING_DIR = ".easel"
+STATE_FILE = "train_state.json"
+PREEMPTED_EXIT = 143  # 128 + SIGTERM: what a shell reports for a process ended by SIGTERM
+
+
+# --------------------------------------------------------------------------- MLflow
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI, else a local SQLite store under .easel/ (created on first use)."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    os.makedirs(DEFAULT_TRACKING_DIR, exist_ok=True)
+    return f"sqlite:///{DEFAULT_TRACKING_DIR}/mlflow.db"
+
+
+def artifact_location() -> str | None:
+    """Where a new experiment keeps artifacts: .easel/mlruns with the default store, else the
+    server's default."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return None
+    return "file://" + os.path.abspath(os.path.join(DEFAULT_TRACKING_DIR, "mlruns"))
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v if isinstance(v, (int, float, str, bool)) or v is None else json.dumps(v, default=str)
+    return out
+
+
+def _git_sha() -> str | None:
+    if os.environ.get("EASEL_GIT_SHA"):
+        return os.environ["EASEL_GIT_SHA"]
+    try:
+        r = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                           cwd=os.path.dirname(os.path.abspath(__file__)))
+        return r.stdout.strip() or None if r.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _mlflow_logger(tcfg: dict, part: str, preset_name: str, run_id: str | None, tags: dict):
+    from pytorch_lightning.loggers import MLFlowLogger
+    return MLFlowLogger(experiment_name=tcfg["mlflow_experiment"], run_name=f"{part}-{preset_name}",
+                        tracking_uri=tracking_uri(), artifact_location=artifact_location(),
+                        run_id=run_id, tags=None if run_id else tags, log_model=False)
+
+
+# --------------------------------------------------------------------------- config and state
+def _config(preset: str | dict, overrides: dict | Iterable[str] | str | None) -> dict:
+    if isinstance(overrides, str):
+        overrides = json.loads(overrides) if overrides.strip() else None
+    if isinstance(preset, dict):
+        cfg = dict(preset)
+        if overrides:
+            cfg = deep_merge(cfg, overrides if isinstance(overrides, dict) else parse_overrides(overrides))
+        return cfg
+    return load_preset(preset, overrides)
+
+
+def config_hash(part: str, model_config: dict, tcfg: dict, data: str, deps: dict[str, str]) -> str:
+    """What must not change between a run and its resumption (operational keys may)."""
+    from model_code.train.module import OPERATIONAL_KEYS
+    blob = {"part": part, "model": model_config, "data": data, "deps": deps,
+            "train": {k: v for k, v in tcfg.items() if k not in OPERATIONAL_KEYS}}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _read_state(out: str) -> dict | None:
+    path = storage.join(out, STATE_FILE)
+    return json.loads(storage.read_text(path)) if storage.exists(path) else None
+
+
+def _write_state(out: str, state: dict) -> None:
+    storage.write_text(storage.join(out, STATE_FILE), json.dumps(state, indent=2, default=str))
+
+
+def _load_deps(spec: PartSpec, deps: dict[str, str] | None) -> dict[str, Any]:
+    deps = dict(deps or {})
+    missing = [d for d in spec.deps if not deps.get(d)]
+    if missing:
+        raise ValueError(f"part {spec.name!r} needs trained {', '.join(missing)}: pass deps="
+                         + "{" + ", ".join(f"'{d}': URI" for d in spec.deps) + "}")
+    unknown = sorted(set(deps) - set(spec.deps) - set(spec.optional_deps))
+    if unknown:
+        raise ValueError(f"part {spec.name!r} takes deps {list(spec.deps + spec.optional_deps)}, "
+                         f"not {unknown}")
+    loaded = {}
+    for name, uri in deps.items():
+        try:
+            loaded[name] = get_part(name).load(uri)
+        except Exception as e:  # noqa: BLE001 - say which dependency could not be read
+            raise ValueError(f"cannot load the trained {name} from {uri}: {e}") from e
+    return loaded
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------- the entry point
+def train_part(part: str, preset: str | dict, data: str, out: str, deps: dict[str, str] | None = None,
+               overrides: dict | Iterable[str] | str | None = None, resume: bool = True,
+               mlflow: bool = True) -> dict[str, Any]:
+    """Train one part on an ingested dataset and save it under `out`; returns the run summary:
+    {part, out, steps, max_steps, metrics, first_metrics, mlflow_run_id, preempted, reused,
+     resumed_from_step, dataset, dataset_version, samples_seen, seconds}.
+
+    part: tokenizer | dvae | transformer | clip | captioner | prior | decoder | upsampler.
+    preset: a preset name, a YAML path or an already loaded config dict; overrides: a dict,
+    "a.b=c" strings or a JSON string, merged on top. deps: {part: URI of its trained output}.
+    """
+    t0 = time.time()
+    spec = get_part(part)
+    cfg = _config(preset, overrides)
+    preset_name = cfg.get("name") or (preset if isinstance(preset, str) else "custom")
+    if not storage.exists(storage.join(data, "manifest.parquet")) and not storage.exists(
+            storage.join(data, "dataset.json")):
+        raise ValueError(f"data {data!r} is not an ingested dataset (no manifest.parquet or dataset.json)")
+    if not spec.is_network:
+        return _train_tokenizer(cfg, preset_name, data, out, resume, mlflow, t0)
+
+    from model_code.train.module import resolve_train_config
+    tcfg = resolve_train_config(cfg, part, spec)
+    loaded = _load_deps(spec, deps)
+    _seed_all(tcfg["seed"])
+    model = spec.build(cfg, loaded)
+    chash = config_hash(part, model.config, tcfg, data, dict(deps or {}))
+
+    state = _read_state(out) if resume else None
+    if state and state.get("completed"):
+        if state.get("config_hash") == chash:
+            return {**state["summary"], "reused": True}
+        raise ValueError(f"{out} already holds a {part} trained with another configuration "
+                         f"(hash {state.get('config_hash')} != {chash}): use another out or resume=False")
+    from model_code.train.callbacks import latest_checkpoint
+    ckpt_dir = storage.join(out, "checkpoints")
+    latest = latest_checkpoint(ckpt_dir) if resume else None
+    if latest and latest.get("config_hash") != chash:
+        raise ValueError(f"the checkpoint in {ckpt_dir} was written with another configuration "
+                         f"(hash {latest.get('config_hash')} != {chash}): use another out or resume=False")
+    if not resume:
+        storage.remove(ckpt_dir, recursive=True)
+    return _fit(spec, cfg, tcfg, preset_name, model, loaded, data, out, dict(deps or {}), chash,
+                latest, mlflow, t0)
+
+
+def _fit(spec: PartSpec, cfg: dict, tcfg: dict, preset_name: str, model: torch.nn.Module,
+         loaded: dict, data: str, out: str, deps: dict[str, str], chash: str, latest: dict | None,
+         mlflow: bool, t0: float) -> dict[str, Any]:
+    from model_code.data.loader import make_dataset, make_loader
+    from model_code.train import callbacks as cb
+    from model_code.train.factory import make_trainer, progress_mode
+    from model_code.train.module import PartModule
+
+    dataset = make_dataset(data, caption_policy=spec.caption_policy and tcfg["caption_policy"],
+                           seed=tcfg["seed"], synthetic_fraction=tcfg["synthetic_fraction"],
+                           synthetic_kind=tcfg["synthetic_kind"], cache=tcfg["data_cache"],
+                           image_size=(cfg.get("data") or {}).get("size"), with_scene=spec.with_scene)
+    A, B = int(tcfg["accumulate_grad_batches"]), int(tcfg["batch_size"])
+
+    def loader_fn(start_batch: int, start_sample: int, rank: int, world_size: int):
+        return make_loader(dataset, B, int(tcfg["max_steps"]) * A, start_batch=start_batch,
+                           start_sample=start_sample, rank=rank, world_size=world_size,
+                           num_workers=int(tcfg["num_workers"]), pin_memory=torch.cuda.is_available())
+
+    ctx = Context(deps=loaded, model_config=model.config, train=tcfg)
+    module = PartModule(spec, model, ctx, loader_fn)
+
+    version = dataset.index.version
+    logger, run_id = None, latest.get("mlflow_run_id") if latest else None
+    if mlflow:
+        tags = {"part": spec.name, "preset": preset_name, "dataset": data}
+        if version:
+            tags["dataset_version"] = version
+        if _git_sha():
+            tags["git_sha"] = _git_sha()
+        logger = _mlflow_logger(tcfg, spec.name, preset_name, run_id, tags)
+        if run_id is None:
+            params = {**_flatten({spec.name: model.config}), **_flatten({"train": tcfg}),
+                      "data.uri": data, "data.records": len(dataset), "dataset_version": version,
+                      "dataset_content_hash": dataset.index.content_hash,
+                      **{f"deps.{k}": v for k, v in deps.items()}}
+            logger.log_hyperparams(params)
+        run_id = logger.run_id
+
+    throughput = cb.Throughput(tcfg["log_every"], tcfg["peak_flops"])
+    ckpt = cb.ObjectStoreCheckpoint(storage.join(out, "checkpoints"), tcfg["ckpt_every"],
+                                    tcfg["keep_checkpoints"],
+                                    meta=lambda: {"config_hash": chash, "mlflow_run_id": run_id})
+    grids = cb.SampleGrid(tcfg["sample_every"], tcfg["sample_n"], tcfg["seed"],
+                          out_dir=None if mlflow else storage.join(out, "samples"))
+    callbacks = [throughput, ckpt, grids]
+    if progress_mode(tcfg) == "log":
+        callbacks.append(cb.LogLine(spec.name, tcfg["log_every"], throughput))
+    trainer = make_trainer(tcfg, callbacks, logger, model=model)
+
+    with tempfile.TemporaryDirectory(prefix="easel-resume-") as tmp:
+        ckpt_path = None
+        if latest:
+            ckpt_path = (storage.get_file(latest["uri"], os.path.join(tmp, latest["file"]))
+                         if storage.is_remote(latest["uri"]) else storage.local_path(latest["uri"]))
+            print(f"resuming {spec.name} from step {latest['step']} ({latest['uri']})",
+                  file=sys.stderr, flush=True)
+        trainer.fit(module, ckpt_path=ckpt_path)
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
+    metrics.update(throughput.latest)
+    summary = {"part": spec.name, "out": out, "steps": int(trainer.global_step),
+               "max_steps": int(tcfg["max_steps"]), "metrics": metrics,
+               "first_metrics": module.first_metrics, "mlflow_run_id": run_id,
+               "tracking_uri": tracking_uri() if mlflow else None,
+               "preempted": ckpt.preempted, "reused": False,
+               "resumed_from_step": int(latest["step"]) if latest else None,
+               "dataset": data, "dataset_version": version, "samples_seen": module.samples_seen,
+               "sample_grids": grids.logged, "seconds": round(time.time() - t0, 2)}
+    if ckpt.preempted:
+        if logger is not None and trainer.is_global_zero:
+            logger.experiment.set_terminated(run_id, "KILLED")
+        return summary
+    if trainer.global_step != tcfg["max_steps"]:
+        raise RuntimeError(f"{spec.name}: training ended at step {trainer.global_step}, "
+                           f"expected {tcfg['max_steps']}")
+    if trainer.is_global_zero:
+        _save_final(trainer, module, spec, cfg, loaded, out)
+        _write_state(out, {"completed": True, "config_hash": chash, "summary": summary,
+                           "config": {spec.name: model.config, "train": tcfg}, "deps": deps})
+        if logger is not None:
+            client = logger.experiment
+            for k, v in metrics.items():
+                client.log_metric(run_id, f"final/{k.split('/', 1)[-1]}", v, step=trainer.global_step)
+            client.log_dict(run_id, summary, "summary.json")
+    return summary
+
+
+def _save_final(trainer, module, spec: PartSpec, cfg: dict, loaded: dict, out: str) -> None:
+    """save_pretrained of the trained weights (the EMA's where the part keeps one)."""
+    if type(trainer.strategy).__name__.startswith("FSDP"):
+        state = trainer.strategy.lightning_module_state_dict()  # full weights, gathered on rank 0
+        fresh = spec.build(cfg, loaded)
+        fresh.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
+        fresh.save_pretrained(out)
+        return
+    with module.eval_weights() as model:
+        model.save_pretrained(out)
+
+
+# --------------------------------------------------------------------------- the tokenizer
+def _train_tokenizer(cfg: dict, preset_name: str, data: str, out: str, resume: bool, mlflow: bool,
+                     t0: float) -> dict[str, Any]:
+    """The text tokenizer is not a network: a BPE trained once on every caption of the training
+    split (original, curated, synthetic short and long) -- DALL-E 1 lowercases and BPE-encodes."""
+    from model_code.data.dataset import info, manifest
+    from model_code.text.blend import load_sidecars, tokenizer_texts
+    from model_code.text.tokenizer import TextTokenizer
+
+    tok_cfg = cfg.get("tokenizer") or {}
+    vocab, max_len = tok_cfg.get("vocab_size"), tok_cfg.get("max_text_tokens")
+    if not isinstance(vocab, int) or not isinstance(max_len, int):
+        raise ValueError(f"tokenizer.vocab_size and tokenizer.max_text_tokens must be integers in the "
+                         f"preset, got {vocab!r} and {max_len!r}")
+    chash = hashlib.sha256(json.dumps({"part": "tokenizer", "cfg": tok_cfg, "data": data},
+                                      sort_keys=True).encode()).hexdigest()[:16]
+    state = _read_state(out) if resume else None
+    if state and state.get("completed") and state.get("config_hash") == chash:
+        return {**state["summary"], "reused": True}
+
+    man = manifest(data)
+    if "split" in man.columns:
+        man = man[man["split"] == "train"]
+    records = man.to_dict("records")
+    side = load_sidecars(data)
+    if side is not None:
+        for r in records:
+            if r["key"] in side.index:
+                r["short"], r["long"] = side.loc[r["key"], "short"], side.loc[r["key"], "long"]
+    texts = tokenizer_texts(records, has_sidecars=side is not None)
+    tok = TextTokenizer.train(texts, vocab_size=vocab, max_len=max_len)
+    tok.save(out)
+    lengths = np.array([tok.count_tokens(t) + 2 for t in texts])  # + <bos>, <eos>
+    meta = info(data) if storage.exists(storage.join(data, "dataset.json")) else {}
+    version = next((str(meta[k]) for k in ("version", "version_id", "dataset_version") if meta.get(k)), None)
+    metrics = {"vocab_size": float(tok.vocab_size), "texts": float(len(texts)),
+               "mean_tokens": float(lengths.mean()), "p95_tokens": float(np.percentile(lengths, 95)),
+               "truncated_fraction": float((lengths > max_len).mean())}
+    run_id = None
+    if mlflow:
+        import mlflow as mlf
+        mlf.set_tracking_uri(tracking_uri())
+        exp = mlf.get_experiment_by_name("easel-train") or None
+        exp_id = exp.experiment_id if exp else mlf.create_experiment("easel-train", artifact_location())
+        tags = {"part": "tokenizer", "preset": preset_name, "dataset": data,
+                **({"dataset_version": version} if version else {}),
+                **({"git_sha": _git_sha()} if _git_sha() else {})}
+        with mlf.start_run(experiment_id=exp_id, run_name=f"tokenizer-{preset_name}", tags=tags) as run:
+            mlf.log_params({"tokenizer.vocab_size": vocab, "tokenizer.max_text_tokens": max_len,
+                            "data.uri": data, "data.records": len(records), "dataset_version": version})
+            mlf.log_metrics(metrics)
+            run_id = run.info.run_id
+    summary = {"part": "tokenizer", "out": out, "steps": 0, "max_steps": 0, "metrics": metrics,
+               "first_metrics": None, "mlflow_run_id": run_id,
+               "tracking_uri": tracking_uri() if mlflow else None, "preempted": False,
+               "reused": False, "resumed_from_step": None, "dataset": data, "dataset_version": version,
+               "samples_seen": len(records), "sample_grids": [], "seconds": round(time.time() - t0, 2)}
+    _write_state(out, {"completed": True, "config_hash": chash, "summary": summary,
+                       "config": {"tokenizer": tok_cfg}})
+    return summary
+
+
+# --------------------------------------------------------------------------- python -m
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m model_code.train.run", description="train one part")
+    p.add_argument("part")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--dep", action="append", default=[], metavar="PART=URI")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
+    p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--no-mlflow", action="store_true")
+    a = p.parse_args(argv)
+    deps = {}
+    for item in a.dep:
+        if "=" not in item:
+            p.error(f"--dep {item!r} must look like PART=URI")
+        k, v = item.split("=", 1)
+        deps[k] = v
+    summary = train_part(a.part, a.preset, a.data, a.out, deps=deps or None, overrides=a.overrides or None,
+                         resume=not a.no_resume, mlflow=not a.no_mlflow)
+    print(json.dumps(summary, default=str))
+    return PREEMPTED_EXIT if summary.get("preempted") else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,65 @@
+"""Captioned image grids: README pictures, sample grids in reports and MLflow."""
+from __future__ import annotations
+
+import textwrap
+from typing import Sequence
+
+from PIL import Image, ImageDraw, ImageFont
+
+
+def _font(size: int = 11):
+    """DejaVu Sans where the system has it (clear word spacing), else Pillow's built-in font."""
+    for path in ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "DejaVuSans.ttf"):
+        try:
+            return ImageFont.truetype(path, size)
+        except OSError:
+            continue
+    return ImageFont.load_default(size=size)
+
+
+def image_grid(images: Sequence[Image.Image], captions: Sequence[str] | None = None, cols: int = 4,
+               cell: int = 128, caption_lines: int = 4, chars_per_line: int | None = None) -> Image.Image:
+    """Paste images (upscaled with nearest neighbour: pixels stay honest) into a grid, each with
+    its caption wrapped underneath. Returns one RGB image."""
+    if not images:
+        raise ValueError("image_grid needs at least one image")
+    cols = max(1, min(cols, len(images)))
+    rows = (len(images) + cols - 1) // cols
+    font = _font()
+    line_h = 12
+    cap_h = caption_lines * line_h + 6 if captions else 0
+    cpl = chars_per_line or max(8, cell // 6)
+    grid = Image.new("RGB", (cols * (cell + 8) + 8, rows * (cell + cap_h + 8) + 8), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    for i, img in enumerate(images):
+        r, c = divmod(i, cols)
+        x, y = 8 + c * (cell + 8), 8 + r * (cell + cap_h + 8)
+        grid.paste(img.convert("RGB").resize((cell, cell), Image.NEAREST), (x, y))
+        if captions:
+            lines = textwrap.wrap(captions[i] or "", cpl)[:caption_lines]
+            if len(textwrap.wrap(captions[i] or "", cpl)) > caption_lines:
+                lines[-1] = lines[-1][: cpl - 3] + "..."
+            for k, line in enumerate(lines):
+                draw.text((x, y + cell + 3 + k * line_h), line, fill=(20, 20, 20), font=font)
+    return grid
+
+
+def titled_rows(rows: Sequence[tuple[str, Sequence[Image.Image]]], cell: int = 96) -> Image.Image:
+    """One row per prompt: the prompt above, its images below (evaluation sample grids)."""
+    if not rows:
+        raise ValueError("titled_rows needs at least one row")
+    font = _font()
+    ncol = max(len(imgs) for _, imgs in rows)
+    title_h = 16
+    w = 8 + ncol * (cell + 4)
+    h = sum(title_h + cell + 8 for _ in rows) + 4
+    out = Image.new("RGB", (max(w, 200), h), (255, 255, 255))
+    draw = ImageDraw.Draw(out)
+    y = 4
+    for title, imgs in rows:
+        draw.text((8, y + 2), textwrap.shorten(title, width=max(20, w // 6)), fill=(20, 20, 20), font=font)
+        y += title_h
+        for j, img in enumerate(imgs):
+            out.paste(img.convert("RGB").resize((cell, cell), Image.NEAREST), (8 + j * (cell + 4), y))
+        y += cell + 8
+    return out

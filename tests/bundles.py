@@ -1,0 +1,50 @@
+"""Tiny untrained bundles for tests of evaluation, registry and serving: every part built from
+the `tiny` preset through the training registry (the same build path as training), seeded
+with torch.manual_seed(0). Untrained models make noise, not shapes; the tests that need
+*good* images train them (tests/e2e)."""
+from __future__ import annotations
+
+import os
+import random
+
+import torch
+
+from model_code.config import load_preset
+from model_code.data import shapes
+from model_code.generate import RECIPE_PARTS, save_bundle
+from model_code.text.tokenizer import TextTokenizer
+from model_code.train.parts import get_part
+
+
+def captions(n: int = 300, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        s = shapes.sample_scene(rng, 32)
+        out += [shapes.long_caption(s), shapes.short_caption(s), shapes.curated_caption(s, rng)]
+    return out
+
+
+def build_parts(root: str, recipe: str, preset: str = "tiny", overrides: dict | None = None) -> dict[str, str]:
+    torch.manual_seed(0)
+    cfg = load_preset(preset, overrides)
+    parts: dict[str, str] = {}
+    tok = TextTokenizer.train(captions(), cfg["tokenizer"]["vocab_size"], cfg["tokenizer"]["max_text_tokens"])
+    parts["tokenizer"] = os.path.join(root, "tokenizer")
+    tok.save(parts["tokenizer"])
+    deps = {"tokenizer": tok}
+    names = list(RECIPE_PARTS[recipe][1:]) + (["upsampler"] if recipe == "unclip" else [])
+    for name in names:
+        spec = get_part(name)
+        model = spec.build(cfg, {d: deps[d] for d in spec.deps + spec.optional_deps if d in deps})
+        parts[name] = os.path.join(root, name)
+        model.save_pretrained(parts[name])
+        deps[name] = model.eval()
+    return parts
+
+
+def tiny_bundle(root: str, recipe: str, **sampling) -> str:
+    parts = build_parts(os.path.join(root, "parts-" + recipe), recipe)
+    out = os.path.join(root, "bundle-" + recipe)
+    return save_bundle(out, recipe, parts, preset="tiny", sampling=sampling,
+                       lineage={"dataset_version": "test", "git": "test"})

@@ -1,0 +1,51 @@
+"""The `easel` command's contract: --json summaries, one-line errors, exit codes."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from model_code.cli import main
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "model_code", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_help_lists_commands():
+    r = run("--help")
+    assert r.returncode == 0
+    for c in ("data", "run"):
+        assert c in r.stdout
+
+
+def test_no_command_is_usage_error(capsys):
+    assert main([]) == 2
+
+
+def test_unknown_option_exits_2():
+    r = run("data", "synth", "--nope")
+    assert r.returncode == 2
+    assert "unrecognized arguments" in r.stderr
+
+
+def test_synth_json_summary_is_last_line(tmp_path):
+    r = run("data", "synth", "--out", str(tmp_path / "raw"), "--n", "12", "--size", "32", "--json")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["n"] == 12 and summary["out"] == str(tmp_path / "raw")
+
+
+def test_error_is_one_line_and_nonzero(tmp_path):
+    r = run("data", "ingest", str(tmp_path / "does-not-exist"), "--out", str(tmp_path / "o"), "--json")
+    assert r.returncode == 1
+    err = [l for l in r.stderr.strip().splitlines() if l.startswith("easel: error:")]
+    assert len(err) == 1, r.stderr
+    assert "does-not-exist" in err[0]
+
+
+def test_bad_preset_is_clear(tmp_path):
+    r = run("run", "local", "--preset", "huge", "--out", str(tmp_path))
+    assert r.returncode == 1
+    assert "unknown preset 'huge'" in r.stderr

@@ -1,0 +1,170 @@
+"""CoCa captioner: targets, loss, overfitting, generation (KV cache, seeds), save/load."""
+import random
+
+import pytest
+import torch
+
+from model_code.data import shapes
+from model_code.models.clip import CLIP
+from model_code.models.coca import CoCa, encode_targets, short_from_long, short_target
+from model_code.recaption.captioner import images_to_tensor
+from model_code.text.tokenizer import TextTokenizer
+
+CLIP_CFG = {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "heads": 2,
+            "text_width": 32, "text_layers": 1, "text_heads": 2, "embed_dim": 32}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny ops: one thread avoids OpenMP spin-waits when other test processes share the 2 cores
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def world():
+    rng = random.Random(0)
+    scenes = [shapes.sample_scene(rng, 32, n_objects=1) for _ in range(3)]
+    curated = [shapes.curated_caption(s, rng) for s in scenes]
+    corpus = [shapes.curated_caption(shapes.sample_scene(rng, 32), rng) for _ in range(300)]
+    tok = TextTokenizer.train(corpus + curated + [shapes.short_caption(s) for s in scenes], 400, 48)
+    images = images_to_tensor([shapes.render(s) for s in scenes], 32)  # (3, 3, 32, 32)
+    return {"scenes": scenes, "curated": curated, "tok": tok, "images": images}
+
+
+def _model(tok, **over):
+    cfg = CoCa.config_for({"max_text_tokens": 48, "width": 48, "layers": 2, "heads": 2, "clip": CLIP_CFG, **over}, tok)
+    return CoCa.from_config(cfg)
+
+
+def test_short_from_long():
+    assert short_from_long("A dog on a beach. It is sunny.") == "A dog on a beach."
+    long_first = " ".join(["word"] * 30) + ". Next."
+    assert short_from_long(long_first, max_words=5) == "word word word word word"
+    assert short_from_long("no full stop here") == "no full stop here"
+    with pytest.raises(ValueError, match="non-empty"):
+        short_from_long("  ")
+    scene = shapes.sample_scene(random.Random(1), 32)
+    assert short_target("whatever.", scene) == shapes.short_caption(scene)
+    import json
+    assert short_target("whatever.", json.dumps(scene)) == shapes.short_caption(scene)  # manifest rows hold JSON
+    assert short_target("First. Second.", None) == "First."
+
+
+def test_encode_targets_puts_the_kind_after_bos(world):
+    tok = world["tok"]
+    ids, mask = encode_targets(tok, ["a red circle", "a blue square"], ["short", "long"], max_len=16)
+    assert ids.shape == mask.shape == (2, 16)
+    assert ids[0, 0] == ids[1, 0] == tok.bos_id
+    assert ids[0, 1] == tok.token_id("<short>") and ids[1, 1] == tok.token_id("<long>")
+    with pytest.raises(ValueError, match="kinds must be in"):
+        encode_targets(tok, ["x"], ["medium"])
+    with pytest.raises(ValueError, match="1 captions but 2 kinds"):
+        encode_targets(tok, ["x"], ["short", "long"])
+
+
+def test_config_and_input_errors(world):
+    tok = world["tok"]
+    with pytest.raises(ValueError, match="captioner.vocab_size"):
+        CoCa.from_config({})
+    with pytest.raises(ValueError, match="captioner.width"):
+        CoCa.from_config({**CoCa.config_for({}, tok), "width": 30, "heads": 4})
+    m = _model(tok)
+    ids, mask = encode_targets(tok, ["a red circle"] * 2, ["short"] * 2)
+    with pytest.raises(ValueError, match="3 images but 2 captions"):
+        m.forward_loss(torch.zeros(3, 3, 32, 32), ids, mask)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        m.generate_ids(world["images"][:1], kind="medium")
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        m.generate_ids(world["images"][:1], max_new_tokens=100)
+    with pytest.raises(ValueError, match="top_p"):
+        m.generate_ids(world["images"][:1], top_p=0)
+
+
+def test_overfit_and_greedy_reproduces_training_captions(world, tmp_path):
+    """CoCa on 3 images x {short, long}: both losses fall and greedy decoding writes the captions
+    it was trained on, the kind token choosing which."""
+    tok, images = world["tok"], world["images"]
+    longs = world["curated"]
+    shorts = [short_target(c, s) for c, s in zip(longs, world["scenes"])]
+    n = len(longs)
+
+    def norm(texts):  # the tokenizer lowercases; compare what it can round-trip
+        return [tok.decode(tok.encode(t)) for t in texts]
+
+    model = _model(tok, width=64, layers=1)
+    # the contrastive towers collapse at the decoder's high overfitting lr: give them their own
+    decoder_params = [p for name, p in model.named_parameters() if not name.startswith("clip.")]
+    opt = torch.optim.AdamW([{"params": model.clip.parameters(), "lr": 1e-3}, {"params": decoder_params}], lr=5e-3)
+    first, reproduced = None, False
+    for step in range(300):
+        kind = "long" if step % 2 == 0 else "short"  # one kind per batch: each image once per contrastive batch
+        ids, mask = encode_targets(tok, longs if kind == "long" else shorts, [kind] * n)
+        out = model.forward_loss(images, ids, mask)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        first = first or {k: float(v) for k, v in out.items()}
+        if step >= 100 and step % 20 == 19:
+            reproduced = (model.generate(images, tok, kind="long", temperature=0) == norm(longs)
+                          and model.generate(images, tok, kind="short", temperature=0) == norm(shorts))
+            if reproduced:
+                break
+    last = {k: float(v) for k, v in out.items()}
+    assert reproduced, f"greedy decoding did not reproduce the training captions in {step + 1} steps: {last}"
+    assert last["caption_loss"] < 0.1 * first["caption_loss"]
+    assert last["contrastive_loss"] < 0.5 * first["contrastive_loss"]
+    # the kind token, not the image alone, chooses the caption
+    assert model.generate(images, tok, kind="short", temperature=0) != model.generate(images, tok, kind="long",
+                                                                                       temperature=0)
+    # nucleus sampling at 0.7 stays on the training captions of a confident model
+    assert model.generate(images, tok, kind="short", seed=3) == norm(shorts)
+
+    # save / load: identical weights and identical samples
+    model.save_pretrained(str(tmp_path / "coca"))
+    again = CoCa.from_pretrained(str(tmp_path / "coca"))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k]), k
+    assert again.generate(images, tok, kind="long", seed=5) == model.generate(images, tok, kind="long", seed=5)
+
+
+def test_sampling_is_seeded_and_cache_matches_no_cache(world):
+    tok, images = world["tok"], world["images"]
+    model = _model(tok)
+    a = model.generate_ids(images, kind="long", seed=1, max_new_tokens=12)
+    state = torch.get_rng_state()
+    b = model.generate_ids(images, kind="long", seed=1, max_new_tokens=12)
+    assert torch.equal(torch.get_rng_state(), state), "generation must not consume the global RNG"
+    assert torch.equal(a, b)
+    assert not torch.equal(a, model.generate_ids(images, kind="long", seed=2, max_new_tokens=12))
+    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    assert torch.equal(model.generate_ids(images, generator=g1, max_new_tokens=8),
+                       model.generate_ids(images, generator=g2, max_new_tokens=8))
+    # every row starts with [<bos>, kind]
+    assert (a[:, 0] == tok.bos_id).all() and (a[:, 1] == tok.token_id("<long>")).all()
+    # several samples per image, rows of one image adjacent
+    many = model.generate_ids(images, seed=1, max_new_tokens=6, num_return_sequences=3)
+    assert many.shape[0] == 3 * images.shape[0]
+    # KV cache is an optimisation only: greedy decoding is identical without it
+    greedy = model.generate_ids(images, temperature=0, max_new_tokens=10)
+    assert torch.equal(greedy, model.generate_ids(images, temperature=0, max_new_tokens=10, use_cache=False))
+
+
+def test_warm_start_from_clip_and_clip_text_fit(world):
+    tok = world["tok"]
+    clip = CLIP({**CLIP_CFG, "vocab_size": tok.vocab_size, "max_text_tokens": 24})
+    model = CoCa.from_clip(clip, CoCa.config_for({"max_text_tokens": 48, "width": 32, "layers": 1, "heads": 2}, tok))
+    for k, v in clip.state_dict().items():
+        assert torch.equal(v, model.clip.state_dict()[k]), k
+    # decoder captions (48 positions, with a kind token) are fitted to the CLIP's 24 positions
+    n = len(world["curated"])
+    ids, mask = encode_targets(tok, world["curated"], ["long"] * n)
+    cids, cmask = model._clip_text(ids, mask)
+    assert cids.shape == (n, 24) and (cids[:, 0] == tok.bos_id).all()
+    assert not (cids == tok.token_id("<long>")).any()
+    last = cmask.long().cumsum(1).argmax(1)
+    assert (cids[torch.arange(n), last] == tok.eos_id).all(), "a cut caption still ends with <eos>"
+    out = model.forward_loss(world["images"], ids, mask)
+    assert torch.isfinite(out["loss"])

@@ -1,0 +1,200 @@
+"""The training machinery (model_code.train): configuration, schedules, EMA, the part registry,
+and whole `train_part` runs of the real parts on a real (tiny) Shapes dataset."""
+import json
+import math
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from model_code.config import load_preset
+from model_code.train.module import EMA, lr_lambda, resolve_train_config
+from model_code.train.parts import PARTS, Context, get_part
+
+# Small enough for a few dozen CPU steps in a test; every other part uses the tiny preset.
+SMALL_DVAE = {"dvae": {"n_hid": 16, "codebook_size": 32, "n_blk_per_group": 1, "n_init": 16,
+                 "downsample": 4, "beta_warmup_steps": 20, "tau_anneal_steps": 40}}
+SMALL_TRANSFORMER = {"transformer": {"n_layer": 1, "n_head": 2, "d_model": 32}}
+FAST = {"train": {"batch_size": 8, "log_every": 5, "sample_n": 4, "progress": "log"}}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from tests.unit.test_loader import shapes_data
+    return shapes_data(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(data, tmp_path_factory):
+    from model_code.train.run import train_part
+    out = str(tmp_path_factory.mktemp("tok"))
+    s = train_part("tokenizer", "tiny", data=data, out=out, mlflow=False)
+    assert s["metrics"]["vocab_size"] > 262 and s["metrics"]["texts"] > 86
+    return out
+
+
+# --------------------------------------------------------------------------- configuration
+def test_train_config_precedence():
+    cfg = {"train": {"lr": 0.5, "batch_size": 4, "steps": {"dvae": 7}, "dvae": {"warmup_steps": 3}},
+           "dvae": {"weight_decay": 0.25}}
+    t = resolve_train_config(cfg, "dvae")
+    assert t["adam_betas"] == (0.9, 0.999) and t["lr_schedule"] == "dvae"   # the part's paper defaults
+    assert t["lr"] == 0.5 and t["batch_size"] == 4                         # train: scalars
+    assert t["weight_decay"] == 0.25                                       # the part's own section
+    assert t["max_steps"] == 7 and t["warmup_steps"] == 3                  # train.steps / train.<part>
+    assert t["caption_policy"] is None and resolve_train_config(cfg, "clip")["caption_policy"] == "blend"
+    assert resolve_train_config(cfg, "captioner")["caption_policy"] == "curated"
+    assert resolve_train_config({"train": {"dvae": {"lr": "3e-3"}}}, "dvae")["lr"] == 3e-3
+    assert resolve_train_config({"train": {"lr": 0.5}, "dvae": {"lr": 0.1}}, "dvae")["lr"] == 0.1
+
+
+@pytest.mark.parametrize("over, match", [
+    ({"train": {"dvae": {"lr": -1}}}, "train.dvae.lr must be a number > 0"),
+    ({"train": {"dvae": {"lrr": 1}}}, "unknown keys \\['lrr'\\] in train.dvae"),
+    ({"train": {"dvae": {"adam_betas": [0.9]}}}, "adam_betas"),
+    ({"train": {"steps": {"dvae": 0}}}, "max_steps must be an integer >= 1"),
+    ({"train": {"strategy": "horovod"}}, "strategy"),
+    ({"train": {"dvae": {"ema_decay": 1.5}}}, "ema_decay"),
+])
+def test_bad_training_config_names_the_field(over, match):
+    with pytest.raises(ValueError, match=match):
+        resolve_train_config(load_preset("tiny", over), "dvae")
+    with pytest.raises(ValueError, match="unknown part 'vae'"):
+        get_part("vae")
+
+
+def test_lr_schedules():
+    model = torch.nn.Linear(2, 2)
+    t = {"lr": 1.0, "lr_schedule": "cosine", "warmup_steps": 10, "max_steps": 100, "lr_end": None,
+         "min_lr_ratio": 0.1}
+    f = lr_lambda(t, model)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)          # linear warm-up
+    assert f(10) == pytest.approx(1.0) and f(100) == pytest.approx(0.1)       # cosine to the floor
+    assert f(55) == pytest.approx(0.55)
+    # a paper's 5000-step warm-up on a 100-step run is capped at a tenth of the run
+    assert lr_lambda({**t, "warmup_steps": 5000}, model)(9) == pytest.approx(1.0)
+    assert lr_lambda({**t, "lr_schedule": "constant", "warmup_steps": 0}, model)(77) == 1.0
+    from model_code.models.dvae import DVAE, dvae_schedule
+    dv = DVAE.from_config(DVAE_CFG := {**SMALL_DVAE["dvae"], "image_size": 32, "lr_anneal_steps": 50})
+    g = lr_lambda({**t, "lr_schedule": "dvae"}, dv)
+    assert g(25) == pytest.approx(dvae_schedule(25, DVAE_CFG)["lr_scale"]) and g(50) < g(0)
+
+
+def test_ema_tracks_swaps_and_round_trips():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    ema = EMA(model, decay=0.5)
+    start = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)  # warm-up: decay min(0.5, 2/11)
+    d = 2 / 11
+    assert torch.allclose(ema.shadow[0], d * start + (1 - d) * (start + 1))
+    raw = model.weight.detach().clone()
+    with ema.swapped(model):
+        assert torch.allclose(model.weight, ema.shadow[0])
+    assert torch.equal(model.weight, raw)
+    other = EMA(model, decay=0.5)
+    other.load_state_dict(ema.state_dict())
+    assert other.updates == 1 and torch.equal(other.shadow[0], ema.shadow[0])
+
+
+def test_every_part_is_registered_with_its_dependencies():
+    assert set(PARTS) == {"tokenizer", "dvae", "transformer", "clip", "captioner", "prior",
+                          "decoder", "upsampler"}
+    assert get_part("transformer").deps == ("tokenizer", "dvae")
+    assert get_part("prior").deps == get_part("decoder").deps == ("tokenizer", "clip")
+    assert get_part("captioner").deps == ("tokenizer",) and not get_part("tokenizer").is_network
+    assert get_part("prior").train_defaults["ema_decay"] == 0.9999  # unCLIP, appendix C
+
+
+def test_every_network_part_trains_a_step_on_real_data(data, tokenizer_dir):
+    """Each part's build + prepare + forward_loss on a real batch, deps built from the preset."""
+    from model_code.data.loader import make_dataset, make_loader
+    from model_code.models.clip import CLIP
+    from model_code.text.tokenizer import TextTokenizer
+    cfg = load_preset("tiny", {**SMALL_DVAE, **SMALL_TRANSFORMER})
+    tok = TextTokenizer.load(tokenizer_dir)
+    deps = {"tokenizer": tok}
+    deps["dvae"] = get_part("dvae").build(cfg, deps).eval()
+    deps["clip"] = get_part("clip").build(cfg, deps).eval()
+    assert isinstance(deps["clip"], CLIP)
+    for name in ("dvae", "transformer", "clip", "captioner", "prior", "decoder", "upsampler"):
+        spec = get_part(name)
+        torch.manual_seed(0)
+        model = spec.build(cfg, {d: deps[d] for d in spec.deps})
+        ds = make_dataset(data, caption_policy=spec.caption_policy, seed=0, with_scene=spec.with_scene)
+        batch = next(iter(make_loader(ds, 4, 1)))
+        ctx = Context(deps=deps, model_config=model.config, train=resolve_train_config(cfg, name))
+        out = model.forward_loss(**spec.prepare(batch, ctx))
+        assert torch.isfinite(out["loss"]), name
+        out["loss"].backward()
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters()), name
+
+
+# --------------------------------------------------------------------------- whole runs
+def test_train_dvae_end_to_end(data, tmp_path, monkeypatch):
+    """train_part on the real dVAE: the loss falls, the model is saved and loads back, MLflow
+    has the params, metrics and a sample grid, and a finished run is not retrained."""
+    from mlflow.tracking import MlflowClient
+
+    from model_code.models.dvae import DVAE as DVAEModel
+    from model_code.train.run import train_part
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    out = str(tmp_path / "dvae")
+    over = {**SMALL_DVAE, "train": {**FAST["train"], "steps": {"dvae": 40}, "dvae": {"lr": 3e-3},
+                              "ckpt_every": 20}}
+    s = train_part("dvae", "tiny", data=data, out=out, overrides=over)
+    assert s["steps"] == 40 and not s["preempted"] and s["samples_seen"] == 40 * 8
+    first, last = s["first_metrics"]["train/recon"], s["metrics"]["train/recon"]
+    assert last < first - 0.2, (first, last)
+    assert s["metrics"]["train/psnr"] > s["first_metrics"]["train/psnr"]
+    assert s["metrics"]["perf/samples_per_s"] > 0
+    for f in ("config.json", "model.safetensors", "train_state.json"):
+        assert os.path.exists(os.path.join(out, f)), f
+    model = DVAEModel.from_pretrained(out)
+    assert model.config["n_hid"] == 16 and model.config["image_size"] == 32
+    ckpts = json.load(open(os.path.join(out, "checkpoints", "latest.json")))
+    assert ckpts["step"] == 20 and ckpts["reason"] == "periodic"
+
+    client = MlflowClient()
+    run = client.get_run(s["mlflow_run_id"])
+    assert run.data.params["dvae.n_hid"] == "16" and run.data.params["train.lr"] == "0.003"
+    assert run.data.params["dataset_content_hash"] == json.load(open(os.path.join(data, "dataset.json")))["content_hash"]
+    assert run.data.tags["part"] == "dvae" and run.info.status == "FINISHED"
+    losses = client.get_metric_history(run.info.run_id, "train/loss")
+    assert [m.step for m in losses][:2] == [0, 5] and len(losses) >= 8
+    assert client.get_metric_history(run.info.run_id, "perf/samples_per_s")
+    arts = [a.path for a in client.list_artifacts(run.info.run_id, "samples")]
+    assert arts == ["samples/step_000040.png"]
+
+    again = train_part("dvae", "tiny", data=data, out=out, overrides=over)
+    assert again["reused"] and again["steps"] == 40
+    with pytest.raises(ValueError, match="another configuration"):
+        train_part("dvae", "tiny", data=data, out=out,
+                   overrides={**over, "train": {**over["train"], "dvae": {"lr": 1e-3}}})
+
+
+def test_clip_with_ema_saves_ema_weights_and_reports_mfu(data, tokenizer_dir, tmp_path):
+    from model_code.models.clip import CLIP
+    from model_code.train.run import train_part
+    out = str(tmp_path / "clip")
+    over = {"train": {**FAST["train"], "steps": {"clip": 12}, "ckpt_every": 12,
+                      "clip": {"ema_decay": 0.9, "peak_flops": 1e12}}}
+    with pytest.raises(ValueError, match="needs trained tokenizer"):
+        train_part("clip", "tiny", data=data, out=out, overrides=over, mlflow=False)
+    s = train_part("clip", "tiny", data=data, out=out, deps={"tokenizer": tokenizer_dir},
+                   overrides=over, mlflow=False)
+    assert s["steps"] == 12 and math.isfinite(s["metrics"]["train/loss"])
+    # CPU MFU against the configured peak: FLOPs were counted, so the number is real
+    assert 0 < s["metrics"]["perf/mfu"] < 1 and s["metrics"]["perf/tflops"] > 0
+    assert s["metrics"]["perf/tokens_per_s"] > 0
+    clip = CLIP.from_pretrained(out)
+    assert clip.config["vocab_size"] == json.load(open(os.path.join(tokenizer_dir, "easel_tokenizer.json")))["vocab_size"]
+    # the saved weights are the EMA's, not the last raw weights
+    ckpt = torch.load(os.path.join(out, "checkpoints", "step-00000012.ckpt"), weights_only=False)
+    saved = load_file(os.path.join(out, "model.safetensors"))
+    name = "model.text_projection.weight"
+    assert torch.allclose(saved[name], ckpt["easel"]["ema"]["shadow"][name])
+    assert not torch.allclose(saved[name], ckpt["state_dict"]["model." + name])

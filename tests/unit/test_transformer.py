@@ -1,0 +1,138 @@
+"""The DALL-E 1 transformer: loss, overfitting, save/load, constrained and cached sampling."""
+import pytest
+import torch
+
+from model_code.config import load_preset
+from model_code.models.transformer import DalleTransformer
+
+CFG = dict(text_vocab_size=40, text_len=8, image_grid=4, codebook_size=16, n_layer=2, n_head=2,
+           d_model=32)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny models are dispatch-bound: one thread avoids oversubscribing a shared 2-core box
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def batch(B=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 40, (B, 8), generator=g)
+    lengths = torch.tensor([8, 5, 2, 3])[:B]                     # mixed prompt lengths
+    mask = torch.arange(8)[None] < lengths[:, None]
+    ids[~mask] = 0                                                # tokenizer pad id
+    codes = torch.randint(0, 16, (B, 4, 4), generator=g)
+    return ids, mask, codes
+
+
+def test_loss_is_the_paper_weighting_and_ignores_padding():
+    m = DalleTransformer.from_config(CFG).eval()
+    ids, mask, codes = batch()
+    out = m.forward_loss(ids, mask, codes)
+    assert torch.allclose(out["loss"], out["text_loss"] / 8 + out["image_loss"] * 7 / 8)
+    # at init both cross-entropies are near uniform over their own vocabularies
+    assert abs(float(out["image_loss"]) - torch.log(torch.tensor(16.0))) < 0.5
+    garbage = ids.clone()
+    garbage[~mask] = 17                                           # whatever sits under the mask
+    assert torch.equal(m.forward_loss(garbage, mask, codes)["loss"], out["loss"])
+    # a shorter tokenizer output is padded to text_len
+    short = m.forward_loss(ids[:, :5] * mask[:, :5], mask[:, :5], codes)
+    assert torch.allclose(short["image_loss"], m.forward_loss(
+        ids * mask, mask & (torch.arange(8) < 5), codes)["image_loss"])
+
+
+def test_overfits_one_batch():
+    m = DalleTransformer.from_config(CFG)
+    ids, mask, codes = batch()
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    first = None
+    for _ in range(60):
+        out = m.forward_loss(ids, mask, codes)
+        first = first if first is not None else out["loss"].item()
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    assert float(out["loss"]) < 0.25 * first
+    assert float(out["image_loss"]) < 0.5 and float(out["text_loss"]) < 1.5
+    # greedy sampling now reproduces the memorised codes of each (mixed-length) prompt
+    assert torch.equal(m.generate(ids, mask, temperature=0), codes)
+
+
+def test_save_load_is_exact(tmp_path):
+    m = DalleTransformer.from_config(CFG)
+    m.save_pretrained(str(tmp_path / "t"))
+    back = DalleTransformer.from_pretrained(str(tmp_path / "t"))
+    assert back.config == m.config
+    sa, sb = m.state_dict(), back.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    ids, mask, codes = batch()
+    assert torch.equal(m.eval().forward_loss(ids, mask, codes)["loss"],
+                       back.eval().forward_loss(ids, mask, codes)["loss"])
+
+
+def test_generation_is_deterministic_by_seed_and_leaves_global_rng_alone():
+    m = DalleTransformer.from_config(CFG)
+    ids, mask, _ = batch()
+    state = torch.get_rng_state()
+    a = m.generate(ids, mask, num_samples=2, seed=7)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert a.shape == (8, 4, 4) and a.dtype == torch.long
+    assert torch.equal(a, m.generate(ids, mask, num_samples=2, seed=7))
+    assert not torch.equal(a, m.generate(ids, mask, num_samples=2, seed=8))
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert torch.equal(m.generate(ids, mask, top_k=5, top_p=0.9, generator=g1),
+                       m.generate(ids, mask, top_k=5, top_p=0.9, generator=g2))
+
+
+def test_only_image_codes_are_sampled():
+    m = DalleTransformer.from_config(CFG).eval()
+    with torch.no_grad():  # make text and padding tokens far likelier than any image code
+        m.gpt.transformer.wte.weight[:m.image_offset] *= 50
+    ids, mask, _ = batch()
+    logits = m.gpt(input_ids=m.text_tokens(ids, mask)).logits[:, -1]
+    assert (logits.argmax(-1) < m.image_offset).all()             # unconstrained: a text token
+    for kw in (dict(temperature=0), dict(temperature=2.0, seed=0), dict(top_p=0.5, seed=1)):
+        codes = m.generate(ids, mask, **kw)
+        assert codes.min() >= 0 and codes.max() < m.codebook_size
+
+
+def test_kv_cache_and_recomputation_agree_and_prompts_do_not_interact():
+    m = DalleTransformer.from_config(CFG)
+    ids, mask, _ = batch()
+    cached = m.generate(ids, mask, temperature=0, use_cache=True)
+    assert torch.equal(cached, m.generate(ids, mask, temperature=0, use_cache=False))
+    assert torch.equal(m.generate(ids, mask, top_k=1, seed=0, use_cache=True),
+                       m.generate(ids, mask, top_k=1, seed=5, use_cache=False))
+    for b in range(len(ids)):                                     # one prompt alone = in the batch
+        n = int(mask[b].sum())
+        alone = m.generate(ids[b:b + 1, :n], mask[b:b + 1, :n], temperature=0)
+        assert torch.equal(alone[0], cached[b])
+
+
+def test_bad_inputs_are_rejected():
+    m = DalleTransformer.from_config(CFG)
+    ids, mask, codes = batch()
+    with pytest.raises(ValueError, match="text_len"):
+        m.forward_loss(torch.zeros(4, 9, dtype=torch.long), torch.ones(4, 9, dtype=torch.bool), codes)
+    with pytest.raises(ValueError, match="codebook_size"):
+        m.forward_loss(ids, mask, codes + 16)
+    with pytest.raises(ValueError, match="text_vocab_size"):
+        m.forward_loss(ids + 40, mask, codes)
+    with pytest.raises(ValueError, match="image_codes"):
+        m.forward_loss(ids, mask, codes[:, :2])
+    with pytest.raises(ValueError, match="n_head"):
+        DalleTransformer.from_config({**CFG, "n_head": 3})
+    with pytest.raises(ValueError, match="n_layers"):
+        DalleTransformer.from_config({**CFG, "n_layers": 3})
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small", "base", "paper"])
+def test_presets_agree_with_the_tokenizer_and_dvae(preset):
+    cfg = load_preset(preset)
+    t, d, tok = cfg["transformer"], cfg["dvae"], cfg["tokenizer"]
+    assert t["text_vocab_size"] == tok["vocab_size"] and t["text_len"] == tok["max_text_tokens"]
+    assert t["codebook_size"] == d["codebook_size"]
+    assert t["image_grid"] * d["downsample"] == d["image_size"] == cfg["data"]["size"]
