@@ -63,6 +63,45 @@ def _run_local(a) -> dict:
     return run_local(preset=a.preset, recipe=a.recipe, out=a.out, overrides=a.set or None)
 
 
+# -- easel model (the registry: model_code.registry)
+def _kv_pairs(items: list[str] | None, flag: str) -> dict:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"{flag} expects KEY=VALUE, got {item!r}")
+        out[key] = value
+    return out
+
+
+def _model_register(a) -> dict:
+    from model_code.registry import register_bundle
+    return register_bundle(a.bundle, a.name, _kv_pairs(a.lineage, "--lineage"), run_id=a.run_id)
+
+
+def _model_list(a) -> dict:
+    from model_code.registry import list_versions
+    versions = list_versions(a.name)
+    if not a.json:  # a table for people; scripts take --json
+        print(f"{'version':>7}  {'aliases':<20} {'stage':<10} {'gate':<8} {'recipe':<7} created")
+        for v in versions:
+            print(f"{v['version']:>7}  {','.join(v['aliases']) or '-':<20} {v['stage']:<10} {v['gate']:<8} "
+                  f"{v['recipe'] or '-':<7} {v['created']}")
+    return {"name": a.name, "versions": versions}
+
+
+def _model_promote(a) -> dict:
+    from model_code.registry import promote
+    if a.force and not (a.reason or "").strip():
+        raise UsageError("--force needs --reason TEXT (the reason is recorded with the promotion)")
+    return promote(a.name, a.version, alias=a.alias, force=a.force, reason=a.reason, user=a.user)
+
+
+def _model_rollback(a) -> dict:
+    from model_code.registry import rollback
+    return rollback(a.name, alias=a.alias, reason=a.reason, user=a.user)
+
+
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="easel", description="Easel: the lifecycle of DALL-E-family "
@@ -114,6 +153,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--recipe", default="all", choices=["dalle", "unclip", "all"])
     s.add_argument("--out", default="runs/local", help="run directory (default runs/local)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="preset override, repeatable")
+
+    model = sub.add_parser("model", help="the model registry: register, list, promote, roll back")
+    msub = model.add_subparsers(dest="model_cmd", metavar="ACTION")
+    s = cmd(msub, "register", _model_register, "register a generation bundle as a new model version")
+    s.add_argument("bundle", help="bundle directory or URI (bundle.json inside)")
+    s.add_argument("--name", required=True, help="registered model name")
+    s.add_argument("--lineage", action="append", metavar="KEY=VALUE",
+                   help="lineage tag, repeatable (dataset_version, git_revision, ...)")
+    s.add_argument("--run-id", default=None, help="log the model into this MLflow run")
+    s = cmd(msub, "list", _model_list, "versions with aliases, stages and gate verdicts")
+    s.add_argument("name", help="registered model name")
+    s = cmd(msub, "promote", _model_promote, "move an alias to a version (needs a passed gate)")
+    s.add_argument("name", help="registered model name")
+    s.add_argument("version", help="version number")
+    s.add_argument("--alias", default="production", choices=["production", "staging"])
+    s.add_argument("--force", action="store_true", help="promote without a passed gate (needs --reason)")
+    s.add_argument("--reason", default=None, help="why (recorded; required with --force)")
+    s.add_argument("--user", default=None, help="who (default $EASEL_USER or the login name)")
+    s = cmd(msub, "rollback", _model_rollback, "return an alias to the version that held it before")
+    s.add_argument("name", help="registered model name")
+    s.add_argument("--alias", default="production", choices=["production", "staging"])
+    s.add_argument("--reason", default=None, help="why (recorded)")
+    s.add_argument("--user", default=None, help="who (default $EASEL_USER or the login name)")
     return p
 
 

@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from model_code import storage
-from model_code.config import load_preset
+from model_code.config import deep_merge, load_preset
 
 REF_FILE = "easel-ref.json"
 
@@ -35,10 +35,15 @@ def input_location(artifact_path: str) -> str:
     return artifact_path
 
 
-def _cfg(preset: str, overrides: dict | str | None) -> dict:
+def _overrides(overrides: dict | str | None) -> dict:
+    """Overrides arrive as a dict (Python) or a JSON string (KFP parameters, '' = none)."""
     if isinstance(overrides, str):
-        overrides = json.loads(overrides) if overrides.strip() else None
-    return load_preset(preset, overrides)
+        return json.loads(overrides) if overrides.strip() else {}
+    return dict(overrides or {})
+
+
+def _cfg(preset: str, overrides: dict | str | None) -> dict:
+    return load_preset(preset, _overrides(overrides) or None)
 
 
 def synth_step(out: str, preset: str = "tiny", overrides: dict | str | None = None,
@@ -72,3 +77,53 @@ def version_step(dataset: str) -> dict[str, Any]:
     """The dataset's version id and lineage (DVC content hash + git revision)."""
     from model_code.data.version import lineage
     return {"dataset": dataset, **lineage(dataset)}
+
+
+def train_step(part: str, dataset: str, out: str, preset: str = "tiny",
+               overrides: dict | str | None = None, deps: dict[str, str] | None = None,
+               caption_policy: str = "") -> dict[str, Any]:
+    """Train one part (tokenizer, dvae, transformer, clip, captioner, prior, decoder, upsampler)."""
+    from model_code.train.run import train_part
+    over = _overrides(overrides)
+    if caption_policy:  # generator parts only: the captioner keeps its curated captions
+        over = deep_merge(over, {"train": {"caption_policy": caption_policy}})
+    return train_part(part, preset, data=dataset, out=out, overrides=over or None,
+                      deps={k: v for k, v in (deps or {}).items() if v})
+
+
+def shard_groups_step(dataset: str, groups: int) -> list[list[str]]:
+    """Split a dataset's shards into at most `groups` groups (the recaption fan-out)."""
+    from model_code.data.dataset import shard_list
+    names = [u.rstrip("/").rsplit("/", 1)[-1] for u in shard_list(dataset)]
+    groups = max(1, min(int(groups), len(names)))
+    return [names[i::groups] for i in range(groups)]
+
+
+def recaption_step(dataset: str, out: str, captioner: str, tokenizer: str, clip: str = "",
+                   shards: list[str] | None = None, preset: str = "tiny",
+                   overrides: dict | str | None = None) -> dict[str, Any]:
+    """Recaption some shards of a dataset into caption sidecars under `out` (resumable)."""
+    from model_code.recaption.job import recaption
+    return recaption(dataset, out, captioner=captioner, tokenizer=tokenizer, clip=clip or None,
+                     shards=shards, preset=_cfg(preset, overrides), finalize_out=shards is None)
+
+
+def recaption_finalize_step(out: str, parent: str, parts: list[str] | None = None) -> dict[str, Any]:
+    """Gather the sidecars of the fan-out's parts into `out` and seal them as a new dataset
+    version with lineage to its parent."""
+    from model_code.recaption.job import finalize
+    for part in parts or []:
+        if part.rstrip("/") == out.rstrip("/"):
+            continue  # the fan-out wrote straight into the shared work dir
+        for uri in storage.ls(storage.join(part, "captions"), "*.parquet"):
+            storage.write_bytes(storage.join(out, "captions", uri.rstrip("/").rsplit("/", 1)[-1]),
+                                storage.read_bytes(uri))
+    return finalize(out, parent)
+
+
+def bundle_step(recipe: str, parts: dict[str, str], out: str, preset: str = "tiny",
+                lineage: dict | None = None) -> dict[str, Any]:
+    """Assemble the trained parts of a recipe into one generation bundle."""
+    from model_code.generate import read_bundle_meta, save_bundle
+    save_bundle(out, recipe, parts, preset=preset, lineage=lineage)
+    return {"bundle": out, **read_bundle_meta(out)}

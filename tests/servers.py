@@ -22,12 +22,11 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
@@ -79,7 +78,7 @@ def _http_status(url: str, timeout: float = 1.0) -> int | None:
 
 @contextlib.contextmanager
 def _process(argv: list[str], log_path: str, env: dict[str, str], ready_url: str,
-             ready: callable, timeout: float, name: str,
+             ready: Callable[[int | None], bool], timeout: float, name: str,
              grace: float = 10.0, cwd: str | None = None) -> Iterator[subprocess.Popen]:
     """Start argv in its own process group, wait for ready(status of ready_url), stop on exit."""
     log = open(log_path, "wb")
@@ -111,7 +110,10 @@ def _stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
         pgid = None
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGTERM) if pgid else proc.terminate()
+            if pgid:
+                os.killpg(pgid, signal.SIGTERM)
+            else:
+                proc.terminate()
         try:
             proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
@@ -226,8 +228,11 @@ class S3Server:
                 "AWS_REGION": self.region}
 
     def fs(self):
-        """An s3fs filesystem with this server's credentials (independent of os.environ)."""
-        return _s3fs(self.endpoint, self.access_key, self.secret_key)
+        """An s3fs filesystem with this server's credentials (independent of os.environ);
+        made once, since building a botocore client takes ~0.5 s."""
+        if getattr(self, "_fs", None) is None:
+            self._fs = _s3fs(self.endpoint, self.access_key, self.secret_key)
+        return self._fs
 
     def bucket(self, name: str) -> str:
         """Create bucket `name` if missing; returns "s3://name"."""

@@ -28,6 +28,7 @@ HASH_SIDE = 8       # pHash: the top-left 8x8 DCT coefficients -> 64 bits
 DCT_SIDE = 32       # ... of a 32x32 grayscale reduction (the usual pHash recipe)
 THUMB_SIDE = 16     # colour thumbnail: 16x16 RGB = 768 bytes
 THUMB_BYTES = THUMB_SIDE * THUMB_SIDE * 3
+THUMB_BLOCK = 8192  # thumbnails per index block (6 MB)
 
 
 def sha256_pixels(img: Image.Image) -> str:
@@ -89,23 +90,31 @@ class NearDupIndex:
             raise ValueError(f"near_dup_tolerance must be in [0, 255], got {tolerance}")
         self.threshold, self.tolerance = threshold, tolerance
         self.n = 0
-        self._ph = np.zeros(1024, dtype=np.uint64)                     # (cap,)
-        self._th = np.zeros((1024, THUMB_BYTES), dtype=np.uint8)       # (cap, 768)
-        self._sha: dict[bytes, int] = {}                               # sha256[:16] -> id
+        self._ph = np.zeros(1024, dtype=np.uint64)        # (cap,) pHashes, doubled when full
+        # thumbnails in fixed blocks, not one doubling array: growing never copies (or briefly
+        # triples) what is already held
+        self._th: list[np.ndarray] = []                    # each (THUMB_BLOCK, 768) uint8
+        self._sha: dict[bytes, int] = {}                   # sha256[:16] -> id
 
     def __len__(self) -> int:
         return self.n
 
     def add(self, sha256_hex: str, ph: int, thumb: bytes) -> int:
-        if self.n == len(self._ph):  # amortised doubling
-            self._ph = np.concatenate([self._ph, np.zeros_like(self._ph)])
-            self._th = np.concatenate([self._th, np.zeros_like(self._th)])
         i = self.n
+        if i == len(self._ph):
+            self._ph = np.concatenate([self._ph, np.zeros_like(self._ph)])
+        if i % THUMB_BLOCK == 0:
+            self._th.append(np.empty((THUMB_BLOCK, THUMB_BYTES), dtype=np.uint8))
         self._ph[i] = np.uint64(ph)
-        self._th[i] = np.frombuffer(thumb, dtype=np.uint8)
+        self._th[i // THUMB_BLOCK][i % THUMB_BLOCK] = np.frombuffer(thumb, dtype=np.uint8)
         self._sha.setdefault(bytes.fromhex(sha256_hex)[:16], i)
         self.n += 1
         return i
+
+    def _thumbs(self, ids: np.ndarray) -> np.ndarray:
+        """(len(ids), 768) thumbnails of kept ids (sorted ascending)."""
+        blocks = ids // THUMB_BLOCK
+        return np.concatenate([self._th[b][ids[blocks == b] % THUMB_BLOCK] for b in np.unique(blocks)])
 
     def find(self, sha256_hex: str, ph: int, thumb: bytes) -> tuple[int, str, int] | None:
         hit = self._sha.get(bytes.fromhex(sha256_hex)[:16])
@@ -114,11 +123,11 @@ class NearDupIndex:
         if self.n == 0 or self.threshold < 0:  # -1 turns near-dup detection off
             return None
         dist = np.bitwise_count(self._ph[: self.n] ^ np.uint64(ph))    # (n,)
-        cand = np.flatnonzero(dist <= self.threshold)
+        cand = np.flatnonzero(dist <= self.threshold)                   # ascending ids
         if cand.size == 0:
             return None
         t = np.frombuffer(thumb, dtype=np.uint8).astype(np.int16)
-        diff = np.abs(self._th[cand].astype(np.int16) - t).max(axis=1)  # (len(cand),)
+        diff = np.abs(self._thumbs(cand).astype(np.int16) - t).max(axis=1)  # (len(cand),)
         ok = cand[diff <= self.tolerance]
         if ok.size == 0:
             return None

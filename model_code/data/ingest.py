@@ -160,11 +160,13 @@ def captions_of(rec: dict, max_chars: int) -> tuple[str, str | None]:
 
 
 # ---------------------------------------------------------------- images
-def _exif_swaps_sides(im: Image.Image) -> bool:
+def _orientation(im: Image.Image) -> int:
+    """The EXIF orientation (1 = as stored; 5-8 rotate by 90 degrees)."""
     try:
-        return im.getexif().get(0x0112) in (5, 6, 7, 8)  # orientations that rotate by 90
+        value = im.getexif().get(0x0112, 1)
+        return value if value in range(1, 9) else 1
     except Exception:  # unreadable EXIF: orientation is then left as stored
-        return False
+        return 1
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -243,7 +245,8 @@ def normalize_image(data: bytes, size: int, min_side: int = 16, max_aspect: floa
             im = Image.open(io.BytesIO(data))  # verify spends the image: open it again
         except Exception as e:
             raise _decode_error(e, "verify: ") from None
-        if _exif_swaps_sides(im):
+        orientation = _orientation(im)
+        if orientation >= 5:  # displayed turned by 90 degrees: the checks see the displayed sides
             w, h = h, w
         # aspect first: a 1000x10 strip is refused for its shape, a 3x3 icon for its size
         if max(w, h) > max_aspect * max(min(w, h), 1):
@@ -259,10 +262,11 @@ def normalize_image(data: bytes, size: int, min_side: int = 16, max_aspect: floa
             raise Reject(DECOMPRESSION_BOMB, str(e)) from None
         except Exception as e:
             raise _decode_error(e) from None
-    try:
-        im = ImageOps.exif_transpose(im) or im  # first frame of an animation stays the frame
-    except Exception:  # a broken EXIF block does not make the pixels bad
-        pass
+    if orientation != 1:  # (exif_transpose copies the image even when there is nothing to do)
+        try:
+            im = ImageOps.exif_transpose(im) or im
+        except Exception:  # a broken EXIF block does not make the pixels bad
+            pass
     try:
         rgb = _to_rgb(im)
     except Exception as e:

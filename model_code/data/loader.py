@@ -307,6 +307,20 @@ def make_dataset(data: str, caption_policy: str | None = "blend", seed: int = 0,
                            cache=cache, image_size=image_size, with_scene=with_scene)
 
 
+class StreamLoader(DataLoader):
+    """A DataLoader over the stream that says it is resumable: its position is not state to save
+    but a function of the run's progress (the sampler's start, from the checkpoint's samples_seen),
+    so `state_dict` only records it and `load_state_dict` has nothing to restore. (Lightning treats
+    loaders with this interface as resumable mid-epoch.)"""
+
+    def state_dict(self) -> dict:
+        s = self.batch_sampler
+        return {"start_batch": s.start_batch, "start_sample": s.start_sample}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
 def make_loader(data: str | ImageTextStream, batch_size: int, total_batches: int, *,
                 start_batch: int = 0, start_sample: int | None = None, rank: int = 0,
                 world_size: int = 1, num_workers: int = 0, pin_memory: bool = False,
@@ -314,6 +328,6 @@ def make_loader(data: str | ImageTextStream, batch_size: int, total_batches: int
     """A DataLoader of `total_batches` micro-batches (fewer when resuming: from `start_batch`)."""
     ds = data if isinstance(data, ImageTextStream) else make_dataset(data, **dataset_kw)
     sampler = StepBatchSampler(batch_size, total_batches, start_batch, start_sample, rank, world_size)
-    return DataLoader(ds, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate,
+    return StreamLoader(ds, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate,
                       pin_memory=pin_memory, persistent_workers=False,
                       prefetch_factor=4 if num_workers > 0 else None)

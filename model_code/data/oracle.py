@@ -1,21 +1,23 @@
 """The Shapes-world oracle: parse an image back into a scene graph (the perfect judge).
 
-Pipeline (one image, side S):
-  1. background  = median of the border ring, named by the nearest palette background;
-  2. colour model: every pixel is a mix  p = B + a * (C_k - B)  of the background B and one object
-     colour C_k (objects never overlap), so projecting p - B on each colour line gives a soft
-     coverage a_k in [0, 1] and a residual; the colour with the smallest residual wins;
-  3. objects     = 8-connected components of confident pixels (a >= 0.5) per colour; components
-     that swallowed two same-colour neighbours (blur) are split by erosion + nearest seed;
-     anti-aliased / blurred edge pixels join the nearest component as a soft mask;
-  4. shape       = analysis by synthesis: each of the 5 shapes is rendered with the generator's own
+Pipeline (one image, side S; canvases above WORK_MAX are box-filtered down first):
+  1. background: median of the border ring, named by the nearest palette background B;
+  2. colour model: objects never overlap, so every pixel is a mix  p = B + a (C_k - B)  of the
+     background and one object colour; projecting p - B on each colour line gives a soft coverage
+     a_k in [0, 1] and a residual;
+  3. seeds: connected solid pixels (a >= 0.5) of one winning colour, split where two same-colour
+     neighbours touch after blur (coverage valley, then erosion); faint blobs without any solid
+     pixel (tiny blurred objects) become seeds too; partial edge pixels join the nearest seed;
+  4. colour per object: the palette colour that explains the whole region best, with luma and chroma
+     coverage fitted separately (JPEG halves chroma resolution and desaturates small objects);
+  5. shape by analysis by synthesis: each of the 5 shapes is drawn with the generator's own
      shapes.shape_polygons at 4x supersampling (exactly like shapes.render), its centre and extent
-     fitted to the observed mask's centroid and area (both survive blur), optionally blurred, and
-     the candidate with the smallest squared error wins;
-  5. cell from the fitted centre, size class from the fitted extent (0.18 S vs 0.30 S).
+     fitted to the observed soft mask's centroid and area (both survive blur), tried under a few
+     blurs, and the candidate with the smallest squared error wins;
+  6. cell from the fitted centre, size class from the fitted extent (0.18 S vs 0.30 S).
 
-It never raises on an image (blank in, zero objects out); only a value that is not an image at
-all gets a ValueError naming `img`.
+It never raises on an image (blank in, zero objects out); only a value that is not an image at all
+gets a ValueError naming `img`. Measured accuracy: docs/benchmarks.md, "Shapes-world oracle".
 """
 from __future__ import annotations
 
@@ -43,15 +45,16 @@ RESID_FRAC = 0.30       # ...and the pixel lies within 0.30 |C - B| (+ RESID_ABS
 RESID_ABS = 12.0        # RGB units: JPEG / noise slack on the residual
 MIN_MASS = 0.30         # components lighter than 0.30 x the smallest object's area are noise
 SIZE_SPLIT = sum(shapes.SIZES.values()) / 2   # extent/S below 0.24 -> small, above -> large
-BLUR_SIGMAS = (0.0, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5)  # candidate blurs (working pixels) tried in the shape fit
-CHROMA_WEIGHT = 0.25     # chroma vs luma weight in the shape-fit coverage (JPEG subsamples chroma)
+BLUR_SIGMAS = (0.0, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5)  # blurs (working px) tried in the shape fit
+CHROMA_WEIGHT = 0.25    # chroma vs luma weight in the shape-fit coverage (JPEG subsamples chroma)
 COUPLING = 0.2          # how strongly luma and chroma coverage are tied in the colour decision
-FIT_ITERS = 4           # centroid/area fixed-point iterations per candidate shape
+CLEAN_ERR = 0.005       # a sharp candidate this close (squared error / mask energy) skips the blurs
+FIT_ITERS = 2           # centroid/area fixed-point iterations per candidate shape
 MIN_FIT = 0.3           # a blob whose best rendered shape overlaps it less (soft IoU) is dropped
 MAX_COMPONENTS = 32     # bound the work on garbage images: keep the heaviest components
 
 
-def _area_fracs() -> float:
+def _area_fracs() -> dict[str, float]:
     """Area / extent^2 of every shape, measured by rendering (so it matches the rasteriser)."""
     e, n = 200.0, 240
     out = {}
@@ -79,7 +82,7 @@ def _render_alpha(shape: str, cx: float, cy: float, e: float, w: int, h: int) ->
     return np.asarray(im.resize((w, h), Image.BOX), np.float32) / 255.0
 
 
-AREA_FRAC = _area_fracs()                   # e.g. circle ~0.785, star ~0.28
+AREA_FRAC = _area_fracs()  # e.g. circle ~0.785, star ~0.28
 _MIN_OBJ_AREA = min(AREA_FRAC.values()) * min(shapes.SIZES.values()) ** 2  # x S^2
 
 
@@ -149,12 +152,12 @@ def parse_image(img: Image.Image | np.ndarray) -> dict[str, Any]:
         return scene
 
     alpha, resid, ok = _colour_model(a, bg_obs)             # (S,S,8) each
-    comps = _components(alpha, resid, ok, S)                 # list of (colour index, pixel mask)
-    if not comps:
+    seeds = _components(alpha, resid, ok, S)                 # list of (S,S) masks, one per object
+    if not seeds:
         return scene
     min_mass = MIN_MASS * _MIN_OBJ_AREA * S * S
     objs = []
-    for region in _regions(comps, S):
+    for region in _regions(seeds, S):
         k = _decide_colour(a, bg_obs, region)
         m = np.where(region, _shape_alpha(a, bg_obs, k), 0.0)   # (S,S) soft mask of this object
         m[m < 0.04] = 0.0                                    # background noise on the colour line
@@ -203,15 +206,14 @@ def _colour_model(a: np.ndarray, bg: np.ndarray):
 _EIGHT = np.ones((3, 3), bool)
 
 
-def _components(alpha, resid, ok, S) -> list[tuple[int, np.ndarray]]:
-    """Objects as (colour index, seed mask).
+def _components(alpha, resid, ok, S) -> list[np.ndarray]:
+    """One seed mask (S, S) per object, heaviest first.
 
     Seeds are connected solid pixels (coverage >= 0.5) of one winning colour, with merged same-colour
     neighbours split. Small or blurred objects (a 32 px star after blur) may have too few solid
-    pixels of a clear colour: a connected foreground region (some colour covers >= FG_ALPHA) that
-    holds no seed becomes a seed itself, coloured by the palette line that explains its pixels best:
-    per-pixel votes fail where blur and JPEG chroma subsampling mix an object with the background,
-    the whole region's pixels together name its colour clearly.
+    pixels of one clear colour (per-pixel votes fail where blur and JPEG chroma subsampling mix an
+    object with the background): a connected foreground region (some colour covers >= FG_ALPHA)
+    that holds no seed becomes a seed itself. Colours are decided later, per object.
     """
     min_mass = MIN_MASS * _MIN_OBJ_AREA * S * S
     cand = np.where(ok, alpha, 0.0)                          # (S,S,8) explained coverage
@@ -223,10 +225,10 @@ def _components(alpha, resid, ok, S) -> list[tuple[int, np.ndarray]]:
         lab, n = ndimage.label(solid & (best == k), structure=_EIGHT)
         mass = ndimage.sum(alpha[..., k], lab, index=np.arange(1, n + 1))
         for i in np.nonzero(mass >= min_mass)[0]:
-            for piece in _split(lab == i + 1, S):
-                out.append((int(k), piece, float(alpha[..., k][piece].sum())))
+            for piece in _split(lab == i + 1, alpha[..., k], S):
+                out.append((piece, float(alpha[..., k][piece].sum())))
     seeded = np.zeros(alpha.shape[:2], bool)
-    for _, m, _ in out:
+    for m, _ in out:
         seeded |= m
     strength = cand.max(axis=-1)
     lab, n = ndimage.label(strength >= FG_ALPHA, structure=_EIGHT)
@@ -234,47 +236,55 @@ def _components(alpha, resid, ok, S) -> list[tuple[int, np.ndarray]]:
         has_seed = ndimage.maximum(seeded, lab, index=np.arange(1, n + 1))
         mass = ndimage.sum(strength, lab, index=np.arange(1, n + 1))
         for i in np.nonzero((~has_seed.astype(bool)) & (mass >= min_mass))[0]:
-            region = lab == i + 1
-            w = strength[region] ** 2                        # weight solid pixels more
-            k = int(np.argmin((w[:, None] * resid[region] ** 2).sum(0)))
-            m = float(alpha[..., k][region].sum())
-            if m >= min_mass:
-                out.append((k, region, m))
-    out.sort(key=lambda t: -t[2])
-    return [(k, m) for k, m, _ in out[:MAX_COMPONENTS]]
+            out.append((lab == i + 1, float(mass[i])))
+    out.sort(key=lambda t: -t[1])
+    return [m for m, _ in out[:MAX_COMPONENTS]]
 
 
-def _split(mask: np.ndarray, S: int) -> list[np.ndarray]:
-    """Split a component that holds two same-colour objects in different cells (touching after blur).
+def _split(mask: np.ndarray, ak: np.ndarray, S: int, depth: int = 0) -> list[np.ndarray]:
+    """Split a component that holds same-colour objects in different cells (touching after blur).
 
-    One object spans at most 0.30 S (+ blur); wider components are eroded until they fall apart into
-    seeds in different cells, and every pixel goes to its nearest seed (a cheap watershed).
+    One object spans at most 0.30 S (+ blur), so only wider components are examined. Seeds come from
+    raising the coverage threshold (the blurred gap between two objects is a valley in ak) and then
+    from eroding the mask (a thin bridge breaks first); once the seeds fall into two or more cells,
+    seeds are grouped by cell and every pixel goes to its nearest seed (a cheap watershed). Pieces
+    are split again in case three objects were joined.
     """
     ys, xs = np.nonzero(mask)
-    if max(np.ptp(xs), np.ptp(ys)) + 1 <= 0.36 * S:
+    if depth > 3 or max(np.ptp(xs), np.ptp(ys)) + 1 <= 0.36 * S:
         return [mask]
     min_seed = 0.1 * _MIN_OBJ_AREA * S * S
-    for it in range(1, max(2, int(0.08 * S)) + 1):
-        er = ndimage.binary_erosion(mask, structure=_EIGHT, iterations=it)
-        lab, n = ndimage.label(er, structure=_EIGHT)
-        if n == 0:
-            break
+    levels = [mask & (ak >= t) for t in (0.6, 0.7, 0.8, 0.9, 0.95)]
+    er = levels[-1]
+    for _ in range(max(2, int(0.08 * S))):
+        er = ndimage.binary_erosion(er, structure=_EIGHT)
+        levels.append(er)
+    for seeds in levels:
+        lab, n = ndimage.label(seeds, structure=_EIGHT)
         if n < 2:
+            if n == 0:
+                break
             continue
-        sizes = ndimage.sum(er, lab, index=np.arange(1, n + 1))
-        keep = [i + 1 for i in np.nonzero(sizes >= min_seed)[0]]
-        if len(keep) < 2:
-            continue
-        cells = set()
-        for i in keep:
-            cy, cx = ndimage.center_of_mass(lab == i)
-            cells.add((min(int(cy * 3 // S), 2), min(int(cx * 3 // S), 2)))
+        idx = np.arange(1, n + 1)
+        sizes = ndimage.sum(seeds, lab, index=idx)
+        centres = ndimage.center_of_mass(seeds, lab, index=idx)
+        by_cell: dict[int, int] = {}                    # seed label -> cell index (3 * row + col)
+        for i, (size, (cy, cx)) in enumerate(zip(sizes, centres)):
+            if size >= min_seed:
+                by_cell[i + 1] = min(int(cy * 3 // S), 2) * 3 + min(int(cx * 3 // S), 2)
+        cells = sorted(set(by_cell.values()))
         if len(cells) < 2:
             continue
-        seeds = np.isin(lab, keep)
-        _, (iy, ix) = ndimage.distance_transform_edt(~seeds, return_indices=True)
-        owner = lab[iy, ix]
-        return [mask & (owner == i) for i in keep]
+        group = np.zeros(n + 1, np.int32)               # seed label -> 1 + position of its cell
+        for i, c in by_cell.items():
+            group[i] = cells.index(c) + 1
+        seed_map = group[lab]
+        _, (iy, ix) = ndimage.distance_transform_edt(seed_map == 0, return_indices=True)
+        owner = seed_map[iy, ix]
+        out = []
+        for g in range(1, len(cells) + 1):
+            out.extend(_split(mask & (owner == g), ak, S, depth + 1))
+        return out
     return [mask]
 
 
@@ -297,15 +307,15 @@ def _shape_alpha(a: np.ndarray, bg: np.ndarray, k: int) -> np.ndarray:
     return np.clip(v @ d / max(float(d @ d), 1.0), 0.0, 1.0)
 
 
-def _regions(comps, S) -> list[np.ndarray]:
-    """Each component's region: every pixel within reach of its seed and nearer to it than to any
+def _regions(seeds: list[np.ndarray], S: int) -> list[np.ndarray]:
+    """Each object's region: every pixel within reach of its seed and nearer to it than to any
     other seed (anti-aliased and blurred edges belong to the nearest object)."""
-    ids = np.zeros(comps[0][1].shape, np.int32)
-    for j, (_, m) in enumerate(comps):
+    ids = np.zeros(seeds[0].shape, np.int32)
+    for j, m in enumerate(seeds):
         ids[m] = j + 1
     dist, (iy, ix) = ndimage.distance_transform_edt(ids == 0, return_indices=True)
     owner = np.where(dist <= max(3.5, 0.06 * S), ids[iy, ix], 0)
-    return [owner == j + 1 for j in range(len(comps))]
+    return [owner == j + 1 for j in range(len(seeds))]
 
 
 def _decide_colour(a: np.ndarray, bg: np.ndarray, region: np.ndarray) -> int:
@@ -376,29 +386,35 @@ def _fit_shape(m: np.ndarray, S: int):
     A = win.sum()
     gy, gx = np.mgrid[0:h, 0:w] + 0.5
     mx, my = (win * gx).sum() / A, (win * gy).sum() / A   # centroid, window pixels
-    norm = (win * win).sum()
-    best = None
+    norm = max(float((win * win).sum()), 1e-9)
+    fits = []                                               # (shape, cx, cy, e, sharp render)
     for shape in shapes.SHAPES:
         cx, cy, e = mx, my, math.sqrt(A / AREA_FRAC[shape])
         for it in range(FIT_ITERS):
-            r = _render_alpha(shape, cx, cy, e, w, h)
+            r = _render_alpha(shape, cx, cy, e, w, h).astype(np.float64)
             ar = r.sum()
             if it == FIT_ITERS - 1 or ar <= 1e-6:
                 break
             cx += mx - (r * gx).sum() / ar
             cy += my - (r * gy).sum() / ar
             e = min(max(e * math.sqrt(A / ar), 0.5), 2.0 * S)
-        # the candidate under every trial blur (separable: Ky @ r @ Kx^T); the best blur is kept
-        rb = _blurs(r.astype(np.float64))                    # (n_sigma, h, w)
-        errs = ((rb - win) ** 2).sum(axis=(1, 2))            # (n_sigma,)
-        j = int(np.argmin(errs))
-        err, rb_best = float(errs[j]), rb[j]
-        err /= max(norm, 1e-9)
-        if best is None or err < best[0]:
-            iou = float(np.minimum(rb_best, win).sum() / max(np.maximum(rb_best, win).sum(), 1e-9))
-            best = (err, shape, cx + x0, cy + y0, e, iou)
-    _, shape, cx, cy, e, iou = best
-    return shape, cx, cy, e, iou
+        fits.append((shape, cx, cy, e, r))
+    # a clean render matches one candidate almost exactly: no need to try blurs
+    sharp = [float(((r - win) ** 2).sum()) / norm for *_, r in fits]
+    i = int(np.argmin(sharp))
+    if sharp[i] < CLEAN_ERR:
+        best_r = fits[i][4]
+    else:  # every candidate under every trial blur; each keeps the blur that fits it best
+        best_err, i, best_r = math.inf, 0, None
+        for n, (*_, r) in enumerate(fits):
+            rb = _blurs(r)                                   # (n_sigma, h, w)
+            errs = ((rb - win) ** 2).sum(axis=(1, 2))        # (n_sigma,)
+            j = int(np.argmin(errs))
+            if errs[j] < best_err:
+                best_err, i, best_r = float(errs[j]), n, rb[j]
+    shape, cx, cy, e, _ = fits[i]
+    iou = float(np.minimum(best_r, win).sum() / max(np.maximum(best_r, win).sum(), 1e-9))
+    return shape, cx + x0, cy + y0, e, iou
 
 
 # ---------------------------------------------------------------- comparing scenes

@@ -7,6 +7,8 @@ Checkpoint layout under `<out>/checkpoints/` (a directory or s3:// prefix, via m
                           and `easel` = {part, samples_seen, ema}
     latest.json           {"step", "file", "samples_seen", "config_hash", "mlflow_run_id", "reason"}
 
+Checkpoints are written every `every_n_steps` steps and after the last step (so a finished run
+can be extended with a larger max_steps).
 latest.json is written after the checkpoint is fully uploaded, so it always names a complete
 file; the oldest checkpoints beyond `keep` are then deleted.
 
@@ -75,6 +77,8 @@ class ObjectStoreCheckpoint(Callback):
             self._old_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
         except ValueError:  # not the main thread: leave signals to whoever owns them
             self._old_handler = None
+        if trainer.received_sigterm:  # it came during set-up, to Lightning's handler
+            self.sigterm = True
 
     def _on_sigterm(self, signum, frame) -> None:
         if not self.sigterm:
@@ -99,7 +103,9 @@ class ObjectStoreCheckpoint(Callback):
             self.save(trainer, reason="sigterm")
             self.preempted = True
             trainer.should_stop = True
-        elif self.every and step % self.every == 0 and step < (trainer.max_steps or 0):
+        elif step >= trainer.max_steps:  # the last step: a run can later be extended from here
+            self.save(trainer, reason="final")
+        elif self.every and step % self.every == 0:
             self.save(trainer, reason="periodic")
 
     def save(self, trainer: pl.Trainer, reason: str) -> str:
@@ -153,21 +159,23 @@ class Throughput(Callback):
 
     def __init__(self, log_every: int, peak: float | None = None):
         self.log_every, self.peak_cfg = int(log_every), peak
+        self.peak: float | None = None
         self.flops_per_sample: float | None = None
         self.last: dict | None = None
         self.latest: dict[str, float] = {}
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.last = None
+        self.peak = peak_flops(pl_module.device, self.peak_cfg)
+
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
-        if self.flops_per_sample is None and self._peak(pl_module) is not None:
+        if self.flops_per_sample is None and self.peak is not None:
             try:
                 self.flops_per_sample = 3.0 * pl_module.forward_flops(batch) / len(batch["image"])
             except Exception as e:  # noqa: BLE001 - a model FlopCounterMode cannot trace: no MFU
                 log.warning("FLOP counting failed (%s); MFU will not be reported", e)
                 self.flops_per_sample = 0.0
-
-    def _peak(self, pl_module: pl.LightningModule) -> float | None:
-        return peak_flops(pl_module.device, self.peak_cfg)
 
     def _mark(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict:
         if pl_module.device.type == "cuda":
@@ -176,9 +184,6 @@ class Throughput(Callback):
         pl_module.tokens_window = 0
         return {"t": time.perf_counter(), "step": trainer.global_step,
                 "samples": pl_module.samples_seen, "tokens": float(tokens)}
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.last = None
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
@@ -198,12 +203,10 @@ class Throughput(Callback):
         if pl_module.spec.tokens_fn is not None:
             # tokens were summed on this rank since the last mark; scale to all ranks
             m["perf/tokens_per_s"] = now["tokens"] * trainer.world_size / dt
-        peak = self._peak(pl_module)
         if self.flops_per_sample:
             achieved = self.flops_per_sample * m["perf/samples_per_s"]   # all ranks together
             m["perf/tflops"] = achieved / 1e12
-            if peak:
-                m["perf/mfu"] = achieved / (peak * trainer.world_size)
+            m["perf/mfu"] = achieved / (self.peak * trainer.world_size)
         self.latest = m
         self.last = now
         for logger in trainer.loggers:

@@ -16,6 +16,7 @@ validation loop (evaluation is a separate pipeline step).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
@@ -54,10 +55,22 @@ def n_devices(tcfg: dict) -> int:
     raise ValueError(f"train.devices must be auto or a positive integer, got {d!r}")
 
 
+def n_nodes(tcfg: dict) -> int:
+    """num_nodes, or with `auto` the launcher's WORLD_SIZE / devices per node (torchrun and the
+    Kubeflow Training Operator's PyTorchJob set WORLD_SIZE), else 1."""
+    n = tcfg.get("num_nodes", "auto")
+    if n == "auto":
+        world = int(os.environ.get("WORLD_SIZE", "0") or 0)
+        return max(1, world // n_devices(tcfg)) if world else 1
+    if isinstance(n, int) and n >= 1:
+        return n
+    raise ValueError(f"train.num_nodes must be auto or a positive integer, got {n!r}")
+
+
 def make_strategy(tcfg: dict, model: nn.Module | None = None) -> Any:
     from model_code.train.module import block_types
     name = tcfg.get("strategy", "auto")
-    world = n_devices(tcfg) * int(tcfg.get("num_nodes", 1))
+    world = n_devices(tcfg) * n_nodes(tcfg)
     if name == "auto" or world == 1:
         return "auto"
     if name == "ddp":
@@ -66,7 +79,7 @@ def make_strategy(tcfg: dict, model: nn.Module | None = None) -> Any:
                            gradient_as_bucket_view=True)
     if name == "fsdp":
         from pytorch_lightning.strategies import FSDPStrategy
-        blocks = block_types(model) if model is not None else set()
+        blocks = block_types(model) if model is not None else set()  # the shard units
         if tcfg.get("ema_decay"):
             raise ValueError("train.ema_decay with train.strategy=fsdp is not supported: the EMA "
                              "keeps full copies of the weights; use ddp or drop the EMA")
@@ -92,7 +105,7 @@ def make_trainer(tcfg: dict, callbacks: list | None = None, logger: Any = None,
     return pl.Trainer(
         accelerator="gpu" if has_gpu() else "cpu",
         devices=n_devices(tcfg),
-        num_nodes=int(tcfg.get("num_nodes", 1)),
+        num_nodes=n_nodes(tcfg),
         strategy=strategy,
         precision=resolve_precision(tcfg.get("precision", "auto")),
         max_steps=int(tcfg["max_steps"]),

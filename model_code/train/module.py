@@ -20,7 +20,9 @@ Training configuration (`resolve_train_config`), lowest precedence first:
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+from collections import Counter
 from typing import Any, Callable, Iterator
 
 import pytorch_lightning as pl
@@ -55,7 +57,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "precision": "auto",          # auto: bf16-mixed on GPU, 32 on CPU
     "strategy": "auto",           # auto | ddp | fsdp
     "devices": "auto",
-    "num_nodes": 1,
+    "num_nodes": "auto",          # auto: WORLD_SIZE / devices under torchrun or a PyTorchJob, else 1
     "compile": False,             # torch.compile the model's forward_loss
     "gradient_checkpointing": False,
     "find_unused_parameters": False,
@@ -79,11 +81,21 @@ LR_SCHEDULES = ("cosine", "constant", "dvae")
 
 def resolve_train_config(cfg: dict, part: str, spec: PartSpec | None = None) -> dict:
     """The training settings of one part (see the module docstring for the precedence)."""
-    from model_code.train.parts import get_part
+    from model_code.train.parts import PARTS, get_part
     spec = spec or get_part(part)
     top = cfg.get("train") or {}
     if not isinstance(top, dict):
         raise ValueError(f"train must be a mapping, got {type(top).__name__}")
+    known = set(TRAIN_DEFAULTS) | {k for p in PARTS.values() for k in p.train_defaults}
+    for k, v in top.items():  # a typo in the preset is an error, not a silently ignored key
+        if isinstance(v, dict) and k not in PARTS and k != "steps":
+            raise ValueError(f"train.{k}: a mapping here must be train.steps or train.<part> "
+                             f"(parts: {', '.join(PARTS)})")
+        if not isinstance(v, dict) and k not in known:
+            raise ValueError(f"unknown key train.{k}; known: {sorted(known)}")
+    bad_steps = sorted(set(top.get("steps") or {}) - set(PARTS))
+    if bad_steps:
+        raise ValueError(f"train.steps names unknown parts {bad_steps}; parts: {', '.join(PARTS)}")
     out = {**TRAIN_DEFAULTS, **spec.train_defaults}
     out.update({k: v for k, v in top.items() if not isinstance(v, dict)})
     sec = cfg.get(part) or {}
@@ -99,7 +111,10 @@ def resolve_train_config(cfg: dict, part: str, spec: PartSpec | None = None) -> 
     unknown = sorted(set(per_part) - known)
     if unknown:
         raise ValueError(f"unknown keys {unknown} in train.{part}; known: {sorted(known)}")
-    if out.get("caption_policy") is None:
+    # a preset-wide caption policy is for the generators (the DALL-E 3 experiment); the captioner
+    # (curated captions) and the image-only parts keep theirs unless train.<part> says otherwise
+    if out.get("caption_policy") is None or (spec.caption_policy != "blend"
+                                             and "caption_policy" not in per_part):
         out["caption_policy"] = spec.caption_policy
     return _validate(out, part)
 
@@ -183,12 +198,18 @@ class EMA:
 
     def __init__(self, model: nn.Module, decay: float):
         self.decay = float(decay)
-        self.names = [n for n, p in model.named_parameters() if p.requires_grad]
+        self.names = [n for n, p in self._named(model) if p.requires_grad]
         self.shadow = [p.detach().float().clone() for _, p in self._params(model)]
         self.updates = 0
 
+    @staticmethod
+    def _named(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+        # activation checkpointing wraps blocks after the EMA is made: names without the wrapper
+        for n, p in model.named_parameters():
+            yield n.replace("_checkpoint_wrapped_module.", ""), p
+
     def _params(self, model: nn.Module) -> list[tuple[str, torch.Tensor]]:
-        named = dict(model.named_parameters())
+        named = dict(self._named(model))
         return [(n, named[n]) for n in self.names]
 
     @torch.no_grad()
@@ -236,32 +257,54 @@ def step_seed(seed: int, samples_seen: int, rank: int) -> int:
     return (int(seed) * 1_000_003 + int(samples_seen) * 7919 + int(rank) * 104_729) % (2 ** 63 - 1)
 
 
+def repeated_blocks(model: nn.Module) -> list[nn.Module]:
+    """A model's outermost repeated blocks (transformer layers, residual blocks): instances of a
+    module class that has children, is not a plain container, and occurs at least twice; a block
+    inside another such block is not listed. What FSDP shards by and checkpointing recomputes."""
+    containers = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+    def is_block(m: nn.Module) -> bool:
+        return m is not model and not isinstance(m, containers) and next(m.children(), None) is not None
+
+    counts = Counter(type(m) for m in model.modules() if is_block(m))
+    repeated = {t for t, c in counts.items() if c >= 2}
+    out: list[nn.Module] = []
+
+    def walk(m: nn.Module) -> None:
+        for child in m.children():
+            if type(child) in repeated:
+                out.append(child)
+            else:
+                walk(child)
+    walk(model)
+    return out
+
+
+def block_types(model: nn.Module) -> set[type]:
+    return {type(b) for b in repeated_blocks(model)}
+
+
 def activation_checkpointing(model: nn.Module) -> str:
-    """Recompute activations in backward: transformers models through their own switch, any other
-    model by wrapping its repeated blocks (the elements of its nn.ModuleLists)."""
+    """Recompute activations in backward instead of storing them: transformers models through
+    their own switch, any other model by wrapping its repeated blocks. Parameter names (and so
+    state dicts and saved models) are unchanged."""
     hf = [m for m in model.modules() if getattr(m, "supports_gradient_checkpointing", False)
           and hasattr(m, "gradient_checkpointing_enable")]
     if hf:
         for m in hf:
             m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return f"transformers ({len(hf)} models)"
-    blocks = block_types(model)
+    blocks = {id(b) for b in repeated_blocks(model)}
     if not blocks:
         raise ValueError(f"train.gradient_checkpointing: {type(model).__name__} has no repeated blocks "
-                         f"(nn.ModuleList) to checkpoint")
+                         f"to checkpoint")
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
         CheckpointImpl, apply_activation_checkpointing, checkpoint_wrapper)
-    import functools
     apply_activation_checkpointing(
         model, checkpoint_wrapper_fn=functools.partial(checkpoint_wrapper,
                                                        checkpoint_impl=CheckpointImpl.NO_REENTRANT),
-        check_fn=lambda m: isinstance(m, tuple(blocks)))
-    return ", ".join(sorted(b.__name__ for b in blocks))
-
-
-def block_types(model: nn.Module) -> set[type]:
-    """The classes of a model's repeated blocks: what FSDP wraps and checkpointing recomputes."""
-    return {type(child) for m in model.modules() if isinstance(m, nn.ModuleList) for child in m}
+        check_fn=lambda m: id(m) in blocks)
+    return f"{len(blocks)} blocks"
 
 
 class PartModule(pl.LightningModule):
@@ -285,7 +328,8 @@ class PartModule(pl.LightningModule):
 
     # ---------------------------------------------------------------- setup
     def configure_model(self) -> None:
-        if self.tcfg["gradient_checkpointing"] and not getattr(self, "_gc_done", False):
+        fsdp = type(self.trainer.strategy).__name__ == "FSDPStrategy"  # FSDP checkpoints its own units
+        if self.tcfg["gradient_checkpointing"] and not fsdp and not getattr(self, "_gc_done", False):
             activation_checkpointing(self.model)
             self._gc_done = True
         if self.tcfg["compile"] and self._loss_fn is self.model.forward_loss:
@@ -335,10 +379,10 @@ class PartModule(pl.LightningModule):
             self.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=False, batch_size=len(batch["image"]))
             self.log("loss", out["loss"].detach().float(), on_step=True, on_epoch=False, prog_bar=True,
                      logger=False, batch_size=len(batch["image"]))
-        return out["loss"]
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # counted here, not in on_train_batch_end: callbacks (the checkpoint) run before the
+        # module's own on_train_batch_end and must see this batch as consumed
         self.samples_seen += len(batch["image"]) * self.trainer.world_size
+        return out["loss"]
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)

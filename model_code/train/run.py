@@ -22,8 +22,9 @@ What a run leaves under `out` (a directory or s3:// prefix):
 
 Resuming: with resume=True (the default) a run whose `out` holds a checkpoint written with the same
 configuration continues from it, at the same step and data position; a finished run with the same
-configuration is not retrained (its summary is returned, `reused: True`). A different
-configuration in the same `out` is an error, unless resume=False (start over).
+configuration is not retrained (its summary is returned, `reused: True`), or, given a larger
+max_steps, is extended from its final checkpoint. A different configuration in the same `out` is
+an error, unless resume=False (start over).
 
 MLflow: params (the part's model config, the resolved training config, data and deps), metrics
 every `log_every` steps (every key of the loss dict, lr, throughput, MFU), sample grids and the
@@ -95,7 +96,16 @@ def _git_sha() -> str | None:
         return None
 
 
+def _require_mlflow() -> None:
+    try:
+        import mlflow  # noqa: F401
+    except ImportError as e:
+        raise RuntimeError("mlflow is not installed here: install it or train with mlflow=False "
+                           "(--no-mlflow)") from e
+
+
 def _mlflow_logger(tcfg: dict, part: str, preset_name: str, run_id: str | None, tags: dict):
+    _require_mlflow()
     from pytorch_lightning.loggers import MLFlowLogger
     return MLFlowLogger(experiment_name=tcfg["mlflow_experiment"], run_name=f"{part}-{preset_name}",
                         tracking_uri=tracking_uri(), artifact_location=artifact_location(),
@@ -187,10 +197,17 @@ def train_part(part: str, preset: str | dict, data: str, out: str, deps: dict[st
 
     state = _read_state(out) if resume else None
     if state and state.get("completed"):
-        if state.get("config_hash") == chash:
+        if state.get("config_hash") != chash:
+            raise ValueError(f"{out} already holds a {part} trained with another configuration "
+                             f"(hash {state.get('config_hash')} != {chash}): use another out or "
+                             f"resume=False")
+        done = int(state["summary"]["steps"])
+        if done == tcfg["max_steps"]:
             return {**state["summary"], "reused": True}
-        raise ValueError(f"{out} already holds a {part} trained with another configuration "
-                         f"(hash {state.get('config_hash')} != {chash}): use another out or resume=False")
+        if done > tcfg["max_steps"]:
+            raise ValueError(f"{out} holds a {part} trained for {done} steps, more than max_steps="
+                             f"{tcfg['max_steps']}: use another out or resume=False")
+        # a larger max_steps extends the finished run from its final checkpoint
     from model_code.train.callbacks import latest_checkpoint
     ckpt_dir = storage.join(out, "checkpoints")
     latest = latest_checkpoint(ckpt_dir) if resume else None
@@ -206,6 +223,8 @@ def train_part(part: str, preset: str | dict, data: str, out: str, deps: dict[st
 def _fit(spec: PartSpec, cfg: dict, tcfg: dict, preset_name: str, model: torch.nn.Module,
          loaded: dict, data: str, out: str, deps: dict[str, str], chash: str, latest: dict | None,
          mlflow: bool, t0: float) -> dict[str, Any]:
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
     from model_code.data.loader import make_dataset, make_loader
     from model_code.train import callbacks as cb
     from model_code.train.factory import make_trainer, progress_mode
@@ -218,7 +237,9 @@ def _fit(spec: PartSpec, cfg: dict, tcfg: dict, preset_name: str, model: torch.n
     A, B = int(tcfg["accumulate_grad_batches"]), int(tcfg["batch_size"])
 
     def loader_fn(start_batch: int, start_sample: int, rank: int, world_size: int):
-        return make_loader(dataset, B, int(tcfg["max_steps"]) * A, start_batch=start_batch,
+        # one spare micro-batch: max_steps ends the run, never the end of the data, so a run saved
+        # at its last step is not marked "end of epoch" and can be extended later
+        return make_loader(dataset, B, int(tcfg["max_steps"]) * A + 1, start_batch=start_batch,
                            start_sample=start_sample, rank=rank, world_size=world_size,
                            num_workers=int(tcfg["num_workers"]), pin_memory=torch.cuda.is_available())
 
@@ -260,7 +281,13 @@ def _fit(spec: PartSpec, cfg: dict, tcfg: dict, preset_name: str, model: torch.n
                          if storage.is_remote(latest["uri"]) else storage.local_path(latest["uri"]))
             print(f"resuming {spec.name} from step {latest['step']} ({latest['uri']})",
                   file=sys.stderr, flush=True)
-        trainer.fit(module, ckpt_path=ckpt_path)
+        try:
+            trainer.fit(module, ckpt_path=ckpt_path)
+        except SIGTERMException:
+            # SIGTERM reached Lightning's own handler during set-up: our callback has written the
+            # checkpoint at the first step boundary; anything else is a real failure
+            if not ckpt.preempted:
+                raise
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
     metrics.update(throughput.latest)
@@ -343,10 +370,12 @@ def _train_tokenizer(cfg: dict, preset_name: str, data: str, out: str, resume: b
                "truncated_fraction": float((lengths > max_len).mean())}
     run_id = None
     if mlflow:
+        _require_mlflow()
         import mlflow as mlf
         mlf.set_tracking_uri(tracking_uri())
-        exp = mlf.get_experiment_by_name("easel-train") or None
-        exp_id = exp.experiment_id if exp else mlf.create_experiment("easel-train", artifact_location())
+        name = (cfg.get("train") or {}).get("mlflow_experiment", "easel-train")
+        exp = mlf.get_experiment_by_name(name)
+        exp_id = exp.experiment_id if exp else mlf.create_experiment(name, artifact_location())
         tags = {"part": "tokenizer", "preset": preset_name, "dataset": data,
                 **({"dataset_version": version} if version else {}),
                 **({"git_sha": _git_sha()} if _git_sha() else {})}

@@ -106,13 +106,13 @@ def test_overfit_and_greedy_reproduces_training_captions(world, tmp_path):
         opt.zero_grad()
         out["loss"].backward()
         opt.step()
-        first = first or {k: float(v) for k, v in out.items()}
+        first = first or {k: float(v.detach()) for k, v in out.items()}
         if step >= 100 and step % 20 == 19:
             reproduced = (model.generate(images, tok, kind="long", temperature=0) == norm(longs)
                           and model.generate(images, tok, kind="short", temperature=0) == norm(shorts))
             if reproduced:
                 break
-    last = {k: float(v) for k, v in out.items()}
+    last = {k: float(v.detach()) for k, v in out.items()}
     assert reproduced, f"greedy decoding did not reproduce the training captions in {step + 1} steps: {last}"
     assert last["caption_loss"] < 0.1 * first["caption_loss"]
     assert last["contrastive_loss"] < 0.5 * first["contrastive_loss"]

@@ -173,6 +173,22 @@ def test_exact_and_near_duplicates(tmp_path):
     assert (res["accepted"], res["duplicates"]) == (4, 1)
 
 
+def test_near_dup_index_across_thumbnail_blocks(monkeypatch):
+    from model_code.data import hashing
+    monkeypatch.setattr(hashing, "THUMB_BLOCK", 4)  # ids 0..9 span three blocks
+    ix = hashing.NearDupIndex(threshold=4, tolerance=24)
+    rng = np.random.default_rng(0)
+    thumbs = [rng.integers(0, 256, hashing.THUMB_BYTES, dtype=np.uint8) for _ in range(10)]
+    for i, t in enumerate(thumbs):
+        assert ix.add(f"{i:02d}" * 32, 0b1111 << (4 * i), t.tobytes()) == i
+    probe = np.clip(thumbs[9].astype(int) + 20, 0, 255).astype(np.uint8).tobytes()
+    assert ix.find("ff" * 32, (0b1111 << 36) ^ 0b11, probe) == (9, "near", 2)
+    far = np.clip(thumbs[9].astype(int) + 30, 0, 255).astype(np.uint8).tobytes()
+    assert ix.find("ff" * 32, 0b1111 << 36, far) is None  # same pHash, colours too far apart
+    assert ix.find("05" * 32, 123, far) == (5, "exact", 0)
+    assert hashing.NearDupIndex(threshold=-1).find("ff" * 32, 0, far) is None
+
+
 # ---------------------------------------------------------------- source kinds end to end
 def test_every_source_kind_and_round_trip(tmp_path):
     """shapes:// == the synth folder; an ingested dataset's shards re-ingest as WebDataset;

@@ -56,3 +56,19 @@ def test_paper_shapes(paper):
 def test_schedules_stay_real_under_meta(paper):
     _, models = paper
     assert not models["prior"].scheduler.alphas_cumprod.is_meta
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small", "base"])
+def test_every_preset_builds(preset):
+    cfg = load_preset(preset)
+    with torch.device("meta"):
+        clip = CLIP.from_config({**cfg["clip"], "vocab_size": cfg["tokenizer"]["vocab_size"],
+                                 "max_text_tokens": cfg["tokenizer"]["max_text_tokens"]})
+        dims = clip_dims(clip.config)
+        prior = DiffusionPrior.from_config({**cfg["prior"], **dims})
+        decoder = UnCLIPDecoder.from_config({**cfg["decoder"], **dims})
+        upsampler = Upsampler.from_config(cfg["upsampler"])
+    assert clip.config["image_size"] == cfg["data"]["size"]
+    # the upsampler multiplies the decoder's resolution by its scale (paper: 64 -> 256)
+    assert upsampler.config["scale"] == 4 and decoder.config["image_size"] <= cfg["data"]["size"]
+    assert prior.config["cond_drop_prob"] == 0.1

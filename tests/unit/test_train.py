@@ -19,6 +19,16 @@ SMALL_TRANSFORMER = {"transformer": {"n_layer": 1, "n_head": 2, "d_model": 32}}
 FAST = {"train": {"batch_size": 8, "log_every": 5, "sample_n": 4, "progress": "log"}}
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on a shared 2-core box, two OpenMP threads per process fighting other
+    processes run these small convolutions 10x slower, not faster."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     from tests.unit.test_loader import shapes_data
@@ -45,6 +55,9 @@ def test_train_config_precedence():
     assert t["max_steps"] == 7 and t["warmup_steps"] == 3                  # train.steps / train.<part>
     assert t["caption_policy"] is None and resolve_train_config(cfg, "clip")["caption_policy"] == "blend"
     assert resolve_train_config(cfg, "captioner")["caption_policy"] == "curated"
+    orig = {"train": {"caption_policy": "original"}}  # the DALL-E 3 ablation: generators only
+    assert resolve_train_config(orig, "transformer")["caption_policy"] == "original"
+    assert resolve_train_config(orig, "captioner")["caption_policy"] == "curated"
     assert resolve_train_config({"train": {"dvae": {"lr": "3e-3"}}}, "dvae")["lr"] == 3e-3
     assert resolve_train_config({"train": {"lr": 0.5}, "dvae": {"lr": 0.1}}, "dvae")["lr"] == 0.1
 
@@ -56,6 +69,8 @@ def test_train_config_precedence():
     ({"train": {"steps": {"dvae": 0}}}, "max_steps must be an integer >= 1"),
     ({"train": {"strategy": "horovod"}}, "strategy"),
     ({"train": {"dvae": {"ema_decay": 1.5}}}, "ema_decay"),
+    ({"train": {"batchsize": 8}}, "unknown key train.batchsize"),
+    ({"train": {"steps": {"vae": 8}}}, "unknown parts \\['vae'\\]"),
 ])
 def test_bad_training_config_names_the_field(over, match):
     with pytest.raises(ValueError, match=match):
@@ -98,6 +113,39 @@ def test_ema_tracks_swaps_and_round_trips():
     other = EMA(model, decay=0.5)
     other.load_state_dict(ema.state_dict())
     assert other.updates == 1 and torch.equal(other.shadow[0], ema.shadow[0])
+
+
+def test_gradient_checkpointing_changes_memory_not_results():
+    """The dVAE (residual blocks, no transformers switch) and the DALL-E transformer (GPT-2's own
+    switch): same loss and gradients, same parameter names, EMA still follows the weights."""
+    from model_code.models.dvae import DVAE
+    from model_code.models.transformer import DalleTransformer
+    from model_code.train.module import activation_checkpointing, repeated_blocks
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    cases = [(lambda: DVAE.from_config({**SMALL_DVAE["dvae"], "image_size": 32}), (x, 0)),
+             (lambda: DalleTransformer.from_config({"text_vocab_size": 50, "text_len": 8, "image_grid": 2,
+                                                    "codebook_size": 16, "n_layer": 2, "n_head": 2,
+                                                    "d_model": 16}),
+              (torch.randint(0, 50, (2, 8)), torch.ones(2, 8, dtype=torch.bool), torch.randint(0, 16, (2, 2, 2))))]
+    for make, args in cases:
+        torch.manual_seed(0)
+        plain, ckpt = make(), make()
+        ckpt.load_state_dict(plain.state_dict())
+        ema = EMA(ckpt, 0.5)
+        names = list(ckpt.state_dict())
+        assert repeated_blocks(plain)
+        activation_checkpointing(ckpt)
+        assert list(ckpt.state_dict()) == names
+        losses = []
+        for m in (plain, ckpt):
+            torch.manual_seed(1)
+            loss = m.forward_loss(*args)["loss"]
+            loss.backward()
+            losses.append(loss)
+        assert torch.allclose(losses[0], losses[1])
+        for (n, p), q in zip(plain.named_parameters(), ckpt.parameters()):
+            assert torch.allclose(p.grad, q.grad, atol=1e-6), n
+        ema.update(ckpt)
 
 
 def test_every_part_is_registered_with_its_dependencies():
@@ -156,21 +204,28 @@ def test_train_dvae_end_to_end(data, tmp_path, monkeypatch):
     model = DVAEModel.from_pretrained(out)
     assert model.config["n_hid"] == 16 and model.config["image_size"] == 32
     ckpts = json.load(open(os.path.join(out, "checkpoints", "latest.json")))
-    assert ckpts["step"] == 20 and ckpts["reason"] == "periodic"
+    assert ckpts["step"] == 40 and ckpts["reason"] == "final"
+    assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == [
+        "latest.json", "step-00000020.ckpt", "step-00000040.ckpt"]
 
     client = MlflowClient()
     run = client.get_run(s["mlflow_run_id"])
     assert run.data.params["dvae.n_hid"] == "16" and run.data.params["train.lr"] == "0.003"
     assert run.data.params["dataset_content_hash"] == json.load(open(os.path.join(data, "dataset.json")))["content_hash"]
     assert run.data.tags["part"] == "dvae" and run.info.status == "FINISHED"
-    losses = client.get_metric_history(run.info.run_id, "train/loss")
-    assert [m.step for m in losses][:2] == [0, 5] and len(losses) >= 8
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert len(steps) >= 8 and {b - a for a, b in zip(steps, steps[1:])} == {5}  # every log_every
     assert client.get_metric_history(run.info.run_id, "perf/samples_per_s")
     arts = [a.path for a in client.list_artifacts(run.info.run_id, "samples")]
     assert arts == ["samples/step_000040.png"]
 
     again = train_part("dvae", "tiny", data=data, out=out, overrides=over)
     assert again["reused"] and again["steps"] == 40
+    # a larger max_steps extends the finished run from its final checkpoint, in the same MLflow run
+    longer = {**over, "train": {**over["train"], "steps": {"dvae": 45}}}
+    more = train_part("dvae", "tiny", data=data, out=out, overrides=longer)
+    assert more["resumed_from_step"] == 40 and more["steps"] == 45 and not more["reused"]
+    assert more["mlflow_run_id"] == s["mlflow_run_id"] and more["samples_seen"] == 45 * 8
     with pytest.raises(ValueError, match="another configuration"):
         train_part("dvae", "tiny", data=data, out=out,
                    overrides={**over, "train": {**over["train"], "dvae": {"lr": 1e-3}}})

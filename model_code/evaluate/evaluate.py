@@ -1,0 +1,299 @@
+"""Evaluate a generation bundle on held-out prompts: metrics, per-category tables, sample grids,
+a Markdown report, and one MLflow run with all of it.
+
+    evaluate("runs/x/bundle-dalle", "data/shapes-ds", "runs/x/eval")   # -> {metrics, per_category, report, run_id}
+
+The `easel evaluate BUNDLE --dataset D --out O [--json]` command is this call. Settings come from
+the preset's `evaluate:` section (DEFAULTS below document the keys); arguments override them.
+
+Flat metric names (what gates and MLflow see):
+    pf.exact, pf.constraint              prompt following, macro mean over categories
+    pf.<category>.exact / .constraint    per category; pf.<category>.<kind>_acc per constraint kind
+    clip_score                           mean image-prompt cosine under the bundle's CLIP
+    diversity                            mean pairwise CLIP-embedding distance among one prompt's samples
+    fd_clip                              Frechet distance to held-out real images in CLIP space
+    dvae.psnr, dvae.perplexity, dvae.dead_codes, dvae.used_fraction    (dalle bundles)
+    captioner.short.recall, ... .hallucination, ...                    (datasets with recaption sidecars)
+    n_prompts, n_images, seconds
+Note: the bundle reranks its candidates with the same CLIP that clip_score uses, so clip_score
+rises with `candidates` by construction; prompt following is judged by the oracle, independently.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any, Sequence
+
+from model_code import storage
+from model_code.evaluate import metrics as M
+from model_code.evaluate.prompts import (CATEGORIES, PROMPTS_FILE, by_category, heldout_prompts,
+                                         read_prompts, write_prompts)
+
+log = logging.getLogger(__name__)
+
+EVAL_EXPERIMENT = "easel-evaluate"
+DEFAULTS: dict[str, Any] = {
+    "n_per_category": 8,       # held-out prompts per category
+    "samples_per_prompt": 4,   # images kept per prompt (>= 2 for diversity)
+    "seed": 0,
+    "batch_size": 16,          # prompts per Generator.generate call
+    "heldout_images": 256,     # real held-out images for FD and the dVAE metrics
+    "captions": 2000,          # recaption sidecar rows scored for the captioner metrics
+    "grid_prompts": 3,         # prompts per category in the report's sample grids
+    "categories": list(CATEGORIES),
+}
+
+
+def eval_config(preset: str | dict = "tiny", **overrides) -> dict[str, Any]:
+    """DEFAULTS <- the preset's evaluate: section <- non-None overrides."""
+    if isinstance(preset, str):
+        from model_code.config import load_preset
+        preset = load_preset(preset)
+    section = preset.get("evaluate") or {}
+    cfg = {**DEFAULTS, **{k: v for k, v in section.items() if k not in ("gates", "margin")},
+           **{k: v for k, v in overrides.items() if v is not None}}
+    for key in ("n_per_category", "samples_per_prompt", "batch_size", "heldout_images", "grid_prompts"):
+        if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 1:
+            raise ValueError(f"evaluate.{key}: must be a positive integer, got {cfg[key]!r}")
+    return cfg
+
+
+def check_sampling(generator, sampling: dict | None) -> dict:
+    """Sampling overrides must be settings of the bundle's recipe (generate.DEFAULT_SAMPLING)."""
+    from model_code.generate import DEFAULT_SAMPLING
+    sampling = dict(sampling or {})
+    allowed = set(DEFAULT_SAMPLING[generator.recipe])
+    bad = sorted(set(sampling) - allowed)
+    if bad:
+        raise ValueError(f"sampling: {bad} are not {generator.recipe} settings "
+                         f"(allowed: {', '.join(sorted(allowed))})")
+    return sampling
+
+
+# ---------------------------------------------------------------- the steps
+def load_prompts(dataset: str, out: str, cfg: dict, prompts: str | list | None = None) -> list[dict]:
+    """The prompt set: given (a list or a prompts.json URI), the dataset's own prompts.json when it
+    was made with the same settings, or a new held-out set (written under `out`)."""
+    if isinstance(prompts, list):
+        return prompts
+    if isinstance(prompts, str):
+        return read_prompts(prompts)[0]
+    beside = storage.join(dataset, PROMPTS_FILE)
+    if storage.exists(beside):
+        ps, meta = read_prompts(beside)
+        if (meta.get("seed"), meta.get("n_per_category"), meta.get("categories")) == (
+                cfg["seed"], cfg["n_per_category"], list(cfg["categories"])):
+            return ps
+    return heldout_prompts(dataset, cfg["n_per_category"], cfg["seed"], cfg["categories"],
+                           out=storage.join(out, PROMPTS_FILE))
+
+
+def generate_images(generator, prompts: Sequence[dict], samples: int, seed: int, batch_size: int,
+                    candidates: int | None = None, sampling: dict | None = None) -> list:
+    """Generator.generate over the prompt set in batches; batch b uses seed + b (deterministic)."""
+    out = []
+    texts = [p["text"] for p in prompts]
+    for b, i in enumerate(range(0, len(texts), batch_size)):
+        out += generator.generate(texts[i:i + batch_size], n=samples, candidates=candidates,
+                                  seed=seed + b, **(sampling or {}))
+    return out
+
+
+def compute_metrics(generator, prompts: Sequence[dict], generated: Sequence, real_images: Sequence | None,
+                    batch_size: int = 64) -> tuple[dict[str, float], dict[str, dict], dict]:
+    """Prompt following, CLIP score, diversity and FD of generated images ->
+    (flat metrics, per_category table, prompt-following detail incl. per-image rows)."""
+    images = [g.images for g in generated]
+    pf = M.prompt_following(prompts, images)
+    flat: dict[str, float] = {f"pf.{k}": v for k, v in pf["overall"].items()}
+    per = {c: dict(v) for c, v in pf["per_category"].items()}
+    for c, v in per.items():
+        for k, x in v.items():
+            if k != "images":
+                flat[f"pf.{c}.{k}"] = x
+
+    all_images = [im for ims in images for im in ims]
+    all_texts = [p["text"] for p, ims in zip(prompts, images) for _ in ims]
+    emb = M.embed_images(generator, all_images, batch_size)               # (N, D)
+    txt = generator.embed_texts(all_texts).double().cpu().numpy() if all_texts else emb[:0]
+    cos = (emb * txt).sum(1)                                              # (N,)
+    flat["clip_score"] = float(cos.mean())
+    groups, start, cats = [], 0, []
+    for p, ims in zip(prompts, images):
+        groups.append(emb[start:start + len(ims)])
+        cats.append(p.get("category", "prompt"))
+        start += len(ims)
+    div = M.diversity(groups)
+    if div is not None:
+        flat["diversity"] = div
+    start = 0
+    for cat, g in zip(cats, groups):
+        per[cat].setdefault("_cos", []).extend(cos[start:start + len(g)].tolist())
+        if len(g) >= 2:
+            per[cat].setdefault("_div", []).append(M.pairwise_distance(g))
+        start += len(g)
+    for cat, v in per.items():
+        v["clip_score"] = float(sum(v["_cos"]) / len(v["_cos"]))
+        divs = v.pop("_div", None)
+        if divs:
+            v["diversity"] = float(sum(divs) / len(divs))
+        del v["_cos"]
+    if real_images:
+        real = M.embed_images(generator, list(real_images), batch_size)
+        flat["fd_clip"] = M.frechet_distance(emb, real)
+    flat["n_prompts"] = float(len(prompts))
+    flat["n_images"] = float(len(all_images))
+    return flat, per, pf
+
+
+# ---------------------------------------------------------------- report
+def write_report(out: str, title: str, header: dict, flat: dict, per: dict, prompts: Sequence[dict],
+                 generated: Sequence, grid_prompts: int) -> tuple[str, list[str]]:
+    """report.md + samples-<category>.png + per_category.csv + metrics.json under `out`."""
+    from model_code.viz import titled_rows
+    files = []
+    grids = []
+    for cat, ps in by_category([dict(p, _i=i) for i, p in enumerate(prompts)]).items():
+        rows = [(p["text"], generated[p["_i"]].images) for p in ps[:grid_prompts]]
+        name = f"samples-{cat}.png"
+        _save_png(titled_rows(rows), storage.join(out, name))
+        grids.append((cat, name, [t for t, _ in rows]))
+        files.append(name)
+    cols = ["exact", "constraint", "clip_score", "diversity", "object_acc", "count_acc",
+            "relation_acc", "background_acc", "images"]
+    csv = ["category," + ",".join(cols)]
+    for cat, v in per.items():
+        csv.append(cat + "," + ",".join("" if v.get(c) is None else f"{v[c]:.4f}" if isinstance(v[c], float)
+                                        else str(v[c]) for c in cols))
+    storage.write_text(storage.join(out, "per_category.csv"), "\n".join(csv) + "\n")
+    storage.write_text(storage.join(out, "metrics.json"), json.dumps(flat, indent=1, sort_keys=True))
+    files += ["per_category.csv", "metrics.json"]
+
+    md = [f"# {title}", ""]
+    md += [f"- **{k}**: `{v}`" for k, v in header.items()]
+    md += ["", "## Prompt following per category", "",
+           "Oracle parse of each kept image scored against the prompt's constraints (exact = all met).", "",
+           "| category | exact | constraints met | object | count | relation | background | CLIP score | diversity | images |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for cat, v in per.items():
+        md.append(f"| {cat} | " + " | ".join(_fmt(v.get(c)) for c in
+                                             ("exact", "constraint", "object_acc", "count_acc", "relation_acc",
+                                              "background_acc", "clip_score", "diversity", "images")) + " |")
+    md += ["", "## All metrics", "", "| metric | value |", "|---|---|"]
+    md += [f"| {k} | {_fmt(v)} |" for k, v in sorted(flat.items())]
+    md += ["", "## Samples", ""]
+    for cat, name, texts in grids:   # the grid's titles are shortened: the full prompts, in order
+        md += [f"### {cat}", "", f"![{cat}]({name})", ""] + [f"{i + 1}. {t}" for i, t in enumerate(texts)] + [""]
+    path = storage.join(out, "report.md")
+    storage.write_text(path, "\n".join(md) + "\n")
+    return path, files + ["report.md"]
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _save_png(img, uri: str) -> None:
+    import io
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    storage.write_bytes(uri, buf.getvalue())
+
+
+# ---------------------------------------------------------------- MLflow
+def log_run(experiment: str, run_name: str, params: dict, metrics: dict[str, float],
+            tables: dict[str, Any] | None = None, artifacts: str | None = None,
+            tags: dict | None = None) -> str:
+    """One finished MLflow run (client API: never disturbs the caller's active run)."""
+    from mlflow.entities import Metric, Param, RunTag
+    from model_code import tracking
+    c = tracking.client()
+    exp = tracking.ensure_experiment(experiment)
+    run = c.create_run(exp, run_name=run_name, tags={"easel.git_revision": tracking.git_revision() or "",
+                                                     **{k: str(v) for k, v in (tags or {}).items()}})
+    rid = run.info.run_id
+    status = "FAILED"
+    try:
+        now = int(time.time() * 1000)
+        ps = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        ms = [Metric(k, float(v), now, 0) for k, v in M.finite(metrics).items()]
+        for i in range(0, max(len(ps), len(ms)), 100):   # MLflow takes 100 params / 1000 metrics a batch
+            c.log_batch(rid, metrics=ms[i:i + 100], params=ps[i:i + 100])
+        for name, table in (tables or {}).items():
+            c.log_table(rid, table, name)
+        if artifacts:
+            if not storage.is_remote(artifacts):
+                c.log_artifacts(rid, storage.local_path(artifacts))
+            else:
+                import tempfile
+                with tempfile.TemporaryDirectory() as tmp:
+                    c.log_artifacts(rid, storage.get_dir(artifacts, tmp))
+        status = "FINISHED"
+    finally:
+        c.set_terminated(rid, status=status)
+    return rid
+
+
+# ---------------------------------------------------------------- the entry point
+def evaluate(bundle: str, dataset: str, out: str, preset: str | dict = "tiny",
+             n_per_category: int | None = None, samples_per_prompt: int | None = None, seed: int = 0,
+             candidates: int | None = None, sampling: dict | None = None, mlflow: bool = True,
+             prompts: str | list | None = None, categories: Sequence[str] | None = None) -> dict[str, Any]:
+    """Evaluate a bundle on held-out prompts of `dataset`; write the report under `out`.
+
+    Returns {"metrics": flat dict, "per_category": {category: {...}}, "report": report.md URI,
+    "run_id": MLflow run id or None, "out": out}."""
+    from model_code.generate import Generator
+    t0 = time.time()
+    cfg = eval_config(preset, n_per_category=n_per_category, samples_per_prompt=samples_per_prompt,
+                      seed=seed, categories=list(categories) if categories else None)
+    gen = Generator.load(bundle)
+    sampling = check_sampling(gen, sampling)
+    if candidates is not None and (isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1):
+        raise ValueError(f"candidates: must be a positive integer, got {candidates!r}")
+    if not storage.is_remote(out):
+        os.makedirs(storage.local_path(out), exist_ok=True)
+    ps = load_prompts(dataset, out, cfg, prompts)
+    if not ps:
+        raise ValueError(f"dataset: no held-out prompts could be made from {dataset}")
+    write_prompts(ps, storage.join(out, PROMPTS_FILE), {"dataset": dataset, "seed": cfg["seed"],
+                                                        "n_per_category": cfg["n_per_category"],
+                                                        "categories": list(cfg["categories"])})
+    log.info("evaluate: %d prompts x %d samples with %s", len(ps), cfg["samples_per_prompt"], bundle)
+    generated = generate_images(gen, ps, cfg["samples_per_prompt"], cfg["seed"], cfg["batch_size"],
+                                candidates, sampling)
+    real = [im for _, im, _ in M.heldout_records(dataset, cfg["heldout_images"], cfg["seed"])]
+    flat, per, pf = compute_metrics(gen, ps, generated, real)
+    if gen.recipe == "dalle" and real:
+        flat.update({f"dvae.{k}": v for k, v in M.dvae_metrics(gen.dvae, real).items()})
+    cap = M.captioner_metrics(dataset, cfg["captions"], cfg["seed"])
+    if cap:
+        flat.update({f"captioner.{k}": v for k, v in cap.items()})
+    flat["n_real_images"] = float(len(real))
+    flat["seconds"] = time.time() - t0
+
+    settings = {"bundle": bundle, "dataset": dataset, "recipe": gen.recipe,
+                "preset": cfg.get("name") or (preset if isinstance(preset, str) else "custom"),
+                "n_per_category": cfg["n_per_category"], "samples_per_prompt": cfg["samples_per_prompt"],
+                "candidates": candidates or gen.sampling.get("candidates"), "seed": cfg["seed"],
+                "sampling": json.dumps({**gen.sampling, **sampling}, sort_keys=True, default=str),
+                "dataset_version": gen.meta.get("lineage", {}).get("dataset_version")}
+    report, _ = write_report(out, f"Evaluation of {bundle}", settings, flat, per, ps, generated,
+                             cfg["grid_prompts"])
+    storage.write_text(storage.join(out, "rows.json"), json.dumps(pf["rows"], indent=0, default=str))
+    run_id = None
+    if mlflow:
+        import pandas as pd
+        table = pd.DataFrame([{"category": c, **v} for c, v in per.items()])
+        run_id = log_run(EVAL_EXPERIMENT, f"evaluate {os.path.basename(bundle.rstrip('/'))}", settings, flat,
+                         {"per_category.json": table,
+                          "per_image.json": pd.DataFrame([{k: v for k, v in r.items() if k != "kinds"}
+                                                          for r in pf["rows"]])},
+                         artifacts=out, tags={"easel.recipe": gen.recipe, "easel.bundle": bundle})
+    return {"metrics": flat, "per_category": per, "report": report, "run_id": run_id, "out": out}

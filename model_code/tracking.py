@@ -1,0 +1,144 @@
+"""One place for MLflow setup: which tracking store and registry, where artifacts go, experiments,
+the code revision, and quieting the store's noise.
+
+    MLFLOW_TRACKING_URI set   -> that server or store (e.g. http://mlflow.easel:5000 in a cluster);
+                                 artifacts go where the server says (proxied to MinIO there)
+    unset (embedded default)  -> sqlite:///<EASEL_HOME>/mlflow.db, artifacts in <EASEL_HOME>/mlruns
+    EASEL_HOME                -> default ./.easel, made absolute so that every process that
+                                 starts in the same directory finds the same store
+    MLFLOW_REGISTRY_URI       -> a separate registry store (default: the tracking store)
+
+MLflow itself is imported lazily: the training and generation core must import without it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import warnings
+
+DEFAULT_HOME = ".easel"
+
+
+# ---------------------------------------------------------------- where things live
+def easel_home() -> str:
+    """EASEL_HOME (default ./.easel) as an absolute path; not created here."""
+    return os.path.abspath(os.environ.get("EASEL_HOME") or DEFAULT_HOME)
+
+
+def embedded_uri() -> str:
+    return f"sqlite:///{os.path.join(easel_home(), 'mlflow.db')}"  # absolute path -> four slashes
+
+
+def uses_embedded_store() -> bool:
+    """True for the local SQLite store under EASEL_HOME. (Not simply "MLFLOW_TRACKING_URI is
+    unset": mlflow.set_tracking_uri writes that variable, so after configure() it is set.)"""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    return not env or env == embedded_uri()
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI, else the embedded SQLite store (its directory is created)."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    os.makedirs(easel_home(), exist_ok=True)
+    return embedded_uri()
+
+
+def registry_uri() -> str:
+    """MLFLOW_REGISTRY_URI if set, else the tracking store (MLflow's own rule)."""
+    return os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri()
+
+
+def artifact_location() -> str | None:
+    """Where a new experiment keeps its artifacts: <EASEL_HOME>/mlruns with the embedded store;
+    None (the server's or store's own default) otherwise."""
+    if not uses_embedded_store():
+        return None
+    return "file://" + os.path.join(easel_home(), "mlruns")
+
+
+# ---------------------------------------------------------------- MLflow handles
+def configure() -> str:
+    """Point the fluent `mlflow.*` API at our stores (idempotent); returns the tracking URI."""
+    import mlflow
+    quiet()
+    uri = tracking_uri()
+    # set_tracking_uri also exports MLFLOW_TRACKING_URI (for subprocesses). The registry URI is
+    # left to MLflow's own default (the tracking store, or MLFLOW_REGISTRY_URI when a user set
+    # it): setting it here would export a stale MLFLOW_REGISTRY_URI when the tracking URI changes.
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def client():
+    """An MlflowClient on our tracking store and registry."""
+    from mlflow import MlflowClient
+    configure()
+    return MlflowClient(tracking_uri=tracking_uri(), registry_uri=registry_uri())
+
+
+def ensure_experiment(name: str) -> str:
+    """The id of experiment `name`, created (artifacts under EASEL_HOME with the embedded store)
+    if missing. Safe when several processes create it at once."""
+    from mlflow.exceptions import MlflowException
+    if not name or not isinstance(name, str):
+        raise ValueError(f"experiment name must be a non-empty string, got {name!r}")
+    c = client()
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            c.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    try:
+        return c.create_experiment(name, artifact_location=artifact_location())
+    except MlflowException:  # another process created it between our read and our write
+        exp = c.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+# ---------------------------------------------------------------- lineage helpers
+def git_revision(path: str | None = None) -> str | None:
+    """The code revision: EASEL_GIT_SHA (set in images built from CI), else `git rev-parse HEAD`
+    of the checkout holding `path` (default: this package), with "-dirty" when it has local
+    changes; None outside a git checkout."""
+    if os.environ.get("EASEL_GIT_SHA"):
+        return os.environ["EASEL_GIT_SHA"]
+    cwd = path or os.path.dirname(os.path.abspath(__file__))
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10, cwd=cwd)
+        if sha.returncode != 0 or not sha.stdout.strip():
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, cwd=cwd)
+        return sha.stdout.strip() + ("-dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# ---------------------------------------------------------------- noise
+_QUIETED = False
+
+
+def quiet() -> None:
+    """Silence what the stores print on every use and that users cannot act on: SQLAlchemy's
+    SADeprecationWarning on each SQLite open (it also breaks `-W error`), Alembic's migration
+    chatter when a store is created, and MLflow's FutureWarnings about registry stages (Easel sets
+    the legacy stage on purpose, beside the aliases)."""
+    global _QUIETED
+    if _QUIETED:
+        return
+    _QUIETED = True
+    warnings.filterwarnings("ignore", message=r".*noload.*loader strategy is deprecated")
+    try:
+        from sqlalchemy.exc import SADeprecationWarning
+        warnings.filterwarnings("ignore", category=SADeprecationWarning)
+    except ImportError:
+        pass
+    warnings.filterwarnings("ignore", category=FutureWarning, message=r".*[Ss]tage.*")
+    for name in ("alembic", "alembic.runtime.migration", "mlflow.store.db.utils"):
+        logging.getLogger(name).setLevel(logging.WARNING)

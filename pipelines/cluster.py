@@ -1,0 +1,48 @@
+"""How pipeline tasks meet the cluster: credentials from Secrets, client settings from the
+platform chart's ConfigMap, and GPU steps on the GPU node pool. All of it compiles into the
+YAML and is ignored (with a warning) by kfp.local, so one definition serves both.
+
+Names follow charts/easel-platform for a release called EASEL_RELEASE (default "easel"):
+Secret `<release>-s3` (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) and ConfigMap
+`<release>-client` (MLFLOW_TRACKING_URI, EASEL_S3_ENDPOINT_URL, ...).
+"""
+import os
+
+from kfp import kubernetes
+
+RELEASE = os.environ.get("EASEL_RELEASE", "easel")
+S3_SECRET = f"{RELEASE}-s3"
+CLIENT_CONFIG = f"{RELEASE}-client"
+GPU_RESOURCE = "nvidia.com/gpu"
+# the label infra/terraform/gke gives the H100 pool
+GPU_POOL_LABEL = ("cloud.google.com/gke-accelerator", os.environ.get("EASEL_GPU_ACCELERATOR", "nvidia-h100-80gb"))
+CLIENT_KEYS = ("MLFLOW_TRACKING_URI", "EASEL_S3_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL", "AWS_REGION",
+               "AWS_DEFAULT_REGION", "EASEL_DATA_URI", "EASEL_CHECKPOINT_URI", "EASEL_DVC_REMOTE_URI")
+
+
+def platform(task, cache: bool = True):
+    """Every task: object-store credentials and MLflow settings, never as parameters."""
+    kubernetes.use_secret_as_env(task, S3_SECRET, {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
+                                                   "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"})
+    kubernetes.use_config_map_as_env(task, CLIENT_CONFIG, {k: k for k in CLIENT_KEYS})
+    task.set_caching_options(cache)
+    return task
+
+
+def gpu(task, count: int = 1, memory: str = "64Gi", cpu: str = "8"):
+    """A GPU step: accelerator request, the GPU pool's node selector and taint toleration, and a
+    memory-backed /dev/shm for data-loader workers."""
+    platform(task)
+    task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(count)
+    task.set_cpu_request(cpu).set_memory_request(memory)
+    kubernetes.add_node_selector(task, *GPU_POOL_LABEL)
+    kubernetes.add_toleration(task, key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")
+    kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
+                               size_limit="16Gi")
+    return task
+
+
+def cpu(task, memory: str = "8Gi", cpu: str = "2", cache: bool = True):
+    platform(task, cache=cache)
+    task.set_cpu_request(cpu).set_memory_request(memory)
+    return task

@@ -1,0 +1,119 @@
+"""Preemption: a training process that gets SIGTERM part-way writes a checkpoint and exits
+cleanly; the same command run again resumes at the same step and data position, and ends with
+exactly the weights of a run that was never interrupted (same seed). And the same machinery
+with the data, the checkpoints and the model in an S3 object store."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.servers import s3_env, s3_server  # noqa: F401 - fixtures (SeaweedFS on 127.0.0.1)
+from tests.unit.test_loader import shapes_data
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+STEPS = 20
+SETTINGS = [  # a small real dVAE; the paper's schedules squeezed into the run
+    "dvae.n_hid=16", "dvae.codebook_size=32", "dvae.n_blk_per_group=1", "dvae.n_init=16",
+    "dvae.beta_warmup_steps=10", "dvae.tau_anneal_steps=20",
+    f"train.steps.dvae={STEPS}", "train.batch_size=8", "train.log_every=1", "train.ckpt_every=1000",
+    "train.progress=log", "train.num_workers=0", "train.seed=3",
+]
+
+
+def command(data: str, out: str) -> list[str]:
+    cmd = [sys.executable, "-m", "model_code.train.run", "dvae", "--preset", "tiny", "--data", data,
+           "--out", out, "--no-mlflow"]
+    for s in SETTINGS:
+        cmd += ["--set", s]
+    return cmd
+
+
+def env() -> dict:
+    # one thread: the same arithmetic in every process (and no fight for the 2 cores)
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+
+
+def summary_of(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.timeout(300)
+def test_sigterm_checkpoints_and_the_same_command_resumes_exactly(tmp_path_factory, tmp_path):
+    data = shapes_data(tmp_path_factory.getbasetemp())
+    ref_out, out = str(tmp_path / "uninterrupted"), str(tmp_path / "preempted")
+    # the reference run and the run to be preempted, side by side
+    ref = subprocess.Popen(command(data, ref_out), cwd=tmp_path, env=env(), text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    run = subprocess.Popen(command(data, out), cwd=tmp_path, env=env(), text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen = []
+    deadline = time.time() + 240
+    for line in run.stderr:  # wait until training is under way, then preempt it
+        seen.append(line)
+        if "[dvae] step 4/" in line:
+            run.send_signal(signal.SIGTERM)
+            break
+        assert time.time() < deadline, "".join(seen[-20:])
+    rest, _ = run.communicate(timeout=240)
+    assert run.returncode == 143, "".join(seen[-20:])  # 128 + SIGTERM: preempted, checkpointed
+    stopped = summary_of(rest)
+    assert stopped["preempted"] and 4 <= stopped["steps"] < STEPS
+    latest = json.load(open(os.path.join(out, "checkpoints", "latest.json")))
+    assert latest["reason"] == "sigterm" and latest["step"] == stopped["steps"]
+    assert latest["samples_seen"] == stopped["steps"] * 8
+    assert not os.path.exists(os.path.join(out, "model.safetensors"))  # no final model yet
+
+    again = subprocess.run(command(data, out), cwd=tmp_path, env=env(), text=True,
+                           capture_output=True, timeout=240)
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = summary_of(again.stdout)
+    assert resumed["resumed_from_step"] == stopped["steps"] and resumed["steps"] == STEPS
+    assert f"resuming dvae from step {stopped['steps']}" in again.stderr
+
+    ref_stdout, _ = ref.communicate(timeout=240)
+    assert ref.returncode == 0
+    reference = summary_of(ref_stdout)
+    assert reference["steps"] == STEPS and reference["samples_seen"] == resumed["samples_seen"]
+    a = load_file(os.path.join(ref_out, "model.safetensors"))
+    b = load_file(os.path.join(out, "model.safetensors"))
+    assert a.keys() == b.keys()
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differ, f"resumed weights differ from the uninterrupted run's: {differ[:5]}"
+    assert reference["metrics"]["train/loss"] == resumed["metrics"]["train/loss"]
+
+
+def test_data_checkpoints_and_model_live_in_s3(s3_env, tmp_path_factory, tmp_path, monkeypatch):
+    """The same run against the object store (SeaweedFS standing in for MinIO): shards streamed
+    from s3:// into the local cache, checkpoints and the final model written to s3://, and a
+    second call resuming from the checkpoint it finds there."""
+    import uuid
+
+    from model_code import storage
+    from model_code.models.dvae import DVAE
+    from model_code.train.run import train_part
+    prefix = f"{s3_env.bucket('easel-train-test')}/{uuid.uuid4().hex[:8]}"
+    storage.put_dir(shapes_data(tmp_path_factory.getbasetemp()), f"{prefix}/data")
+    monkeypatch.setenv("EASEL_DATA_CACHE", str(tmp_path / "cache"))
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        over = [s for s in SETTINGS if not s.startswith("train.steps")] + [
+            "train.steps.dvae=6", "train.ckpt_every=3", "train.log_every=3"]
+        s = train_part("dvae", "tiny", data=f"{prefix}/data", out=f"{prefix}/dvae", overrides=over,
+                       mlflow=False)
+        assert s["steps"] == 6 and storage.exists(f"{prefix}/dvae/model.safetensors")
+        assert [u.rsplit("/", 1)[1] for u in storage.ls(f"{prefix}/dvae/checkpoints")] == [
+            "latest.json", "step-00000003.ckpt", "step-00000006.ckpt"]
+        assert len(os.listdir(tmp_path / "cache")) == len(storage.ls(f"{prefix}/data/shards"))
+        more = train_part("dvae", "tiny", data=f"{prefix}/data", out=f"{prefix}/dvae",
+                          overrides=[*over, "train.steps.dvae=8"], mlflow=False)
+        assert more["resumed_from_step"] == 6 and more["steps"] == 8
+        assert DVAE.from_pretrained(f"{prefix}/dvae").config["n_hid"] == 16
+    finally:
+        torch.set_num_threads(n)
