@@ -64,6 +64,51 @@ def _run_local(a) -> dict:
 
 
 # -- easel model (the registry: model_code.registry)
+def _train(a) -> dict:
+    from model_code.train.run import train_part
+    deps = _kv_pairs(a.dep, "--dep")
+    return train_part(a.part, a.preset, data=a.data, out=a.out, deps=deps or None,
+                      overrides=a.set or None, resume=not a.restart)
+
+
+def _recaption(a) -> dict:
+    from model_code.recaption.job import recaption
+    return recaption(a.dataset, a.out, captioner=a.captioner, tokenizer=a.tokenizer, clip=a.clip,
+                     shards=a.shard or None, preset=a.preset, top_p=a.top_p, temperature=a.temperature,
+                     progress=not a.quiet)
+
+
+def _evaluate(a) -> dict:
+    from model_code.evaluate.evaluate import evaluate
+    res = evaluate(a.bundle, a.dataset, a.out, preset=a.preset, n_per_category=a.n_per_category,
+                   samples_per_prompt=a.samples, seed=a.seed, candidates=a.candidates)
+    if a.gate_model:
+        from model_code.evaluate.gates import run_gate
+        res["gate"] = run_gate(a.gate_model, a.gate_version, res["metrics"], a.preset)
+    return res
+
+
+def _table(a) -> dict:
+    from model_code.evaluate import tables
+    b = _kv_pairs(a.bundle, "--bundle")
+    need = {"captions": ("original", "synthetic", "blend"), "rerank": ("bundle",),
+            "guidance": ("unclip", "text")}[a.table]
+    missing = [k for k in need if k not in b]
+    if missing or set(b) - set(need):
+        raise UsageError(f"table {a.table} takes --bundle {' '.join(k + '=URI' for k in need)}")
+    common = {"dataset": a.dataset, "out": a.out, "preset": a.preset}
+    if a.table == "captions":
+        return tables.table_captions(b, **common)
+    if a.table == "rerank":
+        return tables.table_rerank(b["bundle"], **common)
+    return tables.table_guidance(b["unclip"], b["text"], **common)
+
+
+def _pipeline_compile(a) -> dict:
+    from pipelines.compile import compile_all
+    return {"pipelines": compile_all(a.out)}
+
+
 def _kv_pairs(items: list[str] | None, flag: str) -> dict:
     out = {}
     for item in items or []:
@@ -153,6 +198,54 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--recipe", default="all", choices=["dalle", "unclip", "all"])
     s.add_argument("--out", default="runs/local", help="run directory (default runs/local)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="preset override, repeatable")
+
+    s = cmd(sub, "train", _train, "train one part (tokenizer, dvae, transformer, clip, captioner, prior, "
+            "decoder, upsampler) on an ingested dataset; resumes from its checkpoint")
+    s.add_argument("part", choices=["tokenizer", "dvae", "transformer", "clip", "captioner", "prior", "decoder",
+                                    "upsampler"])
+    s.add_argument("--preset", default="tiny")
+    s.add_argument("--data", required=True, help="ingested (or recaptioned) dataset directory or URI")
+    s.add_argument("--out", required=True, help="where the trained part goes (directory or URI)")
+    s.add_argument("--dep", action="append", metavar="PART=URI", help="a trained dependency, repeatable")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="preset override, repeatable")
+    s.add_argument("--restart", action="store_true", help="ignore existing checkpoints and start over")
+
+    s = cmd(sub, "recaption", _recaption, "write short and long synthetic captions for a dataset (DALL-E 3)")
+    s.add_argument("dataset")
+    s.add_argument("--out", required=True, help="the recaptioned dataset (sidecars + dataset.json)")
+    s.add_argument("--captioner", required=True, help="a trained CoCa directory/URI or pretrained:PATH")
+    s.add_argument("--tokenizer", default=None)
+    s.add_argument("--clip", default=None, help="CLIP for the alignment filter ('none' turns it off)")
+    s.add_argument("--shard", action="append", help="only these shards (repeatable)")
+    s.add_argument("--preset", default="tiny")
+    s.add_argument("--top-p", type=float, default=None)
+    s.add_argument("--temperature", type=float, default=None)
+    s.add_argument("--quiet", action="store_true")
+
+    s = cmd(sub, "evaluate", _evaluate, "prompt following, CLIP score, FD, diversity of a bundle; report")
+    s.add_argument("bundle", help="a generation bundle directory or URI")
+    s.add_argument("--dataset", required=True, help="the dataset whose held-out split gives the prompts")
+    s.add_argument("--out", required=True)
+    s.add_argument("--preset", default="tiny")
+    s.add_argument("--n-per-category", type=int, default=None)
+    s.add_argument("--samples", type=int, default=None, help="images per prompt")
+    s.add_argument("--candidates", type=int, default=None, help="CLIP rerank budget per image")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--gate-model", default=None, help="also gate this registered model's --gate-version")
+    s.add_argument("--gate-version", default=None)
+
+    s = cmd(sub, "table", _table, "regenerate one of the seeds' tables (docs/results.md)")
+    s.add_argument("table", choices=["captions", "rerank", "guidance"])
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--preset", default="tiny")
+    s.add_argument("--bundle", action="append", metavar="ROLE=URI", required=True,
+                   help="captions: original=, synthetic=, blend=; rerank: bundle=; guidance: unclip=, text=")
+
+    pipe = sub.add_parser("pipeline", help="Kubeflow Pipelines: compile for the UI")
+    psub = pipe.add_subparsers(dest="pipeline_cmd", metavar="ACTION")
+    s = cmd(psub, "compile", _pipeline_compile, "write every pipeline's YAML (upload it in the Kubeflow UI)")
+    s.add_argument("--out", default="pipelines/compiled")
 
     model = sub.add_parser("model", help="the model registry: register, list, promote, roll back")
     msub = model.add_subparsers(dest="model_cmd", metavar="ACTION")

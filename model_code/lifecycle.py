@@ -1,9 +1,10 @@
 """The lifecycle on the embedded default: the KFP pipeline run by `kfp.local`.
 
 `run_local` is what `easel run local` calls. It runs the same pipeline definition that is
-uploaded to the Kubeflow UI, through KFP's SubprocessRunner, with a stable work directory so
-that a re-run after a kill resumes (each step resumes from what it finds there), and writes a
-report.
+uploaded to the Kubeflow UI (pipelines/lifecycle.py) through KFP's SubprocessRunner, with a
+stable work directory so that a re-run after a kill resumes (each step resumes from what it
+finds there), then serves the promoted model on 127.0.0.1, asks it for a handful of images,
+and writes a report.
 """
 from __future__ import annotations
 
@@ -18,54 +19,112 @@ from model_code.config import load_preset
 
 log = logging.getLogger(__name__)
 
+RECIPES = {"dalle": ("dalle",), "unclip": ("unclip",), "all": ("dalle", "unclip")}
+DEMO_PROMPTS = ("a red circle", "a big blue square to the left of a small yellow triangle",
+                "three green stars", "a purple cross above an orange circle on a beige background")
+
 
 def _run_pipeline(pipeline_fn, pipeline_root: str, **params) -> Any:
     from kfp import local
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root,
                raise_on_error=True)
-    run = pipeline_fn(**params)
-    return run.output
+    return pipeline_fn(**params)
+
+
+def model_names(prefix: str = "easel") -> dict[str, str]:
+    return {"dalle": f"{prefix}-dalle", "unclip": f"{prefix}-unclip"}
 
 
 def run_local(preset: str = "tiny", recipe: str = "all", out: str = "runs/local",
-              overrides: list[str] | dict | None = None) -> dict[str, Any]:
-    """Run the lifecycle locally; returns the summary (see DESIGN.md's contract)."""
-    if recipe not in ("dalle", "unclip", "all"):
+              overrides: list[str] | dict | None = None, caption_policy: str = "blend",
+              serve: bool = True) -> dict[str, Any]:
+    """Run the lifecycle locally; returns the summary of DESIGN.md's contract:
+    mlflow_uri, model, version, gates_passed, report (plus per-recipe details)."""
+    if recipe not in RECIPES:
         raise ValueError(f"recipe must be dalle, unclip or all, got {recipe!r}")
+    if caption_policy not in ("original", "short", "long", "blend"):
+        raise ValueError(f"caption_policy must be original, short, long or blend, got {caption_policy!r}")
     cfg = load_preset(preset, overrides)  # fail fast on a bad preset or override
-    over = json.dumps({k: v for k, v in cfg.items()}) if overrides else ""
+    over = {}
+    if overrides:
+        from model_code.config import parse_overrides
+        over = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
     out = os.path.abspath(out)
     os.makedirs(out, exist_ok=True)
-    work = os.path.join(out, "work")
+    # One MLflow store for the run, shared by every pipeline task (they inherit the environment).
+    os.environ.setdefault("EASEL_HOME", out)
+    from model_code import tracking
+    mlflow_uri = tracking.configure()
     t0 = time.time()
-    from pipelines.data import data_pipeline
-    result = _run_pipeline(data_pipeline, os.path.join(out, "kfp"), preset=preset, overrides=over,
-                           seed=int(cfg["data"].get("seed", 0)), workdir=work)
-    report = write_report(out, result, preset=preset, seconds=time.time() - t0)
-    return {"preset": preset, "recipe": recipe, "dataset": result.get("dataset"),
-            "dataset_version": result.get("version"), "report": report, "out": out,
-            "seconds": round(time.time() - t0, 1)}
+    from pipelines.lifecycle import lifecycle_pipeline
+    names = model_names()
+    _run_pipeline(lifecycle_pipeline, os.path.join(out, "kfp"), preset=preset, recipe=recipe,
+                  caption_policy=caption_policy, overrides=json.dumps(over) if over else "",
+                  seed=int(cfg["data"].get("seed", 0)), dalle_model=names["dalle"],
+                  unclip_model=names["unclip"], workdir=os.path.join(out, "work"))
+    results = {r: release_summary(names[r]) for r in RECIPES[recipe]}
+    demos = {}
+    if serve:
+        from model_code.serve.demo import serve_and_generate
+        for r in RECIPES[recipe]:
+            demos[r] = serve_and_generate(f"models:/{names[r]}@production", os.path.join(out, "served", r),
+                                          DEMO_PROMPTS, name=names[r])
+    report = write_report(out, preset, recipe, results, demos, mlflow_uri, time.time() - t0)
+    first = results[RECIPES[recipe][0]]
+    summary = {"mlflow_uri": mlflow_uri, "model": first["model"], "version": first["version"],
+               "gates_passed": all(r["gate"] == "passed" for r in results.values()),
+               "report": report, "out": out, "recipes": results,
+               "seconds": round(time.time() - t0, 1),
+               "mlflow_ui": f"mlflow ui --backend-store-uri {mlflow_uri}"}
+    print(f"report: {report}\nMLflow UI: {summary['mlflow_ui']}", file=__import__("sys").stderr)
+    return summary
 
 
-def write_report(out: str, data: dict, preset: str, seconds: float) -> str:
-    """A Markdown report with the dataset's counts and a grid of samples with captions."""
-    import pandas as pd
+def release_summary(name: str) -> dict[str, Any]:
+    """What the registry says about a recipe's model after the run."""
+    from model_code.registry.registry import gate_record, list_versions
+    versions = list_versions(name)
+    prod = next((v for v in versions if "production" in v["aliases"]), None)
+    if prod is None:
+        raise RuntimeError(f"no version of {name} holds the production alias after the run")
+    record = gate_record(name, prod["version"]) or {}
+    return {"model": name, "version": prod["version"], "gate": prod["gate"],
+            "metrics": record.get("metrics", {}), "reasons": record.get("reasons", []),
+            "lineage": json.loads(prod["tags"].get("easel.lineage", "{}"))}
 
-    from model_code.data.dataset import sample_images
-    ds = data["dataset"]
-    man = pd.read_parquet(storage.join(ds, "manifest.parquet"))
-    summary = json.loads(storage.read_text(storage.join(ds, "dataset.json")))
-    grid_path = os.path.join(out, "samples.png")
-    sample_images(ds, 8).save(grid_path)
-    lines = [f"# Easel run ({preset})", "",
-             f"Finished in {seconds:.0f} s.", "",
-             "## Data", "",
-             f"- dataset: `{ds}`",
-             f"- version: `{data.get('version')}`",
-             f"- records in: {summary.get('input')}, accepted: {summary.get('accepted')}, "
-             f"quarantined: {summary.get('quarantined')}, duplicates: {summary.get('duplicates')}",
-             f"- curated captions: {int(man['curated_caption'].notna().sum())}", "",
-             "![samples](samples.png)", ""]
+
+def write_report(out: str, preset: str, recipe: str, results: dict, demos: dict, mlflow_uri: str,
+                 seconds: float) -> str:
+    """A Markdown report: the data, every recipe's gated metrics and lineage, and the images the
+    served model returned."""
+    lines = [f"# Easel lifecycle run: preset `{preset}`, recipe `{recipe}`", "",
+             f"Finished in {seconds / 60:.1f} min. Open the MLflow UI on this run with:", "",
+             f"    mlflow ui --backend-store-uri {mlflow_uri}", ""]
+    first = next(iter(results.values()))
+    ds = first["lineage"].get("dataset")
+    if ds and storage.exists(storage.join(ds, "dataset.json")):
+        from model_code.data.dataset import info, sample_images
+        meta = info(ds)
+        sample_images(ds, 8).save(os.path.join(out, "data-samples.png"))
+        lines += ["## Data", "", f"- dataset version: `{first['lineage'].get('dataset_version')}`",
+                  f"- records in: {meta.get('input')}, accepted: {meta.get('accepted')}, "
+                  f"quarantined: {meta.get('quarantined')}, duplicates: {meta.get('duplicates')}", "",
+                  "![data samples](data-samples.png)", ""]
+    for r, res in results.items():
+        lines += [f"## {r}: `{res['model']}` version {res['version']} (gate: {res['gate']})", ""]
+        if res["metrics"]:
+            lines += ["| metric | value |", "|---|---|"]
+            lines += [f"| {k} | {v:.4g} |" if isinstance(v, (int, float)) else f"| {k} | {v} |"
+                      for k, v in sorted(res["metrics"].items())]
+            lines.append("")
+        if res["reasons"]:
+            lines += ["Gate reasons:", ""] + [f"- {x}" for x in res["reasons"]] + [""]
+        lines += [f"Lineage: `{json.dumps(res['lineage'], default=str)}`", ""]
+        if r in demos:
+            d = demos[r]
+            lines += [f"Served on {d['url']} and asked for {len(d['prompts'])} prompts "
+                      f"(C2PA verified: {d['provenance_valid']}/{d['images']}):", "",
+                      f"![{r} served samples]({os.path.relpath(d['grid'], out)})", ""]
     path = os.path.join(out, "report.md")
     with open(path, "w") as f:
         f.write("\n".join(lines))

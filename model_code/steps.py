@@ -7,6 +7,7 @@ summary. The step does nothing but resolve configuration and call the library.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from model_code import storage
@@ -122,8 +123,50 @@ def recaption_finalize_step(out: str, parent: str, parts: list[str] | None = Non
 
 
 def bundle_step(recipe: str, parts: dict[str, str], out: str, preset: str = "tiny",
-                lineage: dict | None = None) -> dict[str, Any]:
-    """Assemble the trained parts of a recipe into one generation bundle."""
+                dataset: dict | None = None) -> dict[str, Any]:
+    """Assemble the trained parts of a recipe into one generation bundle. Its lineage names the
+    dataset version (`dataset`: version_step's summary), the git revision and the MLflow run
+    that trained each part (read from the part's train_state.json)."""
+    from model_code.data.version import git_revision
     from model_code.generate import read_bundle_meta, save_bundle
+    runs = {}
+    for part, uri in parts.items():
+        state = storage.join(uri, "train_state.json")
+        if storage.exists(state):
+            runs[part] = json.loads(storage.read_text(state)).get("summary", {}).get("mlflow_run_id")
+    lineage = {"dataset_version": (dataset or {}).get("version"), "dataset": (dataset or {}).get("dataset"),
+               "git_revision": (dataset or {}).get("git_rev") or git_revision(os.getcwd()),
+               "train_run_ids": {k: v for k, v in runs.items() if v}}
     save_bundle(out, recipe, parts, preset=preset, lineage=lineage)
     return {"bundle": out, **read_bundle_meta(out)}
+
+
+def evaluate_step(bundle: str, dataset: str, out: str, preset: str = "tiny",
+                  overrides: dict | str | None = None) -> dict[str, Any]:
+    """Evaluate a bundle on the dataset's held-out prompts (metrics, tables, grids, report)."""
+    from model_code.evaluate.evaluate import evaluate
+    return evaluate(bundle, dataset, out, preset=_cfg(preset, overrides))
+
+
+def register_step(bundle: str, name: str, lineage: dict | None = None,
+                  evaluation: dict | None = None) -> dict[str, Any]:
+    """Register a bundle as a new version of `name` in the MLflow registry, with lineage; the
+    model is logged into the evaluation's MLflow run when there is one."""
+    from model_code.registry.registry import register_bundle
+    return register_bundle(bundle, name, lineage=lineage, run_id=(evaluation or {}).get("run_id") or None)
+
+
+def gate_step(registered: dict, evaluation: dict, preset: str = "tiny",
+              overrides: dict | str | None = None) -> dict[str, Any]:
+    """Judge a registered version (register_step's summary) on its evaluation (evaluate_step's)
+    against the preset's gates and the production version; the record goes to MLflow and onto
+    the version's tags."""
+    from model_code.evaluate.gates import run_gate
+    return run_gate(registered["name"], registered["version"], evaluation["metrics"], _cfg(preset, overrides),
+                    inputs={"bundle_uri": registered.get("uri"), "report": evaluation.get("report")})
+
+
+def promote_step(registered: dict, alias: str = "production") -> dict[str, Any]:
+    """Move an alias to a registered version; refused (GateError) without a passed gate record."""
+    from model_code.registry.registry import promote
+    return promote(registered["name"], registered["version"], alias=alias, user="pipeline")

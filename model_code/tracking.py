@@ -121,24 +121,19 @@ def git_revision(path: str | None = None) -> str | None:
 
 
 # ---------------------------------------------------------------- noise
-_QUIETED = False
-
-
 def quiet() -> None:
     """Silence what the stores print on every use and that users cannot act on: SQLAlchemy's
     SADeprecationWarning on each SQLite open (it also breaks `-W error`), Alembic's migration
-    chatter when a store is created, and MLflow's FutureWarnings about registry stages (Easel sets
-    the legacy stage on purpose, beside the aliases)."""
-    global _QUIETED
-    if _QUIETED:
-        return
-    _QUIETED = True
+    chatter when a store is created, and MLflow's FutureWarnings about its own internals.
+    Idempotent (an identical filter replaces itself), so cheap to call on every configure()."""
     warnings.filterwarnings("ignore", message=r".*noload.*loader strategy is deprecated")
     try:
         from sqlalchemy.exc import SADeprecationWarning
         warnings.filterwarnings("ignore", category=SADeprecationWarning)
     except ImportError:
         pass
-    warnings.filterwarnings("ignore", category=FutureWarning, message=r".*[Ss]tage.*")
+    # FutureWarnings raised inside MLflow about its own internals (stage deprecation included;
+    # registry.py also silences the stage warning where it sets a stage on purpose)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"mlflow(\.|$)")
     for name in ("alembic", "alembic.runtime.migration", "mlflow.store.db.utils"):
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -4,6 +4,10 @@ the compiled YAML is what users upload to the Kubeflow UI."""
 from kfp import dsl
 
 from components.bundle_dalle.component import bundle_dalle
+from components.evaluate.component import evaluate
+from components.gate.component import gate
+from components.promote.component import promote
+from components.register.component import register
 from components.bundle_unclip.component import bundle_unclip
 from components.ingest.component import ingest
 from components.recaption.component import recaption
@@ -69,3 +73,49 @@ def unclip_stage(dataset, tokenizer, clip, preset, overrides, caption_policy, wo
     up = cluster.gpu(train_upsampler(dataset=dataset, preset=preset, overrides=overrides, caption_policy="",
                                      name="upsampler", workdir=workdir))
     return prior, dec, up
+
+
+def release_stage(bundle, dataset, preset, overrides, model_name, workdir, recipe: str):
+    """evaluate -> register (lineage) -> gate (thresholds + relative rule) -> promote."""
+    ev = cluster.gpu(evaluate(bundle=bundle, dataset=dataset, preset=preset, overrides=overrides,
+                              name="evaluation-" + recipe, workdir=workdir))
+    reg = cluster.cpu(register(bundle=bundle, name=model_name, evaluation=ev.outputs["Output"]), cache=False)
+    gt = cluster.cpu(gate(registered=reg.output, evaluation=ev.outputs["Output"], preset=preset, overrides=overrides),
+                     cache=False)
+    pro = cluster.cpu(promote(registered=reg.output, alias="production").after(gt), cache=False)
+    return ev, reg, gt, pro
+
+
+@dsl.pipeline(name="easel-lifecycle",
+              description="Shapes world -> ingest -> validate -> version -> captioner -> recaption -> "
+                          "DALL-E 1 and unCLIP -> evaluate -> register -> gate -> promote")
+def lifecycle_pipeline(preset: str = "tiny", recipe: str = "all", caption_policy: str = "blend",
+                       overrides: str = "", seed: int = 0, recaption_groups: int = 2,
+                       dalle_model: str = "easel-dalle", unclip_model: str = "easel-unclip",
+                       workdir: str = ""):
+    ing, ver = data_stage(preset, overrides, seed, workdir)
+    data = ing.outputs["dataset"]
+    tok = cluster.cpu(train_tokenizer(dataset=data, preset=preset, overrides=overrides, caption_policy="",
+                                      name="tokenizer", workdir=workdir))
+    clip = cluster.gpu(train_clip(dataset=data, tokenizer=tok.outputs["model"], preset=preset, overrides=overrides,
+                                  caption_policy="", name="clip", workdir=workdir))
+    rec = recaption_stage(data, tok.outputs["model"], clip.outputs["model"], preset, overrides, workdir,
+                          recaption_groups)
+    recaptioned = rec.outputs["dataset"]
+    with dsl.If(recipe != "unclip", name="dalle"):
+        dvae, tr = dalle_stage(recaptioned, tok.outputs["model"], clip.outputs["model"], preset, overrides,
+                               caption_policy, workdir)
+        bd = cluster.cpu(bundle_dalle(tokenizer=tok.outputs["model"], clip=clip.outputs["model"],
+                                      dvae=dvae.outputs["model"], transformer=tr.outputs["model"], preset=preset,
+                                      dataset=ver.output, name="bundle-dalle", workdir=workdir))
+        release_stage(bd.outputs["bundle"], recaptioned, preset, overrides, dalle_model, workdir,
+                      "dalle")
+    with dsl.If(recipe != "dalle", name="unclip"):
+        prior, dec, up = unclip_stage(recaptioned, tok.outputs["model"], clip.outputs["model"], preset, overrides,
+                                      caption_policy, workdir)
+        bu = cluster.cpu(bundle_unclip(tokenizer=tok.outputs["model"], clip=clip.outputs["model"],
+                                       prior=prior.outputs["model"], decoder=dec.outputs["model"],
+                                       upsampler=up.outputs["model"], preset=preset, dataset=ver.output,
+                                       name="bundle-unclip", workdir=workdir))
+        release_stage(bu.outputs["bundle"], recaptioned, preset, overrides, unclip_model, workdir,
+                      "unclip")

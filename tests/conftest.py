@@ -21,3 +21,6 @@ def _seed():
     import torch
     torch.manual_seed(0)
     yield
+
+
+pytest_plugins = ["tests.servers"]

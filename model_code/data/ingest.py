@@ -11,6 +11,15 @@ Output (docs/architecture.md, "Data on disk"), under OUT (a directory or s3:// p
 Every input record ends in exactly one of the three tables: input = accepted + quarantined +
 duplicates, checked before anything is published.
 
+Rules: images are verified, EXIF-oriented, converted from any mode to RGB (alpha on white,
+16-bit scaled, first frame of an animation), refused when tiny, extreme in aspect or over the
+pixel limit (decompression bombs), then resized (shorter side) and centre-cropped with Lanczos.
+Captions lose control characters; empty, non-UTF-8 or over-long ones are quarantined (an empty
+alt-text falls back to the curated caption when there is one). Opted-out records are
+quarantined unless keep_opted_out. Duplicates: same sha256 of the normalised pixels ("exact"),
+or pHash within near_dup_threshold bits and 16x16 thumbnails within near_dup_tolerance
+("near"; see hashing.py for why pHash alone is not enough on the Shapes world).
+
 How it runs:
 - The source streams records (never all images at once). A process pool (`workers`, default
   all cores) decodes, validates, normalises, encodes and hashes them in chunks; results come
@@ -607,7 +616,7 @@ def _remove_parts(o: _Out) -> None:
 def _load_parts(o: _Out) -> list[dict]:
     """Finished parts' markers, in order; only a gap-free prefix counts."""
     markers = []
-    for uri in storage.ls(o.uri("_parts"), "*.done.json"):
+    for uri in storage.ls(o.uri("_parts"), "[0-9]*.done.json"):  # not .tmp-* files
         markers.append(json.loads(sources.read_uri(uri)))
     markers.sort(key=lambda m: m["index"])
     good = []

@@ -82,10 +82,17 @@ def scan_tar(path: str) -> dict[str, tuple[int, int]]:
 class ShardIndex:
     """Where every trainable record's image lives, plus its caption fields, in manifest order.
 
-    Arrays (length n): keys, shard (int, into `paths`), offset, length; `records[i]` is the
-    caption-bearing manifest row of record i (dict). Built from manifest.parquet and the tars."""
+    Arrays (length n): keys, shard (int, into `paths`), offset, length; `record(i)` is the
+    caption-bearing row of record i (key, caption, curated_caption, scene, and short/long from the
+    sidecars). Built from manifest.parquet, the tars and the sidecars. Strings are kept in Arrow
+    and fixed-width numpy arrays, not Python objects: DataLoader workers share them through fork
+    without the copy-on-write growth that reference counts cause on lists of str."""
+
+    FIELDS = ("key", "caption", "curated_caption", "scene", "short", "long")
 
     def __init__(self, dataset: str, split: str | None = "train", policy: CaptionPolicy | None = None):
+        import pyarrow as pa
+
         from model_code.data.dataset import info, manifest, shard_list
         self.dataset = dataset
         man = manifest(dataset)
@@ -93,8 +100,13 @@ class ShardIndex:
             raise ValueError(f"{dataset}/manifest.parquet has no 'key' column")
         if split is not None and "split" in man.columns:
             man = man[man["split"] == split]
+        side = load_sidecars(dataset)
+        self.has_sidecars = side is not None
+        if side is not None:
+            man = man.drop(columns=[c for c in ("short", "long") if c in man.columns])
+            man = man.merge(side[["short", "long"]], left_on="key", right_index=True, how="left")
         if policy is not None and policy.policy == "curated":
-            man = man[[policy.eligible(r) for r in man.to_dict("records")]]
+            man = man[[policy.eligible(r) for r in man[["curated_caption"]].to_dict("records")]]
         if len(man) == 0:
             raise ValueError(f"{dataset}: no records to train on (split={split!r}"
                              f"{', policy=' + policy.policy if policy else ''})")
@@ -120,21 +132,17 @@ class ShardIndex:
             raise ValueError(f"{dataset}: {len(missing)} manifest keys have no image in the shards "
                              f"(first: {missing[0]!r})")
         loc = np.array(loc, dtype=np.int64).reshape(-1, 3)
-        self.keys = np.array(keys, dtype=object)
+        self.keys = np.array(keys, dtype=str)  # fixed-width unicode: no per-key Python objects
         self.shard, self.offset, self.length = loc[:, 0], loc[:, 1], loc[:, 2]
-
-        cols = [c for c in ("key", "caption", "curated_caption", "scene") if c in man.columns]
-        self.records: list[dict[str, Any]] = man[cols].to_dict("records")
-        side = load_sidecars(dataset)
-        self.has_sidecars = side is not None
-        if side is not None:
-            for r in self.records:
-                if r["key"] in side.index:
-                    row = side.loc[r["key"]]
-                    r["short"], r["long"] = row["short"], row["long"]
+        cols = [c for c in self.FIELDS if c in man.columns]
+        table = pa.Table.from_pandas(man[cols].reset_index(drop=True), preserve_index=False)
+        self._columns = {c: table.column(c).combine_chunks() for c in cols}
         if policy is not None:  # fail now, not at step 40 000, if a record lacks a needed caption
-            for r in self.records:
-                policy.check(r, self.has_sidecars)
+            for i in range(len(self)):
+                policy.check(self.record(i), self.has_sidecars)
+
+    def record(self, i: int) -> dict[str, Any]:
+        return {c: col[i].as_py() for c, col in self._columns.items()}
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -244,12 +252,12 @@ class ImageTextStream(Dataset):
     def __getitem__(self, position: int) -> dict[str, Any]:
         i = self.record_at(position)
         px = self.pixels[i] if self.pixels is not None else self._decode(i)
-        out = {"pixels": torch.from_numpy(np.ascontiguousarray(px)), "key": self.index.keys[i],
+        out = {"pixels": torch.from_numpy(np.ascontiguousarray(px)), "key": str(self.index.keys[i]),
                "position": int(position)}
         if self.policy is not None:
-            out["caption"] = self.policy.choose(self.index.records[i], position, self.index.has_sidecars)
+            out["caption"] = self.policy.choose(self.index.record(i), position, self.index.has_sidecars)
         if self.with_scene:
-            out["scene"] = scene_of(self.index.records[i])
+            out["scene"] = scene_of(self.index.record(i))
         return out
 
 

@@ -21,6 +21,7 @@ gets a ValueError naming `img`. Measured accuracy: docs/benchmarks.md, "Shapes-w
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from typing import Any
@@ -39,7 +40,7 @@ _COLOR_NAMES = list(shapes.COLORS)
 _COLOR_RGB = np.array([shapes.COLORS[n] for n in _COLOR_NAMES], np.float32)    # (8, 3)
 
 # ---------------------------------------------------------------- tunables (fractions of S unless said)
-WORK_MAX = 128          # larger canvases are box-filtered down to this side before parsing (speed)
+WORK_MAX = 64           # larger canvases are box-filtered to 64 px first (exact for 128, 256: integer factors)
 FG_ALPHA = 0.35         # foreground: a palette colour covers >= 35% of the pixel...
 RESID_FRAC = 0.30       # ...and the pixel lies within 0.30 |C - B| (+ RESID_ABS) of its line
 RESID_ABS = 12.0        # RGB units: JPEG / noise slack on the residual
@@ -47,20 +48,53 @@ MIN_MASS = 0.30         # components lighter than 0.30 x the smallest object's a
 SIZE_SPLIT = sum(shapes.SIZES.values()) / 2   # extent/S below 0.24 -> small, above -> large
 BLUR_SIGMAS = (0.0, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5)  # blurs (working px) tried in the shape fit
 CHROMA_WEIGHT = 0.25    # chroma vs luma weight in the shape-fit coverage (JPEG subsamples chroma)
+MIN_CONTRAST = 0.5      # ...but the weighted contrast keeps at least half of the full contrast
 COUPLING = 0.2          # how strongly luma and chroma coverage are tied in the colour decision
-CLEAN_ERR = 0.005       # a sharp candidate this close (squared error / mask energy) skips the blurs
-FIT_ITERS = 2           # centroid/area fixed-point iterations per candidate shape
-MIN_FIT = 0.3           # a blob whose best rendered shape overlaps it less (soft IoU) is dropped
+CLEAN_ERR = 0.02        # a sharp candidate this close (squared error / mask energy) is taken as is
+FIT_ITERS = 6           # at most this many renders per candidate shape (clipped ones need them)
+NOISE_FLOOR = 0.04      # coverage below this is background noise (and is cut from candidates too)
+MIN_FIT = 0.45          # a blob whose best rendered shape overlaps it less (soft IoU) is dropped
 MAX_COMPONENTS = 32     # bound the work on garbage images: keep the heaviest components
 
 
-def _area_fracs() -> dict[str, float]:
-    """Area / extent^2 of every shape, measured by rendering (so it matches the rasteriser)."""
-    e, n = 200.0, 240
-    out = {}
-    for s in shapes.SHAPES:
-        out[s] = float(_render_alpha(s, n / 2, n / 2, e, n, n).sum()) / e ** 2
-    return out
+_TABLE_EXTENTS = np.geomspace(1.5, 1.25 * WORK_MAX, 24)   # working-pixel extents tabulated
+
+
+@functools.lru_cache(maxsize=None)
+def _moment_table(shape: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Area, and centroid offset from (cx, cy), of a rendered `shape` for each tabulated extent.
+
+    Measured on the rasteriser itself, averaged over 2 subpixel placements: at a few pixels, PIL's
+    filling makes a shape fatter than its polygon (a 6 px star covers 10% more than 0.28 e^2), so
+    the first guess of (cx, cy, extent) from a mask's area and centroid must use the same numbers.
+    Returns (areas, ox, oy), each (len(_TABLE_EXTENTS),), in pixels.
+    """
+    areas, oxs, oys = [], [], []
+    for e in _TABLE_EXTENTS:
+        n = int(math.ceil(e)) + 4
+        gy, gx = np.mgrid[0:n, 0:n] + 0.5
+        acc = np.zeros(3)
+        for f in (0.0, 0.5):
+            c = n / 2 + f
+            r = _render_alpha(shape, c, c, e, n, n).astype(np.float64)
+            ar = r.sum()
+            acc += (ar, (r * gx).sum() / ar - c, (r * gy).sum() / ar - c)
+        areas.append(acc[0] / 2)
+        oxs.append(acc[1] / 2)
+        oys.append(acc[2] / 2)
+    # below ~3 px the rasterised area can dip as the extent grows; interpolation needs it monotonic
+    areas = np.maximum.accumulate(np.array(areas)) + 1e-6 * np.arange(len(areas))
+    return areas, np.array(oxs), np.array(oys)
+
+
+def _first_guess(shape: str, area: float, mx: float, my: float) -> tuple[float, float, float]:
+    """(cx, cy, extent) of the `shape` whose rendering has this area and centroid (unclipped)."""
+    areas, oxs, oys = _moment_table(shape)
+    if area > areas[-1]:  # beyond the table (a huge blob): area ~ extent^2
+        e = float(_TABLE_EXTENTS[-1] * math.sqrt(area / areas[-1]))
+    else:                 # area grows monotonically with extent
+        e = float(np.interp(area, areas, _TABLE_EXTENTS))
+    return mx - float(np.interp(e, _TABLE_EXTENTS, oxs)), my - float(np.interp(e, _TABLE_EXTENTS, oys)), e
 
 
 def _render_alpha(shape: str, cx: float, cy: float, e: float, w: int, h: int) -> np.ndarray:
@@ -82,8 +116,8 @@ def _render_alpha(shape: str, cx: float, cy: float, e: float, w: int, h: int) ->
     return np.asarray(im.resize((w, h), Image.BOX), np.float32) / 255.0
 
 
-AREA_FRAC = _area_fracs()  # e.g. circle ~0.785, star ~0.28
-_MIN_OBJ_AREA = min(AREA_FRAC.values()) * min(shapes.SIZES.values()) ** 2  # x S^2
+# the smallest object's area as a fraction of S^2: a small star (area ~0.28 e^2, e = 0.18 S)
+_MIN_OBJ_AREA = 0.28 * min(shapes.SIZES.values()) ** 2
 
 
 # ---------------------------------------------------------------- input handling
@@ -157,10 +191,13 @@ def parse_image(img: Image.Image | np.ndarray) -> dict[str, Any]:
         return scene
     min_mass = MIN_MASS * _MIN_OBJ_AREA * S * S
     objs = []
+    shape_alpha: dict[int, np.ndarray] = {}                 # colour -> (S,S) coverage for the fit
     for region in _regions(seeds, S):
         k = _decide_colour(a, bg_obs, region)
-        m = np.where(region, _shape_alpha(a, bg_obs, k), 0.0)   # (S,S) soft mask of this object
-        m[m < 0.04] = 0.0                                    # background noise on the colour line
+        if k not in shape_alpha:
+            shape_alpha[k] = _shape_alpha(a, bg_obs, k)
+        m = np.where(region, shape_alpha[k], 0.0)           # (S,S) soft mask of this object
+        m[m < NOISE_FLOOR] = 0.0                             # background noise on the colour line
         if m.sum() < min_mass:
             continue
         fit = _fit_shape(m, S)
@@ -174,8 +211,8 @@ def parse_image(img: Image.Image | np.ndarray) -> dict[str, Any]:
         objs.append({"shape": shape, "color": _COLOR_NAMES[k],
                      "size": "small" if e / S < SIZE_SPLIT else "large",
                      "cell": shapes.CELLS[row * 3 + col],
-                     "cx": round(cx * back, 3), "cy": round(cy * back, 3),
-                     "extent": round(e * back, 3), "fit": round(score, 4)})
+                     "cx": round(float(cx * back), 3), "cy": round(float(cy * back), 3),
+                     "extent": round(float(e * back), 3), "fit": round(float(score), 4)})
     # reading order, like the generator's cells
     objs.sort(key=lambda o: (shapes.CELLS.index(o["cell"]), o["cy"], o["cx"]))
     scene["objects"] = objs
@@ -197,8 +234,11 @@ def _colour_model(a: np.ndarray, bg: np.ndarray):
     v = a - bg                                              # (S,S,3)
     d = _COLOR_RGB - bg                                     # (8,3)
     dd = np.maximum((d * d).sum(1), 1.0)                    # (8,)
-    alpha = np.clip(v @ d.T / dd, 0.0, 1.0)                 # (S,S,8)
-    resid = np.linalg.norm(v[..., None, :] - alpha[..., None] * d, axis=-1)  # (S,S,8)
+    vd = v @ d.T                                            # (S,S,8)
+    alpha = np.clip(vd / dd, 0.0, 1.0)                      # (S,S,8)
+    # |v - a d|^2 = |v|^2 - 2 a (v.d) + a^2 |d|^2, without an (S,S,8,3) temporary
+    vv = (v * v).sum(-1, keepdims=True)                     # (S,S,1)
+    resid = np.sqrt(np.maximum(vv - 2 * alpha * vd + alpha ** 2 * dd, 0.0))  # (S,S,8)
     ok = resid <= RESID_FRAC * np.sqrt(dd) + RESID_ABS
     return alpha, resid, ok
 
@@ -298,13 +338,18 @@ def _shape_alpha(a: np.ndarray, bg: np.ndarray, k: int) -> np.ndarray:
 
     JPEG keeps luma at full resolution but subsamples and quantises chroma harder, so for a colour
     whose contrast with the background is mostly chroma (yellow on white) the RGB projection is a
-    blurred, blocky mask; leaning on luma keeps the outline. Colours with little luma contrast keep
-    their chroma weight through the least-squares normalisation.
+    blurred, blocky mask; leaning on luma keeps the outline. But where the luma contrast is tiny
+    (yellow on gray: 6 grey levels) luma alone is mostly quantisation noise, so the chroma weight is
+    raised until the weighted contrast is at least MIN_CONTRAST of the full one.
     """
-    w = np.array([1.0, CHROMA_WEIGHT, CHROMA_WEIGHT], np.float32)
+    d = (_COLOR_RGB[k] - bg) @ _YCC.T                        # (3,) contrast in Y, Cb, Cr
+    dy2, dc2 = float(d[0] ** 2), float(d[1] ** 2 + d[2] ** 2)
+    wc2 = max(CHROMA_WEIGHT ** 2, (MIN_CONTRAST ** 2 * (dy2 + dc2) - dy2) / max(dc2, 1e-6))
+    wc = math.sqrt(min(wc2, 1.0))
+    w = np.array([1.0, wc, wc], np.float32)
     v = ((a - bg) @ _YCC.T) * w                              # (S,S,3)
-    d = ((_COLOR_RGB[k] - bg) @ _YCC.T) * w                  # (3,)
-    return np.clip(v @ d / max(float(d @ d), 1.0), 0.0, 1.0)
+    dw = d * w
+    return np.clip(v @ dw / max(float(dw @ dw), 1.0), 0.0, 1.0)
 
 
 def _regions(seeds: list[np.ndarray], S: int) -> list[np.ndarray]:
@@ -367,6 +412,11 @@ def _blurs(r: np.ndarray) -> np.ndarray:
     return np.stack(out)
 
 
+def _floor(x: np.ndarray) -> np.ndarray:
+    """Candidates lose their faintest edge pixels exactly like the observed mask does."""
+    return np.where(x < NOISE_FLOOR, 0.0, x)
+
+
 def _fit_shape(m: np.ndarray, S: int):
     """Analysis by synthesis on one object's soft mask m (S, S).
 
@@ -387,31 +437,43 @@ def _fit_shape(m: np.ndarray, S: int):
     gy, gx = np.mgrid[0:h, 0:w] + 0.5
     mx, my = (win * gx).sum() / A, (win * gy).sum() / A   # centroid, window pixels
     norm = max(float((win * win).sum()), 1e-9)
-    fits = []                                               # (shape, cx, cy, e, sharp render)
-    for shape in shapes.SHAPES:
-        cx, cy, e = mx, my, math.sqrt(A / AREA_FRAC[shape])
-        for it in range(FIT_ITERS):
-            r = _render_alpha(shape, cx, cy, e, w, h).astype(np.float64)
+    fits, sharp, means = [], [], []   # per shape: best sharp (shape, cx, cy, e, render), its error,
+    for shape in shapes.SHAPES:       # and the mean of the iterates (the blur-invariant estimate)
+        cx, cy, e = _first_guess(shape, A, mx, my)
+        best, seen = (math.inf, None), []
+        for _ in range(FIT_ITERS):
+            r = _floor(_render_alpha(shape, cx, cy, e, w, h).astype(np.float64))
+            err = float(((r - win) ** 2).sum()) / norm
+            if err < best[0]:
+                best = (err, (shape, cx, cy, e, r))
             ar = r.sum()
-            if it == FIT_ITERS - 1 or ar <= 1e-6:
+            if ar <= 1e-6 or err < CLEAN_ERR:
                 break
-            cx += mx - (r * gx).sum() / ar
-            cy += my - (r * gy).sum() / ar
+            # rasterised moments jump a little as edges cross subpixel centres, so the fixed point
+            # wobbles by ~1% on small shapes: keep the best iterate (sharp images) and the mean of
+            # the iterates after the first (blurred ones, whose sharp error says little)
+            cx, cy = cx + mx - (r * gx).sum() / ar, cy + my - (r * gy).sum() / ar
             e = min(max(e * math.sqrt(A / ar), 0.5), 2.0 * S)
-        fits.append((shape, cx, cy, e, r))
-    # a clean render matches one candidate almost exactly: no need to try blurs
-    sharp = [float(((r - win) ** 2).sum()) / norm for *_, r in fits]
+            seen.append((cx, cy, e))
+        fits.append(best[1])
+        sharp.append(best[0])
+        means.append(tuple(np.mean(seen, axis=0)) if seen else best[1][1:4])
+        if best[0] < CLEAN_ERR:  # a clean render matches its shape almost exactly, no other
+            break
     i = int(np.argmin(sharp))
     if sharp[i] < CLEAN_ERR:
         best_r = fits[i][4]
     else:  # every candidate under every trial blur; each keeps the blur that fits it best
         best_err, i, best_r = math.inf, 0, None
-        for n, (*_, r) in enumerate(fits):
-            rb = _blurs(r)                                   # (n_sigma, h, w)
+        for n, (shape, *_) in enumerate(fits):
+            cx, cy, e = means[n]
+            r = _render_alpha(shape, cx, cy, e, w, h).astype(np.float64)
+            rb = _floor(_blurs(r))                           # (n_sigma, h, w)
             errs = ((rb - win) ** 2).sum(axis=(1, 2))        # (n_sigma,)
             j = int(np.argmin(errs))
             if errs[j] < best_err:
                 best_err, i, best_r = float(errs[j]), n, rb[j]
+        fits[i] = (fits[i][0], *means[i], best_r)
     shape, cx, cy, e, _ = fits[i]
     iou = float(np.minimum(best_r, win).sum() / max(np.maximum(best_r, win).sum(), 1e-9))
     return shape, cx + x0, cy + y0, e, iou
@@ -435,8 +497,8 @@ _ATTRS = ("shape", "color", "size", "cell")
 def match_objects(pred: dict, truth: dict) -> dict[str, Any]:
     """Pair predicted objects with true ones and say which attributes agree.
 
-    Pairs maximise agreement (the cell counts most: it identifies an object); a pair that agrees on
-    nothing is no pair. Returns {"pairs": [{"truth": i, "pred": j, "shape": bool, ..., "exact": bool}],
+    Pairs maximise agreement (the cell counts most: it identifies an object); a pair that shares
+    neither the cell nor two other attributes is no pair. Returns {"pairs": [{"truth": i, "pred": j, "shape": bool, ..., "exact": bool}],
     "missing": [truth indices], "extra": [pred indices], "object_accuracy": exact pairs / len(truth)}.
     """
     P, T = pred.get("objects", []), truth.get("objects", [])
@@ -446,7 +508,7 @@ def match_objects(pred: dict, truth: dict) -> dict[str, Any]:
                        for p in P] for t in T], float)
         ti, pj = linear_sum_assignment(-w)
         for i, j in zip(ti, pj):
-            if w[i, j] <= 0:
+            if w[i, j] < 2:  # neither the same cell nor two attributes in common: no pair
                 continue
             row = {"truth": int(i), "pred": int(j)}
             row.update({a: P[j].get(a) == T[i].get(a) for a in _ATTRS})

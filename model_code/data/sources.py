@@ -23,7 +23,6 @@ A record is a plain dict (picklable, so ingest can ship it to worker processes):
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import posixpath

@@ -54,6 +54,7 @@ def eval_config(preset: str | dict = "tiny", **overrides) -> dict[str, Any]:
     section = preset.get("evaluate") or {}
     cfg = {**DEFAULTS, **{k: v for k, v in section.items() if k not in ("gates", "margin")},
            **{k: v for k, v in overrides.items() if v is not None}}
+    cfg["name"] = preset.get("name", "custom")
     for key in ("n_per_category", "samples_per_prompt", "batch_size", "heldout_images", "grid_prompts"):
         if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 1:
             raise ValueError(f"evaluate.{key}: must be a positive integer, got {cfg[key]!r}")
@@ -93,11 +94,14 @@ def load_prompts(dataset: str, out: str, cfg: dict, prompts: str | list | None =
 def generate_images(generator, prompts: Sequence[dict], samples: int, seed: int, batch_size: int,
                     candidates: int | None = None, sampling: dict | None = None) -> list:
     """Generator.generate over the prompt set in batches; batch b uses seed + b (deterministic)."""
+    sampling = dict(sampling or {})
+    candidates = candidates if candidates is not None else sampling.pop("candidates", None)
+    sampling.pop("candidates", None)
     out = []
     texts = [p["text"] for p in prompts]
     for b, i in enumerate(range(0, len(texts), batch_size)):
         out += generator.generate(texts[i:i + batch_size], n=samples, candidates=candidates,
-                                  seed=seed + b, **(sampling or {}))
+                                  seed=seed + b, **sampling)
     return out
 
 
@@ -279,7 +283,7 @@ def evaluate(bundle: str, dataset: str, out: str, preset: str | dict = "tiny",
     flat["seconds"] = time.time() - t0
 
     settings = {"bundle": bundle, "dataset": dataset, "recipe": gen.recipe,
-                "preset": cfg.get("name") or (preset if isinstance(preset, str) else "custom"),
+                "preset": cfg["name"],
                 "n_per_category": cfg["n_per_category"], "samples_per_prompt": cfg["samples_per_prompt"],
                 "candidates": candidates or gen.sampling.get("candidates"), "seed": cfg["seed"],
                 "sampling": json.dumps({**gen.sampling, **sampling}, sort_keys=True, default=str),

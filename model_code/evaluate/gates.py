@@ -7,12 +7,16 @@ Two rules, both from the preset's `evaluate:` section:
       gates:
         pf.short.constraint: {min: 0.30}           # absolute floor (higher is better)
         fd_clip: {max: 0.50, margin: 0.25}         # absolute ceiling (lower is better), own margin
-        clip_score: {min: 0.0, better: higher}
+        clip_score: {min: 0.05, relative: false}   # threshold only (see below)
 
 1. threshold: every gated metric must be >= its `min` / <= its `max`;
 2. relative: where a version is in production, every gated metric may be worse than production's
    by at most `margin` x |production value|, in the metric's direction (min -> higher is better,
    max -> lower is better, or `better:` when a gate has both or neither bound).
+
+`relative: false` keeps a metric out of rule 2: CLIP score and FD are measured with the bundle's
+own CLIP, so two versions that trained different CLIPs are not on one scale; prompt following is
+judged by the oracle and always comparable.
 
 A metric missing from the evaluation fails its gate (never silently passes). `gate()` is pure and
 returns the record; `run_gate()` also fetches production's metrics from its gate record in the
@@ -25,7 +29,7 @@ import math
 from typing import Any
 
 GATE_EXPERIMENT = "easel-gates"
-RULE_KEYS = ("min", "max", "margin", "better")
+RULE_KEYS = ("min", "max", "margin", "better", "relative")
 
 
 # ---------------------------------------------------------------- configuration
@@ -67,6 +71,9 @@ def gate_config(config: dict | str) -> dict[str, Any]:
         r["margin"] = r.get("margin", margin)
         if r["margin"] < 0:
             raise ValueError(f"{field}.margin: must be >= 0, got {r['margin']}")
+        r["relative"] = rule.get("relative", True)
+        if not isinstance(r["relative"], bool):
+            raise ValueError(f"{field}.relative: must be true or false, got {r['relative']!r}")
         gates[str(metric)] = r
     return {"gates": gates, "margin": margin}
 
@@ -110,7 +117,7 @@ def gate(candidate_metrics: dict, config: dict | str, production_metrics: dict |
             ok = v <= rule["max"]
             checks.append({"metric": metric, "rule": "max", "value": v, "limit": rule["max"], "ok": ok,
                            "reason": f"{metric} = {v:.4g} is above the maximum {rule['max']:.4g}"})
-        if production_metrics is None:
+        if production_metrics is None or not rule["relative"]:
             continue
         p = _value(production_metrics, metric)
         if p is None:

@@ -26,7 +26,7 @@ import torch
 
 from model_code import storage
 from model_code.evaluate import metrics as M
-from model_code.evaluate.evaluate import eval_config, generate_images, log_run
+from model_code.evaluate.evaluate import check_sampling, eval_config, generate_images, log_run
 from model_code.evaluate.prompts import CATEGORIES, heldout_prompts
 
 TABLE_EXPERIMENT = "easel-tables"
@@ -159,8 +159,8 @@ def _settings(params: dict) -> str:
 # ---------------------------------------------------------------- (1) DALL-E 3: caption policies
 def table_captions(bundles: dict[str, str], dataset: str, out: str = "runs/tables/captions",
                    preset: str | dict = "tiny", n_per_category: int | None = None,
-                   samples_per_prompt: int | None = None, seed: int = 0, mlflow: bool = True,
-                   results_md: str | None | bool = None) -> dict[str, Any]:
+                   samples_per_prompt: int | None = None, seed: int = 0, sampling: dict | None = None,
+                   mlflow: bool = True, results_md: str | None | bool = None) -> dict[str, Any]:
     """Prompt following on short and long held-out prompts of generators trained (same compute)
     on original / 100% synthetic / 95-5 blended captions. Same prompts and seeds for all three."""
     t0 = time.time()
@@ -172,7 +172,8 @@ def table_captions(bundles: dict[str, str], dataset: str, out: str = "runs/table
     rows = []
     for policy in POLICIES:
         gen = _load(bundles[policy])
-        generated = generate_images(gen, ps, cfg["samples_per_prompt"], seed, cfg["batch_size"])
+        generated = generate_images(gen, ps, cfg["samples_per_prompt"], seed, cfg["batch_size"],
+                                    sampling=check_sampling(gen, sampling))
         pf = M.prompt_following(ps, [g.images for g in generated])["per_category"]
         imgs = [im for g in generated for im in g.images]
         texts = [g.prompt for g in generated for _ in g.images]
@@ -192,9 +193,9 @@ def table_captions(bundles: dict[str, str], dataset: str, out: str = "runs/table
             continue
         claims.append(f"- {kind} prompts, {better} > {worse} (paper): measured {b:.3f} vs {w:.3f} -> "
                       f"**{_verdict(b, w)}**")
-    params = {"dataset": dataset, "preset": cfg.get("name", preset if isinstance(preset, str) else "custom"),
-              "prompts_per_kind": cfg["n_per_category"], "samples_per_prompt": cfg["samples_per_prompt"],
-              "seed": seed, **{f"bundle_{p}": bundles[p] for p in POLICIES}}
+    params = {"dataset": dataset, "preset": cfg["name"], "prompts_per_kind": cfg["n_per_category"],
+              "samples_per_prompt": cfg["samples_per_prompt"], "seed": seed, "sampling": sampling or {},
+              **{f"bundle_{p}": bundles[p] for p in POLICIES}}
     md = ["DALL-E 3 trains generators on original alt-text, on 100% synthetic long captions and on a "
           "95% synthetic / 5% original blend with the same compute, and reports the blend best on "
           "both short and long prompts (seed table: human preference 48% / 65% / 71.7%; prompt "
@@ -245,7 +246,7 @@ def candidate_pool(gen, texts: Sequence[str], num: int, seed: int, batch_size: i
 def table_rerank(bundle: str, dataset: str, out: str = "runs/tables/rerank",
                  budgets: Sequence[int] = (1, 2, 4, 8, 16, 32), preset: str | dict = "tiny",
                  n_per_category: int | None = None, seed: int = 0,
-                 categories: Sequence[str] = CATEGORIES, mlflow: bool = True,
+                 categories: Sequence[str] = CATEGORIES, sampling: dict | None = None, mlflow: bool = True,
                  results_md: str | None | bool = None) -> dict[str, Any]:
     """Prompt following and CLIP score of the CLIP-best of N candidates, for each budget N.
 
@@ -260,7 +261,8 @@ def table_rerank(bundle: str, dataset: str, out: str = "runs/tables/rerank",
     gen = _load(bundle, "dalle")
     ps = _prompts(dataset, out, cfg["n_per_category"], seed, categories)
     pool_n = budgets[-1]
-    images, scores = candidate_pool(gen, [p["text"] for p in ps], pool_n, seed, cfg["batch_size"])
+    sampling = check_sampling(gen, sampling)
+    images, scores = candidate_pool(gen, [p["text"] for p in ps], pool_n, seed, cfg["batch_size"], **sampling)
     cache: dict[tuple[int, int], dict] = {}
 
     def judged(i: int, j: int) -> dict:
@@ -282,8 +284,7 @@ def table_rerank(bundle: str, dataset: str, out: str = "runs/tables/rerank",
     first, last = rows[0], rows[-1]
     steps = [b["pf_constraint"] - a["pf_constraint"] for a, b in zip(rows, rows[1:])]
     params = {"bundle": bundle, "dataset": dataset, "budgets": budgets, "prompts": len(ps),
-              "preset": cfg.get("name", "custom"), "seed": seed,
-              "temperature": gen.sampling.get("temperature")}
+              "preset": cfg["name"], "seed": seed, "sampling": {**gen.sampling, **sampling}}
     md = ["DALL-E 1 samples N candidates and keeps those its CLIP ranks best (N = 512, top 32 shown); "
           "the paper reports MS-COCO FID and IS improving with the reranking sample size, with "
           "diminishing returns after about 32. Here: the CLIP-best of N candidates per held-out "
@@ -321,11 +322,13 @@ def table_guidance(unclip_bundle: str, text_decoder_bundle: str, dataset: str,
                    out: str = "runs/tables/guidance", scales: Sequence[float] = (1.0, 2.0, 3.0, 4.0),
                    preset: str | dict = "tiny", n_per_category: int | None = None,
                    samples_per_prompt: int | None = None, seed: int = 0,
-                   categories: Sequence[str] = CATEGORIES, mlflow: bool = True,
+                   categories: Sequence[str] = CATEGORIES, sampling: dict | None = None, mlflow: bool = True,
                    results_md: str | None | bool = None) -> dict[str, Any]:
     """Diversity and prompt following against decoder guidance scale for unCLIP (prior + decoder
     on the CLIP image embedding) and a decoder conditioned on the text directly (GLIDE-like).
-    No reranking (candidates = samples): reranking would itself cut diversity."""
+    No reranking (candidates = samples): reranking would itself cut diversity. `sampling` sets
+    the other unclip settings for both (e.g. {"upsample": False}: diversity is judged at CLIP's
+    resolution, the 4x upsampler only costs time)."""
     t0 = time.time()
     scales = [float(s) for s in scales]
     if not scales or any(s < 0 for s in scales):
@@ -345,7 +348,8 @@ def table_guidance(unclip_bundle: str, text_decoder_bundle: str, dataset: str,
     rows = []
     for name, gen in models.items():
         for s in scales:
-            generated = generate_images(gen, ps, k, seed, cfg["batch_size"], candidates=k, sampling={"decoder_guidance": s})
+            settings = {**check_sampling(gen, sampling), "decoder_guidance": s}
+            generated = generate_images(gen, ps, k, seed, cfg["batch_size"], candidates=k, sampling=settings)
             flat, _, _ = _metrics_no_fd(gen, ps, generated)
             rows.append({"model": name, "scale": s, "diversity": flat.get("diversity"),
                          "pf_exact": flat["pf.exact"], "pf_constraint": flat["pf.constraint"],
@@ -358,7 +362,7 @@ def table_guidance(unclip_bundle: str, text_decoder_bundle: str, dataset: str,
     gain = {m: at(m, hi)["pf_constraint"] - at(m, lo)["pf_constraint"] for m in models}
     params = {"unclip_bundle": unclip_bundle, "text_decoder_bundle": text_decoder_bundle, "dataset": dataset,
               "scales": scales, "prompts": len(ps), "samples_per_prompt": k, "seed": seed,
-              "preset": cfg.get("name", "custom")}
+              "preset": cfg["name"], "sampling": sampling or {}}
     md = ["DALL-E 2 (Figure 9, Table 1): raising the guidance scale makes a text-conditioned "
           "diffusion model (GLIDE) converge on similar images, while unCLIP, whose prior has already "
           "sampled an image embedding, keeps its diversity (humans preferred unCLIP's diversity 70.5%, "

@@ -177,6 +177,7 @@ class CoCa(PretrainedMixin, nn.Module):
             resid_pdrop=p, embd_pdrop=p, attn_pdrop=p,
             bos_token_id=cfg["bos_id"], eos_token_id=cfg["eos_id"], pad_token_id=cfg["pad_id"],
         ))
+        self._tokenizer = None  # see set_tokenizer
 
     @classmethod
     def from_clip(cls, clip: CLIP, cfg: dict) -> "CoCa":
@@ -185,6 +186,14 @@ class CoCa(PretrainedMixin, nn.Module):
         model = cls(cfg)
         model.clip.load_state_dict(clip.state_dict(), strict=True)
         return model
+
+    def set_tokenizer(self, tokenizer) -> "CoCa":
+        """Attach the TextTokenizer `generate` decodes with (checked against the vocabulary)."""
+        if tokenizer.vocab_size != self.config["vocab_size"]:
+            raise ValueError(f"captioner: the tokenizer has {tokenizer.vocab_size} tokens, the model "
+                             f"expects vocab_size={self.config['vocab_size']}")
+        self._tokenizer = tokenizer
+        return self
 
     # ---------------------------------------------------------------- pieces
     def kind_id(self, kind: str) -> int:
@@ -299,11 +308,17 @@ class CoCa(PretrainedMixin, nn.Module):
         return out
 
     @torch.no_grad()
-    def generate(self, images: torch.Tensor, tokenizer, kind: str = "long", top_p: float = 0.9,
+    def generate(self, images: torch.Tensor, kind: str = "long", top_p: float = 0.9,
                  temperature: float = 0.7, max_new_tokens: int | None = None, num_return_sequences: int = 1,
                  seed: int | None = None, generator: torch.Generator | None = None,
-                 use_cache: bool = True) -> list[str]:
-        """Sample captions as text: B * num_return_sequences strings (see generate_ids)."""
+                 use_cache: bool = True, tokenizer=None) -> list[str]:
+        """Sample captions as text: B * num_return_sequences strings (see generate_ids).
+
+        The ids are decoded with `tokenizer`, or the one given to `set_tokenizer` (the weights
+        do not carry it: it is its own trained part)."""
+        tokenizer = tokenizer or self._tokenizer
+        if tokenizer is None:
+            raise ValueError("captioner.generate needs the tokenizer: pass tokenizer= or call set_tokenizer")
         ids = self.generate_ids(images, kind=kind, top_p=top_p, temperature=temperature,
                                 max_new_tokens=max_new_tokens, num_return_sequences=num_return_sequences,
                                 seed=seed, generator=generator, use_cache=use_cache)

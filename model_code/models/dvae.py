@@ -189,6 +189,15 @@ class DecoderBlock(nn.Module):
         return self.id_path(x) + self.post_gain * self.res_path(x)
 
 
+def _init_conv(conv: nn.Conv2d) -> nn.Conv2d:
+    """OpenAI's dVAE init: weights N(0, 1 / fan_in), zero bias. (PyTorch's default is ~1.7x smaller
+    per layer; through the encoder that leaves the initial code logits nearly uniform, so the
+    relaxation carries no information and training falls into a constant code.)"""
+    nn.init.normal_(conv.weight, std=1.0 / math.sqrt(conv.weight[0].numel()))
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
 def _n_groups(downsample: int) -> int:
     return int(math.log2(downsample)) + 1  # one 2x pool between consecutive groups
 
@@ -260,6 +269,9 @@ class DVAE(nn.Module):
         self._config = resolve_config(cfg)
         self.encoder = Encoder(self._config)
         self.decoder = Decoder(self._config)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                _init_conv(m)
 
     # -------------------------------------------------------------- construction / io
     @classmethod

@@ -99,9 +99,11 @@ class CoCaCaptioner:
         self.device = default_device(device)
         self.model = CoCa.from_pretrained(model_dir_or_uri, map_location=self.device).eval()
         self.tokenizer = TextTokenizer.load(tokenizer_dir)
-        if self.tokenizer.vocab_size != self.model.config["vocab_size"]:
-            raise ValueError(f"captioner: tokenizer at {tokenizer_dir} has {self.tokenizer.vocab_size} tokens, "
-                             f"the model at {model_dir_or_uri} expects {self.model.config['vocab_size']}")
+        try:
+            self.model.set_tokenizer(self.tokenizer)
+        except ValueError as e:
+            raise ValueError(f"captioner: tokenizer at {tokenizer_dir} does not fit the model at "
+                             f"{model_dir_or_uri}: {e}") from None
         self.name = f"coca:{model_dir_or_uri}"
         room = self.model.config["max_text_tokens"] - 2
         # caps per kind: DALL-E 3's short captions are ~20 tokens, long ones ~100-200
@@ -119,7 +121,7 @@ class CoCaCaptioner:
         if not images:
             return []
         x = images_to_tensor(images, self.image_size).to(self.device)
-        return self.model.generate(x, self.tokenizer, kind=kind, top_p=top_p, temperature=temperature,
+        return self.model.generate(x, kind=kind, top_p=top_p, temperature=temperature,
                                    max_new_tokens=self.max_new_tokens[kind], seed=seed, use_cache=use_cache)
 
     def count_tokens(self, text: str) -> int:

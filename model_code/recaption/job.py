@@ -57,6 +57,16 @@ DEFAULTS: dict[str, Any] = {
     "max_new_tokens": {},  # per kind caps, e.g. {"short": 40, "long": 200}; default: the model's room
 }
 VERDICTS = ("pass", "retry", "fallback")
+SIDECAR_COLUMNS = ("key", "original", "original_tokens", "original_clip") + tuple(
+    f"{kind}{suffix}" for kind in KINDS
+    for suffix in ("", "_verdict", "_reason", "_retries", "_fallback", "_tokens", "_clip"))
+
+
+_TYPES = {"": pa.string(), "_verdict": pa.string(), "_reason": pa.string(), "_retries": pa.int32(),
+          "_fallback": pa.bool_(), "_tokens": pa.int32(), "_clip": pa.float32()}
+SIDECAR_SCHEMA = pa.schema([("key", pa.string()), ("original", pa.string()), ("original_tokens", pa.int32()),
+                            ("original_clip", pa.float32())]
+                           + [(f"{k}{suf}", t) for k in KINDS for suf, t in _TYPES.items()])
 
 
 # ---------------------------------------------------------------- helpers
@@ -169,7 +179,8 @@ def _recaption_shard(shard_uri: str, out: str, captioner: Captioner, filters: Ca
     t0 = time.time()
     counters = {"captions": 0, "tokens": 0}
     before = filters.stats.as_dict()
-    cols: dict[str, list] = {c: [] for c in ("key", "original", "original_tokens", "original_clip")}
+    cols: dict[str, list] = {c: [] for c in SIDECAR_COLUMNS}  # all named up front: an empty shard still
+    # gets a complete (empty) sidecar
     batch: list[tuple[str, Any, str]] = []
     bar = tqdm(desc=f"recaption {name}", unit="img", disable=not progress, leave=False)
 
@@ -185,7 +196,7 @@ def _recaption_shard(shard_uri: str, out: str, captioner: Captioner, filters: Ca
                                   if filters.uses_clip else [float("nan")] * len(keys))
         for kind in KINDS:
             for c, v in _caption_batch(captioner, filters, images, x, originals, kind, cfg, idx, b, counters).items():
-                cols.setdefault(c, []).extend(v)
+                cols[c].extend(v)
         bar.update(len(batch))
         batch.clear()
 
@@ -205,7 +216,8 @@ def _recaption_shard(shard_uri: str, out: str, captioner: Captioner, filters: Ca
             "filters": filters.cfg, "uses_clip": filters.uses_clip, "seconds": seconds,
             "generated_captions": counters["captions"], "generated_tokens": counters["tokens"],
             "filter_counts": {k: after[k] - before.get(k, 0) for k in after if not k.endswith("_rate")}}
-    table = pa.Table.from_pydict(cols).replace_schema_metadata({b"easel": json.dumps(meta).encode()})
+    table = pa.Table.from_pydict(cols, schema=SIDECAR_SCHEMA).replace_schema_metadata(
+        {b"easel": json.dumps(meta).encode()})
     _write_parquet(table, sidecar_uri(out, idx))
     return {"shard": name, "records": table.num_rows, "seconds": seconds, **counters}
 

@@ -63,6 +63,8 @@ class PretrainedCaptioner:
         if prompt is not None:
             kwargs["text"] = [prompt] * len(images)
         inputs = self.processor(**kwargs).to(self.device)
+        if "pixel_values" in inputs:  # a half-precision checkpoint wants half-precision pixels
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         sample = temperature > 0  # DALL-E 3: nucleus sampling, top_p 0.9, temperature 0.7
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.no_grad(), torch.random.fork_rng(devices=devices):

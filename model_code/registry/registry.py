@@ -33,11 +33,9 @@ import json
 import logging
 import os
 import random
-import re
 import tempfile
 import time
 import uuid
-from typing import Any
 
 from model_code import storage, tracking
 
@@ -141,8 +139,9 @@ def _pop_first(d: dict, *keys):
 
 def _lineage_tags(meta: dict, lineage: dict) -> tuple[dict[str, str], dict | None]:
     """Tags of a new version from the bundle's own lineage and the caller's (caller wins).
-    Known keys: dataset_version, git_revision (or git), train_run_ids (dict part -> run id, or a
-    list), recipe and preset (default: the bundle's), gate (a gate record, recorded after)."""
+    Known keys: dataset_version, git_revision (or git), train_run_ids (dict part -> run id, a
+    list, or that as a JSON string), recipe and preset (default: the bundle's), gate (a gate
+    record, recorded after registration)."""
     if lineage is not None and not isinstance(lineage, dict):
         raise ValueError(f"lineage: must be a dict, got {type(lineage).__name__}")
     merged = {**(meta.get("lineage") or {}), **(lineage or {})}
@@ -154,6 +153,11 @@ def _lineage_tags(meta: dict, lineage: dict) -> tuple[dict[str, str], dict | Non
     git = _pop_first(rest, "git_revision", "git") or tracking.git_revision() or "unknown"
     dataset = _pop_first(rest, "dataset_version")
     runs = _pop_first(rest, "train_run_ids") or {}
+    if isinstance(runs, str):  # from the command line: a JSON object/list, or "id1,id2"
+        try:
+            runs = json.loads(runs)
+        except ValueError:
+            runs = [r.strip() for r in runs.split(",") if r.strip()]
     gate = _pop_first(rest, "gate")
     if not isinstance(runs, (dict, list, tuple)):
         raise ValueError(f"lineage: train_run_ids must be a dict (part -> run id) or a list, got {runs!r}")
@@ -167,7 +171,7 @@ def _lineage_tags(meta: dict, lineage: dict) -> tuple[dict[str, str], dict | Non
             "easel.dataset_version": str(dataset or "unknown"),
             "easel.train_run_ids": json.dumps(runs, sort_keys=True),
             "easel.lineage": json.dumps(full, sort_keys=True, default=str),
-            "easel.bundle_format": meta.get("format", ""), GATE_VERDICT: "pending"}
+            "easel.bundle_format": meta.get("format", "")}
     return tags, gate
 
 
@@ -187,7 +191,7 @@ def register_bundle(bundle_dir: str, name: str, lineage: dict | None = None,
     own_run = run_id is None
     if own_run:
         run_id = c.create_run(tracking.ensure_experiment(REGISTRY_EXPERIMENT), run_name=f"register-{name}",
-                              tags={k: v for k, v in tags.items() if k != GATE_VERDICT}).info.run_id
+                              tags=tags).info.run_id
     else:
         c.get_run(run_id)  # a clear error for a wrong run id, before any upload
     status = "FAILED"
@@ -205,6 +209,8 @@ def register_bundle(bundle_dir: str, name: str, lineage: dict | None = None,
     version = str(info.registered_model_version)
     if gate is not None:
         record_gate(name, version, gate)
+    else:  # every version says where it stands; "pending" is not promotable
+        c.set_model_version_tag(name, version, GATE_VERDICT, "pending")
     log.info("registered %s version %s (%s, run %s)", name, version, meta["recipe"], run_id)
     return {"name": name, "version": version, "uri": model_uri(name, version), "run_id": run_id,
             "model_id": getattr(info, "model_id", None), "recipe": meta["recipe"],
@@ -229,13 +235,15 @@ def record_gate(name: str, version: str | int, record: dict) -> dict:
         raise ValueError(f"record: {len(body)} characters as JSON, more than a tag holds (100000); "
                          "log large evaluation outputs as run artifacts and reference them")
     c = tracking.client()
-    _get_version(c, name, version)
+    mv = _get_version(c, name, version)
     at = _now()
     # the record first and the verdict last: whoever sees "passed" also sees why
     c.set_model_version_tag(name, version, GATE_RECORD, body)
     c.set_model_version_tag(name, version, GATE_TIME, at)
     if record.get("run_id"):
         c.set_model_version_tag(name, version, GATE_RUN_ID, str(record["run_id"]))
+    elif GATE_RUN_ID in (mv.tags or {}):  # the run of an older record no longer applies
+        c.delete_model_version_tag(name, version, GATE_RUN_ID)
     c.set_model_version_tag(name, version, GATE_VERDICT, verdict)
     return {"name": name, "version": version, "verdict": verdict, "recorded_at": at,
             "run_id": record.get("run_id")}

@@ -127,7 +127,8 @@ class ObjectStoreCheckpoint(Callback):
                 self.saved.append(name)
                 self._prune()
         trainer.strategy.barrier("easel-checkpoint")
-        print(f"checkpoint step {step} ({reason}) -> {uri}", file=sys.stderr, flush=True)
+        if trainer.is_global_zero:
+            print(f"checkpoint step {step} ({reason}) -> {uri}", file=sys.stderr, flush=True)
         return uri
 
     def _prune(self) -> None:

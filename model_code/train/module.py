@@ -289,10 +289,10 @@ def activation_checkpointing(model: nn.Module) -> str:
     their own switch, any other model by wrapping its repeated blocks. Parameter names (and so
     state dicts and saved models) are unchanged."""
     hf = [m for m in model.modules() if getattr(m, "supports_gradient_checkpointing", False)
-          and hasattr(m, "gradient_checkpointing_enable")]
+          and hasattr(m, "activation_checkpointing_enable")]
     if hf:
         for m in hf:
-            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            m.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         return f"transformers ({len(hf)} models)"
     blocks = {id(b) for b in repeated_blocks(model)}
     if not blocks:

@@ -214,8 +214,9 @@ def train_part(part: str, preset: str | dict, data: str, out: str, deps: dict[st
     if latest and latest.get("config_hash") != chash:
         raise ValueError(f"the checkpoint in {ckpt_dir} was written with another configuration "
                          f"(hash {latest.get('config_hash')} != {chash}): use another out or resume=False")
-    if not resume:
+    if not resume:  # start over: nothing of an earlier run in `out` may be taken for this one's
         storage.remove(ckpt_dir, recursive=True)
+        storage.remove(storage.join(out, STATE_FILE))
     return _fit(spec, cfg, tcfg, preset_name, model, loaded, data, out, dict(deps or {}), chash,
                 latest, mlflow, t0)
 
@@ -353,12 +354,10 @@ def _train_tokenizer(cfg: dict, preset_name: str, data: str, out: str, resume: b
     man = manifest(data)
     if "split" in man.columns:
         man = man[man["split"] == "train"]
-    records = man.to_dict("records")
     side = load_sidecars(data)
     if side is not None:
-        for r in records:
-            if r["key"] in side.index:
-                r["short"], r["long"] = side.loc[r["key"], "short"], side.loc[r["key"], "long"]
+        man = man.merge(side[["short", "long"]], left_on="key", right_index=True, how="left")
+    records = man.to_dict("records")
     texts = tokenizer_texts(records, has_sidecars=side is not None)
     tok = TextTokenizer.train(texts, vocab_size=vocab, max_len=max_len)
     tok.save(out)

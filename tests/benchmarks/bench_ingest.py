@@ -18,7 +18,6 @@ Prints a markdown table (docs/benchmarks.md, "## Ingest") and, with --json, one 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform

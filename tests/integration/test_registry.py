@@ -37,18 +37,28 @@ def expected(bundle):
     return Generator.load(bundle).generate(PROMPTS, n=N, candidates=CANDIDATES, seed=SEED)
 
 
+LINEAGE = {"dataset_version": "dvc-1a2b3c", "git_revision": "0123abcd",
+           "train_run_ids": {"tokenizer": "r-tok", "dvae": "r-dvae", "transformer": "r-tr"}}
+
+
+def _embedded_env(mp: pytest.MonkeyPatch, home: str) -> None:
+    """The embedded default: no MLFLOW_TRACKING_URI, SQLite + artifacts under EASEL_HOME."""
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        mp.delenv(var, raising=False)
+    mp.setenv("EASEL_HOME", home)
+
+
+def _server_env(mp: pytest.MonkeyPatch, uri: str) -> None:
+    """The client talks to the server only: no S3 credentials in this process's environment."""
+    for var in ("MLFLOW_REGISTRY_URI", "EASEL_HOME", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                "MLFLOW_S3_ENDPOINT_URL"):
+        mp.delenv(var, raising=False)
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+
+
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
     return str(tmp_path_factory.mktemp("easel-home"))
-
-
-@pytest.fixture
-def embedded(home, monkeypatch):
-    """The embedded default: no MLFLOW_TRACKING_URI, SQLite + artifacts under EASEL_HOME."""
-    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("EASEL_HOME", home)
-    return {"MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow.db"}
 
 
 @pytest.fixture(scope="module")
@@ -73,17 +83,36 @@ def mlflow_s3(s3, tmp_path_factory):
         yield uri
 
 
+# The bundle is registered once per store (an upload); other tests add versions of the same
+# logged model under other names, which costs no upload.
+@pytest.fixture(scope="module")
+def local_model(bundle, home):
+    from model_code.cli import main
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(io.StringIO()) as out:
+        _embedded_env(mp, home)
+        lineage = [f"{k}={json.dumps(v) if isinstance(v, dict) else v}" for k, v in LINEAGE.items()]
+        argv = ["model", "register", bundle, "--name", "easel-dalle-local", "--json"]
+        assert main(argv + [a for kv in lineage for a in ("--lineage", kv)]) == 0
+    return json.loads(out.getvalue().strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def server_model(bundle, mlflow_s3):
+    with pytest.MonkeyPatch.context() as mp:
+        _server_env(mp, mlflow_s3)
+        return registry.register_bundle(bundle, "easel-dalle-server", LINEAGE)
+
+
 @pytest.fixture
-def server(mlflow_s3, monkeypatch):
-    """The client side talks to the server only: no S3 credentials in this process's env."""
-    for var in ("MLFLOW_REGISTRY_URI", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_s3)
-    return {"MLFLOW_TRACKING_URI": mlflow_s3}
+def embedded(home, local_model, monkeypatch):
+    _embedded_env(monkeypatch, home)
+    return local_model
 
 
-LINEAGE = {"dataset_version": "dvc-1a2b3c", "git_revision": "0123abcd",
-           "train_run_ids": {"tokenizer": "r-tok", "dvae": "r-dvae", "transformer": "r-tr"}}
+@pytest.fixture
+def server(mlflow_s3, server_model, monkeypatch):
+    _server_env(monkeypatch, mlflow_s3)
+    return server_model
 
 
 def _gate(verdict: str, **metrics) -> dict:
@@ -92,23 +121,18 @@ def _gate(verdict: str, **metrics) -> dict:
             "run_id": "r-eval"}
 
 
-def _more_versions(name: str, source_of: str, n: int) -> list[str]:
-    """n more versions of `name` holding the same logged model as version 1 of `source_of`
-    (a real registry version each; registering the same artifacts again costs no upload)."""
+def _versions_of(registered: dict, name: str, n: int) -> list[str]:
+    """n versions of a new model `name` holding the logged model of `registered` (each a real
+    registry version; registering the same artifacts again costs no upload)."""
+    import mlflow
     from model_code import tracking
-    c = tracking.client()
-    src = c.get_model_version(source_of, "1")
-    try:
-        c.create_registered_model(name)
-    except Exception:  # exists: name is `source_of` itself
-        pass
-    return [c.create_model_version(name, src.source, run_id=src.run_id, model_id=src.model_id).version
-            for _ in range(n)]
+    source = tracking.client().get_model_version(registered["name"], registered["version"]).source
+    return [str(mlflow.register_model(source, name).version) for _ in range(n)]
 
 
 # ---------------------------------------------------------------- the round trip
 LOAD_AND_PREDICT = r"""
-import base64, hashlib, json, os, sys
+import json, os, sys
 import mlflow, pandas as pd
 # the installed package only: no checkout on the path
 assert not any(os.path.isfile(os.path.join(p or ".", "tests", "bundles.py")) for p in sys.path)
@@ -117,8 +141,7 @@ for name, uri in json.loads(sys.argv[1]).items():
     os.environ["MLFLOW_TRACKING_URI"] = uri
     mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model(f"models:/{name}@production")
-    df = pd.DataFrame({"prompt": json.loads(sys.argv[2]), "n": [2, 2], "seed": [3, 3], "candidates": [2, 2]})
-    pred = model.predict(df)
+    pred = model.predict(pd.DataFrame(json.loads(sys.argv[2])))
     meta = model.metadata
     out[name] = {"columns": list(pred.columns), "rows": pred[["prompt", "index", "clip_score"]].values.tolist(),
                  "images": pred["image"].tolist(),
@@ -129,21 +152,17 @@ print(json.dumps(out))
 """
 
 
-def _register_gated(bundle, name):
-    v = registry.register_bundle(bundle, name, LINEAGE)
-    assert v["version"] == "1" and v["uri"] == f"models:/{name}/1" and v["recipe"] == "dalle"
-    with pytest.raises(registry.GateError, match="no passed gate record"):
-        registry.promote(name, "1")
-    registry.record_gate(name, "1", _gate("passed", clip_score=0.31))
-    p = registry.promote(name, "1", user="ci")
-    assert (p["current"], p["previous"], p["forced"], p["user"]) == ("1", None, False, "ci")
-    return v
+def _gate_and_promote(registered: dict) -> None:
+    name = registered["name"]
+    with pytest.raises(registry.GateError, match=r"no passed gate record \(gate: pending\)"):
+        registry.promote(name, registered["version"])
+    registry.record_gate(name, registered["version"], _gate("passed", clip_score=0.31))
+    p = registry.promote(name, registered["version"], user="ci")
+    assert (p["current"], p["previous"], p["forced"], p["user"]) == (registered["version"], None, False, "ci")
 
 
-def test_round_trip_embedded_and_server(bundle, expected, home, embedded, mlflow_s3, s3, monkeypatch, tmp_path):
-    # the same bundle into both stores
-    _register_gated(bundle, "easel-dalle-local")
-    (row,) = registry.list_versions("easel-dalle-local")
+def _check_lineage(name: str) -> None:
+    (row,) = registry.list_versions(name)
     tags = row["tags"]
     assert row["aliases"] == ["production"] and row["stage"] == "Production" and row["gate"] == "passed"
     assert (tags["easel.recipe"], tags["easel.preset"]) == ("dalle", "tiny")
@@ -151,32 +170,45 @@ def test_round_trip_embedded_and_server(bundle, expected, home, embedded, mlflow
     assert json.loads(tags["easel.train_run_ids"]) == LINEAGE["train_run_ids"]
     assert json.loads(tags["easel.gate.record"])["metrics"] == {"clip_score": 0.31}
     assert tags["easel.gate.run_id"] == "r-eval"
-    assert os.path.isfile(os.path.join(home, "mlflow.db"))  # the embedded store and its file:// artifacts
-    assert any(f == "model.safetensors" for _, _, fs in os.walk(os.path.join(home, "mlruns")) for f in fs)
 
-    monkeypatch.delenv("EASEL_HOME")
-    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_s3)
-    _register_gated(bundle, "easel-dalle-server")
-    # the server (not this process, which has no S3 credentials) put the bundle into S3
+
+@pytest.mark.slow
+def test_round_trip_embedded_and_server(expected, home, local_model, server_model, mlflow_s3, s3,
+                                        monkeypatch, tmp_path):
+    for registered in (local_model, server_model):
+        assert registered["version"] == "1" and registered["recipe"] == "dalle"
+        assert registered["uri"] == f"models:/{registered['name']}/1"
+    # the embedded store: SQLite and file:// artifacts under EASEL_HOME
+    _embedded_env(monkeypatch, home)
+    _gate_and_promote(local_model)
+    _check_lineage(local_model["name"])
+    assert os.path.isfile(os.path.join(home, "mlflow.db"))
+    assert any(f == "model.safetensors" for _, _, fs in os.walk(os.path.join(home, "mlruns")) for f in fs)
+    assert registry.load_generator(local_model["name"], "production").recipe == "dalle"
+    # the server: it (not this process, which has no S3 credentials) put the bundle into S3
+    _server_env(monkeypatch, mlflow_s3)
+    _gate_and_promote(server_model)
+    _check_lineage(server_model["name"])
     stored = s3.fs().find("easel-registry/mlflow")
     assert any(p.endswith("/transformer/model.safetensors") for p in stored), stored[:5]
 
     # a fresh process, outside the checkout, loads both by alias and generates
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PYTHON", "MLFLOW_", "EASEL_"))}
-    stores = {"easel-dalle-local": embedded["MLFLOW_TRACKING_URI"], "easel-dalle-server": mlflow_s3}
-    r = subprocess.run([sys.executable, "-c", LOAD_AND_PREDICT, json.dumps(stores), json.dumps(PROMPTS)],
+    stores = {local_model["name"]: f"sqlite:///{home}/mlflow.db", server_model["name"]: mlflow_s3}
+    request = {"prompt": PROMPTS, "n": [N] * len(PROMPTS), "seed": [SEED] * len(PROMPTS),
+               "candidates": [CANDIDATES] * len(PROMPTS)}
+    r = subprocess.run([sys.executable, "-c", LOAD_AND_PREDICT, json.dumps(stores), json.dumps(request)],
                        cwd=tmp_path, env={**env, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"},
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert sorted(got) == sorted(stores)
+    want = [(im, s) for g in expected for im, s in zip(g.images, g.scores)]
     for name, res in got.items():
         assert res["columns"] == ["prompt", "index", "image", "clip_score"]
         assert res["inputs"] == ["prompt", "n", "seed", "candidates"] and res["example"]
         assert "easel==" in res["requirements"] and "torch==2.13.0" in res["requirements"]
-        assert [r[:2] for r in res["rows"]] == [[p, k] for p in PROMPTS for k in range(N)]
-        want = [(im, s) for g in expected for im, s in zip(g.images, g.scores)]
+        assert [row[:2] for row in res["rows"]] == [[p, k] for p in PROMPTS for k in range(N)]
         assert len(res["images"]) == len(want) == len(PROMPTS) * N
         for b64, row, (im, score) in zip(res["images"], res["rows"], want):
             png = base64.b64decode(b64)
@@ -196,10 +228,9 @@ def _cli(capsys, *argv):
     return rc, (json.loads(out.strip().splitlines()[-1]) if rc == 0 and "--json" in argv else out), err
 
 
-def test_gate_force_rollback_and_cli(bundle, embedded, capsys):
+def test_gate_force_rollback_and_cli(embedded, capsys):
     name = "easel-gates"
-    registry.register_bundle(bundle, name, LINEAGE)
-    assert _more_versions(name, name, 2) == ["2", "3"]
+    assert _versions_of(embedded, name, 3) == ["1", "2", "3"]
     registry.record_gate(name, 1, _gate("passed"))
     registry.record_gate(name, 2, _gate("failed"))
     registry.record_gate(name, 3, _gate("passed"))
@@ -267,13 +298,10 @@ def test_gate_force_rollback_and_cli(bundle, embedded, capsys):
 
 
 # ---------------------------------------------------------------- concurrency
-@pytest.mark.parametrize("store", ["embedded", "server"])
-def test_concurrent_promotions_leave_a_consistent_state(store, request, bundle):
-    request.getfixturevalue(store)
+@pytest.mark.parametrize("store", ["embedded", pytest.param("server", marks=pytest.mark.slow)])
+def test_concurrent_promotions_leave_a_consistent_state(store, request):
     name = f"easel-race-{store}"
-    source = "easel-race-source-" + store
-    registry.register_bundle(bundle, source, LINEAGE)
-    versions = _more_versions(name, source, 4)
+    versions = _versions_of(request.getfixturevalue(store), name, 4)
     for v in versions:
         registry.record_gate(name, v, _gate("passed"))
     registry.promote(name, versions[0])

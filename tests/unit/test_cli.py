@@ -25,9 +25,9 @@ def test_no_command_is_usage_error(capsys):
 
 
 def test_unknown_option_exits_2():
-    r = run("data", "synth", "--nope")
+    r = run("data", "synth", "--out", "x", "--nope")
     assert r.returncode == 2
-    assert "unrecognized arguments" in r.stderr
+    assert "unrecognized arguments: --nope" in r.stderr
 
 
 def test_synth_json_summary_is_last_line(tmp_path):

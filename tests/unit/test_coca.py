@@ -81,6 +81,9 @@ def test_config_and_input_errors(world):
         m.generate_ids(world["images"][:1], max_new_tokens=100)
     with pytest.raises(ValueError, match="top_p"):
         m.generate_ids(world["images"][:1], top_p=0)
+    small = TextTokenizer.train(["a red circle", "a blue square"] * 5, 263, 16)
+    with pytest.raises(ValueError, match="expects vocab_size"):
+        m.set_tokenizer(small)
 
 
 def test_overfit_and_greedy_reproduces_training_captions(world, tmp_path):
@@ -94,7 +97,7 @@ def test_overfit_and_greedy_reproduces_training_captions(world, tmp_path):
     def norm(texts):  # the tokenizer lowercases; compare what it can round-trip
         return [tok.decode(tok.encode(t)) for t in texts]
 
-    model = _model(tok, width=64, layers=1)
+    model = _model(tok, width=64, layers=1).set_tokenizer(tok)
     # the contrastive towers collapse at the decoder's high overfitting lr: give them their own
     decoder_params = [p for name, p in model.named_parameters() if not name.startswith("clip.")]
     opt = torch.optim.AdamW([{"params": model.clip.parameters(), "lr": 1e-3}, {"params": decoder_params}], lr=5e-3)
@@ -108,8 +111,8 @@ def test_overfit_and_greedy_reproduces_training_captions(world, tmp_path):
         opt.step()
         first = first or {k: float(v.detach()) for k, v in out.items()}
         if step >= 100 and step % 20 == 19:
-            reproduced = (model.generate(images, tok, kind="long", temperature=0) == norm(longs)
-                          and model.generate(images, tok, kind="short", temperature=0) == norm(shorts))
+            reproduced = (model.generate(images, kind="long", temperature=0) == norm(longs)
+                          and model.generate(images, kind="short", temperature=0) == norm(shorts))
             if reproduced:
                 break
     last = {k: float(v.detach()) for k, v in out.items()}
@@ -117,17 +120,18 @@ def test_overfit_and_greedy_reproduces_training_captions(world, tmp_path):
     assert last["caption_loss"] < 0.1 * first["caption_loss"]
     assert last["contrastive_loss"] < 0.5 * first["contrastive_loss"]
     # the kind token, not the image alone, chooses the caption
-    assert model.generate(images, tok, kind="short", temperature=0) != model.generate(images, tok, kind="long",
-                                                                                       temperature=0)
+    assert model.generate(images, kind="short", temperature=0) != model.generate(images, kind="long", temperature=0)
     # nucleus sampling at 0.7 stays on the training captions of a confident model
-    assert model.generate(images, tok, kind="short", seed=3) == norm(shorts)
+    assert model.generate(images, kind="short", seed=3) == norm(shorts)
 
     # save / load: identical weights and identical samples
     model.save_pretrained(str(tmp_path / "coca"))
     again = CoCa.from_pretrained(str(tmp_path / "coca"))
     for k, v in model.state_dict().items():
         assert torch.equal(v, again.state_dict()[k]), k
-    assert again.generate(images, tok, kind="long", seed=5) == model.generate(images, tok, kind="long", seed=5)
+    with pytest.raises(ValueError, match="needs the tokenizer"):
+        again.generate(images)  # the tokenizer is its own part: not in the weights
+    assert again.generate(images, kind="long", seed=5, tokenizer=tok) == model.generate(images, kind="long", seed=5)
 
 
 def test_sampling_is_seeded_and_cache_matches_no_cache(world):

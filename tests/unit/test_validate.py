@@ -101,13 +101,22 @@ def test_schema_and_counts(clean, tmp_path):
     meta = json.load(open(os.path.join(ds, "dataset.json")))
     meta["input"] += 2                           # counts that do not balance
     json.dump(meta, open(os.path.join(ds, "dataset.json"), "w"))
+    # a duplicate whose kept record is not in the manifest; a quarantine reason nobody knows
+    pd.DataFrame([{"source": "s", "key": "dup-1", "kept_key": "gone", "kind": "exact", "distance": 0}]
+                 ).to_parquet(os.path.join(ds, "duplicates.parquet"), index=False)
+    pd.DataFrame([{"source": "s", "key": "q-1", "reason": "cosmic rays", "detail": ""}]
+                 ).to_parquet(os.path.join(ds, "quarantine.parquet"), index=False)
     res = validate(ds)
     failed = set(res["failed_expectations"])
     assert {"expect_table_columns_to_match_set",
             "expect_column_values_to_be_in_type_list(width)",
             "dataset.expect_column_pair_values_to_be_equal(manifest_rows, accepted)",
-            "dataset.expect_column_values_to_be_between(unaccounted)"} <= failed
-    assert "missing columns ['phash']" in summary_text(res)
+            "dataset.expect_column_pair_values_to_be_equal(duplicate_rows, duplicates)",
+            "dataset.expect_column_values_to_be_between(unaccounted)",
+            "duplicates.expect_column_values_to_be_null(kept_key_missing)",
+            "quarantine.expect_column_values_to_be_in_set(reason)"} <= failed
+    text = summary_text(res)
+    assert "missing columns ['phash']" in text and '["gone"]' in text and "cosmic rays" in text
 
 
 def test_quarantine_and_duplicate_ratios(raw, tmp_path):

@@ -1,0 +1,18 @@
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Markdown, Metrics, Model, Output
+
+from components.images import GPU_IMAGE
+
+
+@dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
+def evaluate(bundle: Input[Model], dataset: Input[Dataset], preset: str, overrides: str, name: str, workdir: str,
+             metrics: Output[Metrics], report: Output[Markdown]) -> dict:
+    """Prompt following (oracle-judged), CLIP score, FD, diversity, dVAE and captioner metrics."""
+    from model_code import storage
+    from model_code.steps import evaluate_step, input_location, output_location
+    result = evaluate_step(input_location(bundle.path), input_location(dataset.path),
+                           output_location(report.path + ".d", workdir, name), preset, overrides)
+    for key, value in result["metrics"].items():
+        metrics.log_metric(key, value)
+    storage.write_text(report.path, storage.read_text(result["report"]))
+    return result

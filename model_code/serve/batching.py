@@ -1,0 +1,161 @@
+"""Dynamic batching: concurrent requests with the same sampling settings become one
+Generator.generate call.
+
+A request (its prompts, n, candidates, seed and sampling overrides) waits in a bounded queue;
+one worker thread runs the generator. When the worker is free it takes the oldest request and,
+if that request carries no seed, every queued request with the same settings and no seed, up to
+`max_batch` prompts, waiting at most `window_s` after the first one arrived for company (under
+load the queue fills while the generator works, so batches form without any waiting). A full
+queue refuses new requests with QueueFull (the server answers 503).
+
+Seeds. Generator.generate draws all prompts of one call from one torch.Generator, so a prompt's
+images depend on which other prompts share its call. A client that sends a seed is promised the
+same images for the same request every time, so seeded requests always run alone, exactly as
+they would unbatched (tests/integration/test_serve.py checks it). Unseeded requests are merged
+and the batch gets a fresh random seed.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(Exception):
+    """The generator's queue is full: try again later (HTTP 503)."""
+
+
+@dataclass
+class _Job:
+    prompts: list[str]
+    n: int
+    candidates: int | None
+    seed: int | None
+    settings: tuple            # sorted (key, value) pairs of sampling overrides
+    future: asyncio.Future
+    arrived: float = field(default_factory=time.monotonic)
+
+    @property
+    def key(self) -> tuple:
+        return (self.n, self.candidates, self.settings)
+
+    def mergeable_with(self, other: "_Job") -> bool:
+        return self.seed is None and other.seed is None and self.key == other.key
+
+
+class Batcher:
+    """Queue + one generator thread. `generate(prompts, n, candidates, seed, **settings)` must
+    return one result per prompt, in order (Generator.generate does)."""
+
+    def __init__(self, generate: Callable[..., Sequence[Any]], max_batch: int = 16, window_s: float = 0.01,
+                 queue_size: int = 64, metrics=None):
+        if max_batch < 1 or queue_size < 1 or window_s < 0:
+            raise ValueError("max_batch and queue_size must be >= 1 and window_s >= 0")
+        self.generate, self.max_batch, self.window_s, self.queue_size = generate, max_batch, window_s, queue_size
+        self.metrics = metrics
+        self._pending: collections.deque[_Job] = collections.deque()
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="easel-generate")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self.calls = 0   # Generator.generate calls so far
+
+    # -------------------------------------------------------------- public
+    @property
+    def depth(self) -> int:
+        return len(self._pending)
+
+    async def submit(self, prompts: Sequence[str], n: int = 1, candidates: int | None = None,
+                     seed: int | None = None, settings: dict | None = None) -> list:
+        """Queue one request; returns (its results, one per prompt, and the seed its call used).
+        Raises QueueFull."""
+        self._ensure_worker()
+        if len(self._pending) >= self.queue_size:
+            if self.metrics:
+                self.metrics.queue_rejections.inc()
+            raise QueueFull(f"the generator queue is full ({self.queue_size} requests waiting); retry later")
+        job = _Job(list(prompts), int(n), candidates, seed, tuple(sorted((settings or {}).items())),
+                   self._loop.create_future())
+        self._pending.append(job)
+        self._depth_changed()
+        self._wake.set()
+        return await job.future
+
+    def close(self) -> None:
+        if self._task is not None and self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._task.cancel)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -------------------------------------------------------------- the worker
+    def _ensure_worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._task is None or self._task.done():
+            # first use, or a new event loop (a restarted server): state belongs to one loop
+            self._loop, self._wake = loop, asyncio.Event()
+            self._task = loop.create_task(self._run(), name="easel-batcher")
+
+    def _depth_changed(self) -> None:
+        if self.metrics:
+            self.metrics.queue_depth.set(len(self._pending))
+
+    def _take_batch(self) -> list[_Job]:
+        first = self._pending.popleft()
+        batch, size = [first], len(first.prompts)
+        if first.seed is None:
+            for job in list(self._pending):
+                if job.mergeable_with(first) and size + len(job.prompts) <= self.max_batch:
+                    batch.append(job)
+                    size += len(job.prompts)
+                    self._pending.remove(job)
+        self._depth_changed()
+        return batch
+
+    async def _run(self) -> None:
+        while True:
+            while not self._pending:
+                self._wake.clear()
+                await self._wake.wait()
+            first = self._pending[0]
+            if first.seed is None and len(first.prompts) < self.max_batch:
+                # company may be on its way: wait out the rest of the window the first job opened
+                delay = first.arrived + self.window_s - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            batch = self._take_batch()
+            batch = [j for j in batch if not j.future.done()]   # callers that gave up
+            if batch:
+                await self._execute(batch)
+
+    async def _execute(self, batch: list[_Job]) -> None:
+        head = batch[0]
+        prompts = [p for j in batch for p in j.prompts]
+        # a merged batch of unseeded requests gets a fresh seed; a seeded request runs alone
+        seed = head.seed if head.seed is not None else secrets.randbelow(2**31)
+        t0 = time.perf_counter()
+        try:
+            results = await self._loop.run_in_executor(
+                self._executor, lambda: self.generate(prompts, head.n, head.candidates, seed, **dict(head.settings)))
+        except Exception as e:  # the generator failed: every request of the batch learns why
+            log.exception("generation failed for a batch of %d prompts", len(prompts))
+            for j in batch:
+                if not j.future.done():
+                    j.future.set_exception(e)
+            return
+        self.calls += 1
+        if self.metrics:
+            self.metrics.generate_seconds.observe(time.perf_counter() - t0)
+            self.metrics.batch_prompts.observe(len(prompts))
+            self.metrics.batch_requests.observe(len(batch))
+        i = 0
+        for j in batch:
+            part = list(results[i:i + len(j.prompts)])
+            i += len(j.prompts)
+            if not j.future.done():
+                j.future.set_result((part, seed))

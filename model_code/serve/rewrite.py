@@ -1,0 +1,238 @@
+"""Prompt rewriting (DALL-E 3, section 3.5 / appendix C): short user prompts are expanded into the
+long, detailed captions the model was trained on, keeping everything the user asked for.
+
+The built-in rewriter works in the Shapes world's vocabulary: it parses the prompt into
+constraints (model_code.text.caption_parser), builds one scene that satisfies all of them, fills
+in what the prompt left open (sizes, colours, shapes, cells, background) from a seeded random
+draw, checks the scene against the constraints with the same judge evaluation uses, and writes
+the scene as the canonical long caption (model_code.data.shapes.long_caption: count, sizes,
+colours, shapes, positions, relations, background). It never drops a constraint: when no scene
+can satisfy the prompt inside the world (five objects, two objects in one cell, a contradiction)
+or the prompt states nothing the parser knows, the prompt is returned unchanged.
+
+    BuiltinRewriter().rewrite("two red crosses", seed=0).text
+    -> "Two shapes on a gray background: a small red cross in the top left and a large red cross
+        in the bottom right. The red cross is to the left of and above the red cross."
+
+A chat endpoint (OpenAI-compatible, e.g. an LLM served by KServe) can do the rewriting instead
+(serve.rewrite.url / EASEL_REWRITE_URL, .model / EASEL_REWRITE_MODEL); its answer is accepted only
+if it still states every constraint of the prompt (`preserves`), otherwise the built-in rewrite
+is used. Same prompt and seed -> same rewrite.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+from dataclasses import dataclass
+
+from model_code.data import shapes
+from model_code.text.caption_parser import Constraints, ObjectSpec, parse_caption, score_image
+
+log = logging.getLogger(__name__)
+
+_ATTRS = ("shape", "color", "size", "cell")
+_TRIES = 20   # fresh random fills before giving up on a prompt
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    text: str
+    source: str    # "builtin" | "chat" | "unchanged" (nothing to expand, or not satisfiable)
+    note: str = ""
+
+
+def _rng(prompt: str, seed: int | None) -> random.Random:
+    """Deterministic across processes (Python's hash() is salted per process)."""
+    h = hashlib.sha256(f"{seed if seed is not None else ''}\x00{prompt}".encode("utf-8", "surrogatepass"))
+    return random.Random(int.from_bytes(h.digest()[:8], "big"))
+
+
+# ---------------------------------------------------------------- constraints -> one scene
+def _compatible(obj: dict, spec: ObjectSpec) -> bool:
+    return all(v is None or obj[k] is None or obj[k] == v for k, v in spec.as_dict().items())
+
+
+def _unify(obj: dict, spec: ObjectSpec) -> None:
+    for k, v in spec.as_dict().items():
+        if v is not None:
+            obj[k] = v
+
+
+def _bind(objs: list[dict], spec: ObjectSpec, exclude: int | None = None) -> int:
+    """The index of the object that plays `spec`: an exact match first, else a compatible one
+    (its open attributes are filled from spec), else a new object."""
+    want = spec.as_dict()
+    for i, o in enumerate(objs):
+        if i != exclude and o == want:
+            return i
+    for i, o in enumerate(objs):
+        if i != exclude and _compatible(o, spec):
+            _unify(o, spec)
+            return i
+    objs.append(dict(want))
+    return len(objs) - 1
+
+
+def required_objects(c: Constraints) -> tuple[list[dict], list[tuple[int, str, int]]] | None:
+    """Partial objects the constraints need (None = open attribute) and relations between them
+    as (index, relation, index); None if the world cannot hold them."""
+    objs = [o.as_dict() for o in c.objects if not o.is_empty()]
+    for cnt in c.counts:
+        if cnt.what.is_empty() or cnt.n == 0:
+            continue
+        if cnt.what.cell is not None and cnt.n > 1:
+            return None   # one object per cell
+        have = sum(all(o[k] == v for k, v in cnt.what.as_dict().items() if v is not None) for o in objs)
+        objs += [cnt.what.as_dict() for _ in range(max(0, cnt.n - have))]
+    rels = []
+    for r in c.relations:
+        a = _bind(objs, r.a)
+        b = _bind(objs, r.b, exclude=a)
+        rels.append((a, r.relation, b))
+    totals = {cnt.n for cnt in c.counts if cnt.what.is_empty()}
+    if len(totals) > 1:
+        return None
+    if totals:
+        total = totals.pop()
+        if total < len(objs) or total < 1:
+            return None
+        objs += [dict.fromkeys(_ATTRS) for _ in range(total - len(objs))]
+    if not objs or len(objs) > shapes.MAX_OBJECTS:
+        return None
+    return objs, rels
+
+
+def _assign_cells(objs: list[dict], rels: list[tuple[int, str, int]], rng: random.Random) -> bool:
+    """Give every object without a cell a free cell so that all relations hold (backtracking
+    over at most 4 objects x 9 cells, in a seeded random order)."""
+    taken = [o["cell"] for o in objs if o["cell"]]
+    if len(set(taken)) != len(taken):
+        return False
+    free_idx = [i for i, o in enumerate(objs) if not o["cell"]]
+
+    def rels_ok() -> bool:
+        for a, rel, b in rels:
+            if objs[a]["cell"] and objs[b]["cell"] and rel not in shapes.relation(objs[a], objs[b]):
+                return False
+        return True
+
+    def place(k: int) -> bool:
+        if k == len(free_idx):
+            return rels_ok()
+        cells = [c for c in shapes.CELLS if c not in {o["cell"] for o in objs if o["cell"]}]
+        rng.shuffle(cells)
+        for cell in cells:
+            objs[free_idx[k]]["cell"] = cell
+            if rels_ok() and place(k + 1):
+                return True
+        objs[free_idx[k]]["cell"] = None
+        return False
+
+    return rels_ok() and place(0)
+
+
+def expand(prompt: str, seed: int | None = None, size: int = 64) -> dict | None:
+    """One scene graph that satisfies every constraint of `prompt`, open details drawn from a
+    seeded RNG; None when the prompt states nothing or nothing in the world satisfies it."""
+    c = parse_caption(prompt)
+    if len(c) == 0 or len(set(c.backgrounds)) > 1:
+        return None
+    rng = _rng(prompt, seed)
+    for _ in range(_TRIES):
+        req = required_objects(c)
+        if req is None:
+            return None
+        objs, rels = req
+        for o in objs:   # open attributes: plausible, drawn from the seed
+            o["shape"] = o["shape"] or rng.choice(shapes.SHAPES)
+            o["color"] = o["color"] or rng.choice(list(shapes.COLORS))
+            o["size"] = o["size"] or rng.choice(list(shapes.SIZES))
+        if not _assign_cells(objs, rels, rng):
+            return None   # cells and relations contradict each other
+        background = c.background or rng.choice(list(shapes.BACKGROUNDS))
+        scene = shapes.scene_from_objects(objs, size=size, background=background, seed=rng.randrange(2**31))
+        # the judge of prompt following decides; a random fill can break a count ("two red
+        # crosses" + an open colour drawn red), so draw again
+        if score_image(scene, c)["exact"]:
+            return scene
+    return None
+
+
+# ---------------------------------------------------------------- checking a rewrite
+def described_scene(text: str) -> dict:
+    """The scene a (long) caption describes, as far as it states it: its objects (open
+    attributes None) and background."""
+    c = parse_caption(text)
+    return {"background": c.background, "objects": [o.as_dict() for o in c.objects]}
+
+
+def preserves(original: str, rewritten: str) -> bool:
+    """Does `rewritten` still state every constraint of `original`? (Each object, exact count,
+    relation and background of the original holds in the scene the rewrite describes.)"""
+    c = parse_caption(original)
+    scene = described_scene(rewritten)
+    if c.relations and any(o["cell"] is None for o in scene["objects"]):
+        return False   # relations are judged on cells; an object without one cannot be placed
+    return bool(score_image(scene, c)["exact"])
+
+
+# ---------------------------------------------------------------- rewriters
+class BuiltinRewriter:
+    """Shapes-world rewriting (module docstring); pure Python, ~1 ms."""
+
+    def rewrite(self, prompt: str, seed: int | None = None) -> Rewrite:
+        scene = expand(prompt, seed)
+        if scene is None:
+            return Rewrite(prompt, "unchanged", "nothing the Shapes world can expand, or not satisfiable")
+        return Rewrite(shapes.long_caption(scene), "builtin")
+
+
+SYSTEM_PROMPT = (
+    "You rewrite short image prompts into one detailed caption for a text-to-image model that "
+    "draws flat shapes (circle, square, triangle, star, cross; colours red, orange, yellow, green, "
+    "cyan, blue, purple, black; sizes small or large; positions on a 3x3 grid such as 'in the top "
+    "left' or 'in the center'; backgrounds white, beige, gray or light blue). Keep every object, "
+    "count, colour, size, position, relation and background the prompt states; choose the details "
+    "it leaves open. Answer with the caption only, in this style:\n")
+
+
+class ChatRewriter:
+    """Rewriting by an OpenAI-compatible chat endpoint, checked; the built-in rewriter is the
+    fallback for a failed call or an answer that loses a constraint."""
+
+    def __init__(self, url: str, model: str, timeout_s: float = 10.0, api_key: str | None = None):
+        import os
+
+        import openai
+        self.model = model
+        self.client = openai.OpenAI(base_url=url, api_key=api_key or os.environ.get("EASEL_REWRITE_API_KEY") or "none",
+                                    timeout=timeout_s, max_retries=0)
+        self.fallback = BuiltinRewriter()
+        example = shapes.sample_scene(random.Random(0), 64, n_objects=3)
+        self.system = SYSTEM_PROMPT + shapes.long_caption(example)
+
+    def rewrite(self, prompt: str, seed: int | None = None) -> Rewrite:
+        try:
+            out = self.client.chat.completions.create(
+                model=self.model, temperature=0, seed=seed, max_tokens=400,
+                messages=[{"role": "system", "content": self.system}, {"role": "user", "content": prompt}])
+            text = (out.choices[0].message.content or "").strip()
+        except Exception as e:  # an unreachable or failing endpoint must not fail the request
+            log.warning("rewrite endpoint failed (%s); using the built-in rewriter", e)
+            r = self.fallback.rewrite(prompt, seed)
+            return Rewrite(r.text, r.source, f"chat endpoint failed: {type(e).__name__}")
+        if text and preserves(prompt, text):
+            return Rewrite(text, "chat")
+        r = self.fallback.rewrite(prompt, seed)
+        return Rewrite(r.text, r.source, "the chat rewrite lost a constraint of the prompt")
+
+
+def rewriter_from_config(cfg: dict):
+    """The serve `rewrite:` section -> a rewriter (None when rewriting is disabled)."""
+    rw = cfg["rewrite"]
+    if not rw["enabled"]:
+        return None
+    if rw["url"]:
+        return ChatRewriter(rw["url"], rw["model"], rw["timeout_s"])
+    return BuiltinRewriter()

@@ -1,0 +1,169 @@
+"""Prompt and image safety: each check returns a Verdict with a policy code and a reason.
+
+DALL-E 3 runs safety classifiers on prompts and on generated images; here the classifier is the
+bundle's own CLIP, used zero-shot: the configured unsafe concept phrases are embedded once with
+the CLIP text tower, and a prompt (text tower) or an image (image tower) whose cosine similarity
+to any concept reaches the threshold is refused / withheld. Cheaper exact checks come first for
+prompts: a word blocklist and regular expressions.
+
+Policy codes (the `policy` of a Verdict, also the label of the refusal metrics):
+    prompt.blocklist   a blocklisted word or phrase
+    prompt.pattern     a configured regular expression matched
+    prompt.concept     close to an unsafe concept in CLIP text space
+    image.concept      a generated image close to an unsafe concept in CLIP image-text space
+
+    safety = Safety(cfg["safety"], ClipEmbedder(tokenizer, clip))
+    safety.check_prompts(["a red circle"])   -> [Verdict(allowed=True, ...)]
+    safety.check_images([pil, ...])          -> [Verdict(...), ...]
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import threading
+import unicodedata
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    policy: str | None = None        # a policy code (module docstring) when refused
+    reason: str = ""
+    score: float | None = None       # the concept similarity that decided, when one did
+
+    def as_dict(self) -> dict:
+        return {"allowed": self.allowed, "policy": self.policy, "reason": self.reason, "score": self.score}
+
+
+ALLOWED = Verdict(True)
+
+# characters people insert to dodge word lists: zero-width spaces/joiners, soft hyphen, BOM
+_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\u00ad\ufeff"), None)
+
+
+def normalize(text: str) -> str:
+    """NFKC (fullwidth and styled letters -> plain), invisible characters removed, casefolded,
+    whitespace collapsed: what the word and pattern checks read."""
+    text = unicodedata.normalize("NFKC", text).translate(_INVISIBLE).casefold()
+    return " ".join(text.split())
+
+
+class ClipEmbedder:
+    """The two CLIP towers of a bundle, for zero-shot concept matching.
+
+    Built from a loaded Generator's parts, or (for a transformer that does not generate) from a
+    bundle's tokenizer/ and clip/ directories only. Thread-safe: one forward at a time."""
+
+    def __init__(self, tokenizer, clip):
+        self.tokenizer, self.clip = tokenizer, clip.eval()
+        # CLIP's positional table bounds the text length; the tokenizer may allow more
+        self.max_len = min(int(tokenizer.max_len), int(clip.config["max_text_tokens"]))
+        self.image_size = int(clip.config["image_size"])
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_bundle(cls, bundle: str) -> "ClipEmbedder":
+        from model_code import storage
+        from model_code.generate import read_bundle_meta
+        from model_code.models.clip import CLIP
+        from model_code.text.tokenizer import TextTokenizer
+        meta = read_bundle_meta(bundle)
+        parts = meta["parts"]
+        with tempfile.TemporaryDirectory() as tmp:
+            def local(part: str) -> str:
+                uri = storage.join(bundle, parts[part])
+                return storage.get_dir(uri, os.path.join(tmp, part)) if storage.is_remote(uri) else storage.local_path(uri)
+            return cls(TextTokenizer.load(local("tokenizer")), CLIP.from_pretrained(local("clip")))
+
+    @torch.no_grad()
+    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """(N, D) unit vectors."""
+        ids, mask = self.tokenizer.encode_batch(list(texts), max_len=self.max_len)
+        with self._lock:
+            return self.clip.encode_text(ids, mask)
+
+    @torch.no_grad()
+    def embed_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """(N, D) unit vectors; images resized to CLIP's input size."""
+        from model_code.generate import to_tensor
+        x = to_tensor(images, self.image_size)   # (N, 3, S, S) in [-1, 1]
+        with self._lock:
+            return self.clip.encode_image(x)
+
+
+class Safety:
+    """The prompt and image policies of one server (config: the serve `safety:` section)."""
+
+    def __init__(self, cfg: dict, embedder: ClipEmbedder | None):
+        self.cfg = cfg
+        words = [normalize(w) for w in cfg.get("blocklist") or []]
+        # whole words/phrases only ("gore" must not refuse "Gorey Street"); phrases match across
+        # any run of whitespace or punctuation
+        self._blocklist = [(w, re.compile(r"(?<!\w)" + r"[\W_]+".join(map(re.escape, w.split())) + r"(?!\w)"))
+                           for w in words if w]
+        self._patterns = [(re.compile(p["pattern"], re.IGNORECASE), p["reason"]) for p in cfg.get("patterns") or []]
+        self.embedder = embedder
+        self.prompt_concepts = list(cfg.get("prompt_concepts") or [])
+        self.image_concepts = list(cfg.get("image_concepts") or [])
+        self.prompt_threshold = float(cfg.get("prompt_threshold", 1.01))
+        self.image_threshold = float(cfg.get("image_threshold", 1.01))
+        self._prompt_emb = self._image_emb = None
+        if embedder is not None:   # concepts are embedded once, at start-up
+            if self.prompt_concepts:
+                self._prompt_emb = embedder.embed_texts(self.prompt_concepts)   # (C, D)
+            if self.image_concepts:
+                self._image_emb = embedder.embed_texts(self.image_concepts)     # (C', D)
+
+    # -------------------------------------------------------------- prompts
+    def check_prompt_text(self, prompt: str) -> Verdict:
+        """The exact checks (blocklist, patterns): no model involved."""
+        text = normalize(prompt)
+        for word, rx in self._blocklist:
+            if rx.search(text):
+                return Verdict(False, "prompt.blocklist", f"the prompt contains the blocked term {word!r}")
+        for rx, reason in self._patterns:
+            if rx.search(text) or rx.search(prompt):
+                return Verdict(False, "prompt.pattern", f"the prompt contains {reason}")
+        return ALLOWED
+
+    def check_prompts(self, prompts: Sequence[str]) -> list[Verdict]:
+        verdicts = [self.check_prompt_text(p) for p in prompts]
+        todo = [i for i, v in enumerate(verdicts) if v.allowed]
+        if todo and self._prompt_emb is not None and self.prompt_threshold <= 1.0:
+            sims = self.embedder.embed_texts([prompts[i] for i in todo]) @ self._prompt_emb.T   # (P, C)
+            for row, i in zip(sims, todo):
+                verdicts[i] = self._concept_verdict(row, self.prompt_concepts, self.prompt_threshold,
+                                                    "prompt.concept", "the prompt")
+        return verdicts
+
+    # -------------------------------------------------------------- images
+    def check_images(self, images: Sequence[Image.Image]) -> list[Verdict]:
+        if not images or self._image_emb is None or self.image_threshold > 1.0:
+            return [ALLOWED] * len(images)
+        sims = self.embedder.embed_images(images) @ self._image_emb.T   # (I, C')
+        return [self._concept_verdict(row, self.image_concepts, self.image_threshold, "image.concept",
+                                      "the generated image") for row in sims]
+
+    def image_similarities(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """(I, C') cosine similarity of each image to each image concept (for calibration)."""
+        return self.embedder.embed_images(images) @ self._image_emb.T
+
+    def prompt_similarities(self, prompts: Sequence[str]) -> torch.Tensor:
+        """(P, C) cosine similarity of each prompt to each prompt concept (for calibration)."""
+        return self.embedder.embed_texts(list(prompts)) @ self._prompt_emb.T
+
+    @staticmethod
+    def _concept_verdict(row: torch.Tensor, concepts: list[str], threshold: float, policy: str,
+                         what: str) -> Verdict:
+        j = int(torch.argmax(row))
+        score = float(row[j])
+        if score >= threshold:
+            return Verdict(False, policy, f"{what} is too close to the unsafe concept {concepts[j]!r} "
+                                          f"(similarity {score:.2f} >= {threshold:.2f})", score)
+        return Verdict(True, None, "", score)

@@ -1,0 +1,17 @@
+"""Sub-pipelines users run alone from the Kubeflow UI: evaluate-and-promote an existing bundle,
+and train one recipe on an existing dataset."""
+from kfp import dsl
+from kfp.dsl import Dataset, Model
+
+from pipelines.lifecycle import release_stage
+
+
+@dsl.pipeline(name="easel-evaluate-promote",
+              description="Evaluate a bundle on a dataset's held-out prompts, register it with lineage, "
+                          "gate it against thresholds and production, and promote it")
+def evaluate_promote_pipeline(bundle_uri: str, dataset_uri: str, model_name: str = "easel-dalle",
+                              recipe: str = "dalle", preset: str = "tiny", overrides: str = "",
+                              workdir: str = ""):
+    bundle = dsl.importer(artifact_uri=bundle_uri, artifact_class=Model, reimport=False)
+    dataset = dsl.importer(artifact_uri=dataset_uri, artifact_class=Dataset, reimport=False)
+    release_stage(bundle.output, dataset.output, preset, overrides, model_name, workdir, "candidate")

@@ -1,0 +1,114 @@
+"""evaluate() end to end and the three paper tables, on tiny untrained bundles, with MLflow on a
+temporary SQLite store. Untrained models draw no shapes: the numbers are checked for shape and
+consistency, not quality (tests/e2e trains models that draw)."""
+import json
+import os
+
+import pytest
+
+from tests.bundles import build_parts, tiny_bundle
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate")
+    old = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "EASEL_HOME")}
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root}/mlflow.db"
+    os.environ["EASEL_HOME"] = str(root / "home")
+    from model_code.data.ingest import ingest
+    from model_code.data.synth import synthesize
+    synthesize(str(root / "raw"), n=40, size=32, seed=0, curated_fraction=0.25)
+    ingest(str(root / "raw"), str(root / "ds"), size=32, shard_size=20, heldout_fraction=0.3)
+    yield {"root": root, "ds": str(root / "ds"), "dalle": tiny_bundle(str(root), "dalle")}
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def test_evaluate_end_to_end(env):
+    from mlflow import MlflowClient
+
+    from model_code.evaluate.evaluate import evaluate
+    from model_code.evaluate.gates import gate
+    out = str(env["root"] / "eval")
+    r = evaluate(env["dalle"], env["ds"], out, n_per_category=1, samples_per_prompt=2, candidates=2)
+    m = r["metrics"]
+    assert set(r["per_category"]) == {"color", "size", "spatial", "count", "short", "long"}
+    for cat, v in r["per_category"].items():
+        assert v["images"] == 2 and 0.0 <= v["exact"] <= v["constraint"] <= 1.0, cat
+        assert m[f"pf.{cat}.exact"] == v["exact"] and -1.0 <= v["clip_score"] <= 1.0
+    assert m["n_prompts"] == 6 and m["n_images"] == 12 and m["n_real_images"] > 0
+    for key in ("pf.exact", "pf.constraint", "clip_score", "diversity", "fd_clip", "dvae.psnr",
+                "dvae.perplexity", "dvae.dead_codes"):
+        assert key in m, key
+    assert m["fd_clip"] >= 0.0 and m["diversity"] >= 0.0
+    # the report and its pictures
+    report = open(r["report"]).read()
+    assert "| spatial |" in report and "![color](samples-color.png)" in report
+    for f in ("samples-long.png", "per_category.csv", "metrics.json", "prompts.json", "rows.json"):
+        assert os.path.exists(os.path.join(out, f)), f
+    assert json.load(open(os.path.join(out, "metrics.json")))["n_images"] == 12
+    # the MLflow run: metrics, params, the per-category table and the report as artifacts
+    c = MlflowClient()
+    run = c.get_run(r["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["pf.short.exact"] == m["pf.short.exact"]
+    assert run.data.params["recipe"] == "dalle" and run.data.params["candidates"] == "2"
+    arts = {a.path for a in c.list_artifacts(r["run_id"])}
+    assert {"report.md", "per_category.json", "samples-short.png"} <= arts
+    # an untrained bundle fails the tiny preset's gates
+    assert gate(m, "tiny")["verdict"] == "failed"
+
+
+def test_evaluate_rejects_bad_settings(env):
+    from model_code.evaluate.evaluate import evaluate
+    with pytest.raises(ValueError, match="sampling"):
+        evaluate(env["dalle"], env["ds"], str(env["root"] / "bad"), sampling={"decoder_guidance": 2.0},
+                 mlflow=False)
+    with pytest.raises(ValueError, match="n_per_category"):
+        evaluate(env["dalle"], env["ds"], str(env["root"] / "bad"), n_per_category=0, mlflow=False)
+
+
+def test_tables_at_tiny_size(env):
+    from model_code.evaluate import tables as T
+    md = str(env["root"] / "docs" / "results.md")
+    cap = T.table_captions({"original": env["dalle"], "synthetic": env["dalle"], "blend": env["dalle"]},
+                           env["ds"], str(env["root"] / "t-captions"), n_per_category=1, samples_per_prompt=1,
+                           sampling={"candidates": 1}, results_md=md)
+    assert [r["policy"] for r in cap["rows"]] == ["original", "synthetic", "blend"]
+    # one bundle three times, same prompts and seeds: identical numbers, every claim a tie
+    assert len({(r["short_constraint"], r["long_constraint"], r["clip_score"]) for r in cap["rows"]}) == 1
+    assert cap["markdown"].count("**tie**") == 4
+
+    rr = T.table_rerank(env["dalle"], env["ds"], str(env["root"] / "t-rerank"), budgets=(1, 2, 4),
+                        n_per_category=1, categories=("short", "color"), results_md=md)
+    assert [r["budget"] for r in rr["rows"]] == [1, 2, 4]
+    assert [r["groups_per_prompt"] for r in rr["rows"]] == [4, 2, 1]
+    clip = [r["clip_score"] for r in rr["rows"]]
+    assert clip == sorted(clip)        # the mean CLIP-best of N can only rise with N
+
+    root = env["root"]
+    text_parts = build_parts(str(root / "parts-text"), "unclip", overrides={"decoder": {"conditioning": "text"}})
+    from model_code.generate import save_bundle
+    text = save_bundle(str(root / "bundle-text"), "unclip", text_parts, preset="tiny")
+    unclip = tiny_bundle(str(root), "unclip")
+    fast = {"prior_steps": 2, "decoder_steps": 2, "upsample": False}
+    gd = T.table_guidance(unclip, text, env["ds"], str(root / "t-guidance"), scales=(1.0, 3.0), n_per_category=1,
+                          samples_per_prompt=2, categories=("short",), sampling=fast, results_md=md)
+    assert [(r["model"], r["scale"]) for r in gd["rows"]] == [("unCLIP", 1.0), ("unCLIP", 3.0),
+                                                              ("text decoder", 1.0), ("text decoder", 3.0)]
+    assert all(r["diversity"] is not None and r["diversity"] >= 0 for r in gd["rows"])
+    with pytest.raises(ValueError, match="text_decoder_bundle"):
+        T.table_guidance(unclip, unclip, env["ds"], str(root / "t-bad"), mlflow=False, results_md=False)
+
+    # docs/results.md: one section per table, rewritten in place, plots beside it
+    text_md = open(md).read()
+    for key in ("captions", "rerank", "guidance"):
+        assert text_md.count(f"<!-- easel-table:{key} -->") == 1
+        assert os.path.exists(root / "docs" / "results" / f"{key}.png")
+    T.update_results(md, "rerank", "## replaced")
+    again = open(md).read()
+    assert again.count("<!-- easel-table:rerank -->") == 1 and "## replaced" in again
+    assert again.index("easel-table:captions") < again.index("easel-table:rerank") < again.index("easel-table:guidance")
