@@ -147,6 +147,16 @@ def _model_rollback(a) -> dict:
     return rollback(a.name, alias=a.alias, reason=a.reason, user=a.user)
 
 
+# -- easel serve (model_code.serve)
+def _serve(a) -> dict:
+    from model_code.serve import serve
+    if a.workers not in (None, 1):
+        raise UsageError("--workers: one server process per container (scale with replicas)")
+    serve(a.model, name=a.name, host=a.host, port=a.port, role=a.role, predictor_host=a.predictor_host,
+          generate_only=a.generate_only, predictor_protocol=a.predictor_protocol)
+    return {}
+
+
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="easel", description="Easel: the lifecycle of DALL-E-family "
@@ -269,6 +279,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--alias", default="production", choices=["production", "staging"])
     s.add_argument("--reason", default=None, help="why (recorded)")
     s.add_argument("--user", default=None, help="who (default $EASEL_USER or the login name)")
+
+    # easel serve; KServe appends --model_name, --predictor_host, --http_port and --workers to a
+    # transformer's arguments, so the underscore spellings are accepted too
+    s = cmd(sub, "serve", _serve, "the KServe model server (V1, V2, OpenAI images) for a model")
+    s.add_argument("--model", default=os.environ.get("EASEL_SERVE_MODEL", "models:/easel-dalle@production"),
+                   help="models:/NAME@ALIAS, models:/NAME/VERSION, a bundle directory, s3:// prefix or "
+                        "/mnt/models (default $EASEL_SERVE_MODEL or models:/easel-dalle@production)")
+    s.add_argument("--name", "--model_name", dest="name", default="easel", help="served model name (URL path)")
+    s.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 in a container)")
+    s.add_argument("--port", "--http_port", dest="port", type=int, default=8080)
+    s.add_argument("--role", default="predictor", choices=["predictor", "transformer"])
+    s.add_argument("--predictor-host", "--predictor_host", dest="predictor_host", default=None,
+                   metavar="HOST:PORT", help="the predictor a transformer forwards to")
+    s.add_argument("--predictor-protocol", "--predictor_protocol", dest="predictor_protocol", default="v1",
+                   choices=["v1", "v2"], help="how a transformer talks to its predictor")
+    s.add_argument("--generate-only", action="store_true",
+                   help="a predictor behind a transformer: generation only (safety, rewriting and "
+                        "provenance run in the transformer)")
+    s.add_argument("--workers", type=int, default=None, help=argparse.SUPPRESS)
     return p
 
 

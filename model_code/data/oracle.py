@@ -40,7 +40,7 @@ _COLOR_NAMES = list(shapes.COLORS)
 _COLOR_RGB = np.array([shapes.COLORS[n] for n in _COLOR_NAMES], np.float32)    # (8, 3)
 
 # ---------------------------------------------------------------- tunables (fractions of S unless said)
-WORK_MAX = 64           # larger canvases are box-filtered to 64 px first (exact for 128, 256: integer factors)
+WORK_MAX = 64           # larger canvases are box-filtered to 64 px first (128, 256: exact factors)
 FG_ALPHA = 0.35         # foreground: a palette colour covers >= 35% of the pixel...
 RESID_FRAC = 0.30       # ...and the pixel lies within 0.30 |C - B| (+ RESID_ABS) of its line
 RESID_ABS = 12.0        # RGB units: JPEG / noise slack on the residual
@@ -94,7 +94,8 @@ def _first_guess(shape: str, area: float, mx: float, my: float) -> tuple[float, 
         e = float(_TABLE_EXTENTS[-1] * math.sqrt(area / areas[-1]))
     else:                 # area grows monotonically with extent
         e = float(np.interp(area, areas, _TABLE_EXTENTS))
-    return mx - float(np.interp(e, _TABLE_EXTENTS, oxs)), my - float(np.interp(e, _TABLE_EXTENTS, oys)), e
+    ox, oy = np.interp(e, _TABLE_EXTENTS, oxs), np.interp(e, _TABLE_EXTENTS, oys)
+    return mx - float(ox), my - float(oy), e
 
 
 def _render_alpha(shape: str, cx: float, cy: float, e: float, w: int, h: int) -> np.ndarray:
@@ -131,7 +132,7 @@ def _to_rgb_array(img: Any) -> np.ndarray:
         a = np.asarray(img)
     except Exception as exc:  # noqa: BLE001 - report what was wrong with the argument
         raise ValueError(f"img: cannot read as an array ({exc})") from None
-    if a.dtype == object or a.size == 0 or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+    if a.size == 0 or np.iscomplexobj(a) or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
         raise ValueError(f"img: expected a PIL image or a numeric array, got dtype {a.dtype}")
     if a.ndim == 4 and a.shape[0] == 1:  # a batch of one
         a = a[0]
@@ -162,7 +163,7 @@ def _square(a: np.ndarray) -> tuple[np.ndarray, float]:
     if (h, w) == (work, work):
         return a, 1.0
     im = Image.fromarray(np.round(a).astype(np.uint8))
-    # BOX is exact area averaging: a 256 render boxed to 128 is (up to rounding) a 128 render
+    # BOX is exact area averaging: a 256 render boxed to 64 is (up to rounding) a 64 render
     resample = Image.BOX if work < side and h == w else Image.BILINEAR
     im = im.resize((work, work), resample)
     return np.asarray(im, np.float32), side / work
@@ -420,9 +421,12 @@ def _floor(x: np.ndarray) -> np.ndarray:
 def _fit_shape(m: np.ndarray, S: int):
     """Analysis by synthesis on one object's soft mask m (S, S).
 
-    For each shape: start from the mask's centroid and the extent its area implies, then fix-point
-    iterate (render, compare centroid and area, shift and rescale): centroid and area are what blur
-    preserves, and clipping at the canvas edge is handled because the rendering is clipped too.
+    For each shape: start from the (cx, cy, extent) whose rendering has the mask's area and centroid,
+    then fix-point iterate (render, compare centroid and area, shift and rescale): centroid and area
+    are what blur preserves, and clipping at the canvas edge is handled because the rendering is
+    clipped too. A clean image matches one candidate's sharp rendering almost exactly
+    (error < CLEAN_ERR; wrong shapes are > 2.5x that even at 32 px) and is done; otherwise every
+    candidate is tried under every blur in BLUR_SIGMAS and the smallest squared error wins.
     Returns (shape, cx, cy, extent, soft IoU) in working pixels, or None.
     """
     ys, xs = np.nonzero(m)
@@ -440,14 +444,16 @@ def _fit_shape(m: np.ndarray, S: int):
     fits, sharp, means = [], [], []   # per shape: best sharp (shape, cx, cy, e, render), its error,
     for shape in shapes.SHAPES:       # and the mean of the iterates (the blur-invariant estimate)
         cx, cy, e = _first_guess(shape, A, mx, my)
-        best, seen = (math.inf, None), []
-        for _ in range(FIT_ITERS):
+        best, seen, best_it = (math.inf, None), [], 0
+        for it in range(FIT_ITERS):
             r = _floor(_render_alpha(shape, cx, cy, e, w, h).astype(np.float64))
             err = float(((r - win) ** 2).sum()) / norm
             if err < best[0]:
-                best = (err, (shape, cx, cy, e, r))
+                best, best_it = (err, (shape, cx, cy, e, r)), it
             ar = r.sum()
-            if ar <= 1e-6 or err < CLEAN_ERR:
+            # stop on an exact match, or when a clean match stopped improving; a blurred mask never
+            # matches sharply, so there all iterates are taken for the mean below
+            if ar <= 1e-6 or err < CLEAN_ERR / 4 or (best[0] < CLEAN_ERR and it - best_it >= 2):
                 break
             # rasterised moments jump a little as edges cross subpixel centres, so the fixed point
             # wobbles by ~1% on small shapes: keep the best iterate (sharp images) and the mean of
@@ -498,8 +504,11 @@ def match_objects(pred: dict, truth: dict) -> dict[str, Any]:
     """Pair predicted objects with true ones and say which attributes agree.
 
     Pairs maximise agreement (the cell counts most: it identifies an object); a pair that shares
-    neither the cell nor two other attributes is no pair. Returns {"pairs": [{"truth": i, "pred": j, "shape": bool, ..., "exact": bool}],
-    "missing": [truth indices], "extra": [pred indices], "object_accuracy": exact pairs / len(truth)}.
+    neither the cell nor two other attributes is no pair. Returns
+    {"pairs": [{"truth": i, "pred": j, "shape": bool, "color": ..., "size": ..., "cell": ...,
+                "exact": bool}],
+     "missing": [truth indices], "extra": [pred indices],
+     "object_accuracy": exact pairs / len(truth) (1.0 for two empty scenes)}.
     """
     P, T = pred.get("objects", []), truth.get("objects", [])
     pairs, used_p, used_t = [], set(), set()

@@ -14,6 +14,9 @@ Flat metric names (what gates and MLflow see):
     fd_clip                              Frechet distance to held-out real images in CLIP space
     dvae.psnr, dvae.perplexity, dvae.dead_codes, dvae.used_fraction    (dalle bundles)
     captioner.short.recall, ... .hallucination, ...                    (datasets with recaption sidecars)
+    chance.pf.exact, chance.pf.<category>.constraint, ...   the same prompts scored against random
+                                         real held-out scenes: a model that draws perfectly but ignores
+                                         the prompt (the floor prompt following must clear)
     n_prompts, n_images, seconds
 Note: the bundle reranks its candidates with the same CLIP that clip_score uses, so clip_score
 rises with `candidates` by construction; prompt following is judged by the oracle, independently.
@@ -25,6 +28,8 @@ import logging
 import os
 import time
 from typing import Any, Sequence
+
+import numpy as np
 
 from model_code import storage
 from model_code.evaluate import metrics as M
@@ -74,21 +79,29 @@ def check_sampling(generator, sampling: dict | None) -> dict:
 
 
 # ---------------------------------------------------------------- the steps
-def load_prompts(dataset: str, out: str, cfg: dict, prompts: str | list | None = None) -> list[dict]:
-    """The prompt set: given (a list or a prompts.json URI), the dataset's own prompts.json when it
-    was made with the same settings, or a new held-out set (written under `out`)."""
+def load_prompts(dataset: str, out: str, cfg: dict, prompts: str | list | None = None) -> tuple[list[dict], str]:
+    """(prompt set, where it came from): given (a list or a prompts.json URI), the dataset's own
+    prompts.json when it was made with the same settings, or a new held-out set. The set used is
+    always saved as out/prompts.json."""
+    target = storage.join(out, PROMPTS_FILE)
+    meta = {"dataset": dataset, "seed": cfg["seed"], "n_per_category": cfg["n_per_category"],
+            "categories": list(cfg["categories"])}
     if isinstance(prompts, list):
-        return prompts
+        write_prompts(prompts, target, {**meta, "source": "given"})
+        return prompts, "given by the caller"
     if isinstance(prompts, str):
-        return read_prompts(prompts)[0]
+        ps, m = read_prompts(prompts)
+        write_prompts(ps, target, {**m, "source": prompts})
+        return ps, prompts
     beside = storage.join(dataset, PROMPTS_FILE)
     if storage.exists(beside):
-        ps, meta = read_prompts(beside)
-        if (meta.get("seed"), meta.get("n_per_category"), meta.get("categories")) == (
+        ps, m = read_prompts(beside)
+        if (m.get("seed"), m.get("n_per_category"), m.get("categories")) == (
                 cfg["seed"], cfg["n_per_category"], list(cfg["categories"])):
-            return ps
-    return heldout_prompts(dataset, cfg["n_per_category"], cfg["seed"], cfg["categories"],
-                           out=storage.join(out, PROMPTS_FILE))
+            write_prompts(ps, target, {**m, "source": beside})
+            return ps, beside
+    ps = heldout_prompts(dataset, cfg["n_per_category"], cfg["seed"], cfg["categories"], out=target)
+    return ps, f"held out from {dataset} (seed {cfg['seed']})"
 
 
 def generate_images(generator, prompts: Sequence[dict], samples: int, seed: int, batch_size: int,
@@ -120,30 +133,22 @@ def compute_metrics(generator, prompts: Sequence[dict], generated: Sequence, rea
 
     all_images = [im for ims in images for im in ims]
     all_texts = [p["text"] for p, ims in zip(prompts, images) for _ in ims]
-    emb = M.embed_images(generator, all_images, batch_size)               # (N, D)
-    txt = generator.embed_texts(all_texts).double().cpu().numpy() if all_texts else emb[:0]
-    cos = (emb * txt).sum(1)                                              # (N,)
+    emb = M.embed_images(generator, all_images, batch_size)                  # (N, D)
+    txt = np.concatenate([generator.embed_texts(all_texts[i:i + batch_size]).double().cpu().numpy()
+                          for i in range(0, len(all_texts), batch_size)])    # (N, D)
+    cos = (emb * txt).sum(1)                                                 # (N,)
+    bounds = np.cumsum([0] + [len(ims) for ims in images])                  # prompt i: rows bounds[i]:bounds[i+1]
+    groups = [emb[a:b] for a, b in zip(bounds, bounds[1:])]
     flat["clip_score"] = float(cos.mean())
-    groups, start, cats = [], 0, []
-    for p, ims in zip(prompts, images):
-        groups.append(emb[start:start + len(ims)])
-        cats.append(p.get("category", "prompt"))
-        start += len(ims)
     div = M.diversity(groups)
     if div is not None:
         flat["diversity"] = div
-    start = 0
-    for cat, g in zip(cats, groups):
-        per[cat].setdefault("_cos", []).extend(cos[start:start + len(g)].tolist())
-        if len(g) >= 2:
-            per[cat].setdefault("_div", []).append(M.pairwise_distance(g))
-        start += len(g)
     for cat, v in per.items():
-        v["clip_score"] = float(sum(v["_cos"]) / len(v["_cos"]))
-        divs = v.pop("_div", None)
-        if divs:
-            v["diversity"] = float(sum(divs) / len(divs))
-        del v["_cos"]
+        idx = [i for i, p in enumerate(prompts) if p.get("category", "prompt") == cat]
+        v["clip_score"] = float(np.concatenate([cos[bounds[i]:bounds[i + 1]] for i in idx]).mean())
+        d = M.diversity([groups[i] for i in idx])
+        if d is not None:
+            v["diversity"] = d
     if real_images:
         real = M.embed_images(generator, list(real_images), batch_size)
         flat["fd_clip"] = M.frechet_distance(emb, real)
@@ -165,7 +170,7 @@ def write_report(out: str, title: str, header: dict, flat: dict, per: dict, prom
         _save_png(titled_rows(rows), storage.join(out, name))
         grids.append((cat, name, [t for t, _ in rows]))
         files.append(name)
-    cols = ["exact", "constraint", "clip_score", "diversity", "object_acc", "count_acc",
+    cols = ["exact", "constraint", "chance_constraint", "clip_score", "diversity", "object_acc", "count_acc",
             "relation_acc", "background_acc", "images"]
     csv = ["category," + ",".join(cols)]
     for cat, v in per.items():
@@ -178,13 +183,16 @@ def write_report(out: str, title: str, header: dict, flat: dict, per: dict, prom
     md = [f"# {title}", ""]
     md += [f"- **{k}**: `{v}`" for k, v in header.items()]
     md += ["", "## Prompt following per category", "",
-           "Oracle parse of each kept image scored against the prompt's constraints (exact = all met).", "",
-           "| category | exact | constraints met | object | count | relation | background | CLIP score | diversity | images |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+           "Oracle parse of each kept image scored against the prompt's constraints (exact = all met); "
+           "chance = random real held-out images scored against the same prompts.", "",
+           "| category | exact | constraints met | chance | object | count | relation | background | CLIP score "
+           "| diversity | images |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for cat, v in per.items():
         md.append(f"| {cat} | " + " | ".join(_fmt(v.get(c)) for c in
-                                             ("exact", "constraint", "object_acc", "count_acc", "relation_acc",
-                                              "background_acc", "clip_score", "diversity", "images")) + " |")
+                                             ("exact", "constraint", "chance_constraint", "object_acc", "count_acc",
+                                              "relation_acc", "background_acc", "clip_score", "diversity",
+                                              "images")) + " |")
     md += ["", "## All metrics", "", "| metric | value |", "|---|---|"]
     md += [f"| {k} | {_fmt(v)} |" for k, v in sorted(flat.items())]
     md += ["", "## Samples", ""]
@@ -252,7 +260,8 @@ def evaluate(bundle: str, dataset: str, out: str, preset: str | dict = "tiny",
     """Evaluate a bundle on held-out prompts of `dataset`; write the report under `out`.
 
     Returns {"metrics": flat dict, "per_category": {category: {...}}, "report": report.md URI,
-    "run_id": MLflow run id or None, "out": out}."""
+    "run_id": MLflow run id or None, "out": out, "inputs": the settings + run_id, which is what
+    gates.run_gate(name, version, metrics, preset, inputs=...) records as the gate's inputs}."""
     from model_code.generate import Generator
     t0 = time.time()
     cfg = eval_config(preset, n_per_category=n_per_category, samples_per_prompt=samples_per_prompt,
@@ -263,17 +272,25 @@ def evaluate(bundle: str, dataset: str, out: str, preset: str | dict = "tiny",
         raise ValueError(f"candidates: must be a positive integer, got {candidates!r}")
     if not storage.is_remote(out):
         os.makedirs(storage.local_path(out), exist_ok=True)
-    ps = load_prompts(dataset, out, cfg, prompts)
+    ps, prompt_source = load_prompts(dataset, out, cfg, prompts)
     if not ps:
         raise ValueError(f"dataset: no held-out prompts could be made from {dataset}")
-    write_prompts(ps, storage.join(out, PROMPTS_FILE), {"dataset": dataset, "seed": cfg["seed"],
-                                                        "n_per_category": cfg["n_per_category"],
-                                                        "categories": list(cfg["categories"])})
     log.info("evaluate: %d prompts x %d samples with %s", len(ps), cfg["samples_per_prompt"], bundle)
     generated = generate_images(gen, ps, cfg["samples_per_prompt"], cfg["seed"], cfg["batch_size"],
                                 candidates, sampling)
-    real = [im for _, im, _ in M.heldout_records(dataset, cfg["heldout_images"], cfg["seed"])]
+    records = M.heldout_records(dataset, cfg["heldout_images"], cfg["seed"])
+    real = [im for _, im, _ in records]
     flat, per, pf = compute_metrics(gen, ps, generated, real)
+    scenes = [json.loads(r["scene"]) if isinstance(r.get("scene"), str) else r.get("scene")
+              for _, _, r in records]
+    scenes = [s for s in scenes if s]
+    if scenes:   # the text-ignoring floor, on the same prompts (a reference, see chance_following)
+        chance = M.chance_following(ps, scenes, cfg["samples_per_prompt"], cfg["seed"])
+        flat.update({f"chance.pf.{k}": v for k, v in chance["overall"].items()})
+        for cat, v in chance["per_category"].items():
+            flat[f"chance.pf.{cat}.exact"], flat[f"chance.pf.{cat}.constraint"] = v["exact"], v["constraint"]
+            if cat in per:
+                per[cat]["chance_constraint"] = v["constraint"]
     if gen.recipe == "dalle" and real:
         flat.update({f"dvae.{k}": v for k, v in M.dvae_metrics(gen.dvae, real).items()})
     cap = M.captioner_metrics(dataset, cfg["captions"], cfg["seed"])
@@ -287,7 +304,8 @@ def evaluate(bundle: str, dataset: str, out: str, preset: str | dict = "tiny",
                 "n_per_category": cfg["n_per_category"], "samples_per_prompt": cfg["samples_per_prompt"],
                 "candidates": candidates or gen.sampling.get("candidates"), "seed": cfg["seed"],
                 "sampling": json.dumps({**gen.sampling, **sampling}, sort_keys=True, default=str),
-                "dataset_version": gen.meta.get("lineage", {}).get("dataset_version")}
+                "dataset_version": gen.meta.get("lineage", {}).get("dataset_version"),
+                "prompts": prompt_source}
     report, _ = write_report(out, f"Evaluation of {bundle}", settings, flat, per, ps, generated,
                              cfg["grid_prompts"])
     storage.write_text(storage.join(out, "rows.json"), json.dumps(pf["rows"], indent=0, default=str))
@@ -300,4 +318,5 @@ def evaluate(bundle: str, dataset: str, out: str, preset: str | dict = "tiny",
                           "per_image.json": pd.DataFrame([{k: v for k, v in r.items() if k != "kinds"}
                                                           for r in pf["rows"]])},
                          artifacts=out, tags={"easel.recipe": gen.recipe, "easel.bundle": bundle})
-    return {"metrics": flat, "per_category": per, "report": report, "run_id": run_id, "out": out}
+    return {"metrics": flat, "per_category": per, "report": report, "run_id": run_id, "out": out,
+            "inputs": {**settings, "run_id": run_id}}

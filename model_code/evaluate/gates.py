@@ -14,7 +14,9 @@ Two rules, both from the preset's `evaluate:` section:
    by at most `margin` x |production value|, in the metric's direction (min -> higher is better,
    max -> lower is better, or `better:` when a gate has both or neither bound).
 
-`relative: false` keeps a metric out of rule 2: CLIP score and FD are measured with the bundle's
+`recipes: [dalle]` applies a gate to those recipes only (dvae.psnr exists for dalle bundles);
+the record's inputs must then name the candidate's recipe. `relative: false` keeps a metric out
+of rule 2: CLIP score and FD are measured with the bundle's
 own CLIP, so two versions that trained different CLIPs are not on one scale; prompt following is
 judged by the oracle and always comparable.
 
@@ -29,7 +31,7 @@ import math
 from typing import Any
 
 GATE_EXPERIMENT = "easel-gates"
-RULE_KEYS = ("min", "max", "margin", "better", "relative")
+RULE_KEYS = ("min", "max", "margin", "better", "relative", "recipes")
 
 
 # ---------------------------------------------------------------- configuration
@@ -74,6 +76,11 @@ def gate_config(config: dict | str) -> dict[str, Any]:
         r["relative"] = rule.get("relative", True)
         if not isinstance(r["relative"], bool):
             raise ValueError(f"{field}.relative: must be true or false, got {r['relative']!r}")
+        if "recipes" in rule:
+            rec = rule["recipes"]
+            if not isinstance(rec, list) or not rec or not all(isinstance(x, str) for x in rec):
+                raise ValueError(f"{field}.recipes: expected a list of recipe names, got {rec!r}")
+            r["recipes"] = list(rec)
         gates[str(metric)] = r
     return {"gates": gates, "margin": margin}
 
@@ -102,8 +109,16 @@ def gate(candidate_metrics: dict, config: dict | str, production_metrics: dict |
     if not isinstance(candidate_metrics, dict):
         raise ValueError(f"candidate_metrics: expected a dict, got {type(candidate_metrics).__name__}")
     cfg = gate_config(config)
+    recipe = (inputs or {}).get("recipe")
     checks, notes = [], []
     for metric, rule in cfg["gates"].items():
+        if "recipes" in rule:
+            if recipe is None:
+                raise ValueError(f"inputs.recipe: the gate on {metric} applies to {rule['recipes']} only; "
+                                 "say which recipe the candidate is")
+            if recipe not in rule["recipes"]:
+                notes.append(f"{metric}: gate for {', '.join(rule['recipes'])} only, not {recipe}")
+                continue
         v = _value(candidate_metrics, metric)
         if v is None:
             checks.append({"metric": metric, "rule": "present", "value": None, "limit": None, "ok": False,

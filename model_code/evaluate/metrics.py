@@ -80,6 +80,19 @@ def prompt_following(prompts: Sequence[dict], images: Sequence[Sequence[Image.Im
     return {**summarize_following(rows), "rows": rows}
 
 
+def chance_following(prompts: Sequence[dict], scenes: Sequence[dict], samples: int = 1,
+                     seed: int = 0) -> dict[str, Any]:
+    """Prompt following of a model that ignores the prompt but draws perfect images from the
+    data: each prompt is scored against `samples` random true scene graphs of real images (no
+    oracle needed). The floor a generator must clear to show that it reads the prompt."""
+    if not scenes:
+        raise ValueError("scenes: chance_following needs at least one real scene graph")
+    rng = random.Random(seed)
+    rows = [r for p in prompts
+            for r in score_images(p, [rng.choice(scenes) for _ in range(samples)], parse=lambda s: s)]
+    return summarize_following(rows)
+
+
 # ---------------------------------------------------------------- CLIP-space metrics
 @torch.no_grad()
 def clip_score(generator, images: Sequence[Image.Image], prompts: Sequence[str],

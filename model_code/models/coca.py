@@ -10,7 +10,9 @@ objectives at once, CLIP-style contrastive matching and autoregressive captionin
 
 The image encoder IS a `model_code.models.clip.CLIP` (the same class the unCLIP recipe trains), so
 a trained CLIP warm-starts the captioner (`CoCa.from_clip`): the seed's "CLIP encoder + random
-decoder" starting point, which CoCa training then improves with both losses.
+decoder" starting point, which CoCa training then improves with both losses. Unlike the CoCa
+paper there are no attentional poolers: the contrastive embedding is CLIP's own (CLS) and the
+decoder cross-attends to every image token, so the towers stay an unmodified CLIP.
 
 Loss (CoCa paper, eq. 3): L = contrastive_weight * L_con + caption_weight * L_cap, with the paper's
 lambda_Con = 1, lambda_Cap = 2 as defaults.

@@ -17,6 +17,11 @@ Paper details kept here (each marked "paper" at the place it is used):
 - residual branches are multiplied by post_gain = 1 / n_layers^2 (stable training at init);
 - schedules (`dvae_schedule`): beta 0 -> 6.6 over 5000 updates, tau 1 -> 1/16 over 150000 updates,
   lr 1e-4 -> 1.25e-6 over 1.2M updates, all cosine; AdamW (0.9, 0.999), weight decay 1e-4.
+From OpenAI's released code: conv weights N(0, 1/fan_in) with zero bias (see `_init_conv`).
+
+Small-scale note: at 32 px the run is short and the images are mostly background; a KL weight that
+reaches 6.6 within a few dozen updates (or lr 3e-3) drives q to uniform, and beta = 0 collapses
+every position onto one code. The tiny preset ramps beta over half of its run at lr 1e-3.
 
 Config keys (the `dvae:` preset section; missing keys take the paper's values in DEFAULTS):
     image_size, channels, downsample (a power of 2: number of groups = log2(downsample) + 1),
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import tempfile
 from collections import OrderedDict
@@ -114,11 +120,10 @@ def dvae_schedule(step: int, cfg: dict) -> dict:
 
     beta rises 0 -> beta_max over beta_warmup_steps, tau falls tau_start -> tau_end over
     tau_anneal_steps, the learning rate falls lr -> lr_end over lr_anneal_steps; all cosine
-    (paper: a linear tau schedule tended to diverge). lr_scale multiplies cfg["lr"] (LambdaLR).
-    """
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+    ramps, flat after their end. lr_scale multiplies cfg["lr"] (LambdaLR)."""
+    if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
         raise ValueError(f"step must be an int >= 0, got {step!r}")
-    c = resolve_config(cfg)
+    step, c = int(step), resolve_config(cfg)
     beta = _cosine(step, c["beta_warmup_steps"], 0.0, c["beta_max"])
     tau = _cosine(step, c["tau_anneal_steps"], c["tau_start"], c["tau_end"])
     lr = _cosine(step, c["lr_anneal_steps"], c["lr"], c["lr_end"])
@@ -354,7 +359,7 @@ class DVAE(nn.Module):
 
     @staticmethod
     def logit_laplace_nll(x: torch.Tensor, mu: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
-        """-log p(x) per element for x in (0,1) under the logit-Laplace (paper, eq. 2):
+        """-log p(x) per element for x in (0,1) under the logit-Laplace (paper, appendix A):
         p(x | mu, b) = exp(-|logit(x) - mu| / b) / (2 b x (1 - x))."""
         y = torch.logit(x)
         return math.log(2.0) + log_b + torch.log(x) + torch.log1p(-x) + (y - mu).abs() * torch.exp(-log_b)

@@ -401,7 +401,7 @@ def rollback(name: str, alias: str = "production", reason: str | None = None,
     stack = _replay(_events(model), alias)
     if len(stack) < 2:
         raise ValueError(f"nothing to roll back to: the {alias} alias of {name} has no earlier "
-                         f"version in its promotion history ({stack or 'never promoted'})")
+                         f"version in its promotion history ({' -> '.join(stack) or 'never promoted'})")
     current, target = stack[-1], stack[-2]
     who, at = _user(user), _now()
     event = _write_event(c, name, model, {"action": "rollback", "alias": alias, "version": target,

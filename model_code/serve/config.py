@@ -41,6 +41,8 @@ DEFAULTS: dict[str, Any] = {
     "queue_size": 64,                # requests waiting for the generator; more -> 503
     "max_body_bytes": 1_000_000,     # larger request bodies -> 413
     "seed_max": 2**31 - 1,           # seeds accepted from clients: 0..seed_max
+    "torch_threads": None,           # intra-op threads (None: torch's default); set by `easel serve`,
+                                     # which owns its process (in-thread servers leave it alone)
     "rewrite": {
         "enabled": True,             # clients opt out per request ("rewrite": false)
         "url": None,                 # an OpenAI-compatible chat endpoint (else the built-in one)
@@ -85,6 +87,7 @@ ENV = {
     "EASEL_SERVE_MAX_BATCH": "max_batch",
     "EASEL_SERVE_BATCH_WINDOW_MS": "batch_window_ms",
     "EASEL_SERVE_CANDIDATES": "candidates",
+    "EASEL_SERVE_TORCH_THREADS": "torch_threads",
 }
 CONFIG_FILE_ENV = "EASEL_SERVE_CONFIG"
 # keys that are strings as given (a path or URL is never re-typed by YAML parsing)
@@ -204,6 +207,7 @@ def check(cfg: dict) -> dict:
     _int(cfg, "queue_size", 1, 1_000_000)
     _int(cfg, "max_body_bytes", 1024)
     _int(cfg, "seed_max", 0, 2**63 - 1)
+    _int(cfg, "torch_threads", 1, 1024, optional=True)
     _number(cfg, "batch_window_ms", 0.0, 10_000.0)
     sizes = _strings(cfg, "sizes", "serve")
     if not sizes:

@@ -110,6 +110,13 @@ class ManifestSigner:
         self._context = c2pa.Context.from_dict({"builder": {"thumbnail": {"enabled": False}}})
         self._lock = threading.Lock()
         self.cert_chain_path, self.key_path = cert_chain_path, key_path
+        # c2pa checks the chain when it signs: find out now, at start-up, not at the first request
+        try:
+            self.sign(_probe_png(), ProvenanceInfo(model="probe", model_version="0"))
+        except c2pa.C2paError as e:
+            raise ValueError(f"provenance: c2pa cannot sign with {cert_chain_path} and {key_path} (a signing "
+                             f"certificate with digitalSignature and emailProtection, issued by a CA, is "
+                             f"required): {e}") from e
 
     def sign(self, png: bytes, info: ProvenanceInfo) -> bytes:
         import c2pa
@@ -119,6 +126,13 @@ class ManifestSigner:
             builder = c2pa.Builder(manifest, context=self._context)
             builder.sign(self._signer, "image/png", io.BytesIO(png), out)
         return out.getvalue()
+
+
+def _probe_png() -> bytes:
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (128, 128, 128)).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def verify(png: bytes, trust_anchors_pem: str | bytes | None = None) -> dict[str, Any]:

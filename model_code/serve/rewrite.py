@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import random
 from dataclasses import dataclass
 
@@ -59,24 +60,24 @@ def _unify(obj: dict, spec: ObjectSpec) -> None:
             obj[k] = v
 
 
-def _bind(objs: list[dict], spec: ObjectSpec, exclude: int | None = None) -> int:
-    """The index of the object that plays `spec`: an exact match first, else a compatible one
-    (its open attributes are filled from spec), else a new object."""
-    want = spec.as_dict()
+def _bind(objs: list[dict], spec: ObjectSpec, exclude: list[int] = ()) -> list[int]:
+    """The objects that may play `spec` in a relation: all that already match it, else one
+    compatible object (its open attributes filled from spec), else a new object."""
+    stated = {k: v for k, v in spec.as_dict().items() if v is not None}
+    matching = [i for i, o in enumerate(objs) if all(o[k] == v for k, v in stated.items())]
+    if matching and matching != list(exclude):
+        return matching
     for i, o in enumerate(objs):
-        if i != exclude and o == want:
-            return i
-    for i, o in enumerate(objs):
-        if i != exclude and _compatible(o, spec):
+        if i not in exclude and _compatible(o, spec):
             _unify(o, spec)
-            return i
-    objs.append(dict(want))
-    return len(objs) - 1
+            return [i]
+    objs.append(spec.as_dict())
+    return [len(objs) - 1]
 
 
-def required_objects(c: Constraints) -> tuple[list[dict], list[tuple[int, str, int]]] | None:
+def required_objects(c: Constraints) -> tuple[list[dict], list[tuple[list[int], str, list[int]]]] | None:
     """Partial objects the constraints need (None = open attribute) and relations between them
-    as (index, relation, index); None if the world cannot hold them."""
+    as (candidate indices, relation, candidate indices); None if the world cannot hold them."""
     objs = [o.as_dict() for o in c.objects if not o.is_empty()]
     for cnt in c.counts:
         if cnt.what.is_empty() or cnt.n == 0:
@@ -85,10 +86,10 @@ def required_objects(c: Constraints) -> tuple[list[dict], list[tuple[int, str, i
             return None   # one object per cell
         have = sum(all(o[k] == v for k, v in cnt.what.as_dict().items() if v is not None) for o in objs)
         objs += [cnt.what.as_dict() for _ in range(max(0, cnt.n - have))]
-    rels = []
+    rels = []   # (objects that may be a, relation, objects that may be b): "the cyan star" may be either
     for r in c.relations:
         a = _bind(objs, r.a)
-        b = _bind(objs, r.b, exclude=a)
+        b = _bind(objs, r.b, exclude=a if len(a) == 1 else ())
         rels.append((a, r.relation, b))
     totals = {cnt.n for cnt in c.counts if cnt.what.is_empty()}
     if len(totals) > 1:
@@ -98,22 +99,27 @@ def required_objects(c: Constraints) -> tuple[list[dict], list[tuple[int, str, i
         if total < len(objs) or total < 1:
             return None
         objs += [dict.fromkeys(_ATTRS) for _ in range(total - len(objs))]
-    if not objs or len(objs) > shapes.MAX_OBJECTS:
+    if not objs:   # only a background or a "no circles": one open object makes it a picture
+        objs = [dict.fromkeys(_ATTRS)]
+    if len(objs) > shapes.MAX_OBJECTS:
         return None
     return objs, rels
 
 
-def _assign_cells(objs: list[dict], rels: list[tuple[int, str, int]], rng: random.Random) -> bool:
-    """Give every object without a cell a free cell so that all relations hold (backtracking
-    over at most 4 objects x 9 cells, in a seeded random order)."""
+def _assign_cells(objs: list[dict], rels: list[tuple[list[int], str, list[int]]], rng: random.Random) -> bool:
+    """Give every object without a cell a free cell so that each relation holds for some pair of
+    its candidates (backtracking over at most 4 objects x 9 cells, in a seeded random order)."""
     taken = [o["cell"] for o in objs if o["cell"]]
     if len(set(taken)) != len(taken):
         return False
     free_idx = [i for i, o in enumerate(objs) if not o["cell"]]
 
     def rels_ok() -> bool:
-        for a, rel, b in rels:
-            if objs[a]["cell"] and objs[b]["cell"] and rel not in shapes.relation(objs[a], objs[b]):
+        """False once some relation has no pair left that holds or may still hold."""
+        for cand_a, rel, cand_b in rels:
+            if not any(i != j and (not objs[i]["cell"] or not objs[j]["cell"]
+                                   or rel in shapes.relation(objs[i], objs[j]))
+                       for i in cand_a for j in cand_b):
                 return False
         return True
 
@@ -202,8 +208,6 @@ class ChatRewriter:
     fallback for a failed call or an answer that loses a constraint."""
 
     def __init__(self, url: str, model: str, timeout_s: float = 10.0, api_key: str | None = None):
-        import os
-
         import openai
         self.model = model
         self.client = openai.OpenAI(base_url=url, api_key=api_key or os.environ.get("EASEL_REWRITE_API_KEY") or "none",

@@ -35,7 +35,8 @@ for _shape, _syns in shapes.SHAPE_SYNONYMS.items():
         if " " in _w:
             continue  # multi-word synonyms ("plus sign") are matched as phrases below
         _SHAPE_WORDS[_w] = (_shape, False)
-        _SHAPE_WORDS[shapes.PLURALS.get(_w, _w + ("es" if _w.endswith(("s", "x")) else "s"))] = (_shape, True)
+        _plural = shapes.PLURALS.get(_w, _w + ("es" if _w.endswith(("s", "x")) else "s"))  # boxes
+        _SHAPE_WORDS[_plural] = (_shape, True)
 _SHAPE_WORDS.update({"disk": ("circle", False), "disks": ("circle", True)})
 _SHAPE_PHRASES = {("plus", "sign"): ("cross", False), ("plus", "signs"): ("cross", True)}
 _GENERIC_NOUNS = {"shape", "shapes", "object", "objects", "figure", "figures", "item", "items",
@@ -163,7 +164,6 @@ class _NP:
     cell: str | None = None
     number: int | None = None
     definite: bool = False
-    head: int = 0  # token index of the shape noun
 
     def spec(self) -> ObjectSpec:
         return ObjectSpec(self.shape, self.color, self.size, self.cell)
@@ -282,7 +282,7 @@ def _read_sentence(t: list[str]) -> list[tuple[str, Any]]:
         if shp:
             shape, plural, j = shp
             items.append(("np", _NP(shape, pend.get("color"), pend.get("size"), None,
-                                    pend.get("number"), pend.get("det") == "the", i)))
+                                    pend.get("number"), pend.get("det") == "the")))
             pend, i, last_np_end = {}, j, j
             continue
         if w in _GENERIC_NOUNS:

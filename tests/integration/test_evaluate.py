@@ -9,6 +9,17 @@ import pytest
 from tests.bundles import build_parts, tiny_bundle
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # tiny models gain nothing from a second thread, and on a busy 2-core box OpenMP's spinning
+    # threads cost 10-20x the CPU time of one thread
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
@@ -59,7 +70,8 @@ def test_evaluate_end_to_end(env):
     arts = {a.path for a in c.list_artifacts(r["run_id"])}
     assert {"report.md", "per_category.json", "samples-short.png"} <= arts
     # an untrained bundle fails the tiny preset's gates
-    assert gate(m, "tiny")["verdict"] == "failed"
+    assert r["inputs"]["recipe"] == "dalle" and r["inputs"]["run_id"] == r["run_id"]
+    assert gate(m, "tiny", inputs=r["inputs"])["verdict"] == "failed"
 
 
 def test_evaluate_rejects_bad_settings(env):
@@ -69,6 +81,21 @@ def test_evaluate_rejects_bad_settings(env):
                  mlflow=False)
     with pytest.raises(ValueError, match="n_per_category"):
         evaluate(env["dalle"], env["ds"], str(env["root"] / "bad"), n_per_category=0, mlflow=False)
+
+
+def test_prompt_set_beside_the_dataset_is_reused(env):
+    from model_code.evaluate.evaluate import eval_config, load_prompts
+    from model_code.evaluate.prompts import heldout_prompts, read_prompts
+    made = heldout_prompts(env["ds"], 1, seed=5)                      # ds/prompts.json
+    try:
+        out = str(env["root"] / "reuse")
+        ps, source = load_prompts(env["ds"], out, eval_config("tiny", n_per_category=1, seed=5))
+        assert ps == made and source.endswith("prompts.json")
+        ps2, source2 = load_prompts(env["ds"], out, eval_config("tiny", n_per_category=1, seed=6))
+        assert ps2 != made and source2.startswith("held out")       # other settings: a new set
+        assert read_prompts(out + "/prompts.json")[0] == ps2
+    finally:
+        os.remove(os.path.join(env["ds"], "prompts.json"))
 
 
 def test_tables_at_tiny_size(env):

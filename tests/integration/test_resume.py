@@ -17,10 +17,10 @@ from tests.servers import s3_env, s3_server  # noqa: F401 - fixtures (SeaweedFS 
 from tests.unit.test_loader import shapes_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-STEPS = 20
+STEPS = 12
 SETTINGS = [  # a small real dVAE; the paper's schedules squeezed into the run
     "dvae.n_hid=16", "dvae.codebook_size=32", "dvae.n_blk_per_group=1", "dvae.n_init=16",
-    "dvae.beta_warmup_steps=10", "dvae.tau_anneal_steps=20",
+    "dvae.beta_warmup_steps=10", "dvae.tau_anneal_steps=12",
     f"train.steps.dvae={STEPS}", "train.batch_size=8", "train.log_every=1", "train.ckpt_every=1000",
     "train.progress=log", "train.num_workers=0", "train.seed=3",
 ]
@@ -45,25 +45,30 @@ def summary_of(stdout: str) -> dict:
 
 @pytest.mark.timeout(300)
 def test_sigterm_checkpoints_and_the_same_command_resumes_exactly(tmp_path_factory, tmp_path):
+    from model_code.train.run import train_part
     data = shapes_data(tmp_path_factory.getbasetemp())
     ref_out, out = str(tmp_path / "uninterrupted"), str(tmp_path / "preempted")
-    # the reference run and the run to be preempted, side by side
-    ref = subprocess.Popen(command(data, ref_out), cwd=tmp_path, env=env(), text=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     run = subprocess.Popen(command(data, out), cwd=tmp_path, env=env(), text=True,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # meanwhile, the uninterrupted reference: the same settings in this process, on one thread
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        reference = train_part("dvae", "tiny", data=data, out=ref_out, overrides=SETTINGS, mlflow=False)
+    finally:
+        torch.set_num_threads(n)
     seen = []
     deadline = time.time() + 240
     for line in run.stderr:  # wait until training is under way, then preempt it
         seen.append(line)
-        if "[dvae] step 4/" in line:
+        if "[dvae] step 3/" in line:
             run.send_signal(signal.SIGTERM)
             break
         assert time.time() < deadline, "".join(seen[-20:])
     rest, _ = run.communicate(timeout=240)
     assert run.returncode == 143, "".join(seen[-20:])  # 128 + SIGTERM: preempted, checkpointed
     stopped = summary_of(rest)
-    assert stopped["preempted"] and 4 <= stopped["steps"] < STEPS
+    assert stopped["preempted"] and 3 <= stopped["steps"] < STEPS
     latest = json.load(open(os.path.join(out, "checkpoints", "latest.json")))
     assert latest["reason"] == "sigterm" and latest["step"] == stopped["steps"]
     assert latest["samples_seen"] == stopped["steps"] * 8
@@ -76,9 +81,6 @@ def test_sigterm_checkpoints_and_the_same_command_resumes_exactly(tmp_path_facto
     assert resumed["resumed_from_step"] == stopped["steps"] and resumed["steps"] == STEPS
     assert f"resuming dvae from step {stopped['steps']}" in again.stderr
 
-    ref_stdout, _ = ref.communicate(timeout=240)
-    assert ref.returncode == 0
-    reference = summary_of(ref_stdout)
     assert reference["steps"] == STEPS and reference["samples_seen"] == resumed["samples_seen"]
     a = load_file(os.path.join(ref_out, "model.safetensors"))
     b = load_file(os.path.join(out, "model.safetensors"))

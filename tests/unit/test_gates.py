@@ -59,6 +59,15 @@ def test_relative_false_keeps_a_metric_to_its_threshold():
     assert r["verdict"] == "passed" and [c["rule"] for c in r["checks"]] == ["min"]
 
 
+def test_recipe_specific_gates():
+    cfg = {"gates": {"dvae.psnr": {"min": 12.0, "recipes": ["dalle"]}, "clip_score": {"min": 0.0}}}
+    assert G.gate({"dvae.psnr": 9.0, "clip_score": 0.1}, cfg, inputs={"recipe": "dalle"})["verdict"] == "failed"
+    r = G.gate({"clip_score": 0.1}, cfg, inputs={"recipe": "unclip"})
+    assert r["verdict"] == "passed" and r["notes"] == ["dvae.psnr: gate for dalle only, not unclip"]
+    with pytest.raises(ValueError, match="inputs.recipe"):
+        G.gate({"clip_score": 0.1}, cfg)
+
+
 @pytest.mark.parametrize("bad, field", [
     ({"gates": {}}, "evaluate.gates"),
     ({"gates": {"m": {"min": "high"}}}, "evaluate.gates.m.min"),
@@ -68,6 +77,7 @@ def test_relative_false_keeps_a_metric_to_its_threshold():
     ({"gates": {"m": {"min": 0}}, "margin": -1}, "evaluate.margin"),
     ({"gates": {"m": 0.5}}, "evaluate.gates.m"),
     ({"gates": {"m": {"min": 0, "relative": "no"}}}, "evaluate.gates.m.relative"),
+    ({"gates": {"m": {"min": 0, "recipes": "dalle"}}}, "evaluate.gates.m.recipes"),
 ])
 def test_bad_config_names_the_field(bad, field):
     with pytest.raises(ValueError, match=field):
@@ -80,7 +90,8 @@ def test_preset_gates_are_well_formed():
         assert cfg["gates"], name
     # an untrained tiny model must not pass the tiny gates: blank-image level metrics fail
     zeros = {k: 0.0 for k in G.gate_config("tiny")["gates"]}
-    assert G.gate(zeros, "tiny")["verdict"] == "failed"
+    for recipe in ("dalle", "unclip"):
+        assert G.gate(zeros, "tiny", inputs={"recipe": recipe})["verdict"] == "failed"
 
 
 def test_run_gate_records_on_the_model_version(tmp_path, monkeypatch):

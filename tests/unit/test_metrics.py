@@ -9,6 +9,14 @@ from model_code.evaluate import metrics as M
 from model_code.evaluate.prompts import prompt_set
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)   # tiny models: a second thread only spins on a busy 2-core box
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def prompts():
     return prompt_set(2, seed=0, size=32)
@@ -44,6 +52,16 @@ def test_partial_credit_per_constraint():
     assert row["exact"] == 0.0 and row["constraint"] == 0.5 and row["failed"] == ["blue square"]
     with pytest.raises(ValueError, match="images"):
         M.prompt_following([p], [])
+
+
+def test_chance_following_scores_real_scenes_against_the_prompts(prompts):
+    p = prompts[0]
+    assert M.chance_following([p], [p["scene"]], samples=3)["overall"]["exact"] == 1.0
+    unused = next(b for b in shapes.BACKGROUNDS if b not in {q["background"] for q in prompts})
+    empty = {"size": 32, "background": unused, "objects": []}
+    assert M.chance_following(prompts, [empty], samples=2)["overall"] == {"exact": 0.0, "constraint": 0.0}
+    with pytest.raises(ValueError, match="scenes"):
+        M.chance_following(prompts, [])
 
 
 def test_frechet_distance():

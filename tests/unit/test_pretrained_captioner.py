@@ -13,10 +13,9 @@ from model_code.data import shapes
 from model_code.recaption.captioner import load_captioner
 from model_code.recaption.pretrained import PretrainedCaptioner
 
-WORDS = sorted({w for t in ("a an the and of on in at is there to left right above below background shapes "
-                            "small large big little tiny circle square triangle star cross red orange yellow "
-                            "green cyan blue purple black white beige gray light top bottom middle center").split()
-                for w in [t]})
+WORDS = sorted(set(("a an the and of on in at is there to left right above below background shapes "
+                    "small large big little tiny circle square triangle star cross red orange yellow "
+                    "green cyan blue purple black white beige gray light top bottom middle center").split()))
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
 
 
@@ -50,6 +49,15 @@ def _save_git(path):
     GitProcessor(image_processor=CLIPImageProcessorPil(size={"shortest_edge": 32},
                                                        crop_size={"height": 32, "width": 32}),
                  tokenizer=_tokenizer()).save_pretrained(path)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: avoid OpenMP spin-waits on a shared 2-core machine
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,94 @@
+"""Prompt and image safety: blocklist words (after Unicode normalisation), regular expressions,
+and concept matching in the CLIP space of a tiny CLIP built from the tiny preset."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from model_code.config import load_preset
+from model_code.data import shapes
+from model_code.serve.config import serve_config
+from model_code.serve.safety import ClipEmbedder, Safety, normalize
+from model_code.text.tokenizer import TextTokenizer
+from model_code.train.parts import get_part
+from tests.bundles import captions
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    torch.manual_seed(0)
+    cfg = load_preset("tiny")
+    tok = TextTokenizer.train(captions(60), cfg["tokenizer"]["vocab_size"], cfg["tokenizer"]["max_text_tokens"])
+    return ClipEmbedder(tok, get_part("clip").build(cfg, {"tokenizer": tok}))
+
+
+def policy(**over) -> dict:
+    return serve_config("tiny", overrides={"safety": over})["safety"]
+
+
+def test_normalize_undoes_the_usual_disguises():
+    assert normalize("ＧＯＲＥ") == "gore"                        # fullwidth
+    assert normalize("n\u200bu\u00adde") == "nude"                # zero-width space, soft hyphen
+    assert normalize("  Many \t  SPACES\n") == "many spaces"
+    assert normalize("𝐧𝐮𝐝𝐞") == "nude"                             # mathematical bold letters
+
+
+def test_blocklist_matches_whole_words_and_phrases_only():
+    s = Safety(policy(blocklist=["gore", "hate symbol"], patterns=[]), None)
+    refused = ["some gore here", "GORE!", "g\u200bore", "a hate symbol", "a hate-symbol", "a HATE   symbol"]
+    allowed = ["Gorey Street", "gorgeous red circle", "a hateful symbolic star", "a red circle"]
+    for p in refused:
+        v = s.check_prompt_text(p)
+        assert not v.allowed and v.policy == "prompt.blocklist" and "blocked term" in v.reason, p
+    assert all(s.check_prompt_text(p).allowed for p in allowed)
+
+
+def test_patterns_carry_their_reason():
+    s = Safety(policy(blocklist=[], patterns=[{"pattern": r"\bsecret-\d+\b", "reason": "an internal code"}, r"x{3}"]), None)
+    v = s.check_prompt_text("draw secret-42 please")
+    assert (v.allowed, v.policy, v.reason) == (False, "prompt.pattern", "the prompt contains an internal code")
+    assert "pattern" in s.check_prompt_text("xxx").reason
+    assert s.check_prompt_text("secret-x").allowed
+    default = Safety(policy(), None)       # the defaults refuse personal data
+    assert default.check_prompt_text("mail a.b@example.org").policy == "prompt.pattern"
+    assert default.check_prompt_text("card 4111 1111 1111 1111").policy == "prompt.pattern"
+    with pytest.raises(ValueError, match=r"patterns\[0\]"):
+        policy(patterns=["([unclosed"])
+
+
+def test_prompt_concepts_in_clip_text_space(embedder):
+    concepts = ["graphic violence and gore", "explicit sexual content"]
+    s = Safety(policy(blocklist=[], patterns=[], prompt_concepts=concepts, prompt_threshold=0.92), embedder)
+    prompts = ["explicit sexual content", "a red circle in the center", "two blue squares on a beige background"]
+    sims = s.prompt_similarities(prompts)                  # (3 prompts, 2 concepts)
+    assert sims.shape == (3, 2) and torch.allclose(sims[0, 1], torch.tensor(1.0), atol=1e-4)
+    verdicts = s.check_prompts(prompts)
+    assert not verdicts[0].allowed and verdicts[0].policy == "prompt.concept"
+    assert "'explicit sexual content'" in verdicts[0].reason and verdicts[0].score > 0.99
+    # the others are allowed exactly when their best similarity is below the threshold
+    for v, row in zip(verdicts[1:], sims[1:]):
+        assert v.allowed == bool(row.max() < 0.92) and v.score == pytest.approx(float(row.max()), abs=1e-5)
+    # a threshold above 1 turns concept matching off; the exact checks still run first
+    off = Safety(policy(blocklist=["gore"], patterns=[], prompt_concepts=concepts, prompt_threshold=1.01), embedder)
+    assert off.check_prompts(["explicit sexual content"])[0].allowed
+    assert off.check_prompts(["graphic violence and gore"])[0].policy == "prompt.blocklist"
+
+
+def test_image_concepts_in_clip_image_space(embedder):
+    rng = random.Random(0)
+    images = [shapes.render(shapes.sample_scene(rng, 64)) for _ in range(6)]   # 64 px: resized to CLIP's 32
+    s = Safety(policy(image_concepts=["graphic violence and gore", "hateful extremist symbols"]), embedder)
+    best = s.image_similarities(images).max(dim=1).values                     # (6,)
+    assert best.shape == (6,) and bool((best.abs() <= 1.0 + 1e-5).all())
+    # a threshold between the images' scores flags exactly those at or above it
+    cut = float(best.sort().values[3])
+    s.image_threshold = cut
+    verdicts = s.check_images(images)
+    assert [not v.allowed for v in verdicts] == [bool(b >= cut) for b in best]
+    flagged = [v for v in verdicts if not v.allowed]
+    assert len(flagged) == 3 and all(v.policy == "image.concept" and "unsafe concept" in v.reason for v in flagged)
+    s.image_threshold = 1.01
+    assert all(v.allowed for v in s.check_images(images))
+    assert Safety(policy(image_concepts=[]), embedder).check_images(images) == [s.check_images(images)[0]] * 6
