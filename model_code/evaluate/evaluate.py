@@ -157,6 +157,21 @@ def compute_metrics(generator, prompts: Sequence[dict], generated: Sequence, rea
     return flat, per, pf
 
 
+def _add_chance(flat: dict, per: dict, prompts: Sequence[dict], records: Sequence, cfg: dict) -> None:
+    """The text-ignoring floor on the same prompts (see metrics.chance_following), from the true
+    scene graphs of the held-out records (datasets without scene graphs have none)."""
+    scenes = [json.loads(r["scene"]) if isinstance(r.get("scene"), str) else r.get("scene") for _, _, r in records]
+    scenes = [s for s in scenes if s]
+    if not scenes:
+        return
+    chance = M.chance_following(prompts, scenes, cfg["samples_per_prompt"], cfg["seed"])
+    flat.update({f"chance.pf.{k}": v for k, v in chance["overall"].items()})
+    for cat, v in chance["per_category"].items():
+        flat[f"chance.pf.{cat}.exact"], flat[f"chance.pf.{cat}.constraint"] = v["exact"], v["constraint"]
+        if cat in per:
+            per[cat]["chance_constraint"] = v["constraint"]
+
+
 # ---------------------------------------------------------------- report
 def write_report(out: str, title: str, header: dict, flat: dict, per: dict, prompts: Sequence[dict],
                  generated: Sequence, grid_prompts: int) -> tuple[str, list[str]]:
@@ -223,7 +238,7 @@ def log_run(experiment: str, run_name: str, params: dict, metrics: dict[str, flo
             tables: dict[str, Any] | None = None, artifacts: str | None = None,
             tags: dict | None = None) -> str:
     """One finished MLflow run (client API: never disturbs the caller's active run)."""
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param
     from model_code import tracking
     c = tracking.client()
     exp = tracking.ensure_experiment(experiment)
@@ -268,6 +283,7 @@ def evaluate(bundle: str, dataset: str, out: str, preset: str | dict = "tiny",
                       seed=seed, categories=list(categories) if categories else None)
     gen = Generator.load(bundle)
     sampling = check_sampling(gen, sampling)
+    candidates = candidates if candidates is not None else sampling.pop("candidates", None)
     if candidates is not None and (isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1):
         raise ValueError(f"candidates: must be a positive integer, got {candidates!r}")
     if not storage.is_remote(out):
@@ -281,16 +297,7 @@ def evaluate(bundle: str, dataset: str, out: str, preset: str | dict = "tiny",
     records = M.heldout_records(dataset, cfg["heldout_images"], cfg["seed"])
     real = [im for _, im, _ in records]
     flat, per, pf = compute_metrics(gen, ps, generated, real)
-    scenes = [json.loads(r["scene"]) if isinstance(r.get("scene"), str) else r.get("scene")
-              for _, _, r in records]
-    scenes = [s for s in scenes if s]
-    if scenes:   # the text-ignoring floor, on the same prompts (a reference, see chance_following)
-        chance = M.chance_following(ps, scenes, cfg["samples_per_prompt"], cfg["seed"])
-        flat.update({f"chance.pf.{k}": v for k, v in chance["overall"].items()})
-        for cat, v in chance["per_category"].items():
-            flat[f"chance.pf.{cat}.exact"], flat[f"chance.pf.{cat}.constraint"] = v["exact"], v["constraint"]
-            if cat in per:
-                per[cat]["chance_constraint"] = v["constraint"]
+    _add_chance(flat, per, ps, records, cfg)
     if gen.recipe == "dalle" and real:
         flat.update({f"dvae.{k}": v for k, v in M.dvae_metrics(gen.dvae, real).items()})
     cap = M.captioner_metrics(dataset, cfg["captions"], cfg["seed"])
@@ -300,8 +307,8 @@ def evaluate(bundle: str, dataset: str, out: str, preset: str | dict = "tiny",
     flat["seconds"] = time.time() - t0
 
     settings = {"bundle": bundle, "dataset": dataset, "recipe": gen.recipe,
-                "preset": cfg["name"],
-                "n_per_category": cfg["n_per_category"], "samples_per_prompt": cfg["samples_per_prompt"],
+                "preset": cfg["name"], "n_per_category": cfg["n_per_category"],
+                "samples_per_prompt": cfg["samples_per_prompt"],
                 "candidates": candidates or gen.sampling.get("candidates"), "seed": cfg["seed"],
                 "sampling": json.dumps({**gen.sampling, **sampling}, sort_keys=True, default=str),
                 "dataset_version": gen.meta.get("lineage", {}).get("dataset_version"),

@@ -4,15 +4,19 @@ Two rules, both from the preset's `evaluate:` section:
 
     evaluate:
       margin: 0.10                       # relative; a candidate may lose at most 10% to production
+      tolerance: 0.0                     # ... or this much in absolute terms, whichever is larger
       gates:
         pf.short.constraint: {min: 0.30}           # absolute floor (higher is better)
         fd_clip: {max: 0.50, margin: 0.25}         # absolute ceiling (lower is better), own margin
         clip_score: {min: 0.05, relative: false}   # threshold only (see below)
+        pf.constraint: {better: higher, tolerance: 0.03}   # against production only
 
 1. threshold: every gated metric must be >= its `min` / <= its `max`;
 2. relative: where a version is in production, every gated metric may be worse than production's
-   by at most `margin` x |production value|, in the metric's direction (min -> higher is better,
-   max -> lower is better, or `better:` when a gate has both or neither bound).
+   by at most max(`margin` x |production value|, `tolerance`), in the metric's direction (min ->
+   higher is better, max -> lower is better, or `better:` when a gate has both or neither bound;
+   a gate with neither is relative only). The absolute `tolerance` covers the evaluation's own
+   sampling noise, which a relative margin cannot when production's value is near zero.
 
 `recipes: [dalle]` applies a gate to those recipes only (dvae.psnr exists for dalle bundles);
 the record's inputs must then name the candidate's recipe. `relative: false` keeps a metric out
@@ -31,13 +35,14 @@ import math
 from typing import Any
 
 GATE_EXPERIMENT = "easel-gates"
-RULE_KEYS = ("min", "max", "margin", "better", "relative", "recipes")
+RULE_KEYS = ("min", "max", "margin", "tolerance", "better", "relative", "recipes")
 
 
 # ---------------------------------------------------------------- configuration
 def gate_config(config: dict | str) -> dict[str, Any]:
     """Normalise a gate configuration: a preset name, a whole preset dict or its `evaluate:`
-    section -> {"gates": {metric: {"min"?, "max"?, "better", "margin"}}, "margin": float}.
+    section -> {"gates": {metric: {"min"?, "max"?, "better", "margin", "tolerance", "relative",
+    "recipes"?}}, "margin": float, "tolerance": float}.
     ValueError names the offending field."""
     if isinstance(config, str):
         from model_code.config import load_preset
@@ -48,8 +53,10 @@ def gate_config(config: dict | str) -> dict[str, Any]:
     if not isinstance(ev, dict) or not isinstance(ev.get("gates"), dict) or not ev["gates"]:
         raise ValueError("evaluate.gates: no gates configured (a mapping metric -> {min: x} | {max: y})")
     margin = _number(ev.get("margin", 0.0), "evaluate.margin")
-    if margin < 0:
-        raise ValueError(f"evaluate.margin: must be >= 0, got {margin}")
+    tolerance = _number(ev.get("tolerance", 0.0), "evaluate.tolerance")
+    for k, v in (("margin", margin), ("tolerance", tolerance)):
+        if v < 0:
+            raise ValueError(f"evaluate.{k}: must be >= 0, got {v}")
     gates = {}
     for metric, rule in ev["gates"].items():
         field = f"evaluate.gates.{metric}"
@@ -58,7 +65,8 @@ def gate_config(config: dict | str) -> dict[str, Any]:
         unknown = sorted(set(rule) - set(RULE_KEYS))
         if unknown:
             raise ValueError(f"{field}: unknown keys {unknown} (allowed: {', '.join(RULE_KEYS)})")
-        r: dict[str, Any] = {k: _number(rule[k], f"{field}.{k}") for k in ("min", "max", "margin") if k in rule}
+        r: dict[str, Any] = {k: _number(rule[k], f"{field}.{k}") for k in ("min", "max", "margin", "tolerance")
+                             if k in rule}
         if "min" in r and "max" in r and r["min"] > r["max"]:
             raise ValueError(f"{field}: min {r['min']} is above max {r['max']}")
         better = rule.get("better")
@@ -71,8 +79,10 @@ def gate_config(config: dict | str) -> dict[str, Any]:
             raise ValueError(f"{field}.better: must be 'higher' or 'lower', got {better!r}")
         r["better"] = better
         r["margin"] = r.get("margin", margin)
-        if r["margin"] < 0:
-            raise ValueError(f"{field}.margin: must be >= 0, got {r['margin']}")
+        r["tolerance"] = r.get("tolerance", tolerance)
+        for k in ("margin", "tolerance"):
+            if r[k] < 0:
+                raise ValueError(f"{field}.{k}: must be >= 0, got {r[k]}")
         r["relative"] = rule.get("relative", True)
         if not isinstance(r["relative"], bool):
             raise ValueError(f"{field}.relative: must be true or false, got {r['relative']!r}")
@@ -82,7 +92,7 @@ def gate_config(config: dict | str) -> dict[str, Any]:
                 raise ValueError(f"{field}.recipes: expected a list of recipe names, got {rec!r}")
             r["recipes"] = list(rec)
         gates[str(metric)] = r
-    return {"gates": gates, "margin": margin}
+    return {"gates": gates, "margin": margin, "tolerance": tolerance}
 
 
 def _number(v: Any, field: str) -> float:
@@ -132,32 +142,34 @@ def gate(candidate_metrics: dict, config: dict | str, production_metrics: dict |
             ok = v <= rule["max"]
             checks.append({"metric": metric, "rule": "max", "value": v, "limit": rule["max"], "ok": ok,
                            "reason": f"{metric} = {v:.4g} is above the maximum {rule['max']:.4g}"})
-        if production_metrics is None or not rule["relative"]:
-            continue
-        p = _value(production_metrics, metric)
-        if p is None:
+        p = _value(production_metrics, metric) if production_metrics is not None and rule["relative"] else None
+        if production_metrics is not None and rule["relative"] and p is None:
             notes.append(f"production has no {metric}: relative rule not applied to it")
-            continue
-        slack = rule["margin"] * abs(p)
-        if rule["better"] == "higher":
-            limit, ok, word = p - slack, v >= p - slack, "below"
-        else:
-            limit, ok, word = p + slack, v <= p + slack, "above"
-        checks.append({"metric": metric, "rule": "vs_production", "value": v, "limit": limit, "ok": ok,
-                       "production": p, "reason": f"{metric} = {v:.4g} is {word} production's {p:.4g} "
-                                                  f"by more than the margin {rule['margin']:.0%} "
-                                                  f"(limit {limit:.4g})"})
+        if p is not None:
+            slack = max(rule["margin"] * abs(p), rule["tolerance"])
+            if rule["better"] == "higher":
+                limit, ok, word = p - slack, v >= p - slack, "below"
+            else:
+                limit, ok, word = p + slack, v <= p + slack, "above"
+            checks.append({"metric": metric, "rule": "vs_production", "value": v, "limit": limit, "ok": ok,
+                           "production": p, "reason": f"{metric} = {v:.4g} is {word} production's {p:.4g} "
+                                                      f"by more than the margin ({rule['margin']:.0%}, at "
+                                                      f"least {rule['tolerance']:.4g}; limit {limit:.4g})"})
+        elif "min" not in rule and "max" not in rule:   # a relative-only gate with nothing to compare
+            checks.append({"metric": metric, "rule": "present", "value": v, "limit": None, "ok": True,
+                           "reason": ""})
     failed = [c for c in checks if not c["ok"]]
     for c in checks:
         if c["ok"]:
             c["reason"] = ""
     n_rel = sum(c["rule"] == "vs_production" for c in checks)
+    n_pre = sum(c["rule"] == "present" for c in checks)
     reasons = ([c["reason"] for c in failed] if failed else
-               [f"all {len(checks)} checks passed ({len(checks) - n_rel} thresholds, "
-                f"{n_rel} against production)"])
+               [f"all {len(checks)} checks passed ({len(checks) - n_rel - n_pre} thresholds, "
+                f"{n_rel} against production" + (f", {n_pre} present" if n_pre else "") + ")"])
     return {"inputs": inputs or {}, "metrics": {k: v for k, v in candidate_metrics.items()
                                                 if _value(candidate_metrics, k) is not None},
-            "thresholds": cfg["gates"], "margin": cfg["margin"],
+            "thresholds": cfg["gates"], "margin": cfg["margin"], "tolerance": cfg["tolerance"],
             "production": ({"metrics": {k: production_metrics[k] for k in cfg["gates"]
                                         if k in production_metrics}} if production_metrics is not None else None),
             "checks": checks, "verdict": "failed" if failed else "passed", "reasons": reasons,

@@ -249,7 +249,8 @@ def captioner_metrics(dataset: str, limit: int | None = 2000, seed: int = 0,
     for kind in ("short", "long"):
         if kind not in df.columns:
             continue
-        fb = df[f"{kind}_fallback"].astype(bool) if f"{kind}_fallback" in df.columns else pd.Series(False, index=df.index)
+        col = f"{kind}_fallback"
+        fb = df[col].astype(bool) if col in df.columns else pd.Series(False, index=df.index)
         out[f"{kind}.fallback_rate"] = float(fb.mean())
         own = df[~fb]
         if own.empty:

@@ -75,8 +75,26 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def _verdict(better: float, worse: float, tol: float = 1e-9) -> str:
-    return "agrees" if better > worse + tol else ("tie" if abs(better - worse) <= tol else "disagrees")
+def per_prompt_se(rows: Sequence[dict], key: str = "constraint") -> float:
+    """Standard error of a mean over images, counting prompts as the independent units (the
+    samples of one prompt are correlated): std of the per-prompt means / sqrt(prompts)."""
+    by: dict[Any, list[float]] = {}
+    for r in rows:
+        by.setdefault(r["prompt_id"], []).append(float(r[key]))
+    means = [float(np.mean(v)) for v in by.values()]
+    return float(np.std(means, ddof=1) / np.sqrt(len(means))) if len(means) > 1 else float("nan")
+
+
+def _verdict(better: float, worse: float, se_better: float = 0.0, se_worse: float = 0.0) -> str:
+    """'agrees' when better - worse exceeds two standard errors of the difference, 'disagrees'
+    when it falls below minus two, else 'within noise' (a tie included)."""
+    se = float(np.hypot(np.nan_to_num(se_better), np.nan_to_num(se_worse)))
+    diff = better - worse
+    if diff > 2 * se and diff > 1e-12:
+        return "agrees"
+    if diff < -2 * se and diff < -1e-12:
+        return "disagrees"
+    return f"within noise (difference {diff:+.3f}, 2 SE = {2 * se:.3f})"
 
 
 def update_results(path: str | None, key: str, markdown: str, plot_png: bytes | None = None) -> str | None:
@@ -174,15 +192,17 @@ def table_captions(bundles: dict[str, str], dataset: str, out: str = "runs/table
         gen = _load(bundles[policy])
         generated = generate_images(gen, ps, cfg["samples_per_prompt"], seed, cfg["batch_size"],
                                     sampling=check_sampling(gen, sampling))
-        pf = M.prompt_following(ps, [g.images for g in generated])["per_category"]
+        full = M.prompt_following(ps, [g.images for g in generated])
+        pf = full["per_category"]
         imgs = [im for g in generated for im in g.images]
         texts = [g.prompt for g in generated for _ in g.images]
         row = {"policy": policy, "recipe": gen.recipe}
         for kind in ("short", "long"):
             row[f"{kind}_exact"] = pf.get(kind, {}).get("exact")
             row[f"{kind}_constraint"] = pf.get(kind, {}).get("constraint")
+            row[f"{kind}_constraint_se"] = per_prompt_se([r for r in full["rows"] if r["category"] == kind])
         row["clip_score"] = M.clip_score(gen, imgs, texts)
-        row["paper_preference_pct"] = DALLE3_PREFERENCE[policy]
+        row["paper_preference"] = f"{DALLE3_PREFERENCE[policy]:g}%"
         row["paper_prompt_following"] = DALLE3_PROMPT_FOLLOWING[policy]
         rows.append(row)
     by = {r["policy"]: r for r in rows}
@@ -191,8 +211,8 @@ def table_captions(bundles: dict[str, str], dataset: str, out: str = "runs/table
         b, w = by[better][f"{kind}_constraint"], by[worse][f"{kind}_constraint"]
         if b is None or w is None:
             continue
-        claims.append(f"- {kind} prompts, {better} > {worse} (paper): measured {b:.3f} vs {w:.3f} -> "
-                      f"**{_verdict(b, w)}**")
+        v = _verdict(b, w, by[better][f"{kind}_constraint_se"], by[worse][f"{kind}_constraint_se"])
+        claims.append(f"- {kind} prompts, {better} > {worse} (paper): measured {b:.3f} vs {w:.3f} -> **{v}**")
     params = {"dataset": dataset, "preset": cfg["name"], "prompts_per_kind": cfg["n_per_category"],
               "samples_per_prompt": cfg["samples_per_prompt"], "seed": seed, "sampling": sampling or {},
               **{f"bundle_{p}": bundles[p] for p in POLICIES}}
@@ -202,11 +222,13 @@ def table_captions(bundles: dict[str, str], dataset: str, out: str = "runs/table
           "following low / high for detailed but poor for short / high across both). Here: oracle "
           "prompt following (exact = every constraint met; constraints = fraction met) on held-out "
           "short and long prompts.", "",
-          *_md_table(rows, ["policy", "short_exact", "short_constraint", "long_exact", "long_constraint",
-                            "clip_score", "paper_preference_pct", "paper_prompt_following"],
-                     ["captions", "short exact", "short constraints", "long exact", "long constraints",
-                      "CLIP score", "paper: preference %", "paper: prompt following"]),
-          "", "Ordering against the paper's claims (constraint fraction):", *claims, "", _settings(params)]
+          *_md_table(rows, ["policy", "short_exact", "short_constraint", "short_constraint_se", "long_exact",
+                            "long_constraint", "long_constraint_se", "clip_score", "paper_preference",
+                            "paper_prompt_following"],
+                     ["captions", "short exact", "short constraints", "(SE)", "long exact", "long constraints",
+                      "(SE)", "CLIP score", "paper: preference", "paper: prompt following"]),
+          "", "Ordering against the paper's claims (constraints met; a difference counts when it exceeds "
+          "two standard errors, prompts as the units):", *claims, "", _settings(params)]
     fig, ax = _figure(2)
     x = np.arange(2)
     for i, r in enumerate(rows):
@@ -280,9 +302,12 @@ def table_rerank(bundle: str, dataset: str, out: str = "runs/tables/rerank",
                 clip.append(float(scores[i, j]))
         s = M.summarize_following(pf_rows)
         rows.append({"budget": n, "groups_per_prompt": pool_n // n, "pf_exact": s["overall"]["exact"],
-                     "pf_constraint": s["overall"]["constraint"], "clip_score": float(np.mean(clip))})
+                     "pf_constraint": s["overall"]["constraint"], "pf_constraint_se": per_prompt_se(pf_rows),
+                     "clip_score": float(np.mean(clip))})
     first, last = rows[0], rows[-1]
     steps = [b["pf_constraint"] - a["pf_constraint"] for a, b in zip(rows, rows[1:])]
+    improves = _verdict(last["pf_constraint"], first["pf_constraint"], last["pf_constraint_se"],
+                        first["pf_constraint_se"])
     params = {"bundle": bundle, "dataset": dataset, "budgets": budgets, "prompts": len(ps),
               "preset": cfg["name"], "seed": seed, "sampling": {**gen.sampling, **sampling}}
     md = ["DALL-E 1 samples N candidates and keeps those its CLIP ranks best (N = 512, top 32 shown); "
@@ -290,16 +315,19 @@ def table_rerank(bundle: str, dataset: str, out: str = "runs/tables/rerank",
           "diminishing returns after about 32. Here: the CLIP-best of N candidates per held-out "
           "prompt, judged by the oracle (prompt following, macro mean over categories) and by the "
           "CLIP that reranks (CLIP score rises with N by construction).", "",
-          *_md_table(rows, ["budget", "groups_per_prompt", "pf_exact", "pf_constraint", "clip_score"],
-                     ["N", "groups / prompt", "exact", "constraints met", "CLIP score"]),
+          *_md_table(rows, ["budget", "groups_per_prompt", "pf_exact", "pf_constraint", "pf_constraint_se",
+                            "clip_score"],
+                     ["N", "groups / prompt", "exact", "constraints met", "(SE)", "CLIP score"]),
           "", "Ordering against the paper's claims:",
           f"- prompt following improves from N = {first['budget']} to N = {last['budget']} (paper: quality "
           f"improves with N): {first['pf_constraint']:.3f} -> {last['pf_constraint']:.3f} -> "
-          f"**{_verdict(last['pf_constraint'], first['pf_constraint'])}**",
+          f"**{improves}**",
           f"- gains shrink as N grows (paper: diminishing returns): steps "
           f"{', '.join(f'{d:+.3f}' for d in steps) or '-'} -> **"
-          + ("agrees" if len(steps) >= 2 and abs(steps[-1]) <= abs(steps[0]) else
-             "disagrees" if len(steps) >= 2 else "n/a") + "**",
+          + ("n/a" if len(steps) < 2 else
+             "not testable: the gains are within noise" if first["pf_constraint"] + 2 * np.nan_to_num(
+                 np.hypot(first["pf_constraint_se"], last["pf_constraint_se"])) >= last["pf_constraint"]
+             else "agrees" if abs(steps[-1]) <= abs(steps[0]) else "disagrees") + "**",
           "", _settings(params)]
     fig, ax = _figure(2)
     xs = [r["budget"] for r in rows]
@@ -350,16 +378,26 @@ def table_guidance(unclip_bundle: str, text_decoder_bundle: str, dataset: str,
         for s in scales:
             settings = {**check_sampling(gen, sampling), "decoder_guidance": s}
             generated = generate_images(gen, ps, k, seed, cfg["batch_size"], candidates=k, sampling=settings)
-            flat, _, _ = _metrics_no_fd(gen, ps, generated)
-            rows.append({"model": name, "scale": s, "diversity": flat.get("diversity"),
-                         "pf_exact": flat["pf.exact"], "pf_constraint": flat["pf.constraint"],
-                         "clip_score": flat["clip_score"]})
+            images = [g.images for g in generated]
+            pf = M.prompt_following(ps, images)
+            emb = M.embed_images(gen, [im for ims in images for im in ims])           # (P * k, D)
+            div = np.array([M.pairwise_distance(emb[i * k:(i + 1) * k]) for i in range(len(ps))])  # (P,)
+            rows.append({"model": name, "scale": s, "diversity": float(div.mean()),
+                         "diversity_se": float(div.std(ddof=1) / np.sqrt(len(div))) if len(div) > 1 else float("nan"),
+                         "pf_exact": pf["overall"]["exact"], "pf_constraint": pf["overall"]["constraint"],
+                         "pf_constraint_se": per_prompt_se(pf["rows"]),
+                         "clip_score": M.clip_score(gen, [im for ims in images for im in ims],
+                                                    [p["text"] for p in ps for _ in range(k)])})
 
     def at(model, s):
         return next(r for r in rows if r["model"] == model and r["scale"] == s)
     lo, hi = scales[0], scales[-1]
+    # diversity lost from the lowest to the highest scale, and its standard error (the two ends
+    # are measured on the same prompts, so adding their variances overstates it: conservative)
     drop = {m: at(m, lo)["diversity"] - at(m, hi)["diversity"] for m in models}
-    gain = {m: at(m, hi)["pf_constraint"] - at(m, lo)["pf_constraint"] for m in models}
+    drop_se = {m: float(np.hypot(at(m, lo)["diversity_se"], at(m, hi)["diversity_se"])) for m in models}
+    gain = {m: _verdict(at(m, hi)["pf_constraint"], at(m, lo)["pf_constraint"], at(m, hi)["pf_constraint_se"],
+                        at(m, lo)["pf_constraint_se"]) for m in models}
     params = {"unclip_bundle": unclip_bundle, "text_decoder_bundle": text_decoder_bundle, "dataset": dataset,
               "scales": scales, "prompts": len(ps), "samples_per_prompt": k, "seed": seed,
               "preset": cfg["name"], "sampling": sampling or {}}
@@ -369,15 +407,14 @@ def table_guidance(unclip_bundle: str, text_decoder_bundle: str, dataset: str,
           "photorealism 48.9%, caption similarity 45.3% vs GLIDE). Here: decoder guidance scale swept "
           "for our unCLIP and for a decoder conditioned on the CLIP text embedding; diversity = mean "
           "pairwise CLIP-embedding distance among a prompt's samples (no reranking).", "",
-          *_md_table(rows, ["model", "scale", "diversity", "pf_exact", "pf_constraint", "clip_score"],
-                     ["model", "guidance", "diversity", "exact", "constraints met", "CLIP score"]),
-          "", "Ordering against the paper's claims:",
+          *_md_table(rows, ["model", "scale", "diversity", "diversity_se", "pf_exact", "pf_constraint",
+                            "pf_constraint_se", "clip_score"],
+                     ["model", "guidance", "diversity", "(SE)", "exact", "constraints met", "(SE)", "CLIP score"]),
+          "", "Ordering against the paper's claims (a difference counts when it exceeds two standard errors):",
           f"- unCLIP loses less diversity than the text decoder from scale {lo:g} to {hi:g}: "
           f"drops {drop['unCLIP']:+.4f} vs {drop['text decoder']:+.4f} -> "
-          f"**{_verdict(drop['text decoder'], drop['unCLIP'])}**",
-          f"- guidance raises prompt following (both models): unCLIP {gain['unCLIP']:+.3f}, "
-          f"text decoder {gain['text decoder']:+.3f} -> **"
-          + ("agrees" if min(gain.values()) > 0 else "disagrees") + "**",
+          f"**{_verdict(drop['text decoder'], drop['unCLIP'], drop_se['text decoder'], drop_se['unCLIP'])}**",
+          f"- guidance raises prompt following: unCLIP **{gain['unCLIP']}**; text decoder **{gain['text decoder']}**",
           "", _settings(params)]
     fig, ax = _figure(2)
     for m in models:
@@ -393,10 +430,6 @@ def table_guidance(unclip_bundle: str, text_decoder_bundle: str, dataset: str,
     return _finish("guidance", "DALL-E 2: guidance scale, diversity and prompt following", rows, md, _png(fig),
                    params, out, mlflow, results_md, t0)
 
-
-def _metrics_no_fd(gen, ps, generated):
-    from model_code.evaluate.evaluate import compute_metrics
-    return compute_metrics(gen, ps, generated, real_images=None)
 
 
 # ---------------------------------------------------------------- one command

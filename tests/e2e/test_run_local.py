@@ -18,7 +18,7 @@ SHRINK = ["--set", "data.n=300",
           "--set", "evaluate.gates={clip_score: {min: -1.0, relative: false}}"]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_run_local_end_to_end(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "EASEL_HOME": str(out)}

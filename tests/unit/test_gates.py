@@ -15,7 +15,8 @@ def test_pass_with_reasons():
     assert r["verdict"] == "passed"
     assert r["reasons"] == ["all 3 checks passed (3 thresholds, 0 against production)"]
     assert r["inputs"] == {"bundle": "b"} and r["metrics"] == GOOD and r["production"] is None
-    assert r["thresholds"]["fd_clip"] == {"max": 1.0, "better": "lower", "margin": 0.1, "relative": True}
+    assert r["thresholds"]["fd_clip"] == {"max": 1.0, "better": "lower", "margin": 0.1, "tolerance": 0.0,
+                                          "relative": True}
 
 
 def test_threshold_failures_name_metric_and_limit():
@@ -39,7 +40,8 @@ def test_relative_margin_against_production():
     r = G.gate(GOOD, CFG, production_metrics=prod)
     assert r["verdict"] == "failed"
     assert len(r["reasons"]) == 2
-    assert r["reasons"][0].startswith("pf.short.constraint = 0.5 is below production's 0.6 by more than the margin 10%")
+    assert r["reasons"][0] == ("pf.short.constraint = 0.5 is below production's 0.6 by more than the margin "
+                            "(10%, at least 0; limit 0.54)")
     assert r["reasons"][1].startswith("fd_clip = 0.4 is above production's 0.3")
     rel = [c for c in r["checks"] if c["rule"] == "vs_production"]
     assert [c["ok"] for c in rel] == [False, False, True]
@@ -51,6 +53,17 @@ def test_relative_margin_against_production():
     # production without a gated metric: noted, not silently passed as compared
     part = G.gate(GOOD, CFG, production_metrics={"clip_score": 0.1})
     assert any("production has no fd_clip" in n for n in part["notes"])
+
+
+def test_tolerance_covers_noise_near_zero_and_relative_only_gates():
+    cfg = {"margin": 0.1, "gates": {"pf.constraint": {"better": "higher", "tolerance": 0.03}}}
+    # production 0.01: 10% of it is 0.001, far below the evaluation's noise; the tolerance rules
+    assert G.gate({"pf.constraint": 0.0}, cfg, production_metrics={"pf.constraint": 0.01})["verdict"] == "passed"
+    r = G.gate({"pf.constraint": 0.1}, cfg, production_metrics={"pf.constraint": 0.5})
+    assert r["verdict"] == "failed" and "limit 0.45" in r["reasons"][0]     # 10% of 0.5 > 0.03
+    # relative only: without production nothing but presence is checked
+    assert G.gate({"pf.constraint": 0.0}, cfg)["verdict"] == "passed"
+    assert G.gate({}, cfg)["verdict"] == "failed"
 
 
 def test_relative_false_keeps_a_metric_to_its_threshold():
@@ -75,6 +88,7 @@ def test_recipe_specific_gates():
     ({"gates": {"m": {"min": 0, "max": 1}}}, "better: higher"),
     ({"gates": {"m": {"min": 2, "max": 1, "better": "higher"}}}, "above max"),
     ({"gates": {"m": {"min": 0}}, "margin": -1}, "evaluate.margin"),
+    ({"gates": {"m": {"min": 0, "tolerance": -0.1}}}, "evaluate.gates.m.tolerance"),
     ({"gates": {"m": 0.5}}, "evaluate.gates.m"),
     ({"gates": {"m": {"min": 0, "relative": "no"}}}, "evaluate.gates.m.relative"),
     ({"gates": {"m": {"min": 0, "recipes": "dalle"}}}, "evaluate.gates.m.recipes"),

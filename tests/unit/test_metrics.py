@@ -137,3 +137,13 @@ def test_captioner_metrics_from_sidecars(tmp_path):
 def test_finite_drops_what_gates_cannot_read():
     assert M.finite({"a": 1, "b": float("nan"), "c": None, "d": True, "e": "x", "f": np.float32(2)}) == \
         {"a": 1.0, "f": 2.0}
+
+
+def test_table_verdicts_respect_noise():
+    from model_code.evaluate.tables import _verdict, per_prompt_se
+    assert _verdict(0.5, 0.3, 0.05, 0.05) == "agrees"            # 0.2 > 2 * 0.071
+    assert _verdict(0.3, 0.5, 0.05, 0.05) == "disagrees"
+    assert _verdict(0.35, 0.3, 0.05, 0.05).startswith("within noise (difference +0.050")
+    assert _verdict(0.3, 0.3).startswith("within noise")
+    rows = [{"prompt_id": i // 2, "constraint": float(i // 2 % 2)} for i in range(8)]   # 4 prompts: 0, 1, 0, 1
+    assert per_prompt_se(rows) == pytest.approx(np.std([0, 1, 0, 1], ddof=1) / 2)
