@@ -75,21 +75,39 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def per_prompt_se(rows: Sequence[dict], key: str = "constraint") -> float:
-    """Standard error of a mean over images, counting prompts as the independent units (the
-    samples of one prompt are correlated): std of the per-prompt means / sqrt(prompts)."""
+def _prompt_means(rows: Sequence[dict], key: str = "constraint") -> dict[Any, float]:
     by: dict[Any, list[float]] = {}
     for r in rows:
         by.setdefault(r["prompt_id"], []).append(float(r[key]))
-    means = [float(np.mean(v)) for v in by.values()]
+    return {k: float(np.mean(v)) for k, v in by.items()}
+
+
+def per_prompt_se(rows: Sequence[dict], key: str = "constraint") -> float:
+    """Standard error of a mean over images, counting prompts as the independent units (the
+    samples of one prompt are correlated): std of the per-prompt means / sqrt(prompts)."""
+    means = list(_prompt_means(rows, key).values())
     return float(np.std(means, ddof=1) / np.sqrt(len(means))) if len(means) > 1 else float("nan")
 
 
-def _verdict(better: float, worse: float, se_better: float = 0.0, se_worse: float = 0.0) -> str:
-    """'agrees' when better - worse exceeds two standard errors of the difference, 'disagrees'
-    when it falls below minus two, else 'within noise' (a tie included)."""
-    se = float(np.hypot(np.nan_to_num(se_better), np.nan_to_num(se_worse)))
-    diff = better - worse
+def paired(a: Sequence[float] | Sequence[dict], b: Sequence[float] | Sequence[dict],
+           key: str = "constraint") -> tuple[float, float]:
+    """(mean of a - b, its standard error), each prompt paired with itself: the tables compare
+    settings on the same prompts, so prompt difficulty cancels. a, b: per-image rows (with
+    prompt_id) or per-prompt values in the same order."""
+    if a and isinstance(a[0], dict):
+        ma, mb = _prompt_means(a, key), _prompt_means(b, key)
+        d = np.array([ma[k] - mb[k] for k in ma if k in mb])
+    else:
+        d = np.asarray(a, float) - np.asarray(b, float)
+    if len(d) == 0:
+        raise ValueError("paired: the two sides share no prompt")
+    return float(d.mean()), (float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan"))
+
+
+def _verdict(diff: float, se: float) -> str:
+    """For a claim "A > B" with measured A - B = diff: 'agrees' when diff exceeds two standard
+    errors, 'disagrees' when it is below minus two, else 'within noise'."""
+    se = float(np.nan_to_num(se))
     if diff > 2 * se and diff > 1e-12:
         return "agrees"
     if diff < -2 * se and diff < -1e-12:
@@ -187,7 +205,7 @@ def table_captions(bundles: dict[str, str], dataset: str, out: str = "runs/table
         raise ValueError(f"bundles: need exactly {list(POLICIES)} -> bundle, got {sorted(bundles)}")
     cfg = eval_config(preset, n_per_category=n_per_category, samples_per_prompt=samples_per_prompt, seed=seed)
     ps = _prompts(dataset, out, cfg["n_per_category"], seed, ("short", "long"))
-    rows = []
+    rows, judged = [], {}
     for policy in POLICIES:
         gen = _load(bundles[policy])
         generated = generate_images(gen, ps, cfg["samples_per_prompt"], seed, cfg["batch_size"],
@@ -200,7 +218,9 @@ def table_captions(bundles: dict[str, str], dataset: str, out: str = "runs/table
         for kind in ("short", "long"):
             row[f"{kind}_exact"] = pf.get(kind, {}).get("exact")
             row[f"{kind}_constraint"] = pf.get(kind, {}).get("constraint")
-            row[f"{kind}_constraint_se"] = per_prompt_se([r for r in full["rows"] if r["category"] == kind])
+            kind_rows = [r for r in full["rows"] if r["category"] == kind]
+            row[f"{kind}_constraint_se"] = per_prompt_se(kind_rows)
+            judged[(policy, kind)] = kind_rows
         row["clip_score"] = M.clip_score(gen, imgs, texts)
         row["paper_preference"] = f"{DALLE3_PREFERENCE[policy]:g}%"
         row["paper_prompt_following"] = DALLE3_PROMPT_FOLLOWING[policy]
@@ -211,7 +231,7 @@ def table_captions(bundles: dict[str, str], dataset: str, out: str = "runs/table
         b, w = by[better][f"{kind}_constraint"], by[worse][f"{kind}_constraint"]
         if b is None or w is None:
             continue
-        v = _verdict(b, w, by[better][f"{kind}_constraint_se"], by[worse][f"{kind}_constraint_se"])
+        v = _verdict(*paired(judged[(better, kind)], judged[(worse, kind)]))
         claims.append(f"- {kind} prompts, {better} > {worse} (paper): measured {b:.3f} vs {w:.3f} -> **{v}**")
     params = {"dataset": dataset, "preset": cfg["name"], "prompts_per_kind": cfg["n_per_category"],
               "samples_per_prompt": cfg["samples_per_prompt"], "seed": seed, "sampling": sampling or {},
@@ -228,7 +248,7 @@ def table_captions(bundles: dict[str, str], dataset: str, out: str = "runs/table
                      ["captions", "short exact", "short constraints", "(SE)", "long exact", "long constraints",
                       "(SE)", "CLIP score", "paper: preference", "paper: prompt following"]),
           "", "Ordering against the paper's claims (constraints met; a difference counts when it exceeds "
-          "two standard errors, prompts as the units):", *claims, "", _settings(params)]
+          "two standard errors, paired by prompt):", *claims, "", _settings(params)]
     fig, ax = _figure(2)
     x = np.arange(2)
     for i, r in enumerate(rows):
@@ -292,7 +312,7 @@ def table_rerank(bundle: str, dataset: str, out: str = "runs/tables/rerank",
             cache[(i, j)] = M.score_images(ps[i], [images[i][j]])[0]
         return cache[(i, j)]
 
-    rows = []
+    rows, by_budget = [], {}
     for n in budgets:
         pf_rows, clip = [], []
         for i in range(len(ps)):
@@ -300,14 +320,15 @@ def table_rerank(bundle: str, dataset: str, out: str = "runs/tables/rerank",
                 j = g * n + int(np.argmax(scores[i, g * n:(g + 1) * n]))
                 pf_rows.append(judged(i, j))
                 clip.append(float(scores[i, j]))
+        by_budget[n] = pf_rows
         s = M.summarize_following(pf_rows)
         rows.append({"budget": n, "groups_per_prompt": pool_n // n, "pf_exact": s["overall"]["exact"],
                      "pf_constraint": s["overall"]["constraint"], "pf_constraint_se": per_prompt_se(pf_rows),
                      "clip_score": float(np.mean(clip))})
     first, last = rows[0], rows[-1]
     steps = [b["pf_constraint"] - a["pf_constraint"] for a, b in zip(rows, rows[1:])]
-    improves = _verdict(last["pf_constraint"], first["pf_constraint"], last["pf_constraint_se"],
-                        first["pf_constraint_se"])
+    gain, gain_se = paired(by_budget[last["budget"]], by_budget[first["budget"]])
+    improves = _verdict(gain, gain_se)
     params = {"bundle": bundle, "dataset": dataset, "budgets": budgets, "prompts": len(ps),
               "preset": cfg["name"], "seed": seed, "sampling": {**gen.sampling, **sampling}}
     md = ["DALL-E 1 samples N candidates and keeps those its CLIP ranks best (N = 512, top 32 shown); "
@@ -318,15 +339,14 @@ def table_rerank(bundle: str, dataset: str, out: str = "runs/tables/rerank",
           *_md_table(rows, ["budget", "groups_per_prompt", "pf_exact", "pf_constraint", "pf_constraint_se",
                             "clip_score"],
                      ["N", "groups / prompt", "exact", "constraints met", "(SE)", "CLIP score"]),
-          "", "Ordering against the paper's claims:",
+          "", "Ordering against the paper's claims (two standard errors, paired by prompt):",
           f"- prompt following improves from N = {first['budget']} to N = {last['budget']} (paper: quality "
           f"improves with N): {first['pf_constraint']:.3f} -> {last['pf_constraint']:.3f} -> "
           f"**{improves}**",
           f"- gains shrink as N grows (paper: diminishing returns): steps "
           f"{', '.join(f'{d:+.3f}' for d in steps) or '-'} -> **"
           + ("n/a" if len(steps) < 2 else
-             "not testable: the gains are within noise" if first["pf_constraint"] + 2 * np.nan_to_num(
-                 np.hypot(first["pf_constraint_se"], last["pf_constraint_se"])) >= last["pf_constraint"]
+             "not testable: the total gain is within noise" if improves != "agrees"
              else "agrees" if abs(steps[-1]) <= abs(steps[0]) else "disagrees") + "**",
           "", _settings(params)]
     fig, ax = _figure(2)
@@ -373,7 +393,7 @@ def table_guidance(unclip_bundle: str, text_decoder_bundle: str, dataset: str,
         raise ValueError("text_decoder_bundle: its decoder must be conditioned on text "
                          "(decoder.conditioning: text), the paper's comparison decoder")
     ps = _prompts(dataset, out, cfg["n_per_category"], seed, categories)
-    rows = []
+    rows, judged = [], {}
     for name, gen in models.items():
         for s in scales:
             settings = {**check_sampling(gen, sampling), "decoder_guidance": s}
@@ -382,22 +402,20 @@ def table_guidance(unclip_bundle: str, text_decoder_bundle: str, dataset: str,
             pf = M.prompt_following(ps, images)
             emb = M.embed_images(gen, [im for ims in images for im in ims])           # (P * k, D)
             div = np.array([M.pairwise_distance(emb[i * k:(i + 1) * k]) for i in range(len(ps))])  # (P,)
+            judged[(name, s)] = (pf["rows"], div)
             rows.append({"model": name, "scale": s, "diversity": float(div.mean()),
-                         "diversity_se": float(div.std(ddof=1) / np.sqrt(len(div))) if len(div) > 1 else float("nan"),
+                         "diversity_se": float(div.std(ddof=1) / np.sqrt(len(div))) if len(div) > 1 else None,
                          "pf_exact": pf["overall"]["exact"], "pf_constraint": pf["overall"]["constraint"],
                          "pf_constraint_se": per_prompt_se(pf["rows"]),
                          "clip_score": M.clip_score(gen, [im for ims in images for im in ims],
                                                     [p["text"] for p in ps for _ in range(k)])})
 
-    def at(model, s):
-        return next(r for r in rows if r["model"] == model and r["scale"] == s)
     lo, hi = scales[0], scales[-1]
-    # diversity lost from the lowest to the highest scale, and its standard error (the two ends
-    # are measured on the same prompts, so adding their variances overstates it: conservative)
-    drop = {m: at(m, lo)["diversity"] - at(m, hi)["diversity"] for m in models}
-    drop_se = {m: float(np.hypot(at(m, lo)["diversity_se"], at(m, hi)["diversity_se"])) for m in models}
-    gain = {m: _verdict(at(m, hi)["pf_constraint"], at(m, lo)["pf_constraint"], at(m, hi)["pf_constraint_se"],
-                        at(m, lo)["pf_constraint_se"]) for m in models}
+    # diversity each model loses from the lowest to the highest scale, per prompt (P,)
+    lost = {m: judged[(m, lo)][1] - judged[(m, hi)][1] for m in models}
+    drop = {m: float(v.mean()) for m, v in lost.items()}
+    keeps = _verdict(*paired(lost["text decoder"], lost["unCLIP"]))
+    gain = {m: _verdict(*paired(judged[(m, hi)][0], judged[(m, lo)][0])) for m in models}
     params = {"unclip_bundle": unclip_bundle, "text_decoder_bundle": text_decoder_bundle, "dataset": dataset,
               "scales": scales, "prompts": len(ps), "samples_per_prompt": k, "seed": seed,
               "preset": cfg["name"], "sampling": sampling or {}}
@@ -410,10 +428,10 @@ def table_guidance(unclip_bundle: str, text_decoder_bundle: str, dataset: str,
           *_md_table(rows, ["model", "scale", "diversity", "diversity_se", "pf_exact", "pf_constraint",
                             "pf_constraint_se", "clip_score"],
                      ["model", "guidance", "diversity", "(SE)", "exact", "constraints met", "(SE)", "CLIP score"]),
-          "", "Ordering against the paper's claims (a difference counts when it exceeds two standard errors):",
+          "", "Ordering against the paper's claims (two standard errors, paired by prompt):",
           f"- unCLIP loses less diversity than the text decoder from scale {lo:g} to {hi:g}: "
           f"drops {drop['unCLIP']:+.4f} vs {drop['text decoder']:+.4f} -> "
-          f"**{_verdict(drop['text decoder'], drop['unCLIP'], drop_se['text decoder'], drop_se['unCLIP'])}**",
+          f"**{keeps}**",
           f"- guidance raises prompt following: unCLIP **{gain['unCLIP']}**; text decoder **{gain['text decoder']}**",
           "", _settings(params)]
     fig, ax = _figure(2)

@@ -140,10 +140,15 @@ def test_finite_drops_what_gates_cannot_read():
 
 
 def test_table_verdicts_respect_noise():
-    from model_code.evaluate.tables import _verdict, per_prompt_se
-    assert _verdict(0.5, 0.3, 0.05, 0.05) == "agrees"            # 0.2 > 2 * 0.071
-    assert _verdict(0.3, 0.5, 0.05, 0.05) == "disagrees"
-    assert _verdict(0.35, 0.3, 0.05, 0.05).startswith("within noise (difference +0.050")
-    assert _verdict(0.3, 0.3).startswith("within noise")
+    from model_code.evaluate.tables import _verdict, paired, per_prompt_se
+    assert _verdict(0.2, 0.05) == "agrees"
+    assert _verdict(-0.2, 0.05) == "disagrees"
+    assert _verdict(0.05, 0.05).startswith("within noise (difference +0.050, 2 SE = 0.100")
+    assert _verdict(0.0, 0.0).startswith("within noise")
     rows = [{"prompt_id": i // 2, "constraint": float(i // 2 % 2)} for i in range(8)]   # 4 prompts: 0, 1, 0, 1
     assert per_prompt_se(rows) == pytest.approx(np.std([0, 1, 0, 1], ddof=1) / 2)
+    # pairing by prompt: a constant gain on prompts of very different difficulty is certain
+    better = [{"prompt_id": r["prompt_id"], "constraint": r["constraint"] * 0.5 + 0.25} for r in rows]
+    diff, se = paired(better, [dict(r, constraint=r["constraint"] * 0.5) for r in rows])
+    assert diff == pytest.approx(0.25) and se == pytest.approx(0.0)
+    assert paired([0.3, 0.5], [0.1, 0.2]) == (pytest.approx(0.25), pytest.approx(0.05))
