@@ -52,11 +52,17 @@ def registry_uri() -> str:
 
 
 def artifact_location() -> str | None:
-    """Where a new experiment keeps its artifacts: <EASEL_HOME>/mlruns with the embedded store;
-    None (the server's or store's own default) otherwise."""
-    if not uses_embedded_store():
-        return None
-    return "file://" + os.path.join(easel_home(), "mlruns")
+    """Where a new experiment keeps its artifacts: <EASEL_HOME>/mlruns with the embedded store,
+    `mlruns/` beside the database for any other local SQLite store (MLflow's own default there is
+    ./mlruns under whatever directory the process happens to run in); None (the server's
+    default) for a tracking server."""
+    if uses_embedded_store():
+        return "file://" + os.path.join(easel_home(), "mlruns")
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        db = uri[len("sqlite:///"):]
+        return "file://" + os.path.join(os.path.dirname(os.path.abspath(db)), "mlruns")
+    return None
 
 
 # ---------------------------------------------------------------- MLflow handles

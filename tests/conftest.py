@@ -23,4 +23,15 @@ def _seed():
     yield
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread per test process: the models under test are tiny and these boxes
+    have 2 shared cores, where OpenMP's spinning threads cost 10-20x the CPU time of one."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 pytest_plugins = ["tests.servers"]

@@ -14,68 +14,19 @@ Config keys (the `clip:` preset section; `vocab_size` is added by the caller fro
 """
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
-import safetensors.torch
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from transformers import CLIPConfig, CLIPModel
 
-from model_code import storage
+from model_code.models.pretrained import PretrainedMixin
 
 # OpenAI CLIP's pixel statistics (images are mapped [-1, 1] -> [0, 1] -> (x - mean) / std).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-class PretrainedMixin:
-    """from_config / config / save_pretrained / from_pretrained for the unCLIP models.
-
-    A subclass defines DEFAULTS (every config key with its default), REQUIRED (keys with no
-    default), `_validate(cfg)` and `__init__(self, cfg)`. The saved config.json is the fully
-    resolved config, so from_pretrained rebuilds the identical module and loads it strictly.
-    """
-
-    DEFAULTS: dict[str, Any] = {}
-    REQUIRED: tuple[str, ...] = ()
-    SECTION = "model"  # the preset section name, used in error messages
-
-    @classmethod
-    def resolve_config(cls, cfg: dict | None) -> dict:
-        cfg = dict(cfg or {})
-        for key in cls.REQUIRED:
-            if cfg.get(key) is None:
-                raise ValueError(f"{cls.SECTION}.{key} is required (got {cfg.get(key)!r})")
-        out = {**cls.DEFAULTS, **cfg}
-        cls._validate(out)
-        return out
-
-    @classmethod
-    def _validate(cls, cfg: dict) -> None:  # pragma: no cover - overridden
-        pass
-
-    @classmethod
-    def from_config(cls, cfg: dict):
-        return cls(cfg)
-
-    def save_pretrained(self, uri: str) -> None:
-        """Write `config.json` + `model.safetensors` under uri (a directory or s3:// prefix)."""
-        storage.makedirs(uri)
-        storage.write_text(storage.join(uri, "config.json"), json.dumps(self.config, indent=2, sort_keys=True))
-        # contiguous clones: safetensors refuses shared/non-contiguous storage
-        state = {k: v.detach().contiguous().clone() for k, v in self.state_dict().items()}
-        storage.write_bytes(storage.join(uri, "model.safetensors"), safetensors.torch.save(state))
-
-    @classmethod
-    def from_pretrained(cls, uri: str, map_location: str | torch.device = "cpu"):
-        cfg = json.loads(storage.read_text(storage.join(uri, "config.json")))
-        model = cls(cfg)
-        state = safetensors.torch.load(storage.read_bytes(storage.join(uri, "model.safetensors")))
-        model.load_state_dict(state, strict=True)
-        return model.to(map_location)
 
 
 def _positive_int(cfg: dict, section: str, *keys: str) -> None:
@@ -97,6 +48,7 @@ def check_text(ids: torch.Tensor, mask: torch.Tensor, max_len: int | None = None
 
 class CLIP(PretrainedMixin, nn.Module):
     SECTION = "clip"
+    MODEL_TYPE = "easel-clip"
     REQUIRED = ("vocab_size",)
     DEFAULTS = {
         "max_text_tokens": 64,

@@ -39,7 +39,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from model_code.models.clip import CLIP, PretrainedMixin, _positive_int, check_text
+from model_code.models.clip import CLIP, _positive_int, check_text
+from model_code.models.pretrained import PretrainedMixin
 from model_code.text import tokenizer as tok_mod
 
 KINDS = ("short", "long")
@@ -115,6 +116,7 @@ class CoCa(PretrainedMixin, nn.Module):
     """
 
     SECTION = "captioner"
+    MODEL_TYPE = "easel-captioner"
     REQUIRED = ("vocab_size",)
     DEFAULTS = {
         "max_text_tokens": 96,

@@ -34,7 +34,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 
-from model_code.models.clip import PretrainedMixin, _positive_int
+from model_code.models.clip import _positive_int
+from model_code.models.pretrained import PretrainedMixin
 from model_code.models.diffusion import (add_noise, make_scheduler, randn, sample_loop, sample_timesteps, slerp,
                                          validate_schedule)
 from model_code.models.prior import pad_tokens
@@ -70,6 +71,7 @@ class TextEncoder(nn.Module):
 
 class UnCLIPDecoder(PretrainedMixin, nn.Module):
     SECTION = "decoder"
+    MODEL_TYPE = "easel-unclip-decoder"
     REQUIRED = ("clip_embed_dim", "clip_text_width", "max_text_tokens")
     DEFAULTS = {
         "image_size": 32,

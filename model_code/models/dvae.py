@@ -31,19 +31,15 @@ Config keys (the `dvae:` preset section; missing keys take the paper's values in
 """
 from __future__ import annotations
 
-import json
 import math
 import numbers
-import os
-import tempfile
 from collections import OrderedDict
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_model, save_model
 
-from model_code import storage
+from model_code.models.pretrained import PretrainedMixin
 
 DEFAULTS: dict = {
     # architecture (OpenAI's released dVAE: n_hid 256, 2 blocks per group, 4 groups, 8192 codes)
@@ -266,8 +262,12 @@ class Decoder(nn.Module):
 
 
 # ---------------------------------------------------------------- the model
-class DVAE(nn.Module):
+class DVAE(PretrainedMixin, nn.Module):
     """DALL-E 1 discrete VAE. Images are float (B,3,H,W) in [-1,1]; codes are long (B,h,w)."""
+
+    SECTION = "dvae"
+    MODEL_TYPE = "easel-dvae"
+    resolve_config = staticmethod(resolve_config)
 
     def __init__(self, cfg: dict | None = None):
         super().__init__()
@@ -279,13 +279,6 @@ class DVAE(nn.Module):
                 _init_conv(m)
 
     # -------------------------------------------------------------- construction / io
-    @classmethod
-    def from_config(cls, cfg: dict | None) -> "DVAE":
-        """Build from the `dvae` preset section (a whole preset with a `dvae` key also works)."""
-        if cfg and "dvae" in cfg and isinstance(cfg["dvae"], dict):
-            cfg = cfg["dvae"]
-        return cls(cfg)
-
     @property
     def config(self) -> dict:
         return dict(self._config)
@@ -302,28 +295,6 @@ class DVAE(nn.Module):
     def grid_size(self) -> int:
         """Side of the code grid for the configured image_size (32 for 256 px / 8)."""
         return self._config["image_size"] // self._config["downsample"]
-
-    def save_pretrained(self, dir_or_uri: str) -> None:
-        """Write config.json + model.safetensors under a directory or URI."""
-        with tempfile.TemporaryDirectory() as tmp:
-            with open(os.path.join(tmp, "config.json"), "w") as f:
-                json.dump({"model_type": "easel-dvae", **self._config}, f, indent=2)
-            save_model(self, os.path.join(tmp, "model.safetensors"))
-            storage.put_dir(tmp, dir_or_uri)
-
-    @classmethod
-    def from_pretrained(cls, dir_or_uri: str, map_location: str | torch.device = "cpu") -> "DVAE":
-        with tempfile.TemporaryDirectory() as tmp:
-            local = storage.get_dir(dir_or_uri, tmp) if storage.is_remote(dir_or_uri) \
-                else storage.local_path(dir_or_uri)
-            with open(os.path.join(local, "config.json")) as f:
-                cfg = json.load(f)
-            if cfg.pop("model_type", None) != "easel-dvae":
-                raise ValueError(f"{dir_or_uri}/config.json is not an easel dVAE config")
-            model = cls(cfg)
-            load_model(model, os.path.join(local, "model.safetensors"), strict=True,
-                       device=str(map_location))
-        return model
 
     # -------------------------------------------------------------- pixels
     def _check_images(self, images: torch.Tensor) -> None:

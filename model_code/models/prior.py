@@ -25,7 +25,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from diffusers import PriorTransformer
 
-from model_code.models.clip import PretrainedMixin, _positive_int
+from model_code.models.clip import _positive_int
+from model_code.models.pretrained import PretrainedMixin
 from model_code.models.diffusion import add_noise, make_scheduler, sample_loop, sample_timesteps, validate_schedule
 
 
@@ -62,6 +63,7 @@ def pad_tokens(tokens: torch.Tensor | None, mask: torch.Tensor | None, length: i
 
 class DiffusionPrior(PretrainedMixin, nn.Module):
     SECTION = "prior"
+    MODEL_TYPE = "easel-unclip-prior"
     REQUIRED = ("clip_embed_dim", "clip_text_width", "max_text_tokens")
     DEFAULTS = {
         "width": 128,

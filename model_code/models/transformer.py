@@ -30,17 +30,13 @@ Config keys (the `transformer:` preset section; missing keys take the defaults i
 """
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_model, save_model
 from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel, LogitsProcessor, LogitsProcessorList
 
-from model_code import storage
+from model_code.models.pretrained import PretrainedMixin
 
 DEFAULTS: dict = {
     # the paper's 12B shapes (section 2.2 / appendix B): 64 layers, 62 heads of 64, d_model 3968,
@@ -110,8 +106,12 @@ class ImageCodesOnly(LogitsProcessor):
         return scores
 
 
-class DalleTransformer(nn.Module):
+class DalleTransformer(PretrainedMixin, nn.Module):
     """Decoder-only transformer over [text, image] tokens (see the module docstring)."""
+
+    SECTION = "transformer"
+    MODEL_TYPE = "easel-dalle-transformer"
+    resolve_config = staticmethod(resolve_config)
 
     def __init__(self, cfg: dict | None = None):
         super().__init__()
@@ -138,13 +138,6 @@ class DalleTransformer(nn.Module):
             (enable or self.gpt.gradient_checkpointing_enable)()
 
     # -------------------------------------------------------------- construction / io
-    @classmethod
-    def from_config(cls, cfg: dict | None) -> "DalleTransformer":
-        """Build from the `transformer` preset section (a whole preset with that key also works)."""
-        if cfg and "transformer" in cfg and isinstance(cfg["transformer"], dict):
-            cfg = cfg["transformer"]
-        return cls(cfg)
-
     @property
     def config(self) -> dict:
         return dict(self._config)
@@ -156,29 +149,6 @@ class DalleTransformer(nn.Module):
     def num_params(self) -> int:
         """Unique parameters (the tied input/output embedding counted once)."""
         return sum(p.numel() for p in self.parameters())
-
-    def save_pretrained(self, dir_or_uri: str) -> None:
-        """Write config.json + model.safetensors under a directory or URI."""
-        with tempfile.TemporaryDirectory() as tmp:
-            with open(os.path.join(tmp, "config.json"), "w") as f:
-                json.dump({"model_type": "easel-dalle-transformer", **self._config}, f, indent=2)
-            save_model(self, os.path.join(tmp, "model.safetensors"))  # handles the tied embedding
-            storage.put_dir(tmp, dir_or_uri)
-
-    @classmethod
-    def from_pretrained(cls, dir_or_uri: str,
-                        map_location: str | torch.device = "cpu") -> "DalleTransformer":
-        with tempfile.TemporaryDirectory() as tmp:
-            local = storage.get_dir(dir_or_uri, tmp) if storage.is_remote(dir_or_uri) \
-                else storage.local_path(dir_or_uri)
-            with open(os.path.join(local, "config.json")) as f:
-                cfg = json.load(f)
-            if cfg.pop("model_type", None) != "easel-dalle-transformer":
-                raise ValueError(f"{dir_or_uri}/config.json is not an easel DALL-E transformer config")
-            model = cls(cfg)
-            load_model(model, os.path.join(local, "model.safetensors"), strict=True,
-                       device=str(map_location))
-        return model
 
     # -------------------------------------------------------------- sequences
     def text_tokens(self, text_ids: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from diffusers import UNet2DModel
 
-from model_code.models.clip import PretrainedMixin, _positive_int
+from model_code.models.clip import _positive_int
+from model_code.models.pretrained import PretrainedMixin
 from model_code.models.diffusion import add_noise, make_scheduler, sample_loop, sample_timesteps, validate_schedule
 
 DEGRADATIONS = ("blur", "bsr", "none")
@@ -44,6 +45,7 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel: int) -> torch.Te
 
 class Upsampler(PretrainedMixin, nn.Module):
     SECTION = "upsampler"
+    MODEL_TYPE = "easel-unclip-upsampler"
     DEFAULTS = {
         "scale": 4,
         "image_size": 32,

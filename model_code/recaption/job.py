@@ -429,28 +429,15 @@ def finalize(out: str, parent: str) -> dict:
 
 
 # ---------------------------------------------------------------- MLflow
-def _tracking_uri() -> str | None:
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    try:
-        from model_code.train.run import tracking_uri
-    except ImportError:
-        return None
-    return tracking_uri()
-
-
 def _log_mlflow(summary: dict) -> None:
     """Totals, rates and filter counts to MLflow; a tracking problem is logged, never fatal
     (the sidecars are the product, the metrics describe them)."""
-    uri = _tracking_uri()
-    if not uri:
-        log.info("recaption: no MLflow tracking URI; metrics not logged")
-        return
     try:
         import mlflow
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_experiment("easel-recaption")
-        with mlflow.start_run(run_name="recaption"):
+
+        from model_code import tracking
+        exp_id = tracking.ensure_experiment("easel-recaption")
+        with mlflow.start_run(experiment_id=exp_id, run_name="recaption"):
             mlflow.log_params({"dataset": summary["dataset"], "out": summary["out"], "captioner": summary["captioner"],
                                "uses_clip": summary["uses_clip"], **summary["settings"]})
             metrics = {k: summary[k] for k in ("records", "captions_generated", "tokens_generated", "seconds",
@@ -463,4 +450,4 @@ def _log_mlflow(summary: dict) -> None:
             mlflow.set_tags({"shards_done": ",".join(summary["shards_done"])[:5000], "stage": "recaption"})
             summary["mlflow_run_id"] = mlflow.active_run().info.run_id
     except Exception as e:  # noqa: BLE001 - see docstring
-        log.warning("recaption: MLflow logging to %s failed: %s", uri, e)
+        log.warning("recaption: MLflow logging failed: %s", e)

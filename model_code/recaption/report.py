@@ -223,18 +223,14 @@ def _flat_metrics(r: dict) -> dict[str, float]:
 
 
 def _log_mlflow(r: dict, md_path: str, stem: str) -> None:
-    from model_code.recaption.job import _tracking_uri
-    uri = _tracking_uri()
-    if not uri:
-        log.info("caption_report: no MLflow tracking URI; report not logged")
-        return
     try:
         import tempfile
 
         import mlflow
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_experiment("easel-recaption")
-        with mlflow.start_run(run_name="caption-report"):
+
+        from model_code import tracking
+        exp_id = tracking.ensure_experiment("easel-recaption")
+        with mlflow.start_run(experiment_id=exp_id, run_name="caption-report"):
             mlflow.log_params({"dataset": r["dataset"], "parent": r["parent"], "captioner": r["captioner"]})
             mlflow.log_metrics(_flat_metrics(r))
             with tempfile.TemporaryDirectory() as tmp:
@@ -245,4 +241,4 @@ def _log_mlflow(r: dict, md_path: str, stem: str) -> None:
                         mlflow.log_artifact(dst, "caption_report")
             r["mlflow_run_id"] = mlflow.active_run().info.run_id
     except Exception as e:  # noqa: BLE001 - the report files are written; tracking is a copy
-        log.warning("caption_report: MLflow logging to %s failed: %s", uri, e)
+        log.warning("caption_report: MLflow logging failed: %s", e)

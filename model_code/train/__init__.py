@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["train_part", "tracking_uri", "PARTS", "get_part"]
+__all__ = ["train_part", "PARTS", "get_part"]
 
 
 def __getattr__(name: str) -> Any:  # lazy: importing the package does not import Lightning
-    if name in ("train_part", "tracking_uri"):
+    if name == "train_part":
         from model_code.train import run
         return getattr(run, name)
     if name in ("PARTS", "get_part"):

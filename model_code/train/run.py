@@ -38,7 +38,6 @@ import hashlib
 import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,31 +48,14 @@ import torch
 
 from model_code import storage
 from model_code.config import deep_merge, load_preset, parse_overrides
+from model_code.tracking import artifact_location, ensure_experiment, git_revision, tracking_uri
 from model_code.train.parts import Context, PartSpec, get_part
 
-DEFAULT_TRACKING_DIR = ".easel"
 STATE_FILE = "train_state.json"
 PREEMPTED_EXIT = 143  # 128 + SIGTERM: what a shell reports for a process ended by SIGTERM
 
 
 # --------------------------------------------------------------------------- MLflow
-def tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI, else a local SQLite store under .easel/ (created on first use)."""
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
-    os.makedirs(DEFAULT_TRACKING_DIR, exist_ok=True)
-    return f"sqlite:///{DEFAULT_TRACKING_DIR}/mlflow.db"
-
-
-def artifact_location() -> str | None:
-    """Where a new experiment keeps artifacts: .easel/mlruns with the default store, else the
-    server's default."""
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return None
-    return "file://" + os.path.abspath(os.path.join(DEFAULT_TRACKING_DIR, "mlruns"))
-
-
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
@@ -83,17 +65,6 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v if isinstance(v, (int, float, str, bool)) or v is None else json.dumps(v, default=str)
     return out
-
-
-def _git_sha() -> str | None:
-    if os.environ.get("EASEL_GIT_SHA"):
-        return os.environ["EASEL_GIT_SHA"]
-    try:
-        r = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                           cwd=os.path.dirname(os.path.abspath(__file__)))
-        return r.stdout.strip() or None if r.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def _require_mlflow() -> None:
@@ -253,8 +224,8 @@ def _fit(spec: PartSpec, cfg: dict, tcfg: dict, preset_name: str, model: torch.n
         tags = {"part": spec.name, "preset": preset_name, "dataset": data}
         if version:
             tags["dataset_version"] = version
-        if _git_sha():
-            tags["git_sha"] = _git_sha()
+        if git_revision():
+            tags["git_sha"] = git_revision()
         logger = _mlflow_logger(tcfg, spec.name, preset_name, run_id, tags)
         if run_id is None:
             params = {**_flatten({spec.name: model.config}), **_flatten({"train": tcfg}),
@@ -371,13 +342,10 @@ def _train_tokenizer(cfg: dict, preset_name: str, data: str, out: str, resume: b
     if mlflow:
         _require_mlflow()
         import mlflow as mlf
-        mlf.set_tracking_uri(tracking_uri())
-        name = (cfg.get("train") or {}).get("mlflow_experiment", "easel-train")
-        exp = mlf.get_experiment_by_name(name)
-        exp_id = exp.experiment_id if exp else mlf.create_experiment(name, artifact_location())
+        exp_id = ensure_experiment((cfg.get("train") or {}).get("mlflow_experiment", "easel-train"))
         tags = {"part": "tokenizer", "preset": preset_name, "dataset": data,
                 **({"dataset_version": version} if version else {}),
-                **({"git_sha": _git_sha()} if _git_sha() else {})}
+                **({"git_sha": git_revision()} if git_revision() else {})}
         with mlf.start_run(experiment_id=exp_id, run_name=f"tokenizer-{preset_name}", tags=tags) as run:
             mlf.log_params({"tokenizer.vocab_size": vocab, "tokenizer.max_text_tokens": max_len,
                             "data.uri": data, "data.records": len(records), "dataset_version": version})

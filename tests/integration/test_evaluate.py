@@ -9,17 +9,6 @@ import pytest
 from tests.bundles import build_parts, tiny_bundle
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # tiny models gain nothing from a second thread, and on a busy 2-core box OpenMP's spinning
-    # threads cost 10-20x the CPU time of one thread
-    import torch
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")

@@ -13,7 +13,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.servers import s3_env, s3_server  # noqa: F401 - fixtures (SeaweedFS on 127.0.0.1)
 from tests.unit.test_loader import shapes_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

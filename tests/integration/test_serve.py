@@ -404,9 +404,3 @@ def test_cli_serve_accepts_kserve_argument_spellings():
     assert build_parser().parse_args(["serve"]).model.startswith("models:/")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)   # 2 shared cores: intra-op threads only fight each other here
-    yield
-    torch.set_num_threads(before)

@@ -13,15 +13,6 @@ CFG = {"vocab_size": 300, "max_text_tokens": 16, "image_size": 16, "patch_size":
        "heads": 4, "text_width": 32, "text_layers": 2, "text_heads": 4, "embed_dim": 32}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models on a shared 2-core box: one intra-op thread avoids oversubscription stalls
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tok():
     return TextTokenizer.train(CAPTIONS * 4, vocab_size=300, max_len=16)

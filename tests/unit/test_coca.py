@@ -14,15 +14,6 @@ CLIP_CFG = {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "heads"
             "text_width": 32, "text_layers": 1, "text_heads": 2, "embed_dim": 32}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny ops: one thread avoids OpenMP spin-waits when other test processes share the 2 cores
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def world():
     rng = random.Random(0)

@@ -13,14 +13,6 @@ CFG = {**clip_dims({"embed_dim": 32, "text_width": 24, "max_text_tokens": 12}),
        "attention_levels": [False, True], "head_dim": 32, "text_width": 32, "text_layers": 1, "text_heads": 4}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def data(B=4, L=6):
     g = torch.Generator().manual_seed(0)
     images = (torch.rand(B, 3, 8, 8, generator=g) > 0.5).float() * 2 - 1

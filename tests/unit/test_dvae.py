@@ -11,15 +11,6 @@ CFG = dict(image_size=32, downsample=4, codebook_size=64, n_hid=16, n_blk_per_gr
            beta_warmup_steps=50, tau_anneal_steps=500, lr_anneal_steps=1000)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models are dispatch-bound: one thread avoids oversubscribing a shared 2-core box
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def blocky_images(n=8, seed=0):
     """Flat-coloured 8x8-pixel tiles: content each 4x4-pixel code position can name."""
     g = torch.Generator().manual_seed(seed)

@@ -9,14 +9,6 @@ from model_code.evaluate import metrics as M
 from model_code.evaluate.prompts import prompt_set
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)   # tiny models: a second thread only spins on a busy 2-core box
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def prompts():
     return prompt_set(2, seed=0, size=32)

@@ -51,15 +51,6 @@ def _save_git(path):
                  tokenizer=_tokenizer()).save_pretrained(path)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    import torch
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: avoid OpenMP spin-waits on a shared 2-core machine
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("vlm")

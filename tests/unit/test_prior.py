@@ -11,14 +11,6 @@ CLIP_CFG = {"embed_dim": 32, "text_width": 24, "max_text_tokens": 12}
 CFG = {**clip_dims(CLIP_CFG), "width": 64, "layers": 2, "heads": 4}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def data(B=8, L=7):
     g = torch.Generator().manual_seed(0)
     text_emb = F.normalize(torch.randn(B, 32, generator=g), dim=-1)

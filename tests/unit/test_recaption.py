@@ -27,14 +27,6 @@ def preset(**over):
     return {"recaption": {**LENIENT, **over}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A real ingested Shapes dataset (3 shards: 10 + 10 + 4 records), its tokenizer and an

@@ -19,16 +19,6 @@ SMALL_TRANSFORMER = {"transformer": {"n_layer": 1, "n_head": 2, "d_model": 32}}
 FAST = {"train": {"batch_size": 8, "log_every": 5, "sample_n": 4, "progress": "log"}}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core box, two OpenMP threads per process fighting other
-    processes run these small convolutions 10x slower, not faster."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     from tests.unit.test_loader import shapes_data

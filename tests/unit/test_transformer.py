@@ -9,15 +9,6 @@ CFG = dict(text_vocab_size=40, text_len=8, image_grid=4, codebook_size=16, n_lay
            d_model=32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models are dispatch-bound: one thread avoids oversubscribing a shared 2-core box
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def batch(B=4, seed=0):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, 40, (B, 8), generator=g)

@@ -10,14 +10,6 @@ CFG = {"image_size": 16, "scale": 4, "channels": 16, "channel_mult": [1, 2], "la
        "norm_groups": 8, "sample_steps": 3}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def hi_res(B=4, size=16):
     g = torch.Generator().manual_seed(0)
     return F.interpolate(torch.rand(B, 3, size // 4, size // 4, generator=g), size=size, mode="nearest") * 2 - 1
