@@ -6,9 +6,10 @@ summary. The step does nothing but resolve configuration and call the library.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
-from typing import Any
+from typing import Any, Callable
 
 from model_code import storage
 from model_code.config import deep_merge, load_preset
@@ -36,6 +37,26 @@ def input_location(artifact_path: str) -> str:
     return artifact_path
 
 
+def kfp_value(value: Any) -> Any:
+    """A summary as KFP can pass it to the next task: None is not a KFP value (a task receiving a
+    dict with a None inside fails before it starts), so unknown entries are left out; tuples and
+    numpy scalars become lists and plain numbers."""
+    if isinstance(value, dict):
+        return {str(k): kfp_value(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [kfp_value(v) for v in value if v is not None]
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
+        return value.item()
+    return value
+
+
+def _summary(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return kfp_value(fn(*args, **kwargs))
+    return wrapper
+
+
 def _overrides(overrides: dict | str | None) -> dict:
     """Overrides arrive as a dict (Python) or a JSON string (KFP parameters, '' = none)."""
     if isinstance(overrides, str):
@@ -47,6 +68,7 @@ def _cfg(preset: str, overrides: dict | str | None) -> dict:
     return load_preset(preset, _overrides(overrides) or None)
 
 
+@_summary
 def synth_step(out: str, preset: str = "tiny", overrides: dict | str | None = None,
                seed: int | None = None) -> dict[str, Any]:
     """Write a raw Shapes-world source of the preset's size."""
@@ -57,6 +79,7 @@ def synth_step(out: str, preset: str = "tiny", overrides: dict | str | None = No
                       curated_fraction=float(d["curated_fraction"]))
 
 
+@_summary
 def ingest_step(source: str, out: str, preset: str = "tiny",
                 overrides: dict | str | None = None) -> dict[str, Any]:
     """Ingest any supported source at the preset's resolution, with its held-out split."""
@@ -66,6 +89,7 @@ def ingest_step(source: str, out: str, preset: str = "tiny",
                   heldout_fraction=float(d.get("heldout_fraction", 0.0)), progress=True)
 
 
+@_summary
 def validate_step(dataset: str, preset: str = "tiny", overrides: dict | str | None = None,
                   report_path: str | None = None) -> dict[str, Any]:
     """Run the validation suite; raises ValidationFailed (the run stops) when it fails."""
@@ -74,12 +98,14 @@ def validate_step(dataset: str, preset: str = "tiny", overrides: dict | str | No
     return require_valid(dataset, thresholds=d.get("validate"), report_path=report_path)
 
 
+@_summary
 def version_step(dataset: str) -> dict[str, Any]:
     """The dataset's version id and lineage (DVC content hash + git revision)."""
     from model_code.data.version import lineage
     return {"dataset": dataset, **lineage(dataset)}
 
 
+@_summary
 def train_step(part: str, dataset: str, out: str, preset: str = "tiny",
                overrides: dict | str | None = None, deps: dict[str, str] | None = None,
                caption_policy: str = "") -> dict[str, Any]:
@@ -92,6 +118,7 @@ def train_step(part: str, dataset: str, out: str, preset: str = "tiny",
                       deps={k: v for k, v in (deps or {}).items() if v})
 
 
+@_summary
 def shard_groups_step(dataset: str, groups: int) -> list[list[str]]:
     """Split a dataset's shards into at most `groups` groups (the recaption fan-out)."""
     from model_code.data.dataset import shard_list
@@ -100,6 +127,7 @@ def shard_groups_step(dataset: str, groups: int) -> list[list[str]]:
     return [names[i::groups] for i in range(groups)]
 
 
+@_summary
 def recaption_step(dataset: str, out: str, captioner: str, tokenizer: str, clip: str = "",
                    shards: list[str] | None = None, preset: str = "tiny",
                    overrides: dict | str | None = None) -> dict[str, Any]:
@@ -109,6 +137,7 @@ def recaption_step(dataset: str, out: str, captioner: str, tokenizer: str, clip:
                      shards=shards, preset=_cfg(preset, overrides), finalize_out=shards is None)
 
 
+@_summary
 def recaption_finalize_step(out: str, parent: str, parts: list[str] | None = None) -> dict[str, Any]:
     """Gather the sidecars of the fan-out's parts into `out` and seal them as a new dataset
     version with lineage to its parent."""
@@ -122,6 +151,7 @@ def recaption_finalize_step(out: str, parent: str, parts: list[str] | None = Non
     return finalize(out, parent)
 
 
+@_summary
 def bundle_step(recipe: str, parts: dict[str, str], out: str, preset: str = "tiny",
                 dataset: dict | None = None) -> dict[str, Any]:
     """Assemble the trained parts of a recipe into one generation bundle. Its lineage names the
@@ -141,6 +171,7 @@ def bundle_step(recipe: str, parts: dict[str, str], out: str, preset: str = "tin
     return {"bundle": out, **read_bundle_meta(out)}
 
 
+@_summary
 def evaluate_step(bundle: str, dataset: str, out: str, preset: str = "tiny",
                   overrides: dict | str | None = None) -> dict[str, Any]:
     """Evaluate a bundle on the dataset's held-out prompts (metrics, tables, grids, report)."""
@@ -148,6 +179,7 @@ def evaluate_step(bundle: str, dataset: str, out: str, preset: str = "tiny",
     return evaluate(bundle, dataset, out, preset=_cfg(preset, overrides))
 
 
+@_summary
 def register_step(bundle: str, name: str, lineage: dict | None = None,
                   evaluation: dict | None = None) -> dict[str, Any]:
     """Register a bundle as a new version of `name` in the MLflow registry, with lineage; the
@@ -156,6 +188,7 @@ def register_step(bundle: str, name: str, lineage: dict | None = None,
     return register_bundle(bundle, name, lineage=lineage, run_id=(evaluation or {}).get("run_id") or None)
 
 
+@_summary
 def gate_step(registered: dict, evaluation: dict, preset: str = "tiny",
               overrides: dict | str | None = None) -> dict[str, Any]:
     """Judge a registered version (register_step's summary) on its evaluation (evaluate_step's)
@@ -166,6 +199,7 @@ def gate_step(registered: dict, evaluation: dict, preset: str = "tiny",
                     inputs={"bundle_uri": registered.get("uri"), "report": evaluation.get("report")})
 
 
+@_summary
 def promote_step(registered: dict, alias: str = "production") -> dict[str, Any]:
     """Move an alias to a registered version; refused (GateError) without a passed gate record."""
     from model_code.registry.registry import promote

@@ -24,7 +24,8 @@ def test_run_local_end_to_end(tmp_path):
     env = {**os.environ, "EASEL_HOME": str(out)}
     env.pop("MLFLOW_TRACKING_URI", None)
     r = subprocess.run([sys.executable, "-m", "model_code", "run", "local", "--preset", "tiny", "--out", str(out),
-                        "--json", *SHRINK], capture_output=True, text=True, env=env, timeout=3000)
+                        "--json", *SHRINK], capture_output=True, text=True, env=env, timeout=3000,
+                       cwd=tmp_path)  # outside any git checkout, as a new user's directory may be
     assert r.returncode == 0, r.stderr[-4000:]
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["gates_passed"] is True
