@@ -72,7 +72,8 @@ class PretrainedMixin:
             with open(path) as f:
                 cfg = json.load(f)
             kind = cfg.pop("model_type", None)
-            if kind != cls.MODEL_TYPE:
+            # a config without a tag predates the tags (CLIP & co. wrote none): load it as asked
+            if kind is not None and kind != cls.MODEL_TYPE:
                 raise ValueError(f"{uri}/config.json holds a {kind!r} model, not {cls.MODEL_TYPE!r}")
             model = cls(cfg)
             load_model(model, os.path.join(local, "model.safetensors"), strict=True, device=str(map_location))

@@ -1,0 +1,45 @@
+"""The one save/load format of every Easel model (model_code/models/pretrained.py)."""
+import json
+
+import pytest
+import torch
+
+from model_code.models.dvae import DVAE
+from model_code.models.prior import DiffusionPrior
+from model_code.models.transformer import DalleTransformer
+
+DVAE_CFG = dict(image_size=32, downsample=4, codebook_size=16, n_hid=8, n_blk_per_group=1, n_init=8)
+
+
+def test_round_trip_is_exact_and_tied_weights_stay_tied(tmp_path):
+    torch.manual_seed(0)
+    tr = DalleTransformer({"text_vocab_size": 40, "text_len": 4, "image_grid": 2, "codebook_size": 16,
+                           "n_layer": 1, "n_head": 2, "d_model": 32})
+    tr.save_pretrained(str(tmp_path / "tr"))
+    back = DalleTransformer.from_pretrained(str(tmp_path / "tr"))
+    for (k, a), (_, b) in zip(tr.state_dict().items(), back.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert back.gpt.lm_head.weight.data_ptr() == back.gpt.transformer.wte.weight.data_ptr()
+
+
+def test_a_model_of_another_kind_is_refused(tmp_path):
+    DVAE(DVAE_CFG).save_pretrained(str(tmp_path / "dvae"))
+    assert json.load(open(tmp_path / "dvae" / "config.json"))["model_type"] == "easel-dvae"
+    with pytest.raises(ValueError, match="holds a 'easel-dvae' model, not 'easel-unclip-prior'"):
+        DiffusionPrior.from_pretrained(str(tmp_path / "dvae"))
+    with pytest.raises(ValueError, match="config.json missing"):
+        DVAE.from_pretrained(str(tmp_path / "nothing"))
+
+
+def test_untagged_configs_from_before_the_tags_still_load(tmp_path):
+    m = DVAE(DVAE_CFG)
+    m.save_pretrained(str(tmp_path / "old"))
+    cfg = json.load(open(tmp_path / "old" / "config.json"))
+    del cfg["model_type"]
+    json.dump(cfg, open(tmp_path / "old" / "config.json", "w"))
+    back = DVAE.from_pretrained(str(tmp_path / "old")).state_dict()
+    assert all(torch.equal(back[k], v) for k, v in m.state_dict().items())
+
+
+def test_from_config_takes_the_section_or_a_whole_preset():
+    assert DVAE.from_config({"dvae": DVAE_CFG}).config == DVAE.from_config(DVAE_CFG).config
