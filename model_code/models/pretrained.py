@@ -18,7 +18,8 @@ import tempfile
 from typing import Any
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors import safe_open
+from safetensors.torch import load_file, load_model, save_model
 
 from model_code import storage
 
@@ -76,5 +77,11 @@ class PretrainedMixin:
             if kind is not None and kind != cls.MODEL_TYPE:
                 raise ValueError(f"{uri}/config.json holds a {kind!r} model, not {cls.MODEL_TYPE!r}")
             model = cls(cfg)
-            load_model(model, os.path.join(local, "model.safetensors"), strict=True, device=str(map_location))
+            weights = os.path.join(local, "model.safetensors")
+            with safe_open(weights, "pt") as f:
+                every_tensor = set(f.keys()) == set(model.state_dict())
+            if every_tensor:  # files written before save_model: tied weights stored twice
+                model.load_state_dict(load_file(weights, device=str(map_location)), strict=True)
+            else:
+                load_model(model, weights, strict=True, device=str(map_location))
         return model
