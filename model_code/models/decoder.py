@@ -149,6 +149,8 @@ class UnCLIPDecoder(PretrainedMixin, nn.Module):
                                         cfg["max_text_tokens"], cfg["dropout"])
         self.null_emb = nn.Parameter(torch.randn(D) / math.sqrt(D))  # learned null CLIP embedding (CFG)
         self.scheduler = make_scheduler("ddpm", cfg)
+        # H*W of every UNet level (the context must not be exactly this long: see _eps)
+        self._spatial_tokens = {(cfg["image_size"] >> i) ** 2 for i in range(len(widths))}
 
     @property
     def conditioning(self) -> str:
@@ -165,6 +167,12 @@ class UnCLIPDecoder(PretrainedMixin, nn.Module):
         text = self.text_encoder(cond["tokens"], cond["mask"])                     # (B, L, W)
         context = torch.cat([extra, text], dim=1)                                  # (B, 4 + L, W)
         context_mask = torch.cat([torch.ones(B, extra.shape[1], dtype=torch.bool, device=emb.device), cond["mask"]], dim=1)
+        if context.shape[1] in self._spatial_tokens:
+            # diffusers' added-KV attention pads the context mask by the spatial length only when
+            # the two lengths differ (Attention.prepare_attention_mask): a context exactly as long
+            # as a level's H*W keeps an unpadded mask and fails. One masked-out token avoids it.
+            context = F.pad(context, (0, 0, 0, 1))
+            context_mask = F.pad(context_mask, (0, 1), value=False)
         if t.dim() == 0:
             t = t.expand(B)
         return self.unet(x_t, t, encoder_hidden_states=context, class_labels=emb,
