@@ -126,10 +126,14 @@ def _pipeline_request(a, cron: str | None = None):
 
 def _pipeline_send(a, req) -> dict:
     from model_code.pipeline_client import send
-    summary = {k: v for k, v in req.as_dict().items() if k != "declared"}
-    if a.dry_run:  # what would be sent, and nothing sent
+    summary = {k: v for k, v in req.as_dict().items() if k not in ("declared", "temporary_dir")}
+    if a.dry_run:  # what would be sent, and nothing sent; the package stays for a look
         return {**summary, "sent": False}
-    return {**summary, **send(req, a.host), "sent": True}
+    try:
+        return {**summary, **send(req, a.host), "sent": True,
+                "package_path": None if req.temporary_dir else req.package_path}
+    finally:
+        req.discard()  # a package compiled into a temporary directory has been sent (or refused)
 
 
 def _pipeline_submit(a) -> dict:

@@ -25,6 +25,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import urllib.error
@@ -64,9 +65,16 @@ class PipelineRequest:
     max_concurrency: int = 1
     catchup: bool = False
     declared: dict[str, dict] = field(default_factory=dict)
+    temporary_dir: str | None = None      # where build_request compiled the package, if it made one
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def discard(self) -> None:
+        """Remove the temporary package directory build_request made (nothing else)."""
+        if self.temporary_dir:
+            shutil.rmtree(self.temporary_dir, ignore_errors=True)
+            self.temporary_dir = None
 
 
 # ---------------------------------------------------------------- the package and its parameters
@@ -210,23 +218,48 @@ def build_request(pipeline: str, arguments: dict[str, Any] | None = None, *, pac
                   catchup: bool = False) -> PipelineRequest:
     """What send() would send. pipeline: a name in pipelines.compile.PIPELINES (compiled now into
     package_dir, default a new temporary directory, so the package matches this code and the
-    EASEL_IMAGE_* settings) or the path of a compiled .yaml file. cron: a recurring run."""
+    EASEL_IMAGE_* settings) or the path of a compiled .yaml file. cron: a recurring run.
+    A temporary directory it makes is the caller's to remove (PipelineRequest.discard)."""
     if not isinstance(pipeline, str) or not pipeline:
         raise ValueError("pipeline: a pipeline name or a compiled .yaml file is required")
-    workdir = package_dir or tempfile.mkdtemp(prefix="easel-pipeline-")
-    if pipeline.endswith((".yaml", ".yml")):
-        package, name = pipeline, os.path.splitext(os.path.basename(pipeline))[0]
-        if not os.path.isfile(package):
-            raise ValueError(f"pipeline: {package} does not exist")
-    else:
-        from pipelines.compile import compile_one
-        name = pipeline
-        package = compile_one(name, os.path.join(workdir, f"{name}.yaml"))
-    declared = declared_parameters(package)
-    if enable_caching is not None:  # the given file stays as it is: the run gets a copy
-        os.makedirs(workdir, exist_ok=True)
-        package = set_caching(package, enable_caching,
-                              os.path.join(workdir, f"{name}.{'cached' if enable_caching else 'nocache'}.yaml"))
+    made: list[str] = []
+
+    def workdir() -> str:
+        """package_dir, or a temporary directory made on first use (send() callers discard it)."""
+        if package_dir:
+            os.makedirs(package_dir, exist_ok=True)
+            return package_dir
+        if not made:
+            made.append(tempfile.mkdtemp(prefix="easel-pipeline-"))
+        return made[0]
+
+    try:
+        if pipeline.endswith((".yaml", ".yml")):
+            package, name = pipeline, os.path.splitext(os.path.basename(pipeline))[0]
+            if not os.path.isfile(package):
+                raise ValueError(f"pipeline: {package} does not exist")
+        else:
+            from pipelines.compile import PIPELINES, compile_one
+            name = pipeline
+            if name not in PIPELINES:
+                raise ValueError(f"pipeline: no pipeline named {name!r} (known: {', '.join(PIPELINES)})")
+            package = compile_one(name, os.path.join(workdir(), f"{name}.yaml"))
+        declared = declared_parameters(package)
+        if enable_caching is not None:  # a given file stays as it is: the run gets a copy
+            package = set_caching(package, enable_caching,
+                                  os.path.join(workdir(), f"{name}.{'cached' if enable_caching else 'nocache'}.yaml"))
+        request = _checked_request(name, package, declared, arguments, run_name, experiment, namespace,
+                                   service_account, enable_caching, cron, max_concurrency, catchup)
+    except BaseException:
+        for d in made:
+            shutil.rmtree(d, ignore_errors=True)
+        raise
+    request.temporary_dir = made[0] if made else None
+    return request
+
+
+def _checked_request(name, package, declared, arguments, run_name, experiment, namespace, service_account,
+                     enable_caching, cron, max_concurrency, catchup) -> PipelineRequest:
     args = check_arguments(declared, arguments, name)
     if not isinstance(experiment, str) or not experiment.strip():
         raise ValueError("experiment: a name is required")

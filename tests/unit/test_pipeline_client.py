@@ -148,6 +148,8 @@ def test_missing_required_parameter_and_bad_package(tmp_path):
         build_request(package("evaluate-promote"), {})
     with pytest.raises(ValueError, match="no pipeline named 'nope'"):
         build_request("nope", {})
+    with pytest.raises(ValueError, match="unknown parameter x"):  # after compiling: nothing is left behind
+        build_request("deploy", {"x": 1}, enable_caching=False)
     bad = tmp_path / "x.yaml"
     bad.write_text("a: 1\n")
     with pytest.raises(ValueError, match="not a compiled KFP pipeline"):
@@ -217,6 +219,9 @@ def test_submit_sends_the_package_and_arguments():
     assert {"train-transformer", "train-prior", "recaption", "ingest"} <= set(tasks)
     assert all(not t.get("cachingOptions", {}).get("enableCache") for t in tasks.values())
     assert req.package_path != package("lifecycle")  # a copy; the committed file is untouched
+    assert os.path.dirname(req.package_path) == req.temporary_dir
+    req.discard()
+    assert not os.path.exists(req.temporary_dir or req.package_path)
     assert "platform_spec" in run["pipeline_spec"]  # GPU settings, secrets: the Kubernetes platform spec
 
 
