@@ -84,7 +84,8 @@ def _evaluate(a) -> dict:
                    samples_per_prompt=a.samples, seed=a.seed, candidates=a.candidates)
     if a.gate_model:
         from model_code.evaluate.gates import run_gate
-        res["gate"] = run_gate(a.gate_model, a.gate_version, res["metrics"], a.preset)
+        # the evaluation's inputs name the recipe, which selects recipe-specific gates
+        res["gate"] = run_gate(a.gate_model, a.gate_version, res["metrics"], a.preset, inputs=res.get("inputs"))
     return res
 
 
@@ -107,6 +108,40 @@ def _table(a) -> dict:
 def _pipeline_compile(a) -> dict:
     from pipelines.compile import compile_all
     return {"pipelines": compile_all(a.out)}
+
+
+def _pipeline_request(a, cron: str | None = None):
+    from model_code.pipeline_client import build_request, parse_params
+    if not a.dry_run and not a.host:  # before compiling anything
+        raise UsageError("--host URL is required (or KF_PIPELINES_ENDPOINT), e.g. http://localhost:8080")
+    try:
+        params = parse_params(a.param)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return build_request(a.pipeline, params, package_dir=a.package_dir, run_name=a.name,
+                         experiment=a.experiment, namespace=a.namespace, service_account=a.service_account,
+                         enable_caching=False if a.no_cache else None, cron=cron,
+                         max_concurrency=getattr(a, "max_concurrency", 1), catchup=getattr(a, "catchup", False))
+
+
+def _pipeline_send(a, req) -> dict:
+    from model_code.pipeline_client import send
+    summary = {k: v for k, v in req.as_dict().items() if k not in ("declared", "temporary_dir")}
+    if a.dry_run:  # what would be sent, and nothing sent; the package stays for a look
+        return {**summary, "sent": False}
+    try:
+        return {**summary, **send(req, a.host), "sent": True,
+                "package_path": None if req.temporary_dir else req.package_path}
+    finally:
+        req.discard()  # a package compiled into a temporary directory has been sent (or refused)
+
+
+def _pipeline_submit(a) -> dict:
+    return _pipeline_send(a, _pipeline_request(a))
+
+
+def _pipeline_schedule(a) -> dict:
+    return _pipeline_send(a, _pipeline_request(a, cron=a.cron))
 
 
 def _kv_pairs(items: list[str] | None, flag: str) -> dict:
@@ -145,6 +180,18 @@ def _model_promote(a) -> dict:
 def _model_rollback(a) -> dict:
     from model_code.registry import rollback
     return rollback(a.name, alias=a.alias, reason=a.reason, user=a.user)
+
+
+def _model_deploy(a) -> dict:
+    from model_code.cluster.inferenceservice import deploy_model
+    res = deploy_model(a.name, a.ref, service=a.service or a.name, namespace=a.namespace, image=a.image,
+                       canary_traffic_percent=a.canary, gpus=a.gpus, wait=a.timeout > 0, timeout=a.timeout,
+                       dry_run=a.render, storage_uri=a.storage_uri)
+    if a.render and not a.json:  # the manifest itself, for kubectl apply -f - or a review
+        import yaml
+        sys.stdout.write(yaml.safe_dump(res["object"], sort_keys=False))
+        return None
+    return {k: v for k, v in res.items() if k != "object" or a.render}
 
 
 # -- easel serve (model_code.serve)
@@ -252,10 +299,39 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bundle", action="append", metavar="ROLE=URI", required=True,
                    help="captions: original=, synthetic=, blend=; rerank: bundle=; guidance: unclip=, text=")
 
-    pipe = sub.add_parser("pipeline", help="Kubeflow Pipelines: compile for the UI")
+    pipe = sub.add_parser("pipeline", help="Kubeflow Pipelines: compile for the UI, submit runs, schedule them")
     psub = pipe.add_subparsers(dest="pipeline_cmd", metavar="ACTION")
     s = cmd(psub, "compile", _pipeline_compile, "write every pipeline's YAML (upload it in the Kubeflow UI)")
     s.add_argument("--out", default="pipelines/compiled")
+
+    def run_options(s, what: str) -> None:
+        s.add_argument("pipeline", help="a pipeline name (lifecycle, data, recaption, train, train-multinode, "
+                       "evaluate-promote, deploy, table-captions, table-rerank, table-guidance) or a compiled .yaml")
+        s.add_argument("--host", default=os.environ.get("KF_PIPELINES_ENDPOINT"),
+                       help="the Kubeflow Pipelines API or UI URL, e.g. http://localhost:8080 (default "
+                            "$KF_PIPELINES_ENDPOINT); a token, if needed, comes from $KF_PIPELINES_TOKEN")
+        s.add_argument("--param", action="append", metavar="NAME=VALUE",
+                       help="a pipeline parameter, repeatable; checked against the pipeline's declared parameters")
+        s.add_argument("--name", default=None, help=f"the {what}'s name (default easel-PIPELINE)")
+        s.add_argument("--experiment", default="easel", help="KFP experiment (created if missing; default easel)")
+        s.add_argument("--namespace", default=None, help="the profile namespace of a multi-user Kubeflow")
+        s.add_argument("--service-account", default="easel-pipeline-runner",
+                       help="the Kubernetes service account the steps run as (default easel-pipeline-runner, "
+                            "from the platform chart; '' for KFP's default)")
+        s.add_argument("--no-cache", action="store_true", help="run every step, ignoring KFP's cache")
+        s.add_argument("--package-dir", default=None, help="keep the compiled package here (default: a temp dir)")
+        s.add_argument("--dry-run", action="store_true",
+                       help="build and check the request (package, arguments) and print it; send nothing")
+
+    s = cmd(psub, "submit", _pipeline_submit, "start one run of a pipeline on Kubeflow Pipelines (kfp.Client)")
+    run_options(s, "run")
+    s = cmd(psub, "schedule", _pipeline_schedule, "create a recurring run of a pipeline on a cron schedule")
+    run_options(s, "recurring run")
+    s.add_argument("--cron", required=True,
+                   help="when: 5 fields ('0 3 * * *': 03:00 daily) or KFP's 6 (seconds first), or @daily, @every 6h")
+    s.add_argument("--max-concurrency", type=int, default=1, help="runs of the schedule at once (default 1)")
+    s.add_argument("--catchup", action="store_true",
+                   help="after a pause, start every missed run (default: only the latest)")
 
     model = sub.add_parser("model", help="the model registry: register, list, promote, roll back")
     msub = model.add_subparsers(dest="model_cmd", metavar="ACTION")
@@ -279,14 +355,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--alias", default="production", choices=["production", "staging"])
     s.add_argument("--reason", default=None, help="why (recorded)")
     s.add_argument("--user", default=None, help="who (default $EASEL_USER or the login name)")
+    s = cmd(msub, "deploy", _model_deploy, "serve a registered version as a KServe InferenceService "
+            "(created, or switched to the version; optionally as a canary)")
+    s.add_argument("name", help="registered model name")
+    s.add_argument("--ref", default="production", help="version number or alias (default production)")
+    s.add_argument("--service", default=None, help="InferenceService name (default: the model name)")
+    s.add_argument("--namespace", default="easel-serving")
+    s.add_argument("--image", required=True, help="the serving image, e.g. REGISTRY/easel-cuda:TAG")
+    s.add_argument("--gpus", type=int, default=0, help="GPUs per replica (> 0: on the GPU pool)")
+    s.add_argument("--canary", type=int, default=None, metavar="PERCENT",
+                   help="traffic share for this version while the previous keeps the rest (default: all)")
+    s.add_argument("--timeout", type=float, default=900, help="seconds to wait for Ready (0: do not wait)")
+    s.add_argument("--storage-uri", default=None, help="the version's artifacts (skips the registry lookup)")
+    s.add_argument("--render", action="store_true",
+                   help="print the InferenceService a new deploy would create (YAML; no cluster)")
 
     # easel serve; KServe appends --model_name, --predictor_host, --http_port and --workers to a
-    # transformer's arguments, so the underscore spellings are accepted too
+    # transformer's arguments, so the underscore spellings are accepted too (and charts/easel-serving
+    # passes --model-name)
     s = cmd(sub, "serve", _serve, "the KServe model server (V1, V2, OpenAI images) for a model")
     s.add_argument("--model", default=os.environ.get("EASEL_SERVE_MODEL", "models:/easel-dalle@production"),
                    help="models:/NAME@ALIAS, models:/NAME/VERSION, a bundle directory, s3:// prefix or "
                         "/mnt/models (default $EASEL_SERVE_MODEL or models:/easel-dalle@production)")
-    s.add_argument("--name", "--model_name", dest="name", default="easel", help="served model name (URL path)")
+    s.add_argument("--name", "--model-name", "--model_name", dest="name", default="easel",
+                   help="served model name (URL path)")
     s.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 in a container)")
     s.add_argument("--port", "--http_port", dest="port", type=int, default=8080)
     s.add_argument("--role", default="predictor", choices=["predictor", "transformer"])

@@ -80,6 +80,20 @@ def synth_step(out: str, preset: str = "tiny", overrides: dict | str | None = No
 
 
 @_summary
+def source_step(artifact_path: str, source: str = "", workdir: str = "", preset: str = "tiny",
+                overrides: dict | str | None = None, seed: int | None = None) -> dict[str, Any]:
+    """The raw data a pipeline ingests: `source` as given (an image folder, WebDataset tars, a
+    parquet/CSV manifest or shapes://...; it stays where it is and the artifact refers to it), or,
+    when empty, a Shapes world synthesized at the preset's size. input_location(artifact_path)
+    leads to it either way."""
+    if source:
+        storage.write_text(storage.join(artifact_path, REF_FILE), json.dumps({"uri": source}))
+        return {"source": source, "synthesized": False}
+    summary = synth_step(output_location(artifact_path, workdir, "raw"), preset, overrides, seed=seed)
+    return {**summary, "source": summary["out"], "synthesized": True}
+
+
+@_summary
 def ingest_step(source: str, out: str, preset: str = "tiny",
                 overrides: dict | str | None = None) -> dict[str, Any]:
     """Ingest any supported source at the preset's resolution, with its held-out split."""
@@ -99,10 +113,15 @@ def validate_step(dataset: str, preset: str = "tiny", overrides: dict | str | No
 
 
 @_summary
-def version_step(dataset: str) -> dict[str, Any]:
-    """The dataset's version id and lineage (DVC content hash + git revision)."""
-    from model_code.data.version import lineage
-    return {"dataset": dataset, **lineage(dataset)}
+def version_step(dataset: str, expected: str = "") -> dict[str, Any]:
+    """The dataset's version id and lineage (DVC content hash + git revision). With `expected`
+    (a version id or its DVC hash), a dataset of other content stops the run here (ValueError),
+    before anything trains on it."""
+    from model_code.data.version import check_version, lineage
+    out = {"dataset": dataset, **lineage(dataset)}
+    if expected:
+        check_version(out, expected)
+    return out
 
 
 @_summary
@@ -188,15 +207,38 @@ def register_step(bundle: str, name: str, lineage: dict | None = None,
     return register_bundle(bundle, name, lineage=lineage, run_id=(evaluation or {}).get("run_id") or None)
 
 
+def gate_settings(preset: str = "tiny", overrides: dict | str | None = None,
+                  gate_config: dict | str | None = None) -> dict[str, Any]:
+    """The preset (with overrides) whose `evaluate:` section has gate_config merged over it
+    ({"gates": ..., "margin": ..., "tolerance": ...}, or the same under "evaluate"); ValueError,
+    naming the field, for a configuration the gate cannot use."""
+    from model_code.evaluate.gates import gate_config as check_gate_config
+    cfg = _cfg(preset, overrides)
+    try:
+        extra = _overrides(gate_config)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"gate_config: not a JSON object ({e})") from None
+    if not isinstance(extra, dict):
+        raise ValueError(f"gate_config: expected a JSON object like {{\"gates\": {{...}}}}, got {gate_config!r}")
+    if extra:
+        cfg = deep_merge(cfg, {"evaluate": extra.get("evaluate", extra)})
+    check_gate_config(cfg)  # fails here, before anything is recorded
+    return cfg
+
+
 @_summary
 def gate_step(registered: dict, evaluation: dict, preset: str = "tiny",
-              overrides: dict | str | None = None) -> dict[str, Any]:
+              overrides: dict | str | None = None, gate_config: dict | str | None = None) -> dict[str, Any]:
     """Judge a registered version (register_step's summary) on its evaluation (evaluate_step's)
     against the preset's gates and the production version; the record goes to MLflow and onto
-    the version's tags."""
+    the version's tags. gate_config (a dict or JSON: {"gates": {metric: {min|max|...}}, "margin",
+    "tolerance"}) is merged over the preset's `evaluate:` section."""
     from model_code.evaluate.gates import run_gate
-    return run_gate(registered["name"], registered["version"], evaluation["metrics"], _cfg(preset, overrides),
-                    inputs={"bundle_uri": registered.get("uri"), "report": evaluation.get("report")})
+    cfg = gate_settings(preset, overrides, gate_config)
+    # the recipe selects recipe-specific gates (e.g. the dVAE's PSNR for dalle only)
+    return run_gate(registered["name"], registered["version"], evaluation["metrics"], cfg,
+                    inputs={"bundle_uri": registered.get("uri"), "report": evaluation.get("report"),
+                            "recipe": registered.get("recipe")})
 
 
 @_summary
@@ -204,3 +246,111 @@ def promote_step(registered: dict, alias: str = "production") -> dict[str, Any]:
     """Move an alias to a registered version; refused (GateError) without a passed gate record."""
     from model_code.registry.registry import promote
     return promote(registered["name"], registered["version"], alias=alias, user="pipeline")
+
+
+@_summary
+def deploy_step(model: str, ref: str = "production", service: str = "", namespace: str = "easel-serving",
+                image: str = "", canary_traffic_percent: int = 100, gpus: int = 0,
+                timeout: float = 900.0) -> dict[str, Any]:
+    """Serve version `ref` (number or alias) of registered model `model` as the KServe
+    InferenceService `service` (default: the model's name) and wait until it is ready; an
+    existing service switches to the version, with `canary_traffic_percent` of the traffic
+    (100: all of it) while KServe keeps the previous one for the rest."""
+    from model_code.cluster.inferenceservice import deploy_model
+    res = deploy_model(model, ref, service=service or model, namespace=namespace, image=image,
+                       canary_traffic_percent=canary_traffic_percent, gpus=gpus, wait=timeout > 0,
+                       timeout=timeout)
+    return {k: v for k, v in res.items() if k != "object"}
+
+
+def _flat_overrides(tree: dict, prefix: str = "") -> list[str]:
+    """{"train": {"lr": 0.001}} -> ["train.lr=0.001"] (`easel train --set`, values as YAML)."""
+    out = []
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out += _flat_overrides(value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}={json.dumps(value)}")
+    return out
+
+
+def pytorchjob_name(part: str, preset: str, out: str) -> str:
+    """A job name fixed by what it trains and where: a retried pipeline step finds its own job
+    again instead of starting a second one."""
+    import hashlib
+    return f"easel-{part}-{preset}-{hashlib.sha1(out.encode()).hexdigest()[:8]}"
+
+
+@_summary
+def pytorchjob_train_step(part: str, dataset: str, out: str, image: str, preset: str = "base",
+                          overrides: dict | str | None = None, deps: dict[str, str] | None = None,
+                          caption_policy: str = "", nodes: int = 2, gpus_per_node: int = 8,
+                          namespace: str = "kubeflow", timeout: float = 7 * 24 * 3600,
+                          submit: bool = True) -> dict[str, Any]:
+    """Train one part on several GPU nodes: render the Training Operator PyTorchJob (one pod per
+    node, torchrun starting `easel train` per GPU), submit it and wait until it succeeds
+    (PyTorchJobFailed / TimeoutError otherwise). dataset, out and deps are object-store URIs: the
+    pods share no file system. submit=False: only the rendered job (no cluster)."""
+    from model_code.cluster.pytorchjob import job_state, render_pytorchjob, submit_pytorchjob
+    over = _overrides(overrides)
+    if caption_policy:
+        over = deep_merge(over, {"train": {"caption_policy": caption_policy}})
+    extra = []
+    for dep, uri in sorted((deps or {}).items()):
+        if uri:
+            extra += ["--dep", f"{dep}={uri}"]
+    for item in _flat_overrides(over):
+        extra += ["--set", item]
+    job = render_pytorchjob(part, preset, image, nodes, gpus_per_node, dataset, out, namespace,
+                            name=pytorchjob_name(part, preset, out), extra_args=extra)
+    summary = {"part": part, "preset": preset, "job": job["metadata"]["name"], "namespace": namespace,
+               "nodes": nodes, "gpus_per_node": gpus_per_node, "out": out}
+    if not submit:
+        return {**summary, "state": "Rendered", "object": job}
+    final = submit_pytorchjob(job, wait=True, timeout=timeout, exists_ok=True)
+    state_file = storage.join(out, "train_state.json")
+    trained = json.loads(storage.read_text(state_file)).get("summary", {}) if storage.exists(state_file) else {}
+    return {**summary, "state": job_state(final)[0], "train": trained}
+
+
+def _table(fn, key: str, out: str, markdown_path: str | None, **kwargs) -> dict[str, Any]:
+    # results_md=False: a pipeline pod has no checkout of docs/results.md; the section goes to
+    # MLflow and to the step's Markdown artifact instead
+    res = fn(out=out, results_md=False, **kwargs)
+    if markdown_path:
+        storage.write_text(markdown_path, storage.read_text(storage.join(out, f"{key}.md")))
+    return {k: res[k] for k in ("rows", "markdown", "run_id", "out", "seconds")}
+
+
+@_summary
+def table_captions_step(original: str, synthetic: str, blend: str, dataset: str, out: str,
+                        preset: str = "tiny", overrides: dict | str | None = None,
+                        markdown_path: str | None = None) -> dict[str, Any]:
+    """The DALL-E 3 table: generators trained on original / 100% synthetic / 95-5 blended captions."""
+    from model_code.evaluate.tables import table_captions
+    return _table(table_captions, "captions", out, markdown_path,
+                  bundles={"original": original, "synthetic": synthetic, "blend": blend}, dataset=dataset,
+                  preset=_cfg(preset, overrides))
+
+
+@_summary
+def table_rerank_step(bundle: str, dataset: str, out: str, budgets: list[int] | None = None,
+                      preset: str = "tiny", overrides: dict | str | None = None,
+                      markdown_path: str | None = None) -> dict[str, Any]:
+    """The DALL-E 1 table: prompt following and CLIP score against the reranking budget N."""
+    from model_code.evaluate.tables import table_rerank
+    kwargs = {"budgets": [int(b) for b in budgets]} if budgets else {}
+    return _table(table_rerank, "rerank", out, markdown_path, bundle=bundle, dataset=dataset,
+                  preset=_cfg(preset, overrides), **kwargs)
+
+
+@_summary
+def table_guidance_step(unclip: str, text_decoder: str, dataset: str, out: str,
+                        scales: list[float] | None = None, preset: str = "tiny",
+                        overrides: dict | str | None = None, markdown_path: str | None = None) -> dict[str, Any]:
+    """The DALL-E 2 table: diversity and prompt following against guidance scale, unCLIP versus a
+    decoder conditioned on text directly."""
+    from model_code.evaluate.tables import table_guidance
+    kwargs = {"scales": [float(x) for x in scales]} if scales else {}
+    return _table(table_guidance, "guidance", out, markdown_path, unclip_bundle=unclip,
+                  text_decoder_bundle=text_decoder, dataset=dataset, preset=_cfg(preset, overrides), **kwargs)

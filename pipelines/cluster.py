@@ -6,9 +6,30 @@ Names follow charts/easel-platform for a release called EASEL_RELEASE (default "
 Secret `<release>-s3` (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) and ConfigMap
 `<release>-client` (MLFLOW_TRACKING_URI, EASEL_S3_ENDPOINT_URL, ...).
 """
+import inspect
 import os
+import sys
+import types
 
 from kfp import kubernetes
+from kfp.dsl import pipeline_task as _pipeline_task
+
+
+def _caller_names(context: int = 1) -> list[tuple]:
+    """inspect.stack() reduced to what kfp reads from it (the function name of each frame)."""
+    frames, f = [], sys._getframe(1)
+    while f is not None:
+        frames.append((f, f.f_code.co_filename, f.f_lineno, f.f_code.co_name, None, None))
+        f = f.f_back
+    return frames
+
+
+# kfp's task setters (set_cpu_request, set_accelerator_type, ...) call inspect.stack() on every
+# call only to name themselves in an error message; that reads source lines for the whole stack and
+# costs ~0.4 s a call on these machines, most of the time it takes to import and compile the
+# pipelines. Its module gets a stack() that returns the same names without reading any source.
+if getattr(_pipeline_task, "inspect", None) is inspect:
+    _pipeline_task.inspect = types.SimpleNamespace(stack=_caller_names)
 
 RELEASE = os.environ.get("EASEL_RELEASE", "easel")
 S3_SECRET = f"{RELEASE}-s3"

@@ -1,11 +1,19 @@
 """The lifecycle pipeline: data -> captioner -> recaption -> both recipes -> evaluate ->
-register -> gate -> promote -> serve. `easel run local` runs exactly this through kfp.local;
-the compiled YAML is what users upload to the Kubeflow UI."""
+register -> gate -> promote -> deploy. `easel run local` runs exactly this through kfp.local
+(deploy off; it serves the promoted model itself); the compiled YAML is what users upload to the
+Kubeflow UI. The stage functions here are shared with the sub-pipelines users run alone.
+
+Caching: every step whose output is a function of its inputs is cached (the cluster.* default);
+those that read or change shared state (dataset version, registry, gate record, promotion,
+deployment) never are."""
 from kfp import dsl
+from kfp.dsl import Dataset
 
 from components.bundle_dalle.component import bundle_dalle
+from components.deploy.component import deploy as deploy_op
 from components.evaluate.component import evaluate
 from components.gate.component import gate
+from components.images import GPU_IMAGE
 from components.promote.component import promote
 from components.register.component import register
 from components.bundle_unclip.component import bundle_unclip
@@ -26,16 +34,38 @@ from components.validate.component import validate
 from components.version.component import version
 from pipelines import cluster
 
+# seconds the deploy step waits for the InferenceService to become ready (model download included)
+DEPLOY_TIMEOUT = 1800
 
-def data_stage(preset: str, overrides: str, seed: int, workdir: str):
-    """synthesize -> ingest -> validate -> version; returns (ingest task, version task)."""
-    raw = cluster.cpu(synth(preset=preset, overrides=overrides, seed=seed, workdir=workdir)
-                      .set_display_name("synthesize"))
+
+def data_stage(preset: str, overrides: str, seed: int, workdir: str, source: str = "",
+               dataset_version: str = ""):
+    """source (or a synthesized Shapes world) -> ingest -> validate -> version (checked against
+    dataset_version when given); returns (ingest task, version task)."""
+    raw = cluster.cpu(synth(preset=preset, overrides=overrides, seed=seed, workdir=workdir, source=source)
+                      .set_display_name("source"))
     ing = cluster.cpu(ingest(raw=raw.outputs["raw"], preset=preset, overrides=overrides, workdir=workdir),
                       memory="16Gi", cpu="8")
     val = cluster.cpu(validate(dataset=ing.outputs["dataset"], preset=preset, overrides=overrides))
-    ver = cluster.cpu(version(dataset=ing.outputs["dataset"]).after(val), cache=False)
+    ver = cluster.cpu(version(dataset=ing.outputs["dataset"], expected=dataset_version).after(val), cache=False)
     return ing, ver
+
+
+def import_dataset(uri, dataset_version=""):
+    """An ingested dataset by URI (s3://...), versioned (and checked against dataset_version when
+    given) like the lifecycle's own; returns (importer task, version task)."""
+    imp = dsl.importer(artifact_uri=uri, artifact_class=Dataset, reimport=False).set_display_name("dataset")
+    ver = cluster.cpu(version(dataset=imp.output, expected=dataset_version), cache=False)
+    return imp, ver
+
+
+def shared_parts(dataset, preset, overrides, workdir):
+    """The BPE tokenizer and CLIP every recipe (and the captioner) builds on."""
+    tok = cluster.cpu(train_tokenizer(dataset=dataset, preset=preset, overrides=overrides, caption_policy="",
+                                      name="tokenizer", workdir=workdir))
+    clip = cluster.gpu(train_clip(dataset=dataset, tokenizer=tok.outputs["model"], preset=preset,
+                                  overrides=overrides, caption_policy="", name="clip", workdir=workdir))
+    return tok, clip
 
 
 def recaption_stage(dataset, tokenizer, clip, preset: str, overrides: str, workdir: str, groups: int):
@@ -75,30 +105,41 @@ def unclip_stage(dataset, tokenizer, clip, preset, overrides, caption_policy, wo
     return prior, dec, up
 
 
-def release_stage(bundle, dataset, preset, overrides, model_name, workdir, recipe: str):
+def release_stage(bundle, dataset, preset, overrides, model_name, workdir, recipe: str, gate_config=""):
     """evaluate -> register (lineage) -> gate (thresholds + relative rule) -> promote."""
     ev = cluster.gpu(evaluate(bundle=bundle, dataset=dataset, preset=preset, overrides=overrides,
                               name="evaluation-" + recipe, workdir=workdir))
     reg = cluster.cpu(register(bundle=bundle, name=model_name, evaluation=ev.outputs["Output"]), cache=False)
-    gt = cluster.cpu(gate(registered=reg.output, evaluation=ev.outputs["Output"], preset=preset, overrides=overrides),
-                     cache=False)
+    gt = cluster.cpu(gate(registered=reg.output, evaluation=ev.outputs["Output"], preset=preset, overrides=overrides,
+                          gate_config=gate_config), cache=False)
     pro = cluster.cpu(promote(registered=reg.output, alias="production").after(gt), cache=False)
     return ev, reg, gt, pro
 
 
+def deploy_stage(model_name, ref, service, namespace, image, canary_traffic_percent, gpus):
+    """The registered version behind `ref` as a KServe InferenceService; never cached (it changes
+    the cluster, and the version an alias names changes over time)."""
+    return cluster.cpu(deploy_op(model=model_name, ref=ref, service=service, namespace=namespace, image=image,
+                                 canary_traffic_percent=canary_traffic_percent, gpus=gpus,
+                                 timeout=DEPLOY_TIMEOUT), cache=False)
+
+
 @dsl.pipeline(name="easel-lifecycle",
-              description="Shapes world -> ingest -> validate -> version -> captioner -> recaption -> "
-                          "DALL-E 1 and unCLIP -> evaluate -> register -> gate -> promote")
-def lifecycle_pipeline(preset: str = "tiny", recipe: str = "all", caption_policy: str = "blend",
+              description="source (or the Shapes world) -> ingest -> validate -> version -> captioner -> recaption -> "
+                          "DALL-E 1 and unCLIP -> evaluate -> register -> gate -> promote -> deploy (optional)")
+def lifecycle_pipeline(source: str = "", dataset_version: str = "", recipe: str = "all", preset: str = "tiny",
+                       caption_policy: str = "blend", gate_config: str = "", deploy: bool = False,
                        overrides: str = "", seed: int = 0, recaption_groups: int = 2,
                        dalle_model: str = "easel-dalle", unclip_model: str = "easel-unclip",
-                       workdir: str = ""):
-    ing, ver = data_stage(preset, overrides, seed, workdir)
+                       serving_namespace: str = "easel-serving", serving_image: str = GPU_IMAGE,
+                       serving_gpus: int = 1, canary_traffic_percent: int = 100, workdir: str = ""):
+    """source: raw data to ingest ("" synthesizes the preset's Shapes world); dataset_version: the
+    version id the ingested data must have ("" any); gate_config: JSON merged over the preset's
+    gates; deploy: serve each promoted model as the InferenceService named after it (deploy
+    follows the production alias the run's promote step has just moved)."""
+    ing, ver = data_stage(preset, overrides, seed, workdir, source, dataset_version)
     data = ing.outputs["dataset"]
-    tok = cluster.cpu(train_tokenizer(dataset=data, preset=preset, overrides=overrides, caption_policy="",
-                                      name="tokenizer", workdir=workdir))
-    clip = cluster.gpu(train_clip(dataset=data, tokenizer=tok.outputs["model"], preset=preset, overrides=overrides,
-                                  caption_policy="", name="clip", workdir=workdir))
+    tok, clip = shared_parts(data, preset, overrides, workdir)
     rec = recaption_stage(data, tok.outputs["model"], clip.outputs["model"], preset, overrides, workdir,
                           recaption_groups)
     recaptioned = rec.outputs["dataset"]
@@ -108,8 +149,11 @@ def lifecycle_pipeline(preset: str = "tiny", recipe: str = "all", caption_policy
         bd = cluster.cpu(bundle_dalle(tokenizer=tok.outputs["model"], clip=clip.outputs["model"],
                                       dvae=dvae.outputs["model"], transformer=tr.outputs["model"], preset=preset,
                                       dataset=ver.output, name="bundle-dalle", workdir=workdir))
-        release_stage(bd.outputs["bundle"], recaptioned, preset, overrides, dalle_model, workdir,
-                      "dalle")
+        *_, pro = release_stage(bd.outputs["bundle"], recaptioned, preset, overrides, dalle_model, workdir,
+                                "dalle", gate_config)
+        with dsl.If(deploy == True, name="deploy-dalle"):  # noqa: E712 (a KFP condition, not Python)
+            deploy_stage(dalle_model, "production", dalle_model, serving_namespace, serving_image,
+                         canary_traffic_percent, serving_gpus).after(pro)
     with dsl.If(recipe != "dalle", name="unclip"):
         prior, dec, up = unclip_stage(recaptioned, tok.outputs["model"], clip.outputs["model"], preset, overrides,
                                       caption_policy, workdir)
@@ -117,5 +161,8 @@ def lifecycle_pipeline(preset: str = "tiny", recipe: str = "all", caption_policy
                                        prior=prior.outputs["model"], decoder=dec.outputs["model"],
                                        upsampler=up.outputs["model"], preset=preset, dataset=ver.output,
                                        name="bundle-unclip", workdir=workdir))
-        release_stage(bu.outputs["bundle"], recaptioned, preset, overrides, unclip_model, workdir,
-                      "unclip")
+        *_, pro = release_stage(bu.outputs["bundle"], recaptioned, preset, overrides, unclip_model, workdir,
+                                "unclip", gate_config)
+        with dsl.If(deploy == True, name="deploy-unclip"):  # noqa: E712
+            deploy_stage(unclip_model, "production", unclip_model, serving_namespace, serving_image,
+                         canary_traffic_percent, serving_gpus).after(pro)

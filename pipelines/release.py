@@ -1,5 +1,5 @@
-"""Sub-pipelines users run alone from the Kubeflow UI: evaluate-and-promote an existing bundle,
-and train one recipe on an existing dataset."""
+"""The evaluate-and-promote pipeline: an existing bundle through evaluation, registration, the
+gate and promotion (training on an existing dataset: pipelines/train.py)."""
 from kfp import dsl
 from kfp.dsl import Dataset, Model
 
@@ -11,7 +11,7 @@ from pipelines.lifecycle import release_stage
                           "gate it against thresholds and production, and promote it")
 def evaluate_promote_pipeline(bundle_uri: str, dataset_uri: str, model_name: str = "easel-dalle",
                               recipe: str = "dalle", preset: str = "tiny", overrides: str = "",
-                              workdir: str = ""):
+                              gate_config: str = "", workdir: str = ""):
     bundle = dsl.importer(artifact_uri=bundle_uri, artifact_class=Model, reimport=False)
     dataset = dsl.importer(artifact_uri=dataset_uri, artifact_class=Dataset, reimport=False)
-    release_stage(bundle.output, dataset.output, preset, overrides, model_name, workdir, "candidate")
+    release_stage(bundle.output, dataset.output, preset, overrides, model_name, workdir, "candidate", gate_config)

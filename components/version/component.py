@@ -5,7 +5,8 @@ from components.images import CPU_IMAGE
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
-def version(dataset: Input[Dataset]) -> dict:
-    """The dataset's version id (DVC content hash + git revision) and lineage."""
+def version(dataset: Input[Dataset], expected: str = "") -> dict:
+    """The dataset's version id (DVC content hash + git revision) and lineage; with `expected`, a
+    dataset of other content stops the run."""
     from model_code.steps import input_location, version_step
-    return version_step(input_location(dataset.path))
+    return version_step(input_location(dataset.path), expected)

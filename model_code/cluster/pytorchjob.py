@@ -155,10 +155,11 @@ def job_state(obj: dict) -> tuple[str, str]:
 
 
 def submit_pytorchjob(obj: dict, wait: bool = True, timeout: float = 7 * 24 * 3600,
-                      poll_seconds: float = 15.0) -> dict:
+                      poll_seconds: float = 15.0, exists_ok: bool = False) -> dict:
     """Create the job (in-cluster credentials, else ~/.kube/config) and, with wait, poll its
     conditions until it succeeds (returns the final object), fails (PyTorchJobFailed) or the
-    timeout passes (TimeoutError; the job keeps running)."""
+    timeout passes (TimeoutError; the job keeps running). exists_ok: a job of the same name is
+    taken as this one (a retried pipeline step waits for the job it submitted before)."""
     from kubernetes import client, config
     from kubernetes.client.rest import ApiException
 
@@ -173,8 +174,15 @@ def submit_pytorchjob(obj: dict, wait: bool = True, timeout: float = 7 * 24 * 36
     try:
         created = api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, obj)
     except ApiException as e:
-        raise RuntimeError(f"creating PyTorchJob {ns}/{name} failed: {e.status} {e.reason}: "
-                           f"{(e.body or '')[:500]}") from e
+        if e.status == 409 and exists_ok:
+            created = api.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+            if wait and job_state(created)[0] == "Failed":
+                raise PyTorchJobFailed(f"PyTorchJob {ns}/{name} exists and has failed: "
+                                       f"{job_state(created)[1] or 'no message'}; delete it to train again "
+                                       f"(kubectl -n {ns} delete pytorchjob {name})") from None
+        else:
+            raise RuntimeError(f"creating PyTorchJob {ns}/{name} failed: {e.status} {e.reason}: "
+                               f"{(e.body or '')[:500]}") from e
     if not wait:
         return created
     deadline = time.monotonic() + timeout

@@ -117,6 +117,19 @@ def parse_version(version: str) -> dict[str, str | None]:
     return {"dvc_md5": md5, "git_rev": None if rev == "nogit" else rev}
 
 
+def check_version(found: dict, expected: str) -> None:
+    """Raise ValueError unless the dataset that `found` (lineage()'s result) describes has the
+    content of `expected`: a version id "dvc:<md5>@git:<rev>" or the DVC hash "<md5>" alone. Only
+    the content is compared: the git part names the code that looked at the data, not the data."""
+    expected = (expected or "").strip()
+    want = parse_version(expected)["dvc_md5"] if expected.startswith("dvc:") else expected
+    if not want:
+        raise ValueError("dataset_version: empty (give dvc:<md5>@git:<rev> or the DVC hash)")
+    if want != found["dvc_md5"]:
+        raise ValueError(f"dataset_version: {found.get('dataset')} is {found['version']}, not the requested "
+                         f"{expected} (its content differs; a run pinned to a version stops before training)")
+
+
 # ---------------------------------------------------------------- lineage
 def _recorded_md5(dataset_dir: str) -> tuple[str | None, str | None]:
     """(md5, file) that DVC recorded for this directory: DIR.dvc, or an out in a dvc.lock

@@ -228,6 +228,29 @@ def test_pytorchjobs_validate_and_template_is_applicable():
             validate_builtin({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}, "spec": pod})
 
 
+@pytest.mark.parametrize("mode", ["Serverless", "RawDeployment"])
+def test_deploy_step_renders_what_the_chart_renders(mode):
+    """A new service from the deploy step (model_code.cluster.inferenceservice) is the chart's
+    InferenceService for the same settings, so the two ways to serve never drift apart."""
+    from model_code.cluster.inferenceservice import GPU_NODE_SELECTOR, GPU_TOLERATIONS, render_inferenceservice
+    uri = "s3://easel-mlflow/artifacts/1/models/m-0123abcd/artifacts"
+    knative = mode == "Serverless"
+    predictor = {"gpus": 1, "nodeSelector": GPU_NODE_SELECTOR, "tolerations": GPU_TOLERATIONS,
+                 "scaleMetric": "concurrency" if knative else "cpu"}
+    if knative:
+        predictor["canaryTrafficPercent"] = 10
+    values = {"deploymentMode": mode, "image": {"repository": "easel/easel-cuda", "tag": "0.1.0"},
+              "model": {"storageUri": uri, "registeredName": "easel-dalle", "version": "4"}, "predictor": predictor}
+    (chart,) = [d for d in render("easel-serving", values) if d["kind"] == "InferenceService"]
+    ours = render_inferenceservice(CHARTS["easel-serving"], NAMESPACE["easel-serving"], uri, "easel/easel-cuda:0.1.0",
+                                   model="easel-dalle", version="4", deployment_mode=mode, gpus=1,
+                                   canary_traffic_percent=10 if knative else None)
+    schema_validator("inferenceservice-v1beta1").validate(ours)
+    assert ours["spec"] == chart["spec"]
+    assert ours["metadata"]["annotations"] == chart["metadata"]["annotations"]
+    assert ours["metadata"]["name"] == chart["metadata"]["name"]
+
+
 def test_schemas_reject_what_the_api_server_rejects():
     isvc = next(d for d in _rendered("easel-serving", values_files("easel-serving")[0])
                 if d["kind"] == "InferenceService")

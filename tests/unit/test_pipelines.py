@@ -1,6 +1,7 @@
 """Every pipeline compiles, the committed YAML is current, and cluster settings compile in."""
 import os
 
+import pytest
 import yaml
 
 from pipelines.compile import PIPELINES, compile_all
@@ -37,4 +38,118 @@ def test_lifecycle_requests_gpus_secrets_and_fans_out():
 
 
 def test_every_pipeline_registered():
-    assert set(PIPELINES) >= {"lifecycle", "data", "evaluate-promote"}
+    assert set(PIPELINES) == {"lifecycle", "data", "recaption", "train", "train-multinode", "evaluate-promote",
+                              "deploy", "table-captions", "table-rerank", "table-guidance"}
+
+
+def load(name: str) -> tuple[dict, dict]:
+    with open(os.path.join(ROOT, "pipelines", "compiled", f"{name}.yaml")) as f:
+        docs = list(yaml.safe_load_all(f))
+    return docs[0], (docs[1] if len(docs) > 1 else {})
+
+
+def tasks(spec: dict) -> dict[str, tuple[dict, str]]:
+    """Every task of the pipeline, in the root DAG or nested (conditions, loops): name ->
+    (task, executor label; '' for a sub-DAG)."""
+    out = {}
+    for comp in [spec["root"], *spec["components"].values()]:
+        for name, task in (comp.get("dag") or {}).get("tasks", {}).items():
+            ref = spec["components"][task["componentRef"]["name"]]
+            out[name] = (task, ref.get("executorLabel", ""))
+    return out
+
+
+def test_lifecycle_parameters():
+    spec, _ = load("lifecycle")
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    for name in ("source", "dataset_version", "recipe", "preset", "caption_policy", "gate_config", "deploy"):
+        assert name in params and params[name].get("isOptional"), name
+    assert params["deploy"]["parameterType"] == "BOOLEAN" and params["deploy"]["defaultValue"] is False
+    assert params["source"]["defaultValue"] == "" and params["recipe"]["defaultValue"] == "all"
+    assert params["canary_traffic_percent"]["defaultValue"] == 100
+    # the run-local contract: every parameter has a default, kfp.local needs no more than before
+    assert all(p.get("isOptional") for p in params.values())
+
+
+def test_lifecycle_deploys_only_when_asked_after_promotion():
+    spec, _ = load("lifecycle")
+    all_tasks = tasks(spec)
+    deploys = {n: t for n, (t, label) in all_tasks.items() if label.startswith("exec-deploy")}
+    assert len(deploys) == 2  # one per recipe
+    conditions = [t for n, (t, _) in all_tasks.items() if "triggerPolicy" in t
+                  and "pipelinechannel--deploy" in t["triggerPolicy"].get("condition", "")]
+    assert len(conditions) == 2
+    for cond in conditions:  # the deploy branch waits for the promotion it deploys
+        assert any(d.startswith("promote") for d in cond.get("dependentTasks", [])), cond
+        inner = spec["components"][cond["componentRef"]["name"]]["dag"]["tasks"]
+        assert [t["componentRef"]["name"] for t in inner.values()] in (["comp-deploy"], ["comp-deploy-2"])
+    for name, task in deploys.items():
+        assert task["inputs"]["parameters"]["ref"]["runtimeValue"]["constant"] == "production"
+        assert task["cachingOptions"].get("enableCache") is not True
+
+
+# steps that read or change shared state are never cached; pure ones are
+NEVER_CACHED = ("exec-version", "exec-register", "exec-gate", "exec-promote", "exec-deploy", "exec-train-multinode")
+
+
+@pytest.mark.parametrize("name", sorted(PIPELINES))
+def test_caching_where_pure_and_cluster_settings_everywhere(name):
+    spec, platform = load(name)
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    containers = spec["deploymentSpec"]["executors"]
+    for task_name, (task, label) in tasks(spec).items():
+        if not label or "importer" in containers.get(label, {}):
+            continue
+        cached = bool(task.get("cachingOptions", {}).get("enableCache"))
+        stateful = any(label == e or label.startswith(e + "-") for e in NEVER_CACHED)
+        assert cached != stateful, f"{name}: {task_name} ({label}) cached={cached}"
+        k8s, container = executors[label], containers[label]["container"]
+        # credentials and client settings from the cluster, never parameters
+        assert k8s["secretAsEnv"][0]["secretName"] == "easel-s3", label
+        assert k8s["configMapAsEnv"][0]["configMapName"] == "easel-client", label
+        if container["image"].startswith("easel/easel-cuda"):  # a GPU step keeps the pool settings
+            assert container["resources"]["accelerator"]["resourceCount"] == "1", label
+            assert k8s["tolerations"][0]["key"] == "nvidia.com/gpu", label
+            assert k8s["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
+            assert any(v["mountPath"] == "/dev/shm" for v in k8s["emptyDirMounts"]), label
+        else:
+            assert "accelerator" not in container.get("resources", {}), label
+    params = spec["root"].get("inputDefinitions", {}).get("parameters", {})
+    assert not any("secret" in p.lower() or "password" in p.lower() or "token" in p.lower() for p in params)
+
+
+def test_multinode_training_submits_a_pytorchjob_from_a_cpu_pod():
+    spec, _ = load("train-multinode")
+    (label,) = spec["deploymentSpec"]["executors"]
+    container = spec["deploymentSpec"]["executors"][label]["container"]
+    assert container["image"].startswith("easel/easel-cpu") and "accelerator" not in container["resources"]
+    assert "pytorchjob_train_step" in " ".join(container["command"])
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["preset"]["defaultValue"] == "base"
+    assert {"part", "dataset_uri", "workdir"} <= {n for n, p in params.items() if not p.get("isOptional")}
+
+
+def test_table_pipelines_end_in_their_table():
+    for name, component in (("table-captions", "table_captions_step"), ("table-rerank", "table_rerank_step"),
+                            ("table-guidance", "table_guidance_step")):
+        spec, _ = load(name)
+        labels = {label for _, label in tasks(spec).values()}
+        table = next(label for label in labels if label.startswith("exec-table-"))
+        command = " ".join(spec["deploymentSpec"]["executors"][table]["container"]["command"])
+        assert component in command, name
+    spec, _ = load("table-captions")
+    policies = sorted(t["inputs"]["parameters"]["caption_policy"]["runtimeValue"]["constant"]
+                      for t, label in tasks(spec).values() if label.startswith("exec-train-transformer"))
+    assert policies == ["blend", "long", "original"]
+
+
+def test_kfp_setter_errors_still_name_the_setter():
+    """pipelines/cluster.py gives kfp's task setters a cheaper inspect.stack(): their error for a
+    task without a container must still say which setter was misused."""
+    import pipelines.cluster  # noqa: F401 (installs the faster stack)
+    from kfp import dsl
+    from kfp.dsl import Dataset
+    with pytest.raises(ValueError, match="^set_memory_request can only be used on single-step components"):
+        @dsl.pipeline
+        def misuse(uri: str):
+            dsl.importer(artifact_uri=uri, artifact_class=Dataset).set_memory_request("1Gi")

@@ -1,0 +1,51 @@
+"""Training on an existing dataset: one recipe (or both) into generation bundles, on one GPU pod per
+part; and one part on several GPU nodes through the Kubeflow Training Operator (a PyTorchJob)."""
+from kfp import dsl
+
+from components.bundle_dalle.component import bundle_dalle
+from components.bundle_unclip.component import bundle_unclip
+from components.images import GPU_IMAGE
+from components.train_multinode.component import train_multinode
+from pipelines import cluster
+from pipelines.lifecycle import dalle_stage, import_dataset, shared_parts, unclip_stage
+
+
+@dsl.pipeline(name="easel-train",
+              description="Tokenizer and CLIP, then DALL-E 1 (dVAE, transformer) and/or unCLIP (prior, decoder, "
+                          "upsampler) on an ingested (or recaptioned) dataset -> generation bundles")
+def train_pipeline(dataset_uri: str, dataset_version: str = "", recipe: str = "all", preset: str = "tiny",
+                   caption_policy: str = "blend", overrides: str = "", workdir: str = ""):
+    imp, ver = import_dataset(dataset_uri, dataset_version)
+    data = imp.output
+    tok, clip = shared_parts(data, preset, overrides, workdir)
+    with dsl.If(recipe != "unclip", name="dalle"):
+        dvae, tr = dalle_stage(data, tok.outputs["model"], clip.outputs["model"], preset, overrides,
+                               caption_policy, workdir)
+        cluster.cpu(bundle_dalle(tokenizer=tok.outputs["model"], clip=clip.outputs["model"],
+                                 dvae=dvae.outputs["model"], transformer=tr.outputs["model"], preset=preset,
+                                 dataset=ver.output, name="bundle-dalle", workdir=workdir))
+    with dsl.If(recipe != "dalle", name="unclip"):
+        prior, dec, up = unclip_stage(data, tok.outputs["model"], clip.outputs["model"], preset, overrides,
+                                      caption_policy, workdir)
+        cluster.cpu(bundle_unclip(tokenizer=tok.outputs["model"], clip=clip.outputs["model"],
+                                  prior=prior.outputs["model"], decoder=dec.outputs["model"],
+                                  upsampler=up.outputs["model"], preset=preset, dataset=ver.output,
+                                  name="bundle-unclip", workdir=workdir))
+
+
+@dsl.pipeline(name="easel-train-multinode",
+              description="One part of the base preset on several GPU nodes: a Training Operator PyTorchJob "
+                          "(torchrun, one `easel train` process per GPU), submitted and waited for")
+def train_multinode_pipeline(part: str, dataset_uri: str, workdir: str, deps: dict = {},  # noqa: B006 (KFP default)
+                             preset: str = "base", caption_policy: str = "", overrides: str = "",
+                             nodes: int = 2, gpus_per_node: int = 8, namespace: str = "kubeflow",
+                             image: str = GPU_IMAGE) -> dict:
+    """dataset_uri, workdir and deps ({"tokenizer": "s3://..."}) are object-store URIs: the job's
+    pods share no file system. The trained part goes to <workdir>/<part>; its checkpoints stay
+    there, so a resubmitted job resumes."""
+    # never cached: the trained part lives in the object store, outside what KFP's cache can see
+    job = cluster.cpu(train_multinode(dataset=dataset_uri, part=part, preset=preset, overrides=overrides,
+                                      caption_policy=caption_policy, deps=deps, image=image, nodes=nodes,
+                                      gpus_per_node=gpus_per_node, namespace=namespace, name=part,
+                                      workdir=workdir), cache=False)
+    return job.outputs["Output"]

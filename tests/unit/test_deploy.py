@@ -1,0 +1,292 @@
+"""The deploy step's InferenceService: the storageUri from the registered version, the rendered
+object (valid against tests/schemas/, the chart's rules), the update of an existing service
+(canary split, version switch, nothing else touched), and the create-or-update-then-wait logic
+against an in-memory stand-in for the Kubernetes custom-objects API."""
+import copy
+import json
+import os
+from functools import lru_cache
+
+import jsonschema
+import pytest
+import referencing
+import yaml
+from kubernetes.client.rest import ApiException
+
+from model_code.cli import main
+from model_code.cluster import inferenceservice as isvc
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+URI = "s3://easel-mlflow/artifacts/1/models/m-0123abcd/artifacts"
+IMAGE = "registry.example/easel-cuda:0.1.0"
+
+
+@lru_cache(maxsize=None)
+def validator() -> jsonschema.Draft202012Validator:
+    """tests/schemas/inferenceservice-v1beta1.json with its core-type $refs resolved into
+    kubernetes-validate's strict Kubernetes 1.32 definitions (as tests/integration/test_charts.py)."""
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    defs = os.path.join(os.path.dirname(kubernetes_validate.__file__), "kubernetes-json-schema",
+                        "v1.32.0-local-strict", "_definitions.json")
+    with open(defs) as f:
+        registry = referencing.Resource.from_contents(json.load(f)) @ referencing.Registry()
+    with open(os.path.join(ROOT, "tests", "schemas", "inferenceservice-v1beta1.json")) as f:
+        return jsonschema.Draft202012Validator(json.load(f), registry=registry)
+
+
+# ---------------------------------------------------------------- storageUri
+@pytest.mark.parametrize("source,expected", [
+    ("mlflow-artifacts:/1/models/m-abc/artifacts", "s3://easel-mlflow/artifacts/1/models/m-abc/artifacts"),
+    ("mlflow-artifacts://easel-mlflow.easel.svc:5000/1/models/m-abc/artifacts",
+     "s3://easel-mlflow/artifacts/1/models/m-abc/artifacts"),
+    ("s3://other/models/x", "s3://other/models/x"),
+    ("gs://bucket/m", "gs://bucket/m"),
+])
+def test_storage_uri_from_the_version_source(source, expected, monkeypatch):
+    monkeypatch.delenv("EASEL_MLFLOW_ARTIFACTS_URI", raising=False)
+    assert isvc.kserve_storage_uri(source) == expected
+
+
+def test_storage_uri_root_and_local_sources(monkeypatch):
+    monkeypatch.setenv("EASEL_MLFLOW_ARTIFACTS_URI", "s3://my-mlflow/root/")
+    assert isvc.kserve_storage_uri("mlflow-artifacts:/7/x") == "s3://my-mlflow/root/7/x"
+    assert isvc.kserve_storage_uri("mlflow-artifacts:/7/x", "gs://g/a") == "gs://g/a/7/x"
+    for bad in ("file:///home/me/.easel/mlruns/1/x", "/tmp/x", "mlflow-artifacts:/", ""):
+        with pytest.raises(ValueError, match="storage"):
+            isvc.kserve_storage_uri(bad)
+
+
+def test_registered_version_reads_the_registry(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("EASEL_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("EASEL_MLFLOW_ARTIFACTS_URI", raising=False)
+    from model_code import tracking
+    c = tracking.client()
+    c.create_registered_model("easel-dalle")
+    v1 = c.create_model_version("easel-dalle", "mlflow-artifacts:/1/models/m-aaa/artifacts").version
+    v2 = c.create_model_version("easel-dalle", "mlflow-artifacts:/1/models/m-bbb/artifacts").version
+    c.set_registered_model_alias("easel-dalle", "production", v1)
+    prod = isvc.registered_version("easel-dalle", "production")
+    assert prod == {"model": "easel-dalle", "version": str(v1), "source": "mlflow-artifacts:/1/models/m-aaa/artifacts",
+                    "storage_uri": "s3://easel-mlflow/artifacts/1/models/m-aaa/artifacts"}
+    assert isvc.registered_version("easel-dalle", v2)["storage_uri"].endswith("/m-bbb/artifacts")
+    with pytest.raises(ValueError, match="no alias 'staging' of 'easel-dalle'"):
+        isvc.registered_version("easel-dalle", "staging")
+    with pytest.raises(ValueError, match="no version 9 of 'easel-dalle'"):
+        isvc.registered_version("easel-dalle", "9")
+    with pytest.raises(ValueError, match="no version 1 of 'nope'"):
+        isvc.registered_version("nope", "1")
+
+
+# ---------------------------------------------------------------- the object
+def test_render_validates_and_carries_the_version():
+    obj = isvc.render_inferenceservice("dalle", "easel-serving", URI, IMAGE, model="easel-dalle", version="3",
+                                       canary_traffic_percent=10, gpus=1)
+    validator().validate(obj)
+    broken = copy.deepcopy(obj)
+    broken["spec"]["predictor"]["replicas"] = 2  # not a field: the API server would refuse it
+    with pytest.raises(jsonschema.ValidationError):
+        validator().validate(broken)
+    meta, pred = obj["metadata"], obj["spec"]["predictor"]
+    assert meta["annotations"][isvc.ANNOTATION_STORAGE] == URI
+    assert meta["annotations"][isvc.ANNOTATION_MODEL] == "easel-dalle"
+    assert meta["annotations"][isvc.ANNOTATION_VERSION] == "3"
+    assert pred["canaryTrafficPercent"] == 10
+    (c,) = pred["containers"]
+    assert {"name": "STORAGE_URI", "value": URI} in c["env"] and c["image"] == IMAGE
+    assert c["args"][:3] == ["serve", "--model", "/mnt/models"]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert pred["tolerations"][0]["key"] == "nvidia.com/gpu" and pred["nodeSelector"]
+    assert pred["serviceAccountName"] == "dalle-s3"
+    assert c["securityContext"]["runAsNonRoot"] and c["securityContext"]["readOnlyRootFilesystem"]
+    # no canary: the field is absent (KServe sends everything to the latest revision)
+    full = isvc.render_inferenceservice("dalle", "easel-serving", URI, IMAGE, canary_traffic_percent=100)
+    assert "canaryTrafficPercent" not in full["spec"]["predictor"]
+    raw = isvc.render_inferenceservice("dalle", "easel-serving", URI, IMAGE, deployment_mode="RawDeployment")
+    validator().validate(raw)
+    assert raw["spec"]["predictor"]["scaleMetric"] == "cpu"
+
+
+def test_the_served_arguments_parse():
+    """The predictor's args are a valid `easel serve` command line (the chart uses the same)."""
+    from model_code.cli import build_parser
+    obj = isvc.render_inferenceservice("dalle", "easel-serving", URI, IMAGE)
+    a = build_parser().parse_args(obj["spec"]["predictor"]["containers"][0]["args"])
+    assert (a.model, a.name, a.host, a.port) == ("/mnt/models", "dalle", "0.0.0.0", 8080)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"service": "Dalle_1"}, "service must be a DNS-1035 label"),
+    ({"namespace": "Easel"}, "namespace must be a DNS-1123 label"),
+    ({"storage_uri": "/tmp/bundle"}, "storage_uri="),
+    ({"image": "has space"}, "image must be"),
+    ({"canary_traffic_percent": 150}, "canary_traffic_percent must be an integer in [0, 100]"),
+    ({"canary_traffic_percent": 10, "deployment_mode": "RawDeployment"}, "needs deployment_mode Serverless"),
+    ({"deployment_mode": "Knativ"}, "deployment_mode must be one of"),
+    ({"scale_metric": "gpu"}, "scale_metric=gpu"),
+    ({"min_replicas": 4, "max_replicas": 2}, "min_replicas (4) is larger"),
+    ({"min_replicas": 0, "deployment_mode": "RawDeployment"}, "min_replicas must be an integer >= 1"),
+])
+def test_render_rejects_what_the_chart_rejects(kwargs, message):
+    args = {"service": "dalle", "namespace": "easel-serving", "storage_uri": URI, "image": IMAGE, **kwargs}
+    with pytest.raises(ValueError) as e:
+        isvc.render_inferenceservice(args.pop("service"), args.pop("namespace"), args.pop("storage_uri"),
+                                     args.pop("image"), **args)
+    assert message in str(e.value)
+
+
+def chart_like_existing() -> dict:
+    """A service as the chart left it: a transformer in front, Helm's labels, KServe's finalizer
+    and status."""
+    obj = isvc.render_inferenceservice("dalle", "easel-serving", "s3://easel-mlflow/artifacts/1/models/old/artifacts",
+                                       "easel/easel-cpu:0.1.0", model="easel-dalle", version="2")
+    obj["metadata"].update(finalizers=["inferenceservice.finalizers"], resourceVersion="41", generation=3)
+    obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] = "Helm"
+    obj["spec"]["transformer"] = {"containers": [{"name": "kserve-container", "image": "easel/easel-cpu:0.1.0",
+                                                  "args": ["serve", "--role", "transformer"]}]}
+    obj["status"] = {"observedGeneration": 3, "conditions": [{"type": "Ready", "status": "True"}]}
+    return obj
+
+
+def test_update_switches_the_version_and_keeps_the_rest():
+    old = chart_like_existing()
+    new = isvc.update_inferenceservice(old, URI, model="easel-dalle", version="3", canary_traffic_percent=20,
+                                       image=IMAGE)
+    assert old["spec"]["predictor"]["containers"][0]["env"][0]["value"].endswith("/old/artifacts")  # a copy
+    pred = new["spec"]["predictor"]
+    assert pred["containers"][0]["env"][0] == {"name": "STORAGE_URI", "value": URI}
+    assert pred["canaryTrafficPercent"] == 20
+    assert new["metadata"]["annotations"][isvc.ANNOTATION_VERSION] == "3"
+    assert new["metadata"]["finalizers"] == ["inferenceservice.finalizers"]
+    assert new["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+    assert new["spec"]["transformer"]["containers"][0]["image"] == IMAGE
+    assert pred["containers"][0]["resources"] == old["spec"]["predictor"]["containers"][0]["resources"]
+    # promote the canary: the same version with all traffic removes the split
+    promoted = isvc.update_inferenceservice(new, URI, model="easel-dalle", version="3")
+    assert "canaryTrafficPercent" not in promoted["spec"]["predictor"]
+    assert promoted["spec"]["transformer"]["containers"][0]["image"] == IMAGE  # image kept when not given
+
+
+def test_update_refuses_foreign_services_and_raw_canaries():
+    foreign = chart_like_existing()
+    foreign["spec"]["predictor"]["containers"][0]["name"] = "other"
+    with pytest.raises(isvc.DeployError, match="not made by Easel"):
+        isvc.update_inferenceservice(foreign, URI)
+    raw = chart_like_existing()
+    raw["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] = "RawDeployment"
+    with pytest.raises(ValueError, match="needs deployment_mode Serverless"):
+        isvc.update_inferenceservice(raw, URI, canary_traffic_percent=10)
+
+
+def test_ready_state():
+    obj = {"metadata": {"generation": 2}, "status": {"observedGeneration": 1,
+                                                     "conditions": [{"type": "Ready", "status": "True"}]}}
+    assert isvc.ready_state(obj) == (False, "KServe has not reconciled the new spec yet")
+    obj["status"]["observedGeneration"] = 2
+    assert isvc.ready_state(obj) == (True, "")
+    obj["status"]["conditions"] = [{"type": "Ready", "status": "False"},
+                                   {"type": "PredictorReady", "status": "False", "message": "image pull back-off"}]
+    assert isvc.ready_state(obj) == (False, "Ready: not ready; PredictorReady: image pull back-off")
+
+
+# ---------------------------------------------------------------- create or update, then wait
+class FakeCustomObjects:
+    """The four CustomObjectsApi calls apply_inferenceservice makes, over a dict, with the API
+    server's rules that matter here (404, 409 on a stale resourceVersion, generation bumps) and a
+    KServe that reports Ready `ready_after` reads after a change (never, with None)."""
+
+    def __init__(self, existing: dict | None = None, conflicts: int = 0, ready_after: int | None = 1):
+        self.objects = {}
+        if existing is not None:
+            self.objects[(existing["metadata"]["namespace"], existing["metadata"]["name"])] = copy.deepcopy(existing)
+        self.conflicts, self.ready_after, self.reads_since_change, self.calls = conflicts, ready_after, 0, []
+
+    def get_namespaced_custom_object(self, group, version, ns, plural, name):
+        self.calls.append(("get", name))
+        obj = self.objects.get((ns, name))
+        if obj is None:
+            raise ApiException(status=404, reason="Not Found")
+        self.reads_since_change += 1
+        if self.ready_after is not None and self.reads_since_change > self.ready_after:
+            obj["status"] = {"observedGeneration": obj["metadata"]["generation"], "url": f"http://{name}.example",
+                             "conditions": [{"type": "Ready", "status": "True"}]}
+        return copy.deepcopy(obj)
+
+    def create_namespaced_custom_object(self, group, version, ns, plural, body):
+        assert (group, version, plural) == ("serving.kserve.io", "v1beta1", "inferenceservices")
+        self.calls.append(("create", body["metadata"]["name"]))
+        if (ns, body["metadata"]["name"]) in self.objects:
+            raise ApiException(status=409, reason="AlreadyExists")
+        obj = copy.deepcopy(body)
+        obj["metadata"].update(generation=1, resourceVersion="1")
+        self.objects[(ns, body["metadata"]["name"])] = obj
+        self.reads_since_change = 0
+        return copy.deepcopy(obj)
+
+    def replace_namespaced_custom_object(self, group, version, ns, plural, name, body):
+        self.calls.append(("replace", name))
+        current = self.objects[(ns, name)]
+        if self.conflicts or body["metadata"].get("resourceVersion") != current["metadata"]["resourceVersion"]:
+            self.conflicts = max(0, self.conflicts - 1)
+            current["metadata"]["resourceVersion"] = str(int(current["metadata"]["resourceVersion"]) + 1)
+            raise ApiException(status=409, reason="Conflict")
+        assert "status" not in body
+        obj = copy.deepcopy(body)
+        changed = obj["spec"] != current["spec"]
+        obj["metadata"]["generation"] = current["metadata"]["generation"] + (1 if changed else 0)
+        obj["metadata"]["resourceVersion"] = str(int(current["metadata"]["resourceVersion"]) + 1)
+        obj["status"] = current.get("status", {})
+        self.objects[(ns, name)] = obj
+        self.reads_since_change = 0
+        return copy.deepcopy(obj)
+
+
+def test_apply_creates_a_new_service_and_waits():
+    new = isvc.render_inferenceservice("dalle", "easel-serving", URI, IMAGE, model="easel-dalle", version="3")
+    api = FakeCustomObjects()
+    res = isvc.apply_inferenceservice(new, model="easel-dalle", version="3", image=IMAGE, api=api,
+                                      poll_seconds=0)
+    assert res["action"] == "created" and res["ready"] and res["url"] == "http://dalle.example"
+    stored = api.objects[("easel-serving", "dalle")]
+    assert stored["spec"] == new["spec"] and stored["metadata"]["annotations"] == new["metadata"]["annotations"]
+
+
+def test_apply_updates_an_existing_service_through_conflicts():
+    existing = chart_like_existing()
+    new = isvc.render_inferenceservice("dalle", "easel-serving", URI, IMAGE, model="easel-dalle", version="3",
+                                       canary_traffic_percent=10, gpus=1)
+    api = FakeCustomObjects(existing, conflicts=2)
+    res = isvc.apply_inferenceservice(new, model="easel-dalle", version="3", canary_traffic_percent=10,
+                                      image=IMAGE, api=api, poll_seconds=0)
+    assert res["action"] == "updated" and res["ready"]
+    assert [c for c, _ in api.calls].count("replace") == 3  # two conflicts, then through
+    stored = api.objects[("easel-serving", "dalle")]
+    assert stored["metadata"]["generation"] == 4 and stored["metadata"]["finalizers"] == ["inferenceservice.finalizers"]
+    assert stored["spec"]["predictor"]["canaryTrafficPercent"] == 10
+    assert stored["spec"]["predictor"]["containers"][0]["env"][0]["value"] == URI
+    # the existing service keeps its own resources: an update is not a re-render
+    assert "nvidia.com/gpu" not in stored["spec"]["predictor"]["containers"][0]["resources"]["limits"]
+
+
+def test_apply_times_out_with_kserve_reason():
+    new = isvc.render_inferenceservice("dalle", "easel-serving", URI, IMAGE)
+    api = FakeCustomObjects(ready_after=None)
+    with pytest.raises(TimeoutError, match="not ready after 0s: KServe has not reconciled"):
+        isvc.apply_inferenceservice(new, api=api, timeout=0, poll_seconds=0)
+    api = FakeCustomObjects(chart_like_existing(), conflicts=10)
+    with pytest.raises(isvc.DeployError, match="updating InferenceService easel-serving/dalle failed: 409"):
+        isvc.apply_inferenceservice(new, api=api, poll_seconds=0)
+
+
+def test_dry_run_and_the_cli_render(capsys):
+    res = isvc.deploy_model("easel-dalle", "4", service="dalle", namespace="easel-serving", image=IMAGE,
+                            storage_uri=URI, canary_traffic_percent=25, dry_run=True)
+    assert res["action"] == "rendered" and res["version"] == "4" and res["canary_traffic_percent"] == 25
+    validator().validate(res["object"])
+    assert main(["model", "deploy", "easel-dalle", "--ref", "4", "--service", "dalle", "--image", IMAGE,
+                 "--storage-uri", URI, "--canary", "25", "--render"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed == res["object"]
+    assert main(["model", "deploy", "easel-dalle", "--image", IMAGE, "--storage-uri", URI, "--canary", "101",
+                 "--render"]) == 1
+    assert "canary_traffic_percent must be an integer in [0, 100]" in capsys.readouterr().err

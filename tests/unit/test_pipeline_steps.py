@@ -1,0 +1,156 @@
+"""The library steps behind the lifecycle's new parameters and components: the source (given or
+synthesized), the dataset-version pin, the gate configuration (and the recipe that selects
+recipe-specific gates), and the multi-node training job the train-multinode component submits."""
+import json
+import os
+
+import pytest
+
+from model_code import steps
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_source_given_is_referenced_not_copied(tmp_path):
+    art = str(tmp_path / "artifact")
+    summary = steps.source_step(art, "shapes://n=6,size=32")
+    assert summary == {"source": "shapes://n=6,size=32", "synthesized": False}
+    assert steps.input_location(art) == "shapes://n=6,size=32"  # what the ingest step reads
+
+
+def test_no_source_synthesizes_the_preset_world(tmp_path):
+    art, work = str(tmp_path / "artifact"), str(tmp_path / "work")
+    summary = steps.source_step(art, "", workdir=work, overrides='{"data": {"n": 5}}', seed=3)
+    assert summary["synthesized"] and summary["n"] == 5 and summary["size"] == 32
+    assert steps.input_location(art) == os.path.join(work, "raw") == summary["source"]
+    assert os.listdir(os.path.join(work, "raw"))
+
+
+def test_dataset_version_pin(tmp_path):
+    d = tmp_path / "ds"
+    d.mkdir()
+    (d / "a.txt").write_text("one")
+    found = steps.version_step(str(d))
+    assert found["version"].startswith("dvc:") and found["dvc_md5"].endswith(".dir")
+    # the same content passes, by full id (any git part) or by the hash alone
+    assert steps.version_step(str(d), found["version"])["dvc_md5"] == found["dvc_md5"]
+    assert steps.version_step(str(d), f"dvc:{found['dvc_md5']}@git:0123abc")["version"] == found["version"]
+    assert steps.version_step(str(d), found["dvc_md5"])["dvc_md5"] == found["dvc_md5"]
+    (d / "a.txt").write_text("two")
+    with pytest.raises(ValueError, match=r"dataset_version: .* not the requested dvc:"):
+        steps.version_step(str(d), found["version"])
+    with pytest.raises(ValueError, match="not a dataset version id"):
+        steps.version_step(str(d), "dvc:nogitpart")
+
+
+def test_gate_settings_merge_over_the_preset():
+    base = steps.gate_settings("tiny")["evaluate"]
+    cfg = steps.gate_settings("tiny", gate_config='{"margin": 0.25, "gates": {"clip_score": {"min": 0.5}}}')
+    ev = cfg["evaluate"]
+    assert ev["margin"] == 0.25 and ev["gates"]["clip_score"]["min"] == 0.5
+    assert ev["gates"]["clip_score"]["relative"] is False           # the preset's other keys of the rule stay
+    assert set(ev["gates"]) == set(base["gates"])                  # and its other gates
+    same = steps.gate_settings("tiny", gate_config={"evaluate": {"tolerance": 0.1}})
+    assert same["evaluate"]["tolerance"] == 0.1
+    assert steps.gate_settings("tiny", gate_config="") == steps.gate_settings("tiny")
+    for bad, message in (('{"gates": {"clip_score": {"minimum": 1}}}', "unknown keys"),
+                         ('{"margin": -1}', "evaluate.margin: must be >= 0"),
+                         ("not json", "gate_config: not a JSON object"),
+                         ("[1, 2]", "gate_config: expected a JSON object")):
+        with pytest.raises(ValueError, match=message):
+            steps.gate_settings("tiny", gate_config=bad)
+
+
+def test_gate_step_uses_the_recipe_and_the_gate_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("EASEL_HOME", str(tmp_path / "home"))
+    from model_code import tracking
+    tracking.configure()
+    c = tracking.client()
+    c.create_registered_model("m")
+    run = c.create_run(tracking.ensure_experiment("t"))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "f.txt").write_text("x")
+    c.log_artifacts(run.info.run_id, str(tmp_path / "a"), "model")
+    version = c.create_model_version("m", f"runs:/{run.info.run_id}/model", run.info.run_id).version
+    metrics = {"clip_score": 0.2, "pf.constraint": 0.3, "pf.short.constraint": 0.3}
+    evaluation = {"metrics": metrics, "report": "r.md"}
+    unclip = {"name": "m", "version": str(version), "uri": f"models:/m/{version}", "recipe": "unclip"}
+    # the tiny preset's dVAE gate is for dalle only: an unclip version passes without it
+    assert steps.gate_step(unclip, evaluation, "tiny")["verdict"] == "passed"
+    dalle = steps.gate_step({**unclip, "recipe": "dalle"}, evaluation, "tiny")
+    assert dalle["verdict"] == "failed" and any("dvae.psnr is missing" in r for r in dalle["reasons"])
+    strict = steps.gate_step(unclip, evaluation, "tiny", gate_config='{"gates": {"clip_score": {"min": 0.5}}}')
+    assert strict["verdict"] == "failed" and strict["reasons"] == ["clip_score = 0.2 is below the minimum 0.5"]
+    assert c.get_model_version("m", version).tags["easel.gate.verdict"] == "failed"
+
+
+def test_multinode_job_for_a_part(monkeypatch):
+    job = steps.pytorchjob_train_step(
+        "transformer", "s3://easel-data/shapes-256", "s3://easel-checkpoints/run-1/transformer",
+        "registry.example/easel-cuda:0.1.0", overrides='{"train": {"lr": 0.0003, "max_steps": 100}}',
+        deps={"tokenizer": "s3://w/tokenizer", "dvae": "s3://w/dvae", "clip": ""}, caption_policy="blend",
+        nodes=4, gpus_per_node=8, namespace="kubeflow", submit=False)
+    assert job["state"] == "Rendered" and job["nodes"] == 4
+    obj = job["object"]
+    assert obj["metadata"]["name"] == job["job"] == steps.pytorchjob_name("transformer", "base", job["out"])
+    assert len(obj["metadata"]["name"]) <= 48
+    args = obj["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["args"]
+    tail = args[args.index("easel"):]
+    assert tail[:9] == ["easel", "train", "transformer", "--preset", "base", "--data", "s3://easel-data/shapes-256",
+                        "--out", "s3://easel-checkpoints/run-1/transformer"]
+    pairs = list(zip(tail[9::2], tail[10::2]))
+    assert ("--dep", "dvae=s3://w/dvae") in pairs and ("--dep", "tokenizer=s3://w/tokenizer") in pairs
+    assert not any(v.startswith("clip=") for _, v in pairs)  # an empty dependency is left out
+    assert ("--set", "train.lr=0.0003") in pairs and ("--set", 'train.caption_policy="blend"') in pairs
+    assert obj["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 3
+    # what the pods run parses as `easel train` with the overrides intact
+    from model_code.cli import build_parser
+    from model_code.config import parse_overrides
+    a = build_parser().parse_args(tail[1:])
+    assert a.part == "transformer" and a.dep == ["dvae=s3://w/dvae", "tokenizer=s3://w/tokenizer"]
+    assert parse_overrides(a.set)["train"] == {"num_nodes": 4, "devices": 8, "lr": 0.0003, "max_steps": 100,
+                                               "caption_policy": "blend"}
+    # the pods share no file system: local paths are refused before anything is submitted
+    with pytest.raises(ValueError, match="object-store URI"):
+        steps.pytorchjob_train_step("transformer", "/data/local", "s3://o", "img:1", submit=False)
+    # the name stays fixed per output (a retried step finds its job) and differs between outputs
+    assert steps.pytorchjob_name("dvae", "base", "s3://a") == steps.pytorchjob_name("dvae", "base", "s3://a")
+    assert steps.pytorchjob_name("dvae", "base", "s3://a") != steps.pytorchjob_name("dvae", "base", "s3://b")
+
+
+def test_multinode_job_validates_against_the_schema():
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    import jsonschema
+    import referencing
+    defs = os.path.join(os.path.dirname(kubernetes_validate.__file__), "kubernetes-json-schema",
+                        "v1.32.0-local-strict", "_definitions.json")
+    with open(defs) as f:
+        registry = referencing.Resource.from_contents(json.load(f)) @ referencing.Registry()
+    with open(os.path.join(ROOT, "tests", "schemas", "pytorchjob-v1.json")) as f:
+        validator = jsonschema.Draft202012Validator(json.load(f), registry=registry)
+    job = steps.pytorchjob_train_step("decoder", "s3://d", "s3://o/decoder", "img:1", deps={"tokenizer": "s3://t",
+                                      "clip": "s3://c"}, overrides={"decoder": {"conditioning": "text"}},
+                                      nodes=2, gpus_per_node=4, submit=False)
+    validator.validate(job["object"])
+
+
+def test_table_step_writes_its_markdown_artifact_not_the_repo_docs(tmp_path, monkeypatch):
+    """The table components' library call: the section goes to the step's Markdown artifact and
+    MLflow; docs/results.md (absent in a pipeline pod) is left alone."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("EASEL_HOME", str(tmp_path / "home"))
+    from model_code.data.ingest import ingest
+    from model_code.data.synth import synthesize
+    from tests.bundles import tiny_bundle
+    synthesize(str(tmp_path / "raw"), n=24, size=32, seed=0, curated_fraction=0.25)
+    ingest(str(tmp_path / "raw"), str(tmp_path / "ds"), size=32, shard_size=12, heldout_fraction=0.3)
+    bundle = tiny_bundle(str(tmp_path), "dalle")
+    docs = os.path.join(ROOT, "docs", "results.md")
+    before = open(docs).read()
+    md = tmp_path / "artifact" / "table"
+    res = steps.table_rerank_step(bundle, str(tmp_path / "ds"), str(tmp_path / "out"), budgets=[1, 2],
+                                  overrides={"evaluate": {"n_per_category": 1}}, markdown_path=str(md))
+    assert [r["budget"] for r in res["rows"]] == [1, 2] and res["run_id"]
+    assert md.read_text().startswith("## DALL-E 1: CLIP reranking budget") and res["markdown"] in md.read_text()
+    assert open(docs).read() == before
