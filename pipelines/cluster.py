@@ -29,7 +29,13 @@ def _caller_names(context: int = 1) -> list[tuple]:
 # costs ~0.4 s a call on these machines, most of the time it takes to import and compile the
 # pipelines. Its module gets a stack() that returns the same names without reading any source.
 if getattr(_pipeline_task, "inspect", None) is inspect:
-    _pipeline_task.inspect = types.SimpleNamespace(stack=_caller_names)
+    class _Inspect(types.ModuleType):
+        stack = staticmethod(_caller_names)
+
+        def __getattr__(self, name):  # everything else is the real inspect
+            return getattr(inspect, name)
+
+    _pipeline_task.inspect = _Inspect("inspect")
 
 RELEASE = os.environ.get("EASEL_RELEASE", "easel")
 S3_SECRET = f"{RELEASE}-s3"
