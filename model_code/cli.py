@@ -84,7 +84,7 @@ def _evaluate(a) -> dict:
                    samples_per_prompt=a.samples, seed=a.seed, candidates=a.candidates)
     if a.gate_model:
         from model_code.evaluate.gates import run_gate
-        res["gate"] = run_gate(a.gate_model, a.gate_version, res["metrics"], a.preset)
+        res["gate"] = run_gate(a.gate_model, a.gate_version, res["metrics"], a.preset, inputs=res["inputs"])
     return res
 
 
