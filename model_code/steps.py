@@ -106,10 +106,13 @@ def ingest_step(source: str, out: str, preset: str = "tiny",
 @_summary
 def validate_step(dataset: str, preset: str = "tiny", overrides: dict | str | None = None,
                   report_path: str | None = None) -> dict[str, Any]:
-    """Run the validation suite; raises ValidationFailed (the run stops) when it fails."""
+    """Run the validation suite; raises ValidationFailed (the run stops) when it fails.
+    The JSON report goes to the dataset's validation.json (DVC ignores it: validating does not
+    change the version); report_path, when given, gets the HTML page (the component's HTML
+    artifact, which the KFP UI renders)."""
     from model_code.data.validate import require_valid
     d = _cfg(preset, overrides)["data"]
-    return require_valid(dataset, thresholds=d.get("validate"), report_path=report_path)
+    return require_valid(dataset, thresholds=d.get("validate"), html_report=report_path or False)
 
 
 @_summary
@@ -235,10 +238,12 @@ def gate_step(registered: dict, evaluation: dict, preset: str = "tiny",
     "tolerance"}) is merged over the preset's `evaluate:` section."""
     from model_code.evaluate.gates import run_gate
     cfg = gate_settings(preset, overrides, gate_config)
-    # the recipe selects recipe-specific gates (e.g. the dVAE's PSNR for dalle only)
-    return run_gate(registered["name"], registered["version"], evaluation["metrics"], cfg,
-                    inputs={"bundle_uri": registered.get("uri"), "report": evaluation.get("report"),
-                            "recipe": registered.get("recipe")})
+    # the evaluation's inputs (settings, run id) with the recipe of the version being judged:
+    # recipe-specific gates (e.g. dvae.psnr for dalle) need it
+    inputs = {**(evaluation.get("inputs") or {}), "bundle_uri": registered.get("uri"),
+              "report": evaluation.get("report")}
+    inputs["recipe"] = registered.get("recipe") or inputs.get("recipe")
+    return run_gate(registered["name"], registered["version"], evaluation["metrics"], cfg, inputs=inputs)
 
 
 @_summary

@@ -411,13 +411,13 @@ Great Expectations {html.escape(report['great_expectations_version'])}, {html.es
 
 
 def validate(dataset_dir: str, thresholds: dict | None = None, report_path: str | None = None,
-             html_report: bool = False) -> dict:
+             html_report: bool | str = False) -> dict:
     """Run the suite on an ingested dataset (a directory or URI).
 
     Returns {"success", "failed_expectations" (names), "report" (path), "statistics",
     "dataset", "failures" (name, description, observed of each failed expectation)}.
     Writes the full report to report_path (default DIR/validation.json) and, with
-    html_report, an HTML page beside it (same name, .html)."""
+    html_report, an HTML page beside it (same name, .html), or at html_report when that is a path."""
     import great_expectations as gx
 
     th = resolve_thresholds(thresholds)
@@ -439,7 +439,7 @@ def validate(dataset_dir: str, thresholds: dict | None = None, report_path: str 
     storage.write_text(report_path, json.dumps(report, indent=1, sort_keys=False) + "\n")
     if html_report:
         base = report_path[:-5] if report_path.endswith(".json") else report_path
-        storage.write_text(base + ".html", _html(report))
+        storage.write_text(html_report if isinstance(html_report, str) else base + ".html", _html(report))
     return {"success": report["success"], "failed_expectations": report["failed_expectations"],
             "report": report_path, "statistics": report["statistics"], "dataset": dataset_dir,
             "failures": [{k: e.get(k) for k in ("name", "description", "observed", "error")} for e in failed]}
