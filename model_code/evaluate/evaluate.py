@@ -112,9 +112,14 @@ def generate_images(generator, prompts: Sequence[dict], samples: int, seed: int,
     sampling.pop("candidates", None)
     out = []
     texts = [p["text"] for p in prompts]
+    t0 = last = time.time()
     for b, i in enumerate(range(0, len(texts), batch_size)):
         out += generator.generate(texts[i:i + batch_size], n=samples, candidates=candidates,
                                   seed=seed + b, **sampling)
+        if time.time() - last > 20 or len(out) == len(texts):  # a line every ~20 s on long evaluations
+            last = time.time()
+            log.info("evaluate: generated %d/%d prompts x %d samples (%.0f s)", len(out), len(texts), samples,
+                     last - t0)
     return out
 
 
