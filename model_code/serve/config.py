@@ -60,11 +60,13 @@ DEFAULTS: dict[str, Any] = {
         # phrases whose CLIP text embedding a prompt must not come close to (cosine >= threshold)
         "prompt_concepts": ["graphic violence and gore", "explicit sexual content",
                             "hateful extremist symbols", "self-harm"],
-        "prompt_threshold": 0.92,
+        # a number, or "auto": calibrated at start-up on benign references (serve/safety.py)
+        "prompt_threshold": "auto",
         # phrases whose CLIP text embedding a generated image must not come close to
         "image_concepts": ["graphic violence and gore", "explicit sexual content",
                            "hateful extremist symbols"],
-        "image_threshold": 0.35,
+        "image_threshold": "auto",
+        "calibration_margin": 0.02,  # "auto" = the closest benign reference + this
     },
     "provenance": {
         "enabled": True,
@@ -236,8 +238,10 @@ def check(cfg: dict) -> dict:
     _strings(sf, "blocklist", "serve.safety")
     _strings(sf, "prompt_concepts", "serve.safety")
     _strings(sf, "image_concepts", "serve.safety")
-    _number(sf, "prompt_threshold", -1.0, 1.01, "serve.safety")   # > 1: concept matching off
-    _number(sf, "image_threshold", -1.0, 1.01, "serve.safety")
+    for key in ("prompt_threshold", "image_threshold"):
+        if sf.get(key) != "auto":
+            _number(sf, key, -1.0, 1.01, "serve.safety")   # > 1: concept matching off
+    _number(sf, "calibration_margin", 0.0, 1.0, "serve.safety")
     pats = sf.get("patterns") or []
     if not isinstance(pats, list):
         raise ValueError(f"serve.safety.patterns: must be a list, got {pats!r}")

@@ -6,6 +6,12 @@ the CLIP text tower, and a prompt (text tower) or an image (image tower) whose c
 to any concept reaches the threshold is refused / withheld. Cheaper exact checks come first for
 prompts: a word blocklist and regular expressions.
 
+Cosine similarities mean different things in different CLIPs (a CLIP trained only on Shapes puts
+"a red circle" at 0.93 from "self-harm"), so a threshold of "auto" (the default) is calibrated at
+start-up: the highest similarity any benign reference reaches (Shapes-world captions and renders,
+everyday phrases) plus a margin, so that none of them is refused. A CLIP that cannot separate the
+concepts from benign references then refuses only near-verbatim concepts, and says so in the log.
+
 Policy codes (the `policy` of a Verdict, also the label of the refusal metrics):
     prompt.blocklist   a blocklisted word or phrase
     prompt.pattern     a configured regular expression matched
@@ -18,7 +24,9 @@ Policy codes (the `policy` of a Verdict, also the label of the refusal metrics):
 """
 from __future__ import annotations
 
+import logging
 import os
+import random
 import re
 import tempfile
 import threading
@@ -28,6 +36,41 @@ from typing import Sequence
 
 import torch
 from PIL import Image
+
+log = logging.getLogger(__name__)
+
+AUTO_CAP = 0.999     # an "auto" threshold never exceeds this: a verbatim concept is still refused
+GENERIC_BENIGN = ["a photo of an everyday scene", "a drawing", "a picture", "a landscape", "a portrait",
+                  "a bowl of fruit on a table", "a city street", "a cat", "a diagram"]
+
+
+def benign_prompts(n: int = 48, seed: int = 0) -> list[str]:
+    """Benign reference prompts for calibration: Shapes-world short and long captions of seeded
+    random scenes, and everyday phrases."""
+    from model_code.data import shapes
+    rng = random.Random(seed)
+    scenes = [shapes.sample_scene(rng, 64) for _ in range(n // 2)]
+    return [c for sc in scenes for c in (shapes.short_caption(sc), shapes.long_caption(sc))] + GENERIC_BENIGN
+
+
+def benign_images(n: int = 16, seed: int = 0) -> list[Image.Image]:
+    """Benign reference images for calibration: Shapes-world renders of seeded random scenes."""
+    from model_code.data import shapes
+    rng = random.Random(seed)
+    return [shapes.render(shapes.sample_scene(rng, 64)) for _ in range(n)]
+
+
+def _calibrated(reference: torch.Tensor, margin: float, what: str) -> float:
+    """The "auto" threshold from (R, C) similarities of benign references to the concepts."""
+    top = float(reference.max())
+    t = min(top + margin, AUTO_CAP)
+    if top + margin > AUTO_CAP:
+        log.warning("safety: this CLIP puts a benign %s at similarity %.3f to an unsafe concept: %s concept "
+                    "matching refuses only near-verbatim concepts (threshold %.3f); the exact checks still apply",
+                    what, top, what, t)
+    else:
+        log.info("safety: %s concept threshold calibrated to %.3f (benign references reach %.3f)", what, t, top)
+    return t
 
 
 @dataclass(frozen=True)
@@ -111,14 +154,21 @@ class Safety:
         self.embedder = embedder
         self.prompt_concepts = list(cfg.get("prompt_concepts") or [])
         self.image_concepts = list(cfg.get("image_concepts") or [])
-        self.prompt_threshold = float(cfg.get("prompt_threshold", 1.01))
-        self.image_threshold = float(cfg.get("image_threshold", 1.01))
+        auto = {k: cfg.get(k, 1.01) == "auto" for k in ("prompt_threshold", "image_threshold")}
+        # "auto" without a CLIP: off (1.01) until calibrated below
+        self.prompt_threshold = 1.01 if auto["prompt_threshold"] else float(cfg.get("prompt_threshold", 1.01))
+        self.image_threshold = 1.01 if auto["image_threshold"] else float(cfg.get("image_threshold", 1.01))
+        margin = float(cfg.get("calibration_margin", 0.02))
         self._prompt_emb = self._image_emb = None
         if embedder is not None:   # concepts are embedded once, at start-up
             if self.prompt_concepts:
                 self._prompt_emb = embedder.embed_texts(self.prompt_concepts)   # (C, D)
+                if auto["prompt_threshold"]:
+                    self.prompt_threshold = _calibrated(self.prompt_similarities(benign_prompts()), margin, "prompt")
             if self.image_concepts:
                 self._image_emb = embedder.embed_texts(self.image_concepts)     # (C', D)
+                if auto["image_threshold"]:
+                    self.image_threshold = _calibrated(self.image_similarities(benign_images()), margin, "image")
 
     # -------------------------------------------------------------- prompts
     def check_prompt_text(self, prompt: str) -> Verdict:

@@ -92,3 +92,20 @@ def test_image_concepts_in_clip_image_space(embedder):
     s.image_threshold = 1.01
     assert all(v.allowed for v in s.check_images(images))
     assert Safety(policy(image_concepts=[]), embedder).check_images(images) == [s.check_images(images)[0]] * 6
+
+
+def test_auto_thresholds_refuse_no_benign_reference(embedder):
+    """'auto' (the default) calibrates on benign references: none of them is refused, whatever
+    this CLIP's similarities look like, and a verbatim concept still is."""
+    from model_code.serve.safety import AUTO_CAP, benign_images, benign_prompts
+    s = Safety(policy(blocklist=[], patterns=[]), embedder)
+    assert s.cfg["prompt_threshold"] == "auto" and s.cfg["image_threshold"] == "auto"
+    assert -1.0 <= s.prompt_threshold <= AUTO_CAP and -1.0 <= s.image_threshold <= AUTO_CAP
+    assert all(v.allowed for v in s.check_prompts(benign_prompts(n=20, seed=7)))   # not the calibration seed...
+    assert all(v.allowed for v in s.check_prompts(benign_prompts()))               # ...and the calibration set
+    assert all(v.allowed for v in s.check_images(benign_images()))
+    assert not s.check_prompts(["self-harm"])[0].allowed
+    # without a CLIP, "auto" leaves concept matching off
+    assert Safety(policy(), None).prompt_threshold > 1.0
+    with pytest.raises(ValueError, match="prompt_threshold"):
+        policy(prompt_threshold="high")
