@@ -272,6 +272,34 @@ def log_run(experiment: str, run_name: str, params: dict, metrics: dict[str, flo
     return rid
 
 
+# ---------------------------------------------------------------- resuming
+RESULT_FILE = "evaluation.json"
+
+
+def _bundle_fingerprint(bundle: str) -> list:
+    """What identifies a bundle's content cheaply: every file's path, size and modification
+    time (ETag on S3). A bundle rebuilt at the same place (a re-trained part) changes it."""
+    fs = storage.filesystem(bundle)
+    out = []
+    for path, info in sorted(fs.find(storage.local_path(bundle) if not storage.is_remote(bundle) else bundle,
+                                     detail=True).items()):
+        out.append([os.path.relpath(path, storage.local_path(bundle)) if not storage.is_remote(bundle) else path,
+                    info.get("size"), info.get("mtime") or info.get("ETag") or info.get("LastModified")])
+    return json.loads(json.dumps(out, default=str))
+
+
+def _finished(out: str, key: dict) -> dict | None:
+    """The result of an evaluation already finished in `out` with exactly these inputs, or None."""
+    path = storage.join(out, RESULT_FILE)
+    if not storage.exists(path):
+        return None
+    try:
+        done = json.loads(storage.read_text(path))
+    except (ValueError, OSError):
+        return None
+    return done.get("result") if done.get("key") == key else None
+
+
 # ---------------------------------------------------------------- the entry point
 def evaluate(bundle: str, dataset: str, out: str, preset: str | dict = "tiny",
              n_per_category: int | None = None, samples_per_prompt: int | None = None, seed: int = 0,
@@ -293,6 +321,14 @@ def evaluate(bundle: str, dataset: str, out: str, preset: str | dict = "tiny",
         raise ValueError(f"candidates: must be a positive integer, got {candidates!r}")
     if not storage.is_remote(out):
         os.makedirs(storage.local_path(out), exist_ok=True)
+    # a re-run (the pipeline resumed after a kill) reuses a finished evaluation of the same inputs
+    key = json.loads(json.dumps({"bundle": bundle, "content": _bundle_fingerprint(bundle), "dataset": dataset,
+                                 "cfg": cfg, "candidates": candidates, "sampling": sampling, "prompts": prompts,
+                                 "mlflow": mlflow}, sort_keys=True, default=str))
+    done = _finished(out, key)
+    if done is not None:
+        log.info("evaluate: reusing the finished evaluation in %s", out)
+        return done
     ps, prompt_source = load_prompts(dataset, out, cfg, prompts)
     if not ps:
         raise ValueError(f"dataset: no held-out prompts could be made from {dataset}")
@@ -330,5 +366,7 @@ def evaluate(bundle: str, dataset: str, out: str, preset: str | dict = "tiny",
                           "per_image.json": pd.DataFrame([{k: v for k, v in r.items() if k != "kinds"}
                                                           for r in pf["rows"]])},
                          artifacts=out, tags={"easel.recipe": gen.recipe, "easel.bundle": bundle})
-    return {"metrics": flat, "per_category": per, "report": report, "run_id": run_id, "out": out,
-            "inputs": {**settings, "run_id": run_id}}
+    result = {"metrics": flat, "per_category": per, "report": report, "run_id": run_id, "out": out,
+              "inputs": {**settings, "run_id": run_id}}
+    storage.write_text(storage.join(out, RESULT_FILE), json.dumps({"key": key, "result": result}, default=str))
+    return result

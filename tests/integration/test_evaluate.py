@@ -58,6 +58,9 @@ def test_evaluate_end_to_end(env):
     assert run.data.params["recipe"] == "dalle" and run.data.params["candidates"] == "2"
     arts = {a.path for a in c.list_artifacts(r["run_id"])}
     assert {"report.md", "per_category.json", "samples-short.png"} <= arts
+    # a re-run with the same inputs (a resumed pipeline) reuses the finished evaluation
+    again = evaluate(env["dalle"], env["ds"], out, n_per_category=1, samples_per_prompt=2, candidates=2)
+    assert again["run_id"] == r["run_id"] and again["metrics"] == m
     # an untrained bundle fails the tiny preset's gates
     assert r["inputs"]["recipe"] == "dalle" and r["inputs"]["run_id"] == r["run_id"]
     assert gate(m, "tiny", inputs=r["inputs"])["verdict"] == "failed"
