@@ -14,7 +14,10 @@ Pipeline (one image, side S; canvases above WORK_MAX are box-filtered down first
      shapes.shape_polygons at 4x supersampling (exactly like shapes.render), its centre and extent
      fitted to the observed soft mask's centroid and area (both survive blur), tried under a few
      blurs, and the candidate with the smallest squared error wins;
-  6. cell from the fitted centre, size class from the fitted extent (0.18 S vs 0.30 S).
+  6. blurred objects (no sharp candidate matched) are refined in image space (`_refine`): every shape
+     at both of the world's sizes, on a quarter-pixel grid of centres, blurred with REFINE_SIGMAS,
+     predicted as pixels (luma per pixel, chroma per JPEG 4:2:0 block) and compared with the image;
+  7. cell from the fitted centre, size class from the fitted extent (0.18 S vs 0.30 S).
 
 It never raises on an image (blank in, zero objects out); only a value that is not an image at all
 gets a ValueError naming `img`. Measured accuracy: docs/benchmarks.md, "Shapes-world oracle".
@@ -55,6 +58,9 @@ FIT_ITERS = 6           # at most this many renders per candidate shape (clipped
 NOISE_FLOOR = 0.04      # coverage below this is background noise (and is cut from candidates too)
 MIN_FIT = 0.45          # a blob whose best rendered shape overlaps it less (soft IoU) is dropped
 MAX_COMPONENTS = 32     # bound the work on garbage images: keep the heaviest components
+REFINE_SIGMAS = (0.5, 0.65, 0.8, 0.95, 1.1)  # blurs (working px) of the image-space refinement
+REFINE_CHROMA = 0.7     # weight of a chroma sample vs a luma sample in the refinement's error
+REFINE_REACH = 0.5      # the refinement searches centres this far (working px) from the moments'
 
 
 _TABLE_EXTENTS = np.geomspace(1.5, 1.25 * WORK_MAX, 24)   # working-pixel extents tabulated
@@ -96,6 +102,21 @@ def _first_guess(shape: str, area: float, mx: float, my: float) -> tuple[float, 
         e = float(np.interp(area, areas, _TABLE_EXTENTS))
     ox, oy = np.interp(e, _TABLE_EXTENTS, oxs), np.interp(e, _TABLE_EXTENTS, oys)
     return mx - float(ox), my - float(oy), e
+
+
+def _render_alpha_ss(shape: str, cx: float, cy: float, e: float, w: int, h: int) -> np.ndarray:
+    """Coverage (h*k, w*k) in [0, 1] of one shape drawn like shapes.render at k = SUPERSAMPLE,
+    before the box filter: (cx, cy, e) in window pixels."""
+    k = shapes.SUPERSAMPLE
+    e = max(float(e), 0.25)
+    im = Image.new("L", (w * k, h * k), 0)
+    draw = ImageDraw.Draw(im)
+    for poly in shapes.shape_polygons(shape, cx * k, cy * k, e * k):
+        if shape == "circle":
+            draw.ellipse(poly, fill=255)
+        else:
+            draw.polygon(poly, fill=255)
+    return np.asarray(im, np.float32) / 255.0
 
 
 def _render_alpha(shape: str, cx: float, cy: float, e: float, w: int, h: int) -> np.ndarray:
@@ -193,7 +214,12 @@ def parse_image(img: Image.Image | np.ndarray) -> dict[str, Any]:
     min_mass = MIN_MASS * _MIN_OBJ_AREA * S * S
     objs = []
     shape_alpha: dict[int, np.ndarray] = {}                 # colour -> (S,S) coverage for the fit
-    for region in _regions(seeds, S):
+    regions = _regions(seeds, S)
+    claimed = np.any(regions, axis=0)                        # pixels some object owns
+    # JPEG 4:2:0 keeps chroma on 2x2 blocks of the input grid: 2 working px unless the canvas was
+    # box-filtered by >= 2 (then one working pixel already spans a chroma block)
+    chroma_block = 2 if back == 1.0 else 1
+    for region in regions:
         k = _decide_colour(a, bg_obs, region)
         if k not in shape_alpha:
             shape_alpha[k] = _shape_alpha(a, bg_obs, k)
@@ -204,9 +230,11 @@ def parse_image(img: Image.Image | np.ndarray) -> dict[str, Any]:
         fit = _fit_shape(m, S)
         if fit is None:
             continue
-        shape, cx, cy, e, score = fit
+        shape, cx, cy, e, score, clean = fit
         if score < MIN_FIT:  # no shape explains it: a smear or noise, not an object
             continue
+        if not clean:  # blurred: decide shape, size and centre by fitting the image itself
+            shape, cx, cy, e = _refine(a, bg_obs, k, m, claimed & ~region, S, chroma_block)
         col = min(max(int(cx * 3 // S), 0), 2)
         row = min(max(int(cy * 3 // S), 0), 2)
         objs.append({"shape": shape, "color": _COLOR_NAMES[k],
@@ -274,10 +302,21 @@ def _components(alpha, resid, ok, S) -> list[np.ndarray]:
     strength = cand.max(axis=-1)
     lab, n = ndimage.label(strength >= FG_ALPHA, structure=_EIGHT)
     if n:
-        has_seed = ndimage.maximum(seeded, lab, index=np.arange(1, n + 1))
-        mass = ndimage.sum(strength, lab, index=np.arange(1, n + 1))
-        for i in np.nonzero((~has_seed.astype(bool)) & (mass >= min_mass))[0]:
+        idx = np.arange(1, n + 1)
+        unseeded = ~ndimage.maximum(seeded, lab, index=idx).astype(bool)
+        mass = ndimage.sum(strength, lab, index=idx)
+        for i in np.nonzero(unseeded & (mass >= min_mass))[0]:
             out.append((lab == i + 1, float(mass[i])))
+        # a blurred small object may have only a few pixels above FG_ALPHA: for a lighter blob the
+        # mass counts its rim too (2 px, not reaching into another component or a seed)
+        faint = np.nonzero(unseeded & (mass < min_mass) & (mass >= 0.25 * min_mass))[0]
+        free = ~seeded & (strength >= NOISE_FLOOR)
+        for i in faint[np.argsort(-mass[faint])][:MAX_COMPONENTS]:
+            blob = lab == i + 1
+            rim = ndimage.binary_dilation(blob, structure=_EIGHT, iterations=2) & free & ((lab == 0) | blob)
+            rim_mass = float(strength[rim].sum())
+            if rim_mass >= min_mass:
+                out.append((blob, rim_mass))
     out.sort(key=lambda t: -t[1])
     return [m for m, _ in out[:MAX_COMPONENTS]]
 
@@ -427,7 +466,8 @@ def _fit_shape(m: np.ndarray, S: int):
     clipped too. A clean image matches one candidate's sharp rendering almost exactly
     (error < CLEAN_ERR; wrong shapes are > 2.5x that even at 32 px) and is done; otherwise every
     candidate is tried under every blur in BLUR_SIGMAS and the smallest squared error wins.
-    Returns (shape, cx, cy, extent, soft IoU) in working pixels, or None.
+    Returns (shape, cx, cy, extent, soft IoU, clean) in working pixels, or None; clean says the
+    sharp rendering matched (no refinement needed).
     """
     ys, xs = np.nonzero(m)
     if len(xs) == 0:
@@ -482,7 +522,127 @@ def _fit_shape(m: np.ndarray, S: int):
         fits[i] = (fits[i][0], *means[i], best_r)
     shape, cx, cy, e, _ = fits[i]
     iou = float(np.minimum(best_r, win).sum() / max(np.maximum(best_r, win).sum(), 1e-9))
-    return shape, cx + x0, cy + y0, e, iou
+    return shape, cx + x0, cy + y0, e, iou, bool(sharp[i] < CLEAN_ERR)
+
+
+@functools.lru_cache(maxsize=256)
+def _refine_mats(n: int, cb: int) -> tuple[np.ndarray, np.ndarray]:
+    """Linear maps of one image axis of length n for the refinement, one per REFINE_SIGMAS:
+    the blur (zero outside, like an object on its background), (len, n, n); and the chroma path,
+    (len, n / cb, n): blur, then the mean of cb-pixel blocks, then (cb = 2) a decoder's "fancy"
+    upsampling re-averaged over the block, which smooths the block samples by [1/8, 3/4, 1/8]."""
+    idx = np.arange(n)
+    blur = np.stack([np.exp(-(idx[None] - idx[:, None]) ** 2 / (2 * s * s)) for s in REFINE_SIGMAS])
+    r = np.arange(-math.ceil(4 * max(REFINE_SIGMAS)), math.ceil(4 * max(REFINE_SIGMAS)) + 1)
+    for i, s in enumerate(REFINE_SIGMAS):  # the same normalised kernel as _gauss_kernel
+        blur[i] /= np.exp(-r ** 2 / (2 * s * s)).sum()
+        blur[i][np.abs(idx[None] - idx[:, None]) > math.ceil(4 * s)] = 0.0
+    m = n // cb
+    block = np.zeros((m, n))
+    for i in range(m):
+        block[i, i * cb:(i + 1) * cb] = 1.0 / cb
+    smooth = np.eye(m)
+    if cb == 2 and m > 1:
+        smooth = 0.75 * np.eye(m) + 0.125 * (np.eye(m, k=1) + np.eye(m, k=-1))
+        smooth[0, 0] = smooth[-1, -1] = 0.875   # edge samples repeat
+    return blur.astype(np.float32), (smooth @ block @ blur).astype(np.float32)
+
+
+def _block_mean(x: np.ndarray, b: int) -> np.ndarray:
+    """(..., h, w) -> (..., h/b, w/b) means of b x b blocks (b is 1 or 2, h and w multiples of b)."""
+    if b == 1:
+        return x
+    return 0.25 * (x[..., 0::2, 0::2] + x[..., 1::2, 0::2] + x[..., 0::2, 1::2] + x[..., 1::2, 1::2])
+
+
+def _refine(a: np.ndarray, bg: np.ndarray, k: int, m: np.ndarray, other: np.ndarray, S: int,
+            cb: int) -> tuple[str, float, float, float]:
+    """Shape, size and centre of a blurred object by fitting the image itself, not its mask.
+
+    The soft mask of a blurred, JPEG-compressed small object (a 6 px star at 32 px) is a blob whose
+    moments fit several shapes; the pixels still tell them apart if compared the way the image was
+    made. Every shape at both of the world's sizes (shapes.SIZES x S) is rendered like
+    shapes.render, placed at the mask's centroid (less that shape's own centroid offset) and
+    shifted over a quarter-pixel grid within REFINE_REACH, blurred with each of REFINE_SIGMAS, and
+    predicted as background + coverage x (colour - background). The error is measured in YCbCr:
+    luma per pixel, chroma per cb x cb block (JPEG 4:2:0 keeps one chroma sample per 2x2 block;
+    the model's chroma goes through the same block mean and a decoder's upsampling smoothing), with
+    its own best blur for luma and for chroma (codecs soften chroma more). Pixels that belong to
+    other objects are left out. Returns (shape, cx, cy, extent) in working pixels.
+    """
+    h0, w0 = m.shape
+    A = float(m.sum())
+    gy, gx = np.mgrid[0:h0, 0:w0] + 0.5
+    mx, my = float((m * gx).sum() / A), float((m * gy).sum() / A)
+    M = int(math.ceil(REFINE_REACH + 0.25)) + 1          # render margin, px (> REFINE_REACH + 1/4)
+    half = max(shapes.SIZES.values()) * S / 2 + REFINE_REACH + 3 * max(REFINE_SIGMAS) + 1
+    x0 = max(int(math.floor(mx - half)), 0) // cb * cb
+    y0 = max(int(math.floor(my - half)), 0) // cb * cb
+    x1 = min(int(math.ceil(mx + half)), w0)
+    y1 = min(int(math.ceil(my + half)), h0)
+    x1 -= (x1 - x0) % cb
+    y1 -= (y1 - y0) % cb
+    h, w = y1 - y0, x1 - x0
+    v = (a[y0:y1, x0:x1] - bg) @ _YCC.T                 # (h,w,3) observed minus background
+    d = (_COLOR_RGB[k] - bg) @ _YCC.T                   # (3,) the colour's contrast
+    wy = (~other[y0:y1, x0:x1]).astype(np.float32)      # luma weights: not another object's pixel
+    vc = _block_mean(np.moveaxis(v[..., 1:], -1, 0), cb)  # (2, h/cb, w/cb)
+    wc = (_block_mean(wy, cb) > 0.99).astype(np.float32) * (REFINE_CHROMA * cb * cb)
+    q = shapes.SUPERSAMPLE                              # supersampled px per working px
+
+    by, cy_ = _refine_mats(h, cb)
+    bx, cx_ = _refine_mats(w, cb)
+    bx, cx_ = bx.transpose(0, 2, 1)[:, None], cx_.transpose(0, 2, 1)[:, None]
+    by, cy_ = by[:, None], cy_[:, None]
+
+    # squared errors expand into data terms and dot products with the model: per pixel (luma) and
+    # per block (chroma), |v - b d|^2 w = w |v|^2 - 2 b w (v . d) + b^2 w |d|^2 (constants dropped)
+    ly, qy = (wy * v[..., 0] * d[0]).ravel(), (wy * d[0] ** 2).ravel()
+    lc = (wc * (vc[0] * d[1] + vc[1] * d[2])).ravel()
+    qc = (wc * (d[1] ** 2 + d[2] ** 2)).ravel()
+    ns = len(REFINE_SIGMAS)
+
+    def errors(R: np.ndarray, shifts: list[tuple[int, int]]) -> np.ndarray:
+        """Error of the supersampled rendering R shifted by each (dx, dy) (supersampled px)."""
+        box = np.cumsum(np.pad(R, ((1, 0), (1, 0))), axis=0)    # box sums of q x q blocks at
+        box = np.cumsum(box, axis=1)                             # every offset, from the 2-D
+        box = box[q:, q:] - box[:-q, q:] - box[q:, :-q] + box[:-q, :-q]   # running sum
+        cov = np.stack([box[q * M - dy::q][:h, q * M - dx::q][:, :w] for dx, dy in shifts])
+        cov = (cov * (1.0 / (q * q)))[None]                       # (1, N, h, w) coverage
+        n = len(shifts)
+        b = (by @ cov @ bx).reshape(ns * n, h * w)               # blurred, per sigma and shift
+        ey = (b * b) @ qy - 2.0 * (b @ ly)
+        bc = (cy_ @ cov @ cx_).reshape(ns * n, -1)               # the chroma path
+        ec = (bc * bc) @ qc - 2.0 * (bc @ lc)
+        return ey.reshape(ns, n).min(axis=0) + ec.reshape(ns, n).min(axis=0)
+
+    reach = int(round(2 * REFINE_REACH))                # half-pixel steps, then quarter-pixel ones
+    steps = [i * q // 2 for i in range(-reach, reach + 1)]
+    coarse = [(dx, dy) for dy in steps for dx in steps]
+    fine = [(dx, dy) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dx or dy]
+    found = []
+    for shape in shapes.SHAPES:
+        _, oxs, oys = _moment_table(shape)
+        for frac in shapes.SIZES.values():
+            e = frac * S
+            cx = mx - float(np.interp(e, _TABLE_EXTENTS, oxs)) - x0   # window px
+            cy = my - float(np.interp(e, _TABLE_EXTENTS, oys)) - y0
+            cx, cy = round(cx * q) / q, round(cy * q) / q             # on the supersampled grid
+            R = np.asarray(_render_alpha_ss(shape, cx + M, cy + M, e, w + 2 * M, h + 2 * M))
+            errs = errors(R, coarse)
+            j = int(np.argmin(errs))
+            found.append((float(errs[j]), shape, e, cx, cy, R, coarse[j]))
+    found.sort(key=lambda t: t[0])
+    best = found[0]
+    for err0, shape, e, cx, cy, R, (dx, dy) in found[:3]:   # quarter-pixel steps around the best
+        errs = errors(R, [(dx + fx, dy + fy) for fx, fy in fine])
+        j = int(np.argmin(errs))
+        if errs[j] < min(err0, best[0]):
+            best = (float(errs[j]), shape, e, cx, cy, R, (dx + fine[j][0], dy + fine[j][1]))
+        elif err0 < best[0]:
+            best = (err0, shape, e, cx, cy, R, (dx, dy))
+    _, shape, e, cx, cy, _, (dx, dy) = best
+    return shape, x0 + cx + dx / q, y0 + cy + dy / q, e
 
 
 # ---------------------------------------------------------------- comparing scenes

@@ -185,6 +185,10 @@ def notes(rows: list[dict]) -> list[str]:
     out = []
     for r in rows:
         if r["exact"] >= TARGETS[r["condition"]]:
+            if r["exact"] < 1.0:
+                out.append(f"- {r['size']} px {r['condition']}: target met, {r['exact']:.1%} exact "
+                           f"({r['object_acc']:.1%} of objects). Remaining errors: "
+                           f"{top_errors(r['errors'], 5)}.")
             continue
         line = (f"- Missed: {r['size']} px {r['condition']}, {r['exact']:.1%} exact "
                 f"({r['object_acc']:.1%} of objects). Errors: {top_errors(r['errors'], 5)}.")
