@@ -104,9 +104,9 @@ def _first_guess(shape: str, area: float, mx: float, my: float) -> tuple[float, 
     return mx - float(ox), my - float(oy), e
 
 
-def _render_alpha_ss(shape: str, cx: float, cy: float, e: float, w: int, h: int) -> np.ndarray:
-    """Coverage (h*k, w*k) in [0, 1] of one shape drawn like shapes.render at k = SUPERSAMPLE,
-    before the box filter: (cx, cy, e) in window pixels."""
+def _draw(shape: str, cx: float, cy: float, e: float, w: int, h: int) -> Image.Image:
+    """One shape drawn like shapes.render at k = SUPERSAMPLE, before the box filter: an "L" image
+    (h*k, w*k); (cx, cy, e) in window pixels."""
     k = shapes.SUPERSAMPLE
     e = max(float(e), 0.25)
     im = Image.new("L", (w * k, h * k), 0)
@@ -116,7 +116,12 @@ def _render_alpha_ss(shape: str, cx: float, cy: float, e: float, w: int, h: int)
             draw.ellipse(poly, fill=255)
         else:
             draw.polygon(poly, fill=255)
-    return np.asarray(im, np.float32) / 255.0
+    return im
+
+
+def _render_alpha_ss(shape: str, cx: float, cy: float, e: float, w: int, h: int) -> np.ndarray:
+    """Coverage (h*k, w*k) in [0, 1] of one shape at the supersampled resolution."""
+    return np.asarray(_draw(shape, cx, cy, e, w, h), np.float32) / 255.0
 
 
 def _render_alpha(shape: str, cx: float, cy: float, e: float, w: int, h: int) -> np.ndarray:
@@ -125,17 +130,8 @@ def _render_alpha(shape: str, cx: float, cy: float, e: float, w: int, h: int) ->
     (cx, cy, e) are in window pixels; drawing into a window whose origin is an integer pixel is the
     generator's drawing shifted by a multiple of the supersampling factor, so rasterisation agrees.
     """
-    k = shapes.SUPERSAMPLE
-    e = max(float(e), 0.25)
-    im = Image.new("L", (w * k, h * k), 0)
-    draw = ImageDraw.Draw(im)
-    for poly in shapes.shape_polygons(shape, cx * k, cy * k, e * k):
-        if shape == "circle":
-            draw.ellipse(poly, fill=255)
-        else:
-            draw.polygon(poly, fill=255)
     # PIL's BOX filter is the exact k x k mean (like shapes.render), up to uint8 rounding (< 0.003)
-    return np.asarray(im.resize((w, h), Image.BOX), np.float32) / 255.0
+    return np.asarray(_draw(shape, cx, cy, e, w, h).resize((w, h), Image.BOX), np.float32) / 255.0
 
 
 # the smallest object's area as a fraction of S^2: a small star (area ~0.28 e^2, e = 0.18 S)
