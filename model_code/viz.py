@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import textwrap
+import unicodedata
 from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
@@ -11,10 +12,24 @@ def _font(size: int = 11):
     """DejaVu Sans where the system has it (clear word spacing), else Pillow's built-in font."""
     for path in ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "DejaVuSans.ttf"):
         try:
-            return ImageFont.truetype(path, size)
+            # the basic layout: raqm's complex layout is not needed for captions, and fails
+            # ("raqm_layout() failed") on some of the strings web alt-text and captioners produce
+            return ImageFont.truetype(path, size, layout_engine=ImageFont.Layout.BASIC)
         except OSError:
             continue
     return ImageFont.load_default(size=size)
+
+
+def _printable(text: str) -> str:
+    """Captions as drawable text: control, format and private-use characters become spaces."""
+    return "".join(" " if unicodedata.category(ch)[0] == "C" else ch for ch in str(text))
+
+
+def _draw_text(draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str, font) -> None:
+    try:
+        draw.text(xy, _printable(text), fill=(20, 20, 20), font=font)
+    except (RuntimeError, ValueError, OSError):   # a font that cannot shape it: its ASCII escape
+        draw.text(xy, _printable(text).encode("ascii", "backslashreplace").decode(), fill=(20, 20, 20), font=font)
 
 
 def image_grid(images: Sequence[Image.Image], captions: Sequence[str] | None = None, cols: int = 4,
@@ -40,7 +55,7 @@ def image_grid(images: Sequence[Image.Image], captions: Sequence[str] | None = N
             if len(textwrap.wrap(captions[i] or "", cpl)) > caption_lines:
                 lines[-1] = lines[-1][: cpl - 3] + "..."
             for k, line in enumerate(lines):
-                draw.text((x, y + cell + 3 + k * line_h), line, fill=(20, 20, 20), font=font)
+                _draw_text(draw, (x, y + cell + 3 + k * line_h), line, font)
     return grid
 
 
@@ -57,7 +72,7 @@ def titled_rows(rows: Sequence[tuple[str, Sequence[Image.Image]]], cell: int = 9
     draw = ImageDraw.Draw(out)
     y = 4
     for title, imgs in rows:
-        draw.text((8, y + 2), textwrap.shorten(title, width=max(20, w // 6)), fill=(20, 20, 20), font=font)
+        _draw_text(draw, (8, y + 2), textwrap.shorten(_printable(title), width=max(20, w // 6)), font)
         y += title_h
         for j, img in enumerate(imgs):
             out.paste(img.convert("RGB").resize((cell, cell), Image.NEAREST), (8 + j * (cell + 4), y))

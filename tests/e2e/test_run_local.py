@@ -26,7 +26,10 @@ def test_run_local_end_to_end(tmp_path):
     r = subprocess.run([sys.executable, "-m", "model_code", "run", "local", "--preset", "tiny", "--out", str(out),
                         "--json", *SHRINK], capture_output=True, text=True, env=env, timeout=3000,
                        cwd=tmp_path)  # outside any git checkout, as a new user's directory may be
-    assert r.returncode == 0, r.stderr[-4000:]
+    if r.returncode != 0:  # the failing task's traceback, not only the pipeline's last words
+        err = r.stderr
+        tb = err.rfind("Traceback (most recent call last)")
+        pytest.fail(("..." + err[tb:tb + 6000] + "\n...\n" if tb >= 0 else "") + err[-2000:])
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["gates_passed"] is True
     assert summary["model"] == "easel-dalle" and summary["version"] == "1"
