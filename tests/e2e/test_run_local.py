@@ -27,7 +27,7 @@ def test_run_local_end_to_end(tmp_path):
                         "--json", *SHRINK], capture_output=True, text=True, env=env, timeout=3000,
                        cwd=tmp_path)  # outside any git checkout, as a new user's directory may be
     if r.returncode != 0:  # the failing task's traceback, not only the pipeline's last words
-        err = r.stderr
+        err = r.stdout + r.stderr   # kfp.local streams the tasks' logs to stdout
         tb = err.rfind("Traceback (most recent call last)")
         pytest.fail(("..." + err[tb:tb + 6000] + "\n...\n" if tb >= 0 else "") + err[-2000:])
     summary = json.loads(r.stdout.strip().splitlines()[-1])
