@@ -325,7 +325,15 @@ def _settle(c, name: str, alias: str) -> str | None:
         if target is None:
             return None if actual is None else str(actual)  # never promoted through Easel
         if str(actual) != target:
-            c.set_registered_model_alias(name, alias, target)
+            try:
+                c.set_registered_model_alias(name, alias, target)
+            except Exception as e:  # noqa: BLE001 - narrowed below
+                # another promotion set the same alias at the same moment (the store's unique
+                # constraint): a lost race, not an error; re-read and settle again
+                if "UNIQUE constraint" not in str(e) and "IntegrityError" not in str(e):
+                    raise
+                time.sleep(random.uniform(0.01, 0.1))
+                continue
             wrote = True
         # the legacy stage follows the alias; a version holding production keeps that stage
         # when it also holds staging
