@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from model_code.models.decoder import (UnCLIPDecoder, interpolate, interpolation_path, text_diff, text_diff_path,
                                        variations)
 from model_code.models.prior import clip_dims
+from tests.numerics import assert_close_computed
 
 CFG = {**clip_dims({"embed_dim": 32, "text_width": 24, "max_text_tokens": 12}),
        "image_size": 8, "channels": 32, "channel_mult": [1, 2], "layers_per_block": 1,
@@ -75,7 +76,7 @@ def test_padding_is_ignored_and_caption_matters():
     eps = model._eps(x, t, model._cond(emb, tokens, mask))
     padded = tokens.clone()
     padded[~mask] = 50.0
-    torch.testing.assert_close(model._eps(x, t, model._cond(emb, padded, mask)), eps)
+    assert_close_computed(model._eps(x, t, model._cond(emb, padded, mask)), eps, steps=16)  # one UNet pass, ~16 layers
     changed = tokens.clone()
     changed[1, 0] += 1.0
     assert not torch.allclose(model._eps(x, t, model._cond(emb, changed, mask))[1], eps[1])
@@ -121,7 +122,7 @@ def test_interpolation_text_diff_and_variations():
     imgs = interpolate(model, emb[0], emb[1], 3, latents=latents, steps=2, guidance_scale=1.0)
     end = model.sample(emb[1:2], latents=latents, steps=2, guidance_scale=1.0)
     assert imgs.shape == (3, 3, 8, 8)
-    torch.testing.assert_close(imgs[2:], end)
+    assert_close_computed(imgs[2:], end, steps=2 * 16)  # batch of 3 vs 1: other kernels; 2 UNet passes
     # text diff: theta = 0 is the image embedding itself, further thetas move toward the text direction
     t_old, t_new = F.normalize(torch.randn(2, 32), dim=-1)
     diffs = text_diff_path(emb[0], t_old, t_new, thetas=(0.0, 0.25, 0.5))

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from model_code.models.diffusion import make_scheduler, sample_loop, slerp
 from model_code.models.prior import DiffusionPrior, clip_dims
+from tests.numerics import assert_close_computed
 
 CLIP_CFG = {"embed_dim": 32, "text_width": 24, "max_text_tokens": 12}
 CFG = {**clip_dims(CLIP_CFG), "width": 64, "layers": 2, "heads": 4}
@@ -131,7 +132,8 @@ def test_sample_loop_guidance_matches_two_pass_formula():
                         generator=torch.Generator().manual_seed(3))
         b = sample_loop(two_pass, (3, 4), make_scheduler(kind, cfg), 6, 1.0, None, None,
                         generator=torch.Generator().manual_seed(3))
-        torch.testing.assert_close(a, b)
+        # 6 sampler steps, each a network pass whose additions run in another order
+        assert_close_computed(a, b, steps=6 * 2)
 
 
 def test_slerp():
