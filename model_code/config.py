@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from typing import Any, Iterable
 
 import yaml
@@ -17,6 +18,25 @@ PRESETS = ("tiny", "small", "base", "paper")
 
 class ConfigError(ValueError):
     pass
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML is YAML 1.1, where `2e-3` (no dot) is a string; YAML 1.2 and every user read it as a
+    number. This loader adds the 1.2 float forms, so presets and `a.b=2e-3` overrides agree."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+
+                  |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                  |[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                  |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def load_yaml(text_or_stream) -> Any:
+    """YAML as Easel reads it everywhere (presets, overrides): 1.2-style numbers."""
+    return yaml.load(text_or_stream, Loader=_Loader)
 
 
 def preset_path(name: str) -> str:
@@ -49,13 +69,37 @@ def parse_overrides(items: Iterable[str]) -> dict:
         parts = key.strip().split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(val)
+        if not all(parts):
+            raise ConfigError(f"override {item!r}: empty key in {key!r}")
+        try:
+            node[parts[-1]] = load_yaml(val)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {key}: cannot read value {val!r}: {e}") from None
     return out
+
+
+def _check_types(base: dict, over: dict, path: str = "") -> None:
+    """An override must keep the kind of value the preset has there: a number stays a number
+    (bool is not a number), a mapping a mapping. The error names the key."""
+    for k, v in over.items():
+        key = f"{path}{k}"
+        if k not in base or base[k] is None or v is None:
+            continue
+        b = base[k]
+        if isinstance(b, dict):
+            if not isinstance(v, dict):
+                raise ConfigError(f"{key}: expected a mapping, got {v!r}")
+            _check_types(b, v, key + ".")
+        elif isinstance(b, (int, float)) and not isinstance(b, bool):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ConfigError(f"{key}: expected a number (like {b!r}), got {v!r}")
+        elif isinstance(b, bool) and not isinstance(v, bool):
+            raise ConfigError(f"{key}: expected true or false, got {v!r}")
 
 
 def load_preset(name: str = "tiny", overrides: dict | Iterable[str] | None = None) -> dict[str, Any]:
     with open(preset_path(name)) as f:
-        cfg = yaml.safe_load(f) or {}
+        cfg = load_yaml(f) or {}
     if "extends" in cfg:  # a user preset may extend a built-in one
         parent = cfg.pop("extends")
         cfg = deep_merge(load_preset(parent), cfg)
@@ -63,5 +107,6 @@ def load_preset(name: str = "tiny", overrides: dict | Iterable[str] | None = Non
     if overrides:
         if not isinstance(overrides, dict):
             overrides = parse_overrides(overrides)
+        _check_types(cfg, overrides)
         cfg = deep_merge(cfg, overrides)
     return cfg

@@ -51,6 +51,7 @@ DEFAULTS: dict = {
     "n_blk_per_group": 2,
     "n_init": 128,
     "logit_laplace_eps": 0.1,
+    "straight_through": False,  # paper: the decoder sees the relaxed sample (see forward_loss)
     # schedules (paper, appendix A.2)
     "beta_max": 6.6,
     "beta_warmup_steps": 5000,
@@ -348,7 +349,7 @@ class DVAE(PretrainedMixin, nn.Module):
         tau, beta = sched["tau"], sched["beta"]
         x = self.map_pixels(images.float())                          # (B,C,H,W) in [eps, 1-eps]
         logits = self.encoder(x.to(images.dtype)).float()            # (B,K,h,w)
-        z = F.gumbel_softmax(logits, tau=tau, hard=False, dim=1)     # (B,K,h,w) relaxed one-hot
+        z = F.gumbel_softmax(logits, tau=tau, hard=self._config["straight_through"], dim=1)  # (B,K,h,w)
         mu, log_b = self._split_stats(self.decoder(z.to(images.dtype)))  # (B,C,H,W) each
         recon = self.logit_laplace_nll(x, mu, log_b).mean()
         # KL(q || uniform) = sum_k q_k log q_k + log K, per code position

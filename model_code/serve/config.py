@@ -24,7 +24,8 @@ import os
 import re
 from typing import Any, Mapping
 
-import yaml
+
+from model_code.config import load_yaml
 
 # DALL-E 3's API accepts prompts up to 4000 characters; longer is refused, never truncated.
 DEFAULTS: dict[str, Any] = {
@@ -131,7 +132,7 @@ def _file_section(path: str) -> dict:
         text = storage.read_text(path)
     except Exception as e:
         raise ValueError(f"{CONFIG_FILE_ENV}: cannot read {path}: {e}") from e
-    data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    data = json.loads(text) if path.endswith(".json") else load_yaml(text)
     if data is None:
         return {}
     if isinstance(data, dict) and isinstance(data.get("serve"), dict):  # a whole preset file
@@ -147,7 +148,7 @@ def _env_section(env: Mapping[str, str]) -> dict:
         raw = env.get(var)
         if raw is None or raw == "":
             continue
-        _set(out, key, raw if key in _STRING_KEYS else yaml.safe_load(raw))
+        _set(out, key, raw if key in _STRING_KEYS else load_yaml(raw))
     return out
 
 

@@ -1,0 +1,36 @@
+"""Presets and overrides: numbers in every YAML spelling, bad values named by their key."""
+import pytest
+
+from model_code.config import ConfigError, load_preset, load_yaml, parse_overrides
+
+
+@pytest.mark.parametrize("text, value", [("2e-3", 0.002), ("2E-3", 0.002), ("1e5", 100000.0),
+                                         ("2.0e-3", 0.002), ("0.002", 0.002), (".5", 0.5),
+                                         ("-3e2", -300.0), ("7", 7), ("1_000", 1000)])
+def test_numbers_in_every_yaml_spelling(text, value):
+    got = load_yaml(f"v: {text}")["v"]
+    assert got == value and type(got) is type(value)
+
+
+def test_strings_stay_strings():
+    assert load_yaml("a: e5\nb: 2e\nc: abc\nd: '2e-3'") == {"a": "e5", "b": "2e", "c": "abc", "d": "2e-3"}
+
+
+def test_override_without_a_dot_is_a_float():
+    # was a TypeError deep inside the optimizer: PyYAML 1.1 reads 2e-3 as a string
+    cfg = load_preset("tiny", ["dvae.lr=2e-3", "train.steps.dvae=10"])
+    assert cfg["dvae"]["lr"] == 0.002 and cfg["train"]["steps"]["dvae"] == 10
+
+
+@pytest.mark.parametrize("item, key", [("dvae.lr=fast", "dvae.lr"), ("train.batch_size=true", "train.batch_size"),
+                                       ("dvae=3", "dvae"), ("train.steps.dvae=[1]", "train.steps.dvae")])
+def test_bad_override_value_names_the_key(item, key):
+    with pytest.raises(ConfigError, match=rf"^{key}: expected"):
+        load_preset("tiny", [item])
+
+
+def test_malformed_overrides():
+    with pytest.raises(ConfigError, match="key.path=value"):
+        parse_overrides(["dvae.lr"])
+    with pytest.raises(ConfigError, match="empty key"):
+        parse_overrides(["dvae..lr=1"])
