@@ -61,6 +61,8 @@ MAX_COMPONENTS = 32     # bound the work on garbage images: keep the heaviest co
 REFINE_SIGMAS = (0.5, 0.65, 0.8, 0.95, 1.1)  # blurs (working px) of the image-space refinement
 REFINE_CHROMA = 0.7     # weight of a chroma sample vs a luma sample in the refinement's error
 REFINE_REACH = 0.5      # the refinement searches centres this far (working px) from the moments'
+CLUTTER_DIST = 48.0     # RGB distance from the background beyond which a pixel is "something"
+CLUTTER_MARGIN = 0.25   # object boxes grow by this fraction of their extent (+1 px) for blurred edges
 
 
 _TABLE_EXTENTS = np.geomspace(1.5, 1.25 * WORK_MAX, 24)   # working-pixel extents tabulated
@@ -192,6 +194,8 @@ def parse_image(img: Image.Image | np.ndarray) -> dict[str, Any]:
 
     Objects carry shape, color, size, cell, cx, cy, extent (input pixels) like shapes.sample_scene,
     plus `fit`: the soft IoU of the winning rendered shape with the observed mask (1.0 = perfect).
+    `clutter` is the share of the canvas that is neither background nor inside an object (noise,
+    smears); shapes.invalid_reason turns a large one into "not a Shapes scene".
     """
     a = _to_rgb_array(img)
     in_h, in_w = a.shape[:2]
@@ -215,6 +219,7 @@ def parse_image(img: Image.Image | np.ndarray) -> dict[str, Any]:
     # JPEG 4:2:0 keeps chroma on 2x2 blocks of the input grid: 2 working px unless the canvas was
     # box-filtered by >= 2 (then one working pixel already spans a chroma block)
     chroma_block = 2 if back == 1.0 else 1
+    boxes: list[tuple[float, float, float]] = []             # accepted objects, working px
     for region in regions:
         k = _decide_colour(a, bg_obs, region)
         if k not in shape_alpha:
@@ -233,6 +238,7 @@ def parse_image(img: Image.Image | np.ndarray) -> dict[str, Any]:
             shape, cx, cy, e = _refine(a, bg_obs, k, m, claimed & ~region, S, chroma_block)
         col = min(max(int(cx * 3 // S), 0), 2)
         row = min(max(int(cy * 3 // S), 0), 2)
+        boxes.append((cx, cy, e))
         objs.append({"shape": shape, "color": _COLOR_NAMES[k],
                      "size": "small" if e / S < SIZE_SPLIT else "large",
                      "cell": shapes.CELLS[row * 3 + col],
@@ -241,7 +247,23 @@ def parse_image(img: Image.Image | np.ndarray) -> dict[str, Any]:
     # reading order, like the generator's cells
     objs.sort(key=lambda o: (shapes.CELLS.index(o["cell"]), o["cy"], o["cx"]))
     scene["objects"] = objs
+    scene["clutter"] = _clutter(a, bg_obs, boxes)
     return scene
+
+
+def _clutter(a: np.ndarray, bg: np.ndarray, boxes: list[tuple[float, float, float]]) -> float:
+    """Share of the canvas that is neither background nor inside an accepted object's box: ~0 on
+    a Shapes scene (even blurred or JPEG'd), large on noise or smears. shapes.invalid_reason reads
+    it, so that an image the oracle cannot explain meets no constraint however many "objects" it
+    found in it."""
+    S = a.shape[0]
+    off = np.sqrt(((a - bg) ** 2).sum(-1)) > CLUTTER_DIST                      # (S,S)
+    yy, xx = np.mgrid[0:S, 0:S] + 0.5
+    inside = np.zeros((S, S), bool)
+    for cx, cy, e in boxes:
+        r = e / 2 * (1 + CLUTTER_MARGIN) + 1.0
+        inside |= (np.abs(xx - cx) <= r) & (np.abs(yy - cy) <= r)
+    return round(float((off & ~inside).mean()), 4)
 
 
 def _border_median(a: np.ndarray) -> np.ndarray:

@@ -44,6 +44,7 @@ def score_images(prompt: dict, images: Sequence[Image.Image], parse=oracle.parse
                      "text": prompt["text"], "sample": k, "exact": float(s["exact"]),
                      "constraint": float(s["fraction"]), "n_constraints": s["n_constraints"],
                      "failed": [r["constraint"] for r in s["results"] if not r["ok"]],
+                     "invalid": s["invalid"],
                      "kinds": {kd: [sum(v), len(v)] for kd, v in kinds.items()}})
     return rows
 
@@ -54,8 +55,9 @@ def summarize_following(rows: Iterable[dict]) -> dict[str, Any]:
     category with many prompts does not outweigh the others."""
     per: dict[str, dict[str, Any]] = {}
     for r in rows:
-        c = per.setdefault(r["category"], {"exact": [], "constraint": [], "kinds": {}})
+        c = per.setdefault(r["category"], {"exact": [], "constraint": [], "kinds": {}, "invalid": []})
         c["exact"].append(r["exact"])
+        c["invalid"].append(bool(r.get("invalid")))
         c["constraint"].append(r["constraint"])
         for kd, (ok, n) in r["kinds"].items():
             acc = c["kinds"].setdefault(kd, [0, 0])
@@ -64,7 +66,7 @@ def summarize_following(rows: Iterable[dict]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for cat, c in per.items():
         out[cat] = {"exact": float(np.mean(c["exact"])), "constraint": float(np.mean(c["constraint"])),
-                    "images": len(c["exact"]),
+                    "images": len(c["exact"]), "invalid": float(np.mean(c["invalid"])),
                     **{f"{kd}_acc": ok / n for kd, (ok, n) in sorted(c["kinds"].items()) if n}}
     overall = ({"exact": float(np.mean([v["exact"] for v in out.values()])),
                 "constraint": float(np.mean([v["constraint"] for v in out.values()]))} if out else {})

@@ -8,7 +8,11 @@ draw, checks the scene against the constraints with the same judge evaluation us
 the scene as the canonical long caption (model_code.data.shapes.long_caption: count, sizes,
 colours, shapes, positions, relations, background). It never drops a constraint: when no scene
 can satisfy the prompt inside the world (five objects, two objects in one cell, a contradiction)
-or the prompt states nothing the parser knows, the prompt is returned unchanged.
+or the prompt states nothing the parser knows, the prompt is returned unchanged. Nor does it
+contradict words it could not bind: a colour, size or shape word that the parser read but did not
+attach to an object ("a circle coloured purple") goes to the one object whose attribute is open;
+when that is ambiguous (several open objects) or impossible, the prompt is returned unchanged with
+a note naming the words. DALL-E 3's upsampling adds detail; it never changes what the user said.
 
     BuiltinRewriter().rewrite("two red crosses", seed=0).text
     -> "Two shapes on a gray background: a small red cross in the top left and a large red cross
@@ -28,6 +32,7 @@ import random
 from dataclasses import dataclass
 
 from model_code.data import shapes
+from model_code.text import caption_parser as cp
 from model_code.text.caption_parser import Constraints, ObjectSpec, parse_caption, score_image
 
 log = logging.getLogger(__name__)
@@ -138,18 +143,77 @@ def _assign_cells(objs: list[dict], rels: list[tuple[list[int], str, list[int]]]
     return rels_ok() and place(0)
 
 
+def stated_words(prompt: str, c: Constraints | None = None) -> dict[str, set[str]]:
+    """The colours, shapes and sizes a prompt's words name (canonical names; a colour that is only
+    part of the background's name, like the blue of "light blue", is not counted)."""
+    c = c if c is not None else parse_caption(prompt)
+    toks = cp._tokens(prompt)
+    colors = [cp._COLOR_WORDS[t] for t in toks if t in cp._COLOR_WORDS]
+    for a, b in zip(toks, toks[1:]):
+        if (a, b) == ("light", "blue") and "light blue" in c.backgrounds and "blue" in colors:
+            colors.remove("blue")
+    for bg in c.backgrounds:   # "white", "gray", "beige" name backgrounds, not shapes' colours
+        if bg in colors and bg not in shapes.COLORS:
+            colors.remove(bg)
+    # a background's colour word right before a shape noun ("a white star") names a colour no
+    # shape has in this world: kept as stated, so that no rewrite can silently recolour it
+    bg_words = {"white": "white", "beige": "beige", "gray": "gray", "grey": "gray"}
+    colors += [bg_words[a] for a, b in zip(toks, toks[1:]) if a in bg_words and b in cp._SHAPE_WORDS]
+    out = {"color": set(colors),
+           "shape": {cp._SHAPE_WORDS[t][0] for t in toks if t in cp._SHAPE_WORDS},
+           "size": {cp._SIZE_WORDS[t] for t in toks if t in cp._SIZE_WORDS}}
+    for cnt in c.counts:   # "no circles" names what must be absent
+        if cnt.n == 0:
+            for k in out:
+                out[k].discard(getattr(cnt.what, k))
+    return out
+
+
+def unbound_words(prompt: str, c: Constraints | None = None) -> dict[str, set[str]]:
+    """Stated colours/shapes/sizes that no parsed constraint carries ("a circle coloured purple":
+    {"color": {"purple"}})."""
+    c = c if c is not None else parse_caption(prompt)
+    specs = ([*c.objects] + [n.what for n in c.counts] + [r.a for r in c.relations]
+             + [r.b for r in c.relations])
+    bound = {k: {getattr(s, k) for s in specs} - {None} for k in ("color", "shape", "size")}
+    return {k: v - bound[k] for k, v in stated_words(prompt, c).items() if v - bound[k]}
+
+
+def _place_unbound(objs: list[dict], unbound: dict[str, set[str]]) -> bool:
+    """Give each unbound word to the one object whose attribute is open; False when that is
+    ambiguous (several open objects) or impossible (no open object, or two words for one)."""
+    for attr, words in unbound.items():
+        open_objs = [o for o in objs if o[attr] is None]
+        if len(words) != 1 or len(open_objs) != 1:
+            return False
+        if attr == "color" and next(iter(words)) not in shapes.COLORS:
+            return False   # "a white star": no shape is white here
+        open_objs[0][attr] = next(iter(words))
+    return True
+
+
+def keeps_words(prompt: str, scene: dict) -> bool:
+    """Every colour, shape and size the prompt names appears among the scene's objects."""
+    have = {k: {o[k] for o in scene["objects"]} for k in ("color", "shape", "size")}
+    return all(v <= have[k] for k, v in stated_words(prompt).items())
+
+
 def expand(prompt: str, seed: int | None = None, size: int = 64) -> dict | None:
     """One scene graph that satisfies every constraint of `prompt`, open details drawn from a
-    seeded RNG; None when the prompt states nothing or nothing in the world satisfies it."""
+    seeded RNG; None when the prompt states nothing, nothing in the world satisfies it, or a
+    word the parser could not bind cannot be placed without guessing."""
     c = parse_caption(prompt)
     if len(c) == 0 or len(set(c.backgrounds)) > 1:
         return None
+    unbound = unbound_words(prompt, c)
     rng = _rng(prompt, seed)
     for _ in range(_TRIES):
         req = required_objects(c)
         if req is None:
             return None
         objs, rels = req
+        if unbound and not _place_unbound(objs, unbound):
+            return None
         for o in objs:   # open attributes: plausible, drawn from the seed
             o["shape"] = o["shape"] or rng.choice(shapes.SHAPES)
             o["color"] = o["color"] or rng.choice(list(shapes.COLORS))
@@ -160,7 +224,7 @@ def expand(prompt: str, seed: int | None = None, size: int = 64) -> dict | None:
         scene = shapes.scene_from_objects(objs, size=size, background=background, seed=rng.randrange(2**31))
         # the judge of prompt following decides; a random fill can break a count ("two red
         # crosses" + an open colour drawn red), so draw again
-        if score_image(scene, c)["exact"]:
+        if score_image(scene, c)["exact"] and keeps_words(prompt, scene):
             return scene
     return None
 
@@ -180,7 +244,7 @@ def preserves(original: str, rewritten: str) -> bool:
     scene = described_scene(rewritten)
     if c.relations and any(o["cell"] is None for o in scene["objects"]):
         return False   # relations are judged on cells; an object without one cannot be placed
-    return bool(score_image(scene, c)["exact"])
+    return bool(score_image(scene, c, judge_validity=False)["exact"])
 
 
 # ---------------------------------------------------------------- rewriters
@@ -190,6 +254,11 @@ class BuiltinRewriter:
     def rewrite(self, prompt: str, seed: int | None = None) -> Rewrite:
         scene = expand(prompt, seed)
         if scene is None:
+            loose = unbound_words(prompt)
+            if loose:
+                words = ", ".join(sorted(w for v in loose.values() for w in v))
+                return Rewrite(prompt, "unchanged", f"kept as written: these words could not be "
+                               f"placed without guessing: {words}")
             return Rewrite(prompt, "unchanged", "nothing the Shapes world can expand, or not satisfiable")
         return Rewrite(shapes.long_caption(scene), "builtin")
 

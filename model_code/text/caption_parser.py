@@ -514,19 +514,25 @@ def _max_matching(candidates: list[list[int]]) -> list[int | None]:
     return got
 
 
-def score_image(pred_scene: dict, constraints: Constraints | str) -> dict[str, Any]:
+def score_image(pred_scene: dict, constraints: Constraints | str, *, judge_validity: bool = True) -> dict[str, Any]:
     """Check every constraint against a scene graph (normally the oracle's parse of a generated
     image). Objects need distinct matching objects (two "red circle"s need two red circles); a
     count must be exact; a relation holds if some object matching `a` stands in it to some other
     object matching `b` (cells, as shapes.relation); a background must be the one named.
 
+    A scene that is not a Shapes scene (shapes.invalid_reason: no object, more than four, two in
+    one cell) meets no constraint and is never exact; `judge_validity=False` is for partial
+    scenes that a text describes (the rewriter's checks), not for images.
+
     Returns {"results": [{"kind", "constraint", "ok"}], "n_constraints", "n_satisfied",
-             "fraction" (1.0 when there is nothing to check), "exact" (all satisfied)}.
+             "fraction" (1.0 when there is nothing to check), "exact" (all satisfied),
+             "invalid" (the reason, or None)}.
     """
     if isinstance(constraints, str):
         constraints = parse_caption(constraints)
     if not isinstance(constraints, Constraints):
         raise ValueError(f"constraints: expected Constraints or str, got {type(constraints).__name__}")
+    invalid = shapes.invalid_reason(pred_scene) if judge_validity else None
     objs = pred_scene.get("objects", [])
     results = []
     for b in constraints.backgrounds:
@@ -543,9 +549,13 @@ def score_image(pred_scene: dict, constraints: Constraints | str) -> dict[str, A
         ok = any(a is not b and r.a.matches(a) and r.b.matches(b) and r.relation in shapes.relation(a, b)
                  for a in objs for b in objs)
         results.append({"kind": "relation", "constraint": r.describe(), "ok": ok})
+    if invalid:  # not a Shapes scene: nothing it shows counts (noise must never score)
+        for r in results:
+            r["ok"] = False
     n_ok = sum(r["ok"] for r in results)
     return {"results": results, "n_constraints": len(results), "n_satisfied": n_ok,
-            "fraction": n_ok / len(results) if results else 1.0, "exact": n_ok == len(results)}
+            "fraction": n_ok / len(results) if results else float(not invalid),
+            "exact": n_ok == len(results) and not invalid, "invalid": invalid}
 
 
 def describe(constraints: Constraints) -> Iterable[str]:

@@ -155,7 +155,7 @@ def test_score_image_checks_each_kind_of_constraint():
     assert [x["kind"] for x in r["results"]] == ["background", "object", "object"]
     assert [x["ok"] for x in r["results"]] == [True, True, False]
     assert score_image(scene, "") == {"results": [], "n_constraints": 0, "n_satisfied": 0,
-                                      "fraction": 1.0, "exact": True}
+                                      "fraction": 1.0, "exact": True, "invalid": None}
 
 
 def test_partial_and_count_facts_are_judged():
@@ -203,3 +203,41 @@ def test_non_string_is_a_value_error():
         parse_caption(None)
     with pytest.raises(ValueError, match="constraints"):
         score_image({"objects": []}, 42)
+
+
+# ---------------------------------------------------------------- invalid scenes meet nothing
+def _obj(shape, color, cell, size="small"):
+    return {"shape": shape, "color": color, "cell": cell, "size": size}
+
+
+def test_invalid_scenes_meet_no_constraint():
+    from model_code.text.caption_parser import score_image
+    many = {"background": "white", "objects": [_obj(s, c, cell) for s, c, cell in [
+        ("circle", "red", "top-left"), ("square", "blue", "top"), ("star", "green", "top-right"),
+        ("cross", "black", "left"), ("triangle", "yellow", "center")]]}
+    same_cell = {"background": "white", "objects": [_obj("circle", "red", "left"), _obj("star", "blue", "left")]}
+    blank = {"background": "white", "objects": []}
+    for scene, reason in ((many, "5 objects"), (same_cell, "two objects in one cell"), (blank, "no object")):
+        for prompt in ("a red circle", "a white background", "five shapes", "a red circle left of a blue square"):
+            s = score_image(scene, prompt)
+            assert s["invalid"].startswith(reason)
+            assert not s["exact"] and s["n_satisfied"] == 0 and s["fraction"] == 0.0
+    ok = {"background": "white", "objects": [_obj("circle", "red", "left")]}
+    assert score_image(ok, "a red circle on a white background")["exact"]
+    assert score_image(ok, "a red circle")["invalid"] is None
+
+
+def test_noise_and_blank_images_score_nothing():
+    """The oracle may read dozens of "objects" in noise; the judge scores such a parse as nothing."""
+    import numpy as np
+    from PIL import Image
+    from model_code.data.oracle import parse_image
+    from model_code.evaluate.metrics import score_images
+    rng = np.random.default_rng(0)
+    noise = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(8)]
+    blank = [Image.new("RGB", (32, 32), (248, 248, 248))]
+    prompts = ["a red circle", "a blue square", "a white background", "a circle", "one shape"]
+    for p in prompts:
+        rows = score_images({"text": p}, noise + blank, parse=parse_image)
+        assert all(r["exact"] == 0.0 and r["constraint"] == 0.0 and r["invalid"] for r in rows), \
+            [(r["invalid"], r["failed"]) for r in rows]

@@ -119,3 +119,39 @@ def test_chat_endpoint_rewrites_keep_every_constraint():
     for prompt in ("two red crosses on a beige background", "a small blue star to the left of a green circle"):
         out = chat.rewrite(prompt, seed=0)
         assert out.source in ("chat", "builtin") and preserves(prompt, out.text), (out, prompt)
+
+
+# ---------------------------------------------------------------- words the parser did not bind
+@pytest.mark.parametrize("prompt, want", [
+    ("a circle coloured purple", ("purple", "circle")),
+    ("a circle that is purple", ("purple", "circle")),
+    ("a square painted cyan on a beige background", ("cyan", "square")),
+])
+def test_an_unbound_colour_goes_to_the_one_open_object(prompt, want):
+    # was: "a circle coloured purple" -> "... a small blue circle on the left."
+    for seed in range(10):
+        out = R.rewrite(prompt, seed)
+        assert out.source == "builtin", out
+        assert [(o["color"], o["shape"]) for o in described_scene(out.text)["objects"]] == [want], out.text
+
+
+@pytest.mark.parametrize("prompt, word", [
+    ("a big star painted green next to a tiny square", "green"),   # which object is green?
+    ("a star next to a square painted green", "green"),
+    ("a white star on a gray background", "white"),                 # no shape is white here
+    ("two white squares", "white"),
+])
+def test_words_that_cannot_be_placed_keep_the_prompt_as_written(prompt, word):
+    for seed in range(5):
+        out = R.rewrite(prompt, seed)
+        assert out.text == prompt and out.source == "unchanged" and word in out.note, out
+
+
+def test_rewrites_of_evaluation_prompts_keep_every_fact_and_word():
+    from model_code.evaluate.prompts import prompt_set
+    from model_code.serve.rewrite import keeps_words
+    for p in prompt_set(12, seed=3):
+        out = R.rewrite(p["text"], seed=7)
+        assert out.source == "builtin", (p["text"], out)
+        assert preserves(p["text"], out.text), (p["text"], out.text)
+        assert keeps_words(p["text"], described_scene(out.text)), (p["text"], out.text)
