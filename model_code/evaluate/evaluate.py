@@ -8,6 +8,8 @@ the preset's `evaluate:` section (DEFAULTS below document the keys); arguments o
 
 Flat metric names (what gates and MLflow see):
     pf.exact, pf.constraint              prompt following, macro mean over categories
+    pf.geneval                           Shapes-GenEval overall: mean of GenEval's six tasks (geneval.py)
+    pf.<category>.exact_seen / _heldout  compositions seen in training / held out, apart (GenEval tasks)
     pf.<category>.exact / .constraint    per category; pf.<category>.<kind>_acc per constraint kind
     clip_score                           mean image-prompt cosine under the bundle's CLIP
     diversity                            mean pairwise CLIP-embedding distance among one prompt's samples
@@ -33,7 +35,7 @@ import numpy as np
 
 from model_code import storage
 from model_code.evaluate import metrics as M
-from model_code.evaluate.prompts import (CATEGORIES, PROMPTS_FILE, by_category, heldout_prompts,
+from model_code.evaluate.prompts import (DEFAULT_CATEGORIES, PROMPTS_FILE, by_category, heldout_prompts,
                                          read_prompts, write_prompts)
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,7 @@ DEFAULTS: dict[str, Any] = {
     "heldout_images": 256,     # real held-out images for FD and the dVAE metrics
     "captions": 2000,          # recaption sidecar rows scored for the captioner metrics
     "grid_prompts": 3,         # prompts per category in the report's sample grids
-    "categories": list(CATEGORIES),
+    "categories": list(DEFAULT_CATEGORIES),
 }
 
 
@@ -133,7 +135,7 @@ def compute_metrics(generator, prompts: Sequence[dict], generated: Sequence, rea
     per = {c: dict(v) for c, v in pf["per_category"].items()}
     for c, v in per.items():
         for k, x in v.items():
-            if k != "images":
+            if not k.startswith("images"):
                 flat[f"pf.{c}.{k}"] = x
 
     all_images = [im for ims in images for im in ims]
@@ -213,6 +215,7 @@ def write_report(out: str, title: str, header: dict, flat: dict, per: dict, prom
                                              ("exact", "constraint", "chance_constraint", "object_acc", "count_acc",
                                               "relation_acc", "background_acc", "clip_score", "diversity",
                                               "images")) + " |")
+    md += _geneval_section(per, flat)
     md += ["", "## All metrics", "", "| metric | value |", "|---|---|"]
     md += [f"| {k} | {_fmt(v)} |" for k, v in sorted(flat.items())]
     md += ["", "## Samples", ""]
@@ -221,6 +224,26 @@ def write_report(out: str, title: str, header: dict, flat: dict, per: dict, prom
     path = storage.join(out, "report.md")
     storage.write_text(path, "\n".join(md) + "\n")
     return path, files + ["report.md"]
+
+
+def _geneval_section(per: dict, flat: dict) -> list[str]:
+    """Shapes-GenEval beside the published GenEval table (another domain, a perfect judge)."""
+    from model_code.evaluate import geneval
+    tasks = [t for t in geneval.TASKS if t in per]
+    if not tasks:
+        return []
+    md = ["", "## Shapes-GenEval", "",
+          "GenEval's six tasks and rules (Ghosh et al. 2023), in the Shapes world, judged by the oracle. "
+          "Seen = the prompt completely describes some training image; held out = no training image.", "",
+          "| task | score | seen | held out | not a Shapes scene |", "|---|---|---|---|---|"]
+    for t in tasks:
+        v = per[t]
+        md.append(f"| {t} | {_fmt(v['exact'])} | {_fmt(v.get('exact_seen'))} ({v.get('images_seen', 0)}) | "
+                  f"{_fmt(v.get('exact_heldout'))} ({v.get('images_heldout', 0)}) | {_fmt(v.get('invalid'))} |")
+    md.append(f"| **overall** (mean of six) | {_fmt(flat.get('pf.geneval'))} | | | |")
+    md += ["", "Published GenEval overall (natural images, detector + CLIP judge; not comparable in value): "
+           + ", ".join(f"{k} {v:.2f}" for k, v in geneval.PUBLISHED.items()) + "."]
+    return md
 
 
 def _fmt(v) -> str:

@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from model_code.data import oracle
+from model_code.evaluate import geneval
 from model_code.text.caption_parser import parse_caption, score_caption, score_image
 
 CONSTRAINT_KINDS = ("object", "count", "relation", "background")
@@ -33,6 +34,16 @@ CONSTRAINT_KINDS = ("object", "count", "relation", "background")
 # ---------------------------------------------------------------- prompt following
 def score_images(prompt: dict, images: Sequence[Image.Image], parse=oracle.parse_image) -> list[dict]:
     """One row per image: the oracle's parse of it scored against the prompt's constraints."""
+    if "geneval" in prompt:   # GenEval's tasks: GenEval's rules, one verdict per image
+        rows = []
+        for k, img in enumerate(images):
+            ok, reason = geneval.judge(parse(img), prompt["geneval"])
+            rows.append({"prompt_id": prompt.get("id"), "category": prompt.get("category", "prompt"),
+                         "text": prompt["text"], "sample": k, "exact": float(ok), "constraint": float(ok),
+                         "n_constraints": 1, "failed": [reason] if reason else [],
+                         "invalid": reason[len("not a Shapes scene: "):] if reason.startswith("not a Shapes") else None,
+                         "kinds": {"geneval": [int(ok), 1]}, "seen": prompt.get("seen")})
+        return rows
     constraints = parse_caption(prompt["text"])
     rows = []
     for k, img in enumerate(images):
@@ -45,7 +56,8 @@ def score_images(prompt: dict, images: Sequence[Image.Image], parse=oracle.parse
                      "constraint": float(s["fraction"]), "n_constraints": s["n_constraints"],
                      "failed": [r["constraint"] for r in s["results"] if not r["ok"]],
                      "invalid": s["invalid"],
-                     "kinds": {kd: [sum(v), len(v)] for kd, v in kinds.items()}})
+                     "kinds": {kd: [sum(v), len(v)] for kd, v in kinds.items()},
+                     "seen": prompt.get("seen")})
     return rows
 
 
@@ -55,9 +67,12 @@ def summarize_following(rows: Iterable[dict]) -> dict[str, Any]:
     category with many prompts does not outweigh the others."""
     per: dict[str, dict[str, Any]] = {}
     for r in rows:
-        c = per.setdefault(r["category"], {"exact": [], "constraint": [], "kinds": {}, "invalid": []})
+        c = per.setdefault(r["category"], {"exact": [], "constraint": [], "kinds": {}, "invalid": [],
+                                           "seen": [], "heldout": []})
         c["exact"].append(r["exact"])
         c["invalid"].append(bool(r.get("invalid")))
+        if r.get("seen") is not None:   # compositions seen in training vs held out, apart
+            c["seen" if r["seen"] else "heldout"].append(r["exact"])
         c["constraint"].append(r["constraint"])
         for kd, (ok, n) in r["kinds"].items():
             acc = c["kinds"].setdefault(kd, [0, 0])
@@ -67,9 +82,14 @@ def summarize_following(rows: Iterable[dict]) -> dict[str, Any]:
     for cat, c in per.items():
         out[cat] = {"exact": float(np.mean(c["exact"])), "constraint": float(np.mean(c["constraint"])),
                     "images": len(c["exact"]), "invalid": float(np.mean(c["invalid"])),
+                    **{f"exact_{k}": float(np.mean(c[k])) for k in ("seen", "heldout") if c[k]},
+                    **{f"images_{k}": len(c[k]) for k in ("seen", "heldout") if c[k]},
                     **{f"{kd}_acc": ok / n for kd, (ok, n) in sorted(c["kinds"].items()) if n}}
     overall = ({"exact": float(np.mean([v["exact"] for v in out.values()])),
                 "constraint": float(np.mean([v["constraint"] for v in out.values()]))} if out else {})
+    ge = geneval.overall({t: v["exact"] for t, v in out.items()})
+    if ge is not None:   # Shapes-GenEval: the mean of GenEval's six tasks
+        overall["geneval"] = ge
     return {"per_category": out, "overall": overall}
 
 

@@ -7,6 +7,10 @@ Categories (T2I-CompBench's, with a perfect judge; DALL-E 3 compares short and l
     count    counting          "three red squares"                        (1-4)
     short    short prompts     "a circle", "a red circle and a blue star" (shapes.short_caption, 1-3 objects)
     long     dense prompts     shapes.long_caption of a 3-4 object scene  (every object fully described)
+and GenEval's six tasks (model_code/evaluate/geneval.py: single_object, two_object, counting, colors,
+position, color_attr), whose prompts carry GenEval's include/exclude metadata under "geneval" and are
+judged by GenEval's rules. DEFAULT_CATEGORIES (what an evaluation measures unless its preset names
+`evaluate.categories`) are GenEval's six with size, short and long.
 
 A prompt is a JSON-ready dict:
     {"id": "color-000", "category": "color", "text": "...",
@@ -17,7 +21,9 @@ A prompt is a JSON-ready dict:
 Scoring re-parses `text` (the parser is the judge of what a prompt asks); `constraints` is stored
 so that a reader of prompts.json sees what will be checked.
 
-Held-out prompts (`heldout_prompts`): a prompt is excluded when it is a complete, true description
+Held-out prompts (`heldout_prompts`): GenEval tasks keep every prompt, tagged `seen` (True when
+it completely describes a training image), so that seen and held-out compositions are reported
+apart. In the other categories a prompt is excluded when it is a complete, true description
 of some training image, i.e. the training scene has exactly as many objects as the prompt describes
 and satisfies every constraint of the prompt (the parser's own score_image on the training scene
 graph). So "two red squares" is held out unless a training image shows exactly two red squares and
@@ -35,11 +41,17 @@ from typing import Any, Iterable
 
 from model_code import storage
 from model_code.data import shapes
+from model_code.evaluate import geneval
 from model_code.text.caption_parser import parse_caption, score_image
 
 log = logging.getLogger(__name__)
 
-CATEGORIES = ("color", "size", "spatial", "count", "short", "long")
+EASEL_CATEGORIES = ("color", "size", "spatial", "count", "short", "long")
+CATEGORIES = EASEL_CATEGORIES + geneval.TASKS   # every category a prompt set may hold
+# what an evaluation measures unless its preset says otherwise: GenEval's six beside Easel's
+# size binding, short and dense long prompts (color/spatial/count overlap GenEval's
+# color_attr/position/counting and stay available by name)
+DEFAULT_CATEGORIES = geneval.TASKS + ("size", "short", "long")
 PROMPTS_FILE = "prompts.json"
 FORMAT = "easel-prompts/1"
 DEFAULT_SIZE = 64
@@ -127,17 +139,33 @@ _GENERATORS = {"color": _color, "size": _size, "spatial": _spatial, "count": _co
                "short": _short, "long": _long}
 
 
+def _geneval_task(task: str):
+    """A generator for one of GenEval's six tasks (model_code.evaluate.geneval)."""
+    def gen(rng):
+        g = geneval.make(task, rng)
+        objs = [dict(o) for o in g["objects"]]
+        return g["text"], objs, None, _fill(objs, rng, g.get("cells")), \
+            {"include": g["include"], "exclude": g["exclude"]}
+    return gen
+
+
+_GENERATORS.update({t: _geneval_task(t) for t in geneval.TASKS})
+
+
 # ---------------------------------------------------------------- prompt records
 def make_prompt(category: str, rng: random.Random, size: int = DEFAULT_SIZE, index: int = 0) -> dict[str, Any]:
     """One prompt of a category, drawn from rng (see the module docstring for the record)."""
     if category not in _GENERATORS:
         raise ValueError(f"category: must be one of {', '.join(CATEGORIES)}, got {category!r}")
-    text, objects, background, full = _GENERATORS[category](rng)
+    text, objects, background, full, *ge = _GENERATORS[category](rng)
     bg = background or rng.choice(list(shapes.BACKGROUNDS))
     scene = shapes.scene_from_objects(full, size=size, background=bg, seed=rng.randrange(2 ** 31))
-    return {"id": f"{category}-{index:03d}", "category": category, "text": text,
-            "objects": objects, "background": background, "scene": scene,
-            "constraints": parse_caption(text).to_dict()}
+    out = {"id": f"{category}-{index:03d}", "category": category, "text": text,
+           "objects": objects, "background": background, "scene": scene,
+           "constraints": parse_caption(text).to_dict()}
+    if ge:
+        out["geneval"] = ge[0]   # GenEval's include/exclude metadata: judged by geneval.judge
+    return out
 
 
 def _check_args(n_per_category: int, categories: Iterable[str]) -> list[str]:
@@ -158,6 +186,8 @@ def _category_rng(seed: int, category: str) -> random.Random:
 def _draw(category: str, n: int, seed: int, size: int, reject=None) -> tuple[list[dict], dict]:
     """Up to n distinct prompts of a category; `reject(prompt) -> bool` excludes some."""
     rng = _category_rng(seed, category)
+    if category == "single_object":   # GenEval asks each class once; the world has five shapes
+        n = min(n, len(shapes.SHAPES))
     out, seen, excluded, tries = [], set(), 0, 0
     while len(out) < n and tries < MAX_TRIES_PER_PROMPT * n:
         tries += 1
@@ -177,7 +207,7 @@ def _draw(category: str, n: int, seed: int, size: int, reject=None) -> tuple[lis
     return out, stats
 
 
-def prompt_set(n_per_category: int, seed: int = 0, categories: Iterable[str] = CATEGORIES,
+def prompt_set(n_per_category: int, seed: int = 0, categories: Iterable[str] = DEFAULT_CATEGORIES,
                size: int = DEFAULT_SIZE) -> list[dict]:
     """n distinct prompts per category, deterministic for a seed (no held-out exclusion)."""
     cats = _check_args(n_per_category, categories)
@@ -234,7 +264,7 @@ def _dataset_size(dataset_dir: str) -> int:
 
 
 def heldout_prompts(dataset_dir: str, n_per_category: int, seed: int = 0,
-                    categories: Iterable[str] = CATEGORIES, out: str | None = None) -> list[dict]:
+                    categories: Iterable[str] = DEFAULT_CATEGORIES, out: str | None = None) -> list[dict]:
     """Prompts none of which completely describes a training image of the dataset, written to
     `out` (default: prompts.json inside dataset_dir, beside its manifest). A category whose
     held-out prompts run out keeps what it found; prompts.json records the shortfall."""
@@ -243,7 +273,15 @@ def heldout_prompts(dataset_dir: str, n_per_category: int, seed: int = 0,
     size = _dataset_size(dataset_dir)
     prompts, stats = [], {}
     for c in cats:
-        got, stats[c] = _draw(c, n_per_category, seed, size, reject=train.seen)
+        if c in geneval.TASKS:
+            # GenEval's one-object prompts cannot be held out of any dataset (every shape and
+            # colour is seen alone): keep them all, tagged, and report seen and held out apart
+            got, stats[c] = _draw(c, n_per_category, seed, size)
+            for p in got:
+                p["seen"] = train.seen(p)
+            stats[c]["seen"] = sum(p["seen"] for p in got)
+        else:
+            got, stats[c] = _draw(c, n_per_category, seed, size, reject=train.seen)
         prompts += got
     write_prompts(prompts, out or storage.join(dataset_dir, PROMPTS_FILE),
                   {"dataset": dataset_dir, "seed": seed, "n_per_category": n_per_category,

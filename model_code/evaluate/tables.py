@@ -27,7 +27,7 @@ import torch
 from model_code import storage
 from model_code.evaluate import metrics as M
 from model_code.evaluate.evaluate import check_sampling, eval_config, generate_images, log_run
-from model_code.evaluate.prompts import CATEGORIES, heldout_prompts
+from model_code.evaluate.prompts import DEFAULT_CATEGORIES, heldout_prompts
 
 TABLE_EXPERIMENT = "easel-tables"
 RESULTS_MD = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
@@ -288,7 +288,7 @@ def candidate_pool(gen, texts: Sequence[str], num: int, seed: int, batch_size: i
 def table_rerank(bundle: str, dataset: str, out: str = "runs/tables/rerank",
                  budgets: Sequence[int] = (1, 2, 4, 8, 16, 32), preset: str | dict = "tiny",
                  n_per_category: int | None = None, seed: int = 0,
-                 categories: Sequence[str] = CATEGORIES, sampling: dict | None = None, mlflow: bool = True,
+                 categories: Sequence[str] = DEFAULT_CATEGORIES, sampling: dict | None = None, mlflow: bool = True,
                  results_md: str | None | bool = None) -> dict[str, Any]:
     """Prompt following and CLIP score of the CLIP-best of N candidates, for each budget N.
 
@@ -370,7 +370,7 @@ def table_guidance(unclip_bundle: str, text_decoder_bundle: str, dataset: str,
                    out: str = "runs/tables/guidance", scales: Sequence[float] = (1.0, 2.0, 3.0, 4.0),
                    preset: str | dict = "tiny", n_per_category: int | None = None,
                    samples_per_prompt: int | None = None, seed: int = 0,
-                   categories: Sequence[str] = CATEGORIES, sampling: dict | None = None, mlflow: bool = True,
+                   categories: Sequence[str] = DEFAULT_CATEGORIES, sampling: dict | None = None, mlflow: bool = True,
                    results_md: str | None | bool = None) -> dict[str, Any]:
     """Diversity and prompt following against decoder guidance scale for unCLIP (prior + decoder
     on the CLIP image embedding) and a decoder conditioned on the text directly (GLIDE-like).

@@ -52,7 +52,7 @@ def test_evaluate_logs_metrics_and_a_report(recipe, releases):
     for key in ("clip_score", "fd_clip", "diversity", "pf.constraint", "pf.short.constraint"):
         assert math.isfinite(metrics[key]), key
     assert -1.0 <= metrics["clip_score"] <= 1.0 and 0.0 <= metrics["pf.constraint"] <= 1.0
-    assert metrics["n_prompts"] == 6 and metrics["n_images"] == 12  # 6 categories x 1 prompt x 2
+    assert metrics["n_prompts"] == 9 and metrics["n_images"] == 18  # 9 categories x 1 prompt x 2
     assert ("dvae.psnr" in metrics) == (recipe == "dalle")
     assert any(k.startswith("captioner.") for k in metrics)  # the dataset carries recaption sidecars
     # the Metrics artifact carries the same numbers, for the KFP UI

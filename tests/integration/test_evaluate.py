@@ -35,21 +35,22 @@ def test_evaluate_end_to_end(env):
     out = str(env["root"] / "eval")
     r = evaluate(env["dalle"], env["ds"], out, n_per_category=1, samples_per_prompt=2, candidates=2)
     m = r["metrics"]
-    assert set(r["per_category"]) == {"color", "size", "spatial", "count", "short", "long"}
+    from model_code.evaluate.prompts import DEFAULT_CATEGORIES
+    assert set(r["per_category"]) == set(DEFAULT_CATEGORIES)   # GenEval's six + size, short, long
     for cat, v in r["per_category"].items():
         assert v["images"] == 2 and 0.0 <= v["exact"] <= v["constraint"] <= 1.0, cat
         assert m[f"pf.{cat}.exact"] == v["exact"] and -1.0 <= v["clip_score"] <= 1.0
-    assert m["n_prompts"] == 6 and m["n_images"] == 12 and m["n_real_images"] > 0
-    for key in ("pf.exact", "pf.constraint", "clip_score", "diversity", "fd_clip", "dvae.psnr",
+    assert m["n_prompts"] == 9 and m["n_images"] == 18 and m["n_real_images"] > 0
+    for key in ("pf.exact", "pf.geneval", "pf.constraint", "clip_score", "diversity", "fd_clip", "dvae.psnr",
                 "dvae.perplexity", "dvae.dead_codes"):
         assert key in m, key
     assert m["fd_clip"] >= 0.0 and m["diversity"] >= 0.0
     # the report and its pictures
     report = open(r["report"]).read()
-    assert "| spatial |" in report and "![color](samples-color.png)" in report
+    assert "| position |" in report and "![colors](samples-colors.png)" in report and "## Shapes-GenEval" in report
     for f in ("samples-long.png", "per_category.csv", "metrics.json", "prompts.json", "rows.json"):
         assert os.path.exists(os.path.join(out, f)), f
-    assert json.load(open(os.path.join(out, "metrics.json")))["n_images"] == 12
+    assert json.load(open(os.path.join(out, "metrics.json")))["n_images"] == 18
     # the MLflow run: metrics, params, the per-category table and the report as artifacts
     c = MlflowClient()
     run = c.get_run(r["run_id"])

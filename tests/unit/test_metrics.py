@@ -11,7 +11,8 @@ from model_code.evaluate.prompts import prompt_set
 
 @pytest.fixture(scope="module")
 def prompts():
-    return prompt_set(2, seed=0, size=32)
+    from model_code.evaluate.prompts import EASEL_CATEGORIES
+    return prompt_set(2, seed=0, size=32, categories=EASEL_CATEGORIES)   # GenEval's: test_geneval.py
 
 
 def test_ground_truth_images_follow_their_prompts_exactly(prompts):

@@ -11,11 +11,12 @@ from model_code.text.caption_parser import parse_caption, score_image
 
 
 def test_every_category_is_well_formed():
-    ps = P.prompt_set(6, seed=0, size=32)
+    ps = P.prompt_set(6, seed=0, size=32, categories=P.CATEGORIES)
     cats = P.by_category(ps)
     assert list(cats) == list(P.CATEGORIES)
     for cat, group in cats.items():
-        assert len(group) == 6 and len({p["text"] for p in group}) == 6, cat
+        n = len(shapes.SHAPES) if cat == "single_object" else 6   # GenEval: every class once
+        assert len(group) == n and len({p["text"] for p in group}) == n, cat
         for p in group:
             c = parse_caption(p["text"])
             assert p["constraints"] == c.to_dict()
@@ -41,9 +42,9 @@ def test_every_category_is_well_formed():
 
 
 def test_deterministic_by_seed_and_category_streams_independent():
-    a = P.prompt_set(4, seed=3, size=32)
-    assert a == P.prompt_set(4, seed=3, size=32)
-    assert [p["text"] for p in a] != [p["text"] for p in P.prompt_set(4, seed=4, size=32)]
+    a = P.prompt_set(4, seed=3, size=32, categories=P.CATEGORIES)
+    assert a == P.prompt_set(4, seed=3, size=32, categories=P.CATEGORIES)
+    assert [p["text"] for p in a] != [p["text"] for p in P.prompt_set(4, seed=4, size=32, categories=P.CATEGORIES)]
     only_count = P.prompt_set(4, seed=3, categories=["count"], size=32)
     assert [p["text"] for p in only_count] == [p["text"] for p in a if p["category"] == "count"]
 
@@ -67,7 +68,7 @@ def _dataset(tmp_path, train_scenes, heldout_scenes=()):
 
 
 def test_heldout_excludes_prompts_that_describe_a_training_scene(tmp_path):
-    free = P.prompt_set(5, seed=0, size=32)
+    free = P.prompt_set(5, seed=0, size=32, categories=P.EASEL_CATEGORIES)
     # training data that contains exactly the witness scenes of the first two prompts of each
     # category (in other cells, sizes, backgrounds where the prompt leaves them open)
     rng = random.Random(1)
@@ -87,7 +88,7 @@ def test_heldout_excludes_prompts_that_describe_a_training_scene(tmp_path):
     train.append(shapes.scene_from_objects(objs, 32))
     ds = _dataset(tmp_path, train, heldout_scenes=[free[0]["scene"]])
 
-    held = P.heldout_prompts(ds, 5, seed=0)
+    held = P.heldout_prompts(ds, 5, seed=0, categories=P.EASEL_CATEGORIES)
     texts = {p["text"] for p in held}
     for cat, group in P.by_category(free).items():
         for p in group[:2]:
