@@ -342,7 +342,9 @@ class DVAE(PretrainedMixin, nn.Module):
 
         Returns loss (to minimise, nats per sub-pixel), recon (logit-Laplace NLL per sub-pixel),
         kl (KL to the uniform prior per code position, nats), psnr (dB of the relaxed
-        reconstruction's mean), tau, beta (floats).
+        reconstruction's mean), hard_psnr (dB of decode(argmax codes): what the transformer's
+        tokens can show), code_match (share of positions whose relaxed sample picks the argmax
+        code), perplexity (of the batch's argmax codes), tau, beta (floats).
         """
         self._check_images(images)
         sched = dvae_schedule(step, self._config)
@@ -361,8 +363,24 @@ class DVAE(PretrainedMixin, nn.Module):
         with torch.no_grad():
             recon_img = self.unmap_pixels(torch.sigmoid(mu))
             p = psnr(recon_img, images.float())
+            # what the transformer will see: hard codes (argmax), decoded. The relaxed PSNR above
+            # can sit dB above it (the decoder reads soft mixtures); this is the honest number.
+            codes = logits.argmax(1)                                               # (B,h,w)
+            hard = self._decode_hard(codes)
+            hard_p = psnr(hard, images.float())
+            code_match = (z.argmax(1) == codes).float().mean()   # sample == argmax: the gap's size
+            use = F.one_hot(codes, self.codebook_size).flatten(0, 2).float().mean(0)  # (K,)
+            ppl = torch.exp(-(use * use.clamp_min(1e-12).log()).sum())   # batch codebook perplexity
         return {"loss": loss, "recon": recon.detach(), "kl": kl.detach(), "psnr": p,
+                "hard_psnr": hard_p, "code_match": code_match, "perplexity": ppl,
                 "tau": tau, "beta": beta}
+
+    def _decode_hard(self, codes: torch.Tensor) -> torch.Tensor:
+        """decode() without its value checks (no host sync inside a training step)."""
+        conv = self.decoder.input
+        h = F.embedding(codes, conv.weight.flatten(1).t()) + conv.bias       # (B,h,w,n_init)
+        mu, _ = self._split_stats(self.decoder.forward_embedded(h.permute(0, 3, 1, 2).contiguous()))
+        return self.unmap_pixels(torch.sigmoid(mu))
 
     def forward(self, images: torch.Tensor, step: int) -> dict:
         return self.forward_loss(images, step)
@@ -386,13 +404,8 @@ class DVAE(PretrainedMixin, nn.Module):
         if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size):
             raise ValueError(f"codes must lie in [0, {self.codebook_size}), got "
                              f"[{int(codes.min())}, {int(codes.max())}]")
-        conv = self.decoder.input
         # a 1x1 conv on a one-hot is a column lookup: no (B,K,h,w) one-hot is materialised
-        table = conv.weight.flatten(1).t()                            # (K, n_init)
-        h = F.embedding(codes.long(), table) + conv.bias              # (B,h,w,n_init)
-        out = self.decoder.forward_embedded(h.permute(0, 3, 1, 2).contiguous())
-        mu, _ = self._split_stats(out)
-        return self.unmap_pixels(torch.sigmoid(mu))
+        return self._decode_hard(codes.long())
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
