@@ -51,7 +51,7 @@ DEFAULTS: dict = {
     "n_inner": None,            # MLP width; None = 4 * d_model
     "dropout": 0.0,             # embedding and residual dropout
     "attn_dropout": 0.0,
-    "activation": "gelu_new",
+    "activation": "gelu_pytorch_tanh",   # = GPT-2's gelu_new (tanh approximation), one fused kernel
     "layer_norm_eps": 1e-5,
     "initializer_range": 0.02,
     # paper: text 1/8, image 7/8 (the main objective is image modelling)
