@@ -33,7 +33,8 @@ def _data_synth(a) -> dict:
 def _data_ingest(a) -> dict:
     from model_code.data.ingest import ingest
     return ingest(a.src, a.out, size=a.size, kind=a.kind, shard_size=a.shard_size, workers=a.workers,
-                  heldout_fraction=a.heldout_fraction, progress=not a.quiet)
+                  heldout_fraction=a.heldout_fraction, progress=not a.quiet,
+                  allow_roots=a.allow_root or [], caption_control=a.caption_control)
 
 
 def _data_validate(a) -> dict:
@@ -238,6 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--heldout-fraction", type=float, default=0.0,
                    help="fraction of records marked split=heldout (evaluation only)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--allow-root", action="append", metavar="DIR",
+                   help="a local directory a manifest's image paths may point into besides the "
+                        "manifest's own (repeatable); paths elsewhere are quarantined")
+    s.add_argument("--caption-control", choices=["quarantine", "strip"], default="quarantine",
+                   help="captions holding control characters: quarantine them (default) or strip the characters")
 
     s = cmd(dsub, "validate", _data_validate, "run the Great Expectations suite on an ingested dataset")
     s.add_argument("dataset", help="ingested dataset directory or URI")

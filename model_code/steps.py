@@ -99,8 +99,11 @@ def ingest_step(source: str, out: str, preset: str = "tiny",
     """Ingest any supported source at the preset's resolution, with its held-out split."""
     from model_code.data.ingest import ingest
     d = _cfg(preset, overrides)["data"]
+    # data.allow_roots / data.caption_control: the preset's (or the KFP `overrides`') say on
+    # which directories a manifest may point into and what a control character in a caption costs
+    opts = {k: d[k] for k in ("allow_roots", "caption_control") if d.get(k) is not None}
     return ingest(source, out, size=int(d["size"]), shard_size=int(d["shard_size"]),
-                  heldout_fraction=float(d.get("heldout_fraction", 0.0)), progress=True)
+                  heldout_fraction=float(d.get("heldout_fraction", 0.0)), progress=True, **opts)
 
 
 @_summary

@@ -14,7 +14,8 @@ duplicates, checked before anything is published.
 Rules: images are verified, EXIF-oriented, converted from any mode to RGB (alpha on white,
 16-bit scaled, first frame of an animation), refused when tiny, extreme in aspect or over the
 pixel limit (decompression bombs), then resized (shorter side) and centre-cropped with Lanczos.
-Captions lose control characters; empty, non-UTF-8 or over-long ones are quarantined (an empty
+Captions holding control characters are quarantined (caption_control="strip" removes them
+instead); whitespace is collapsed; empty, non-UTF-8 or over-long ones are quarantined (an empty
 alt-text falls back to the curated caption when there is one). Opted-out records are
 quarantined unless keep_opted_out. Duplicates: same sha256 of the normalised pixels ("exact"),
 or pHash within near_dup_threshold bits and 16x16 thumbnails within near_dup_tolerance
@@ -79,8 +80,10 @@ EMPTY_CAPTION = "empty caption"
 CAPTION_TOO_LONG = "caption too long"
 OPTED_OUT = "opted out"
 DUPLICATE_KEY = "duplicate key"
+CONTROL_CHARS = "control characters in caption"
 REASONS = (sources.MISSING_IMAGE, sources.UNREADABLE, sources.BAD_METADATA, sources.CAPTION_NOT_UTF8,
-           sources.UNREADABLE_TAR, EMPTY_FILE, NOT_AN_IMAGE, CORRUPT_IMAGE, TRUNCATED_IMAGE, DECOMPRESSION_BOMB,
+           sources.UNREADABLE_TAR, sources.OUTSIDE_SOURCE, sources.ORPHAN_CAPTION, sources.NOT_A_FILE,
+           CONTROL_CHARS, EMPTY_FILE, NOT_AN_IMAGE, CORRUPT_IMAGE, TRUNCATED_IMAGE, DECOMPRESSION_BOMB,
            UNSUPPORTED_MODE, TOO_SMALL, EXTREME_ASPECT, NO_CAPTION, EMPTY_CAPTION, CAPTION_TOO_LONG,
            OPTED_OUT, DUPLICATE_KEY)
 
@@ -107,7 +110,16 @@ DEFAULTS: dict[str, Any] = {
     "near_dup_tolerance": 24,     # colour-thumbnail check behind a pHash match (hashing.py)
     "png_compress_level": 6,      # zlib level of the stored PNGs (Pillow's default)
     "keep_opted_out": False,      # an opted-out record is quarantined unless this is set
+    # a caption holding control characters (NUL, ESC, bidi overrides, ...; tab/newline/CR are
+    # whitespace and are collapsed) is quarantined: it is corrupt or hostile, and silently
+    # stripping it hides that. "strip" keeps the record with the characters removed instead;
+    # dataset.json's parameters record which policy a dataset was made with.
+    "caption_control": "quarantine",
+    # local directories a manifest's image paths may point into besides the manifest's own
+    # (paths elsewhere are quarantined "outside the source"); `--allow-root DIR` on the CLI
+    "allow_roots": [],
 }
+CAPTION_CONTROL_POLICIES = ("quarantine", "strip")
 
 
 class Reject(Exception):
@@ -145,14 +157,20 @@ def _caption_text(value: Any, field: str) -> str | None:
     return value
 
 
-def captions_of(rec: dict, max_chars: int) -> tuple[str, str | None]:
+def captions_of(rec: dict, max_chars: int, control: str = "quarantine") -> tuple[str, str | None]:
     """(caption, curated_caption) cleaned, or Reject. An empty alt-text falls back to the
-    curated caption when there is one (the record still has a caption to train on)."""
+    curated caption when there is one (the record still has a caption to train on). Control
+    characters: Reject under control="quarantine" (the default), stripped under "strip"."""
     out = []
     for field in ("caption", "curated_caption"):
         text = _caption_text(rec.get(field), field)
         if text is not None and len(text) > max_chars:
             raise Reject(CAPTION_TOO_LONG, f"{field} too long ({len(text)} chars > {max_chars})")
+        m = _CONTROL.search(text) if text is not None else None
+        if m and control == "quarantine":
+            raise Reject(CONTROL_CHARS, f"{field} holds control character U+{ord(m.group()):04X} at "
+                                        f"offset {m.start()} (ingest caption_control=strip keeps such "
+                                        f"records with the characters removed)")
         out.append(None if text is None else clean_caption(text))
     caption, curated = out
     curated = curated or None
@@ -302,7 +320,7 @@ def process_record(rec: dict, cfg: dict) -> dict:
         sources.load_image(rec)  # bytes only; an unreadable file outranks a caption problem
         if rec.get("error"):
             raise Reject(*rec["error"])
-        caption, curated = captions_of(rec, cfg["max_caption_chars"])
+        caption, curated = captions_of(rec, cfg["max_caption_chars"], cfg["caption_control"])
         if rec.get("opt_out") and not cfg["keep_opted_out"]:
             raise Reject(OPTED_OUT, "the record's opt_out flag is set")
         img, info = normalize_image(rec["image"], cfg["size"], cfg["min_side"], cfg["max_aspect"],
@@ -556,6 +574,9 @@ def _check_args(size, shard_size, workers, near_dup_threshold, heldout_fraction,
         raise ValueError(f"min_side must be >= 1, got {opts['min_side']!r}")
     if opts.get("max_aspect", 1) < 1:
         raise ValueError(f"max_aspect must be >= 1, got {opts['max_aspect']!r}")
+    if opts.get("caption_control", "quarantine") not in CAPTION_CONTROL_POLICIES:
+        raise ValueError(f"caption_control must be one of {', '.join(CAPTION_CONTROL_POLICIES)}, "
+                         f"got {opts['caption_control']!r}")
     if opts.get("max_caption_chars", 1) < 1:
         raise ValueError(f"max_caption_chars must be >= 1, got {opts['max_caption_chars']!r}")
 
@@ -579,7 +600,7 @@ def ingest(src: str, out: str, size: int = 64, kind: str = "auto", shard_size: i
     """Ingest a source (folder, WebDataset tars, parquet/CSV manifest, shapes://...) into OUT.
 
     options (see DEFAULTS): min_side, max_aspect, max_caption_chars, max_pixels,
-    near_dup_tolerance, png_compress_level, keep_opted_out.
+    near_dup_tolerance, png_compress_level, keep_opted_out, caption_control, allow_roots.
 
     Returns {"input", "accepted", "quarantined", "duplicates", "manifest", "quarantine",
     "duplicates_file", "shards", "out", "size", "kind", "reasons", "resumed_parts"}.
@@ -587,6 +608,9 @@ def ingest(src: str, out: str, size: int = 64, kind: str = "auto", shard_size: i
     """
     _check_args(size, shard_size, workers, near_dup_threshold, heldout_fraction, options)
     opts = {**DEFAULTS, **options}
+    if isinstance(opts["allow_roots"], str):
+        opts["allow_roots"] = [opts["allow_roots"]]
+    opts["allow_roots"] = [str(r) for r in opts["allow_roots"]]
     if opts["max_pixels"] is None:
         opts["max_pixels"] = Image.MAX_IMAGE_PIXELS
     kind = sources.detect_kind(src) if kind == "auto" else kind
@@ -629,7 +653,7 @@ def _load_parts(o: _Out) -> list[dict]:
 
 def _run(src: str, o: _Out, params: dict, workers: int | None, progress: bool) -> dict:
     cfg = {k: params[k] for k in ("size", "heldout_fraction", *DEFAULTS)}
-    records = sources.iter_records(src, params["kind"], lazy=True)
+    records = sources.iter_records(src, params["kind"], lazy=True, allow_roots=params["allow_roots"])
     # the first record before anything is written: a source that cannot be read at all (no
     # such directory, a manifest without an image column) fails here and leaves OUT untouched
     records = chain(list(islice(records, 1)), records)

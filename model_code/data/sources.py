@@ -49,6 +49,9 @@ UNREADABLE = "unreadable file"
 BAD_METADATA = "bad metadata"
 CAPTION_NOT_UTF8 = "caption not UTF-8"
 UNREADABLE_TAR = "unreadable tar"
+OUTSIDE_SOURCE = "outside the source"            # a symlink or path that leaves the source's root
+ORPHAN_CAPTION = "caption without an image"      # KEY.txt / KEY.json with no KEY.<image> beside it
+NOT_A_FILE = "not a file"                        # a directory named like an image (x.png/)
 
 
 # ---------------------------------------------------------------- object-store access
@@ -217,14 +220,18 @@ def detect_kind(src: str | list[str]) -> str:
     return "folder"
 
 
-def iter_records(src: str | list[str], kind: str = "auto", lazy: bool = False) -> Iterator[dict]:
+def iter_records(src: str | list[str], kind: str = "auto", lazy: bool = False,
+                 allow_roots: Iterable[str] = ()) -> Iterator[dict]:
     """All records of a source, in a deterministic order. With lazy=True images that live in
-    their own files (folder, manifest, shapes) are left as `ref` for `load_image`."""
+    their own files (folder, manifest, shapes) are left as `ref` for `load_image`.
+    `allow_roots`: local directories a manifest's image paths may point into besides its own."""
     kind = detect_kind(src) if kind == "auto" else kind
     if kind not in KINDS:
         raise ValueError(f"kind must be one of auto, {', '.join(KINDS)}; got {kind!r}")
-    reader = {"folder": read_folder, "webdataset": read_webdataset, "manifest": read_manifest,
-              "shapes": read_shapes}[kind]
+    if kind == "manifest":
+        reader = lambda s: read_manifest(s, allow_roots)  # noqa: E731
+    else:
+        reader = {"folder": read_folder, "webdataset": read_webdataset, "shapes": read_shapes}[kind]
     for rec in reader(src):
         yield rec if lazy else load_image(rec)
 
@@ -247,6 +254,46 @@ def _list_files(root: str) -> list[str]:
     return sorted(out)
 
 
+def _image_named_dirs(root: str) -> list[str]:
+    """Relative paths of directories named like images (x.png/): not records, but they look like
+    part of one, so they are accounted for (quarantined as "not a file")."""
+    if storage.is_remote(root):
+        return []
+    base = storage.local_path(root)
+    out = []
+    for d, dirs, _ in os.walk(base, followlinks=False):
+        rel = os.path.relpath(d, base)
+        out += [(n if rel == "." else f"{rel}/{n}").replace(os.sep, "/") for n in dirs
+                if posixpath.splitext(n)[1].lower() in IMAGE_EXTS]
+    return sorted(out)
+
+
+def escapes(src: str, rel: str) -> str | None:
+    """Where `rel` really leads, when that is outside the source `src` (None when it stays in).
+
+    A folder source is read only inside its own root: a path with `..` or an absolute path, and a
+    symlink (anywhere along the path) whose target resolves outside the root's real path, would
+    read another file's contents into the dataset (in a pod: service-account tokens, mounted
+    secrets). Object-store sources have no symlinks; only their paths are checked."""
+    norm = posixpath.normpath(rel)
+    if norm.startswith("../") or norm == ".." or posixpath.isabs(rel):
+        return rel
+    if storage.is_remote(src):
+        return None
+    base = os.path.realpath(storage.local_path(src))
+    real = os.path.realpath(os.path.join(base, norm))
+    return None if real == base or real.startswith(base + os.sep) else real
+
+
+def _outside(src: str, rel: str, what: str) -> tuple[str, str] | None:
+    real = escapes(src, rel)
+    if real is None:
+        return None
+    return (OUTSIDE_SOURCE, f"{storage.join(src, rel) if not posixpath.isabs(rel) else rel}: the "
+                            f"{what} resolves to {real}, outside the source {src}; nothing outside "
+                            f"the source is read")
+
+
 def _split_ext(rel: str) -> tuple[str, str]:
     stem, ext = posixpath.splitext(rel)
     return stem, ext.lower()
@@ -261,15 +308,27 @@ def read_folder(src: str) -> Iterator[dict]:
     claimed: set[str] = set()
     # 1) caption files, line by line (streamed: a million-line jsonl is never held whole)
     for jl in (f for f in files if posixpath.basename(f) in JSONL_NAMES):
+        bad = _outside(src, jl, "caption file")
+        if bad:
+            yield make_record(posixpath.splitext(jl)[0], storage.join(src, jl), error=bad)
+            continue
         yield from _read_jsonl(src, jl, claimed, set(files))
     # 2) images no caption file named: KEY.txt / KEY.json beside them, or no caption at all
+    stems = set()
     for rel in images:
+        stem, _ = _split_ext(rel)
+        stems.add(stem)
         if rel in claimed:
             continue
-        stem, _ = _split_ext(rel)
         uri = storage.join(src, rel)
         fields: dict[str, Any] = {}
-        error = None
+        error = _outside(src, rel, "image")
+        for side in (f"{stem}.json", f"{stem}.txt"):
+            if error is None and side in sidecars:
+                error = _outside(src, side, "caption" if side.endswith(".txt") else "metadata file")
+        if error is not None:
+            yield make_record(stem, uri, error=error)
+            continue
         if f"{stem}.json" in sidecars:
             fields, error = _read_json_sidecar(storage.join(src, f"{stem}.json"))
         if f"{stem}.txt" in sidecars and error is None:
@@ -281,6 +340,18 @@ def read_folder(src: str) -> Iterator[dict]:
             if text is not None:
                 fields["caption"] = text
         yield make_record(stem, uri, ref=("uri", uri), fields=fields, error=error)
+    # 3) what looks like part of a record but is none: caption files with no image beside them,
+    #    directories named like images. Accounted for (quarantined), never silently skipped.
+    for rel in _image_named_dirs(src):
+        yield make_record(_split_ext(rel)[0] + "-dir", storage.join(src, rel),
+                          error=(NOT_A_FILE, f"{storage.join(src, rel)} is a directory named like an image"))
+    for rel in sorted(sidecars):
+        stem = _split_ext(rel)[0]
+        if stem not in stems and posixpath.basename(rel) not in JSONL_NAMES:
+            kind = "caption" if rel.endswith(".txt") else "metadata"
+            yield make_record(f"{stem}-{rel.rsplit('.', 1)[1]}", storage.join(src, rel),
+                              error=(ORPHAN_CAPTION, f"{storage.join(src, rel)}: a {kind} file with no image "
+                                                     f"{stem}.<{'|'.join(e[1:] for e in IMAGE_EXTS)}> beside it"))
 
 
 def _read_json_sidecar(uri: str) -> tuple[dict, tuple[str, str] | None]:
@@ -335,6 +406,11 @@ def _read_jsonl(src: str, jl: str, claimed: set[str], files: set[str]) -> Iterat
                                   error=(BAD_METADATA, f"{where}: names no image (no file or key field)"))
                 continue
             rel = posixpath.normpath(posixpath.join(jl_dir, str(file)))
+            bad = _outside(src, rel, "image named by the caption file")
+            if bad:
+                yield make_record(str(key) if key is not None else f"{posixpath.splitext(jl)[0]}-line{n}",
+                                  where, error=bad)
+                continue
             claimed.add(rel)
             uri = storage.join(src, rel)
             rec = make_record(str(key) if key is not None else _split_ext(rel)[0], uri,
@@ -445,13 +521,17 @@ def _manifest_batches(src: str) -> Iterator[list[dict]]:
                 yield chunk.to_dict("records")
 
 
-def read_manifest(src: str) -> Iterator[dict]:
+def read_manifest(src: str, allow_roots: Iterable[str] = ()) -> Iterator[dict]:
+    """Rows of a parquet/CSV manifest. A local image path must lie (after resolving symlinks)
+    inside the manifest's own directory or one of `allow_roots`: a manifest is data, and a
+    row naming /var/run/secrets/... must not turn a pod's secrets into a dataset."""
     if not storage.exists(src):
         raise ValueError(f"manifest {src!r} does not exist")
     base = posixpath.dirname(src) if storage.is_remote(src) else os.path.dirname(
         os.path.abspath(storage.local_path(src)))
     image_col = caption_col = None
     row_no = 0
+    roots = [base] + [os.path.abspath(storage.local_path(r)) for r in allow_roots]
     for rows in _manifest_batches(src):
         for row in rows:
             if image_col is None:
@@ -464,10 +544,17 @@ def read_manifest(src: str) -> Iterator[dict]:
                     raise ValueError(f"manifest {src}: no caption column; expected one of "
                                      f"{', '.join(CAPTION_FIELDS)} (columns: {', '.join(row)})")
             row_no += 1
-            yield _manifest_record(src, base, row, row_no, image_col)
+            yield _manifest_record(src, base, row, row_no, image_col, roots)
 
 
-def _manifest_record(src: str, base: str, row: dict, row_no: int, image_col: str) -> dict:
+def _inside_roots(path: str, roots: list[str]) -> bool:
+    real = os.path.realpath(path)
+    return any(real == r or real.startswith(r.rstrip(os.sep) + os.sep)
+               for r in (os.path.realpath(x) for x in roots))
+
+
+def _manifest_record(src: str, base: str, row: dict, row_no: int, image_col: str,
+                     roots: list[str] | None = None) -> dict:
     where = f"{src}#row={row_no}"
     value = row[image_col]
     key = _first(row, KEY_FIELDS)
@@ -483,9 +570,16 @@ def _manifest_record(src: str, base: str, row: dict, row_no: int, image_col: str
         return make_record(str(key if key is not None else f"row-{row_no:08d}"), where, fields=row,
                            error=(MISSING_IMAGE, f"{where}: empty {image_col!r}"))
     path = str(value).strip()
+    if path.startswith("file://"):
+        path = path[len("file://"):]
     if "://" not in path and not os.path.isabs(path):
         path = storage.join(base, path)
     stem = posixpath.splitext(posixpath.basename(path))[0]
+    if "://" not in path and not storage.is_remote(base) and not _inside_roots(path, roots or [base]):
+        return make_record(str(key if key is not None else stem), where, fields=row, error=(
+            OUTSIDE_SOURCE, f"{where}: {value!r} resolves to {os.path.realpath(path)}, outside the "
+                            f"manifest's directory {base}; name the directories images may come from "
+                            f"with --allow-root DIR (ingest allow_roots=[...])"))
     # a missing file is found by the reader that reads it (load_image), in parallel under ingest
     return make_record(str(key if key is not None else stem), path, ref=("uri", path), fields=row)
 

@@ -112,7 +112,7 @@ def build_hostile_corpus(root: str) -> dict:
 
     put("10_control_chars.png", encode(smooth_image(10, 64, 64), "PNG"),
         caption="a\x00 red\x1b[31m\u202e circle\r\n\tplease")
-    expect["10_control_chars"] = ("accepted", None)
+    expect["10_control_chars"] = ("quarantined", "control characters in caption")
 
     # ---- quarantined, each for its own reason
     put("20_truncated_png.png", good_png[: len(good_png) // 2])
@@ -182,6 +182,40 @@ def build_hostile_corpus(root: str) -> dict:
     expect["50_listed__a"] = ("accepted", None)
     expect["50_listed__gone"] = ("quarantined", "missing image")
     expect["50_listed__captions-line3"] = ("quarantined", "bad metadata")
+    # ---- nothing outside the source is read: symlinks and paths that leave the root
+    outside = os.path.join(os.path.dirname(os.path.abspath(root)), "outside-secret")
+    os.makedirs(outside, exist_ok=True)
+    with open(os.path.join(outside, "token.txt"), "w") as f:
+        f.write("SECRET-TOKEN a red circle")
+    with open(os.path.join(outside, "pic.png"), "wb") as f:
+        f.write(encode(smooth_image(60, 64, 64), "PNG"))
+    put("60_caption_link_out.png", encode(smooth_image(61, 64, 64), "PNG"), caption=None)
+    os.symlink(os.path.join(outside, "token.txt"), os.path.join(root, "60_caption_link_out.txt"))
+    expect["60_caption_link_out"] = ("quarantined", "outside the source")
+    os.symlink(os.path.join(outside, "pic.png"), os.path.join(root, "61_image_link_out.png"))
+    with open(os.path.join(root, "61_image_link_out.txt"), "w") as f:
+        f.write(GOOD_CAPTION)
+    expect["61_image_link_out"] = ("quarantined", "outside the source")
+    os.symlink(outside, os.path.join(root, "62_dir_link_out"))   # a directory link: never walked
+    put("63_link_inside.png", encode(smooth_image(63, 64, 64), "PNG"), caption=None)
+    os.symlink("01_good_rgb.txt", os.path.join(root, "63_link_inside.txt"))  # inside the root: fine
+    expect["63_link_inside"] = ("accepted", None)
+    listed = os.path.join(root, "64_listed_out")
+    os.makedirs(listed)
+    with open(os.path.join(listed, "captions.jsonl"), "w", encoding="utf-8") as f:
+        f.write(json.dumps({"key": "abs", "file": os.path.join(outside, "pic.png"), "caption": "x"}) + "\n")
+        f.write(json.dumps({"key": "up", "file": "../../outside-secret/pic.png", "caption": "x"}) + "\n")
+    expect["abs"] = ("quarantined", "outside the source")
+    expect["up"] = ("quarantined", "outside the source")
+    # ---- what looks like part of a record is accounted for: orphan captions, image-named dirs
+    with open(os.path.join(root, "65_orphan.txt"), "w") as f:
+        f.write("a caption whose image is missing")
+    expect["65_orphan-txt"] = ("quarantined", "caption without an image")
+    os.makedirs(os.path.join(root, "66_dir.png"))
+    with open(os.path.join(root, "66_dir.txt"), "w") as f:
+        f.write("a caption beside a directory named like an image")
+    expect["66_dir-dir"] = ("quarantined", "not a file")
+    expect["66_dir-txt"] = ("quarantined", "caption without an image")
     return {"expect": expect, "good_key": "01_good_rgb"}
 
 

@@ -82,11 +82,44 @@ def test_hostile_corpus(tmp_path):
     ex = px["07_exif_rotated"].astype(int)  # displayed: red on top, blue at the bottom
     assert ex[3, 32, 0] > 180 and ex[3, 32, 2] < 60 and ex[60, 32, 2] > 180 and ex[60, 32, 0] < 60
     assert (rows.loc["07_exif_rotated", "orig_width"], rows.loc["07_exif_rotated", "orig_height"]) == (40, 80)
-    assert rows.loc["10_control_chars", "caption"] == "a red[31m circle please"
+    r = dict(zip(quar.key, quar.detail))
+    assert "U+0000" in r["10_control_chars"] and "caption_control=strip" in r["10_control_chars"]
+    # nothing outside the source reached the dataset: not the linked caption, not the linked image
+    assert not any("SECRET" in c for c in man.caption)
+    assert all("outside-secret" not in s or k in ("abs", "up") for k, s in zip(quar.key, quar.source))
+    assert "outside the source" in r["60_caption_link_out"] and "outside-secret/token.txt" in r["60_caption_link_out"]
     assert rows.loc["50_listed__a", "license"] == "CC-BY-4.0"
     assert shard_members(out)["50_listed__a"][1]["meta"] == {"photographer": "Ada"}
-    r = dict(zip(quar.key, quar.detail))
     assert "5242880 chars" in r["29_huge_caption"] and "1000x10" in r["25_wide_strip"]
+
+
+def test_control_characters_can_be_stripped_by_policy(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    hostile.smooth_image(1, 64, 64).save(src / "a.png")
+    (src / "a.txt").write_bytes("a\x00 red\x1b circle\u202e\r\n\tplease".encode())
+    res = ingest(str(src), str(tmp_path / "q"), size=32, workers=0, progress=False)
+    assert (res["accepted"], res["reasons"]) == (0, {"control characters in caption": 1})
+    res = ingest(str(src), str(tmp_path / "s"), size=32, workers=0, progress=False, caption_control="strip")
+    man, _, _ = check_balance(res, str(tmp_path / "s"))
+    assert list(man.caption) == ["a red circle please"]
+    with pytest.raises(ValueError, match="caption_control"):
+        ingest(str(src), str(tmp_path / "x"), caption_control="keep")
+
+
+def test_a_manifest_folder_source_never_follows_links_out(tmp_path):
+    """sources.escapes: the shared check every folder read goes through."""
+    from model_code.data.sources import escapes
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    (tmp_path / "secret").write_text("x")
+    (root / "sub" / "link").symlink_to(tmp_path / "secret")
+    (root / "sub" / "ok").symlink_to(root / "sub")
+    assert escapes(str(root), "sub/link") == str(tmp_path / "secret")
+    assert escapes(str(root), "sub/ok/x.png") is None
+    assert escapes(str(root), "../secret") == "../secret"
+    assert escapes(str(root), "/etc/passwd") == "/etc/passwd"
+    assert escapes(str(root), "a/../b.png") is None
 
 
 def test_pixel_limit_is_configurable(tmp_path):
@@ -112,7 +145,9 @@ def test_real_photographs_from_matplotlib(tmp_path):
     pd.DataFrame({"url": paths, "alt": ["Grace Hopper", "a present", "matplotlib logo"]}).to_csv(
         tmp_path / "photos.csv", index=False)
     out = str(tmp_path / "out")
-    res = ingest(str(tmp_path / "photos.csv"), out, size=64, workers=1, progress=False)
+    # the photos live in matplotlib's folder, not beside the manifest: the user allows it
+    res = ingest(str(tmp_path / "photos.csv"), out, size=64, workers=1, progress=False,
+                 allow_roots=sorted({os.path.dirname(p) for p in paths}))
     man, quar, _ = check_balance(res, out)
     assert list(man.key) == ["grace_hopper", "Minduka_Present_Blue_Pack"]
     assert list(quar.reason) == ["extreme aspect ratio"]  # logo2.png is 542x130 (4.2:1)
@@ -129,7 +164,7 @@ def test_real_photographs_from_matplotlib(tmp_path):
     hop = man.set_index("key").loc["grace_hopper"]
     assert (hop.orig_width, hop.orig_height, hop.orig_format) == (512, 600, "JPEG")
     res = ingest(str(tmp_path / "photos.csv"), str(tmp_path / "out5"), size=64, workers=1,
-                 progress=False, max_aspect=5.0)
+                 progress=False, max_aspect=5.0, allow_roots=sorted({os.path.dirname(p) for p in paths}))
     assert res["accepted"] == 3
 
 
@@ -382,3 +417,31 @@ def test_s3_synth_ingest_and_manifest(s3, tmp_path, monkeypatch):
     assert (res["accepted"], res["reasons"]) == (1, {"missing image": 1})
     local = storage.get_dir("s3://data/m", str(tmp_path / "m"))
     assert tables(local)[0].sha256[0] == man.sha256[0]
+
+
+def test_a_manifest_naming_files_outside_its_directory_is_refused_unless_allowed(tmp_path):
+    import subprocess
+    import sys
+    elsewhere = tmp_path / "mounted-secrets"
+    elsewhere.mkdir()
+    hostile.smooth_image(3, 64, 64).save(elsewhere / "token.png")
+    d = tmp_path / "m"
+    d.mkdir()
+    hostile.smooth_image(4, 64, 64).save(d / "in.png")
+    (d / "link.png").symlink_to(elsewhere / "token.png")
+    pd.DataFrame({"file": ["in.png", str(elsewhere / "token.png"), "../mounted-secrets/token.png",
+                           "link.png", f"file://{elsewhere / 'token.png'}"],
+                  "caption": ["a", "b", "c", "d", "e"], "key": ["k1", "k2", "k3", "k4", "k5"]}
+                 ).to_parquet(d / "manifest.parquet")
+    res = ingest(str(d / "manifest.parquet"), str(tmp_path / "o1"), size=32, workers=0, progress=False)
+    man, quar, _ = check_balance(res, str(tmp_path / "o1"))
+    assert list(man.key) == ["k1"]
+    assert set(quar.key) == {"k2", "k3", "k4", "k5"} and set(quar.reason) == {"outside the source"}
+    assert all("--allow-root" in d for d in quar.detail)
+    # the user names the directory: allowed (k3..k5 are the same picture: duplicates of k2)
+    out = subprocess.run([sys.executable, "-m", "model_code.cli", "data", "ingest", str(d / "manifest.parquet"),
+                          "--out", str(tmp_path / "o2"), "--size", "32", "--workers", "0", "--quiet",
+                          "--allow-root", str(elsewhere), "--json"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    s = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (s["accepted"], s["quarantined"], s["duplicates"]) == (2, 0, 3)
