@@ -63,6 +63,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from model_code import storage
 from model_code.data import hashing, sources
+from model_code.text.control import CONTROL, first_control
 
 log = logging.getLogger(__name__)
 
@@ -131,15 +132,13 @@ class Reject(Exception):
 
 
 # ---------------------------------------------------------------- captions
-# C0/C1 control characters except whitespace (whitespace is collapsed below), bidi overrides
-# and isolates (they can hide text), the BOM and zero-width space.
-_CONTROL = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x9f\u200b\u202a-\u202e\u2066-\u2069\ufeff]")
+
 _SPACE = re.compile(r"\s+")
 
 
 def clean_caption(text: str) -> str:
     """Strip control characters and collapse whitespace (newlines, tabs) to single spaces."""
-    return _SPACE.sub(" ", _CONTROL.sub("", text)).strip()
+    return _SPACE.sub(" ", CONTROL.sub("", text)).strip()
 
 
 def _caption_text(value: Any, field: str) -> str | None:
@@ -166,11 +165,11 @@ def captions_of(rec: dict, max_chars: int, control: str = "quarantine") -> tuple
         text = _caption_text(rec.get(field), field)
         if text is not None and len(text) > max_chars:
             raise Reject(CAPTION_TOO_LONG, f"{field} too long ({len(text)} chars > {max_chars})")
-        m = _CONTROL.search(text) if text is not None else None
-        if m and control == "quarantine":
-            raise Reject(CONTROL_CHARS, f"{field} holds control character U+{ord(m.group()):04X} at "
-                                        f"offset {m.start()} (ingest caption_control=strip keeps such "
-                                        f"records with the characters removed)")
+        c = first_control(text) if text is not None else None
+        if c and control == "quarantine":
+            raise Reject(CONTROL_CHARS, f"{field} holds control character {c[1]} at offset {c[0]} "
+                                        f"(ingest caption_control=strip keeps such records with the "
+                                        f"characters removed)")
         out.append(None if text is None else clean_caption(text))
     caption, curated = out
     curated = curated or None

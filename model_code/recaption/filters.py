@@ -2,6 +2,7 @@
 hallucination detection via CLIP alignment scores. Captions with alignment below a threshold are
 regenerated or replaced with the original ground truth").
 
+A caption holding control characters is rejected first (text/control.py).
 Each filter looks at one caption and returns a `Verdict` (ok + reason); `CaptionFilters.check`
 runs them in order (cheap text filters first, CLIP last) and counts every outcome in `FilterStats`.
 
@@ -22,7 +23,9 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-FILTERS = ("length", "repetition", "clip")
+from model_code.text.control import first_control
+
+FILTERS = ("control", "length", "repetition", "clip")
 DEFAULTS = {
     "long_tokens": [10, 300],   # DALL-E 3 length filter
     "short_tokens": [3, 40],
@@ -70,6 +73,15 @@ def repetition_ratio(text: str, n: int = 3) -> float:
     if not grams:
         return 0.0
     return 1.0 - len(set(grams)) / len(grams)
+
+
+def control_filter(text: str) -> Verdict:
+    """A caption holding control characters (an undertrained byte-level captioner emits them:
+    "plain\x1c\x07") is garbage, not a description: rejected, so the original caption is used."""
+    c = first_control(text)
+    if c:
+        return Verdict(False, "control", f"control character {c[1]} at offset {c[0]}")
+    return PASS
 
 
 def length_filter(n_tokens: int, bounds: Sequence[int], kind: str) -> Verdict:
@@ -167,7 +179,9 @@ class CaptionFilters:
         n_tok = [self.count_tokens(t) for t in texts]
         verdicts = []
         for t, n in zip(texts, n_tok):
-            v = length_filter(n, bounds, kind)
+            v = control_filter(t)
+            if v.ok:
+                v = length_filter(n, bounds, kind)
             if v.ok:
                 v = repetition_filter(t, self.cfg["repetition_ngram"], self.cfg["max_repetition"])
             verdicts.append(v)
