@@ -425,6 +425,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = a.fn(a)
     except SystemExit as e:
+        run_summary = getattr(e, "summary", None)   # train.run.Preempted: the summary at the stop
+        if run_summary is not None:
+            _emit(a, run_summary)
+            return _fail(f"preempted (SIGTERM) at step {run_summary.get('steps')}; checkpoint written, "
+                         f"run the same command again to resume", int(e.code))
         return int(e.code or 0)
     except UsageError as e:
         return _fail(str(e), 2)

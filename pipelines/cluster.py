@@ -41,6 +41,11 @@ RELEASE = os.environ.get("EASEL_RELEASE", "easel")
 S3_SECRET = f"{RELEASE}-s3"
 CLIENT_CONFIG = f"{RELEASE}-client"
 GPU_RESOURCE = "nvidia.com/gpu"
+# GPU steps run on spot nodes: a preempted step exits 143 (train.run.Preempted) after writing its
+# checkpoint, KFP retries it, and the retry resumes from the checkpoint. 5 tries with exponential
+# backoff from 1 min (capped at 30 min) ride out a reclaim wave without retrying a real bug forever.
+PREEMPTION_RETRIES = 5
+PREEMPTION_BACKOFF = {"backoff_duration": "60s", "backoff_factor": 2.0, "backoff_max_duration": "1800s"}
 # the label infra/terraform/gke gives the H100 pool
 GPU_POOL_LABEL = ("cloud.google.com/gke-accelerator", os.environ.get("EASEL_GPU_ACCELERATOR", "nvidia-h100-80gb"))
 CLIENT_KEYS = ("MLFLOW_TRACKING_URI", "EASEL_S3_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL", "AWS_REGION",
@@ -57,9 +62,10 @@ def platform(task, cache: bool = True):
 
 
 def gpu(task, count: int = 1, memory: str = "64Gi", cpu: str = "8"):
-    """A GPU step: accelerator request, the GPU pool's node selector and taint toleration, and a
-    memory-backed /dev/shm for data-loader workers."""
+    """A GPU step: accelerator request, the GPU pool's node selector and taint toleration, a
+    memory-backed /dev/shm for data-loader workers, and retries for spot preemption."""
     platform(task)
+    task.set_retry(PREEMPTION_RETRIES, **PREEMPTION_BACKOFF)
     task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(count)
     task.set_cpu_request(cpu).set_memory_request(memory)
     kubernetes.add_node_selector(task, *GPU_POOL_LABEL)

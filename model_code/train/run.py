@@ -55,6 +55,20 @@ STATE_FILE = "train_state.json"
 PREEMPTED_EXIT = 143  # 128 + SIGTERM: what a shell reports for a process ended by SIGTERM
 
 
+class Preempted(SystemExit):
+    """Training stopped by SIGTERM after writing its checkpoint: not a success.
+
+    A SystemExit with code 143, so that every entry point ends non-zero without code of its own:
+    `easel train` and `python -m model_code.train.run` exit 143, a KFP task fails (and its
+    `set_retry` re-runs it, resuming from the checkpoint), a PyTorchJob/TrainJob pod exits 143
+    (restarted under its restart policy). No `except Exception` swallows it, so no later step can
+    consume a half-trained model. `summary` is the run summary at the stop."""
+
+    def __init__(self, summary: dict):
+        super().__init__(PREEMPTED_EXIT)
+        self.summary = summary
+
+
 # --------------------------------------------------------------------------- MLflow
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -274,7 +288,9 @@ def _fit(spec: PartSpec, cfg: dict, tcfg: dict, preset_name: str, model: torch.n
     if ckpt.preempted:
         if logger is not None and trainer.is_global_zero:
             logger.experiment.set_terminated(run_id, "KILLED")
-        return summary
+        print(f"[{spec.name}] preempted at step {summary['steps']}/{summary['max_steps']}: "
+              f"checkpoint written; run the same command again to resume", file=sys.stderr, flush=True)
+        raise Preempted(summary)
     if trainer.global_step != tcfg["max_steps"]:
         raise RuntimeError(f"{spec.name}: training ended at step {trainer.global_step}, "
                            f"expected {tcfg['max_steps']}")
@@ -380,10 +396,14 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--dep {item!r} must look like PART=URI")
         k, v = item.split("=", 1)
         deps[k] = v
-    summary = train_part(a.part, a.preset, a.data, a.out, deps=deps or None, overrides=a.overrides or None,
-                         resume=not a.no_resume, mlflow=not a.no_mlflow)
+    try:
+        summary = train_part(a.part, a.preset, a.data, a.out, deps=deps or None, overrides=a.overrides or None,
+                             resume=not a.no_resume, mlflow=not a.no_mlflow)
+    except Preempted as e:
+        print(json.dumps(e.summary, default=str))
+        return PREEMPTED_EXIT
     print(json.dumps(summary, default=str))
-    return PREEMPTED_EXIT if summary.get("preempted") else 0
+    return 0
 
 
 if __name__ == "__main__":

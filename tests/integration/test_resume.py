@@ -1,5 +1,5 @@
-"""Preemption: a training process that gets SIGTERM part-way writes a checkpoint and exits
-cleanly; the same command run again resumes at the same step and data position, and ends with
+"""Preemption: a training process (`easel train`) that gets SIGTERM part-way writes a checkpoint
+and exits 143 (never 0); the same command run again resumes at the same step and data position, and ends with
 exactly the weights of a run that was never interrupted (same seed). And the same machinery
 with the data, the checkpoints and the model in an S3 object store."""
 import json
@@ -26,16 +26,19 @@ SETTINGS = [  # a small real dVAE; the paper's schedules squeezed into the run
 
 
 def command(data: str, out: str) -> list[str]:
-    cmd = [sys.executable, "-m", "model_code.train.run", "dvae", "--preset", "tiny", "--data", data,
-           "--out", out, "--no-mlflow"]
+    """`easel train` (the CLI a PyTorchJob pod and a user run), with its JSON summary."""
+    cmd = [sys.executable, "-m", "model_code.cli", "train", "dvae", "--preset", "tiny", "--data", data,
+           "--out", out, "--json"]
     for s in SETTINGS:
         cmd += ["--set", s]
     return cmd
 
 
-def env() -> dict:
-    # one thread: the same arithmetic in every process (and no fight for the 2 cores)
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+def env(home: str) -> dict:
+    # one thread: the same arithmetic in every process (and no fight for the 2 cores); MLflow in
+    # a store of the test's own
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": ROOT,
+            "EASEL_HOME": home, "MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow.db"}
 
 
 def summary_of(stdout: str) -> dict:
@@ -47,7 +50,9 @@ def test_sigterm_checkpoints_and_the_same_command_resumes_exactly(tmp_path_facto
     from model_code.train.run import train_part
     data = shapes_data(tmp_path_factory.getbasetemp())
     ref_out, out = str(tmp_path / "uninterrupted"), str(tmp_path / "preempted")
-    run = subprocess.Popen(command(data, out), cwd=tmp_path, env=env(), text=True,
+    home = str(tmp_path / "home")
+    os.makedirs(home)
+    run = subprocess.Popen(command(data, out), cwd=tmp_path, env=env(home), text=True,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     # meanwhile, the uninterrupted reference: the same settings in this process, on one thread
     n = torch.get_num_threads()
@@ -64,8 +69,10 @@ def test_sigterm_checkpoints_and_the_same_command_resumes_exactly(tmp_path_facto
             run.send_signal(signal.SIGTERM)
             break
         assert time.time() < deadline, "".join(seen[-20:])
-    rest, _ = run.communicate(timeout=240)
-    assert run.returncode == 143, "".join(seen[-20:])  # 128 + SIGTERM: preempted, checkpointed
+    rest, err = run.communicate(timeout=240)
+    # 128 + SIGTERM: preempted, checkpointed -- never 0, so no job or pipeline counts it a success
+    assert run.returncode == 143, "".join(seen[-20:]) + err
+    assert "preempted (SIGTERM)" in err and "run the same command again" in err
     stopped = summary_of(rest)
     assert stopped["preempted"] and 3 <= stopped["steps"] < STEPS
     latest = json.load(open(os.path.join(out, "checkpoints", "latest.json")))
@@ -73,7 +80,7 @@ def test_sigterm_checkpoints_and_the_same_command_resumes_exactly(tmp_path_facto
     assert latest["samples_seen"] == stopped["steps"] * 8
     assert not os.path.exists(os.path.join(out, "model.safetensors"))  # no final model yet
 
-    again = subprocess.run(command(data, out), cwd=tmp_path, env=env(), text=True,
+    again = subprocess.run(command(data, out), cwd=tmp_path, env=env(home), text=True,
                            capture_output=True, timeout=240)
     assert again.returncode == 0, again.stderr[-3000:]
     resumed = summary_of(again.stdout)

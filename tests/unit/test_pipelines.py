@@ -153,3 +153,18 @@ def test_kfp_setter_errors_still_name_the_setter():
         @dsl.pipeline
         def misuse(uri: str):
             dsl.importer(artifact_uri=uri, artifact_class=Dataset).set_memory_request("1Gi")
+
+
+def test_gpu_steps_retry_on_preemption():
+    """A preempted training step exits 143 (train.run.Preempted) after its checkpoint; KFP retries
+    it with backoff and the retry resumes. Every task on the GPU pool carries the policy."""
+    from pipelines.cluster import PREEMPTION_RETRIES
+    for name in ("lifecycle", "train", "recaption"):
+        spec, _ = load(name)
+        execs = spec["deploymentSpec"]["executors"]
+        gpu_tasks = {t: task for t, (task, label) in tasks(spec).items()
+                     if label and "accelerator" in str(execs[label].get("container", {}).get("resources", {}))}
+        assert gpu_tasks, name
+        for t, task in gpu_tasks.items():
+            rp = task.get("retryPolicy") or {}
+            assert rp.get("maxRetryCount") == PREEMPTION_RETRIES and rp.get("backoffDuration") == "60s", (name, t)
