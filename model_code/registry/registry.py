@@ -314,35 +314,51 @@ def _set_stage(c, name: str, version: str, stage: str) -> None:
 
 
 def _settle(c, name: str, alias: str) -> str | None:
-    """Move `alias` and the legacy stage to what the history says; repeat until a fresh read
-    needs no write. Returns the version holding the alias."""
+    """Move every alias and the legacy stages to what the history says; repeat until a fresh
+    read needs no write. Returns the version holding `alias`.
+
+    All aliases at once, not just the one this writer touched: the legacy stage is one field per
+    version shared by both aliases (a version that gains production while another writer is
+    marking it Staging), so a writer that settled only its own alias could leave the other
+    alias's stage wrong with nobody left to fix it (the flaky 8-writer test). Settling
+    everything means the last writer's last read always checks the whole state."""
     for attempt in range(SETTLE_ROUNDS):
         model = c.get_registered_model(name)
-        stack = _replay(_events(model), alias)
-        target = stack[-1] if stack else None
-        actual = model.aliases.get(alias)
-        wrote = False
-        if target is None:
-            return None if actual is None else str(actual)  # never promoted through Easel
-        if str(actual) != target:
+        events = _events(model)
+        targets = {}
+        for a in ALIASES:
+            stack = _replay(events, a)
+            targets[a] = stack[-1] if stack else None
+        wrote, lost_race = False, False
+        for a, target in targets.items():
+            actual = model.aliases.get(a)
+            if target is None or str(actual) == target:
+                continue   # never promoted through Easel: left as it is
             try:
-                c.set_registered_model_alias(name, alias, target)
+                c.set_registered_model_alias(name, a, target)
+                wrote = True
             except Exception as e:  # noqa: BLE001 - narrowed below
-                # another promotion set the same alias at the same moment (the store's unique
+                # another writer set the same alias at the same moment (the store's unique
                 # constraint): a lost race, not an error; re-read and settle again
                 if "UNIQUE constraint" not in str(e) and "IntegrityError" not in str(e):
                     raise
-                time.sleep(random.uniform(0.01, 0.1))
-                continue
-            wrote = True
-        # the legacy stage follows the alias; a version holding production keeps that stage
-        # when it also holds staging
-        holds_production = alias == "staging" and str(model.aliases.get("production")) == target
-        if not holds_production and c.get_model_version(name, target).current_stage != STAGES[alias]:
-            _set_stage(c, name, target, STAGES[alias])
-            wrote = True
+                lost_race = True
+        if lost_race:
+            time.sleep(random.uniform(0.01, 0.1))
+            continue
+        # the legacy stage follows the aliases; production wins when one version holds both
+        want = {}
+        if targets["staging"] is not None:
+            want[targets["staging"]] = STAGES["staging"]
+        if targets["production"] is not None:
+            want[targets["production"]] = STAGES["production"]
+        for version, stage in sorted(want.items(), key=lambda kv: kv[1] == STAGES["production"]):
+            if c.get_model_version(name, version).current_stage != stage:
+                _set_stage(c, name, version, stage)
+                wrote = True
         if not wrote:
-            return target
+            return targets[alias] if targets[alias] is not None else (
+                None if model.aliases.get(alias) is None else str(model.aliases[alias]))
         time.sleep(random.uniform(0.0, 0.05) * min(attempt + 1, 5))  # de-synchronise writers
     raise RuntimeError(f"the {alias} alias of {name} did not settle after {SETTLE_ROUNDS} rounds "
                        "of concurrent promotions; run the promotion again")
