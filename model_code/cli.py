@@ -187,7 +187,7 @@ def _model_deploy(a) -> dict:
     from model_code.cluster.inferenceservice import deploy_model
     res = deploy_model(a.name, a.ref, service=a.service or a.name, namespace=a.namespace, image=a.image,
                        canary_traffic_percent=a.canary, gpus=a.gpus, wait=a.timeout > 0, timeout=a.timeout,
-                       dry_run=a.render, storage_uri=a.storage_uri)
+                       dry_run=a.render, storage_uri=a.storage_uri, allow_ungated=a.allow_ungated)
     if a.render and not a.json:  # the manifest itself, for kubectl apply -f - or a review
         import yaml
         sys.stdout.write(yaml.safe_dump(res["object"], sort_keys=False))
@@ -201,7 +201,8 @@ def _serve(a) -> dict:
     if a.workers not in (None, 1):
         raise UsageError("--workers: one server process per container (scale with replicas)")
     serve(a.model, name=a.name, host=a.host, port=a.port, role=a.role, predictor_host=a.predictor_host,
-          generate_only=a.generate_only, predictor_protocol=a.predictor_protocol)
+          generate_only=a.generate_only, predictor_protocol=a.predictor_protocol,
+          config={"allow_ungated": True} if a.allow_ungated else None)
     return {}
 
 
@@ -373,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="traffic share for this version while the previous keeps the rest (default: all)")
     s.add_argument("--timeout", type=float, default=900, help="seconds to wait for Ready (0: do not wait)")
     s.add_argument("--storage-uri", default=None, help="the version's artifacts (skips the registry lookup)")
+    s.add_argument("--allow-ungated", action="store_true",
+                   help="deploy a version without a passed gate record (recorded on the InferenceService)")
     s.add_argument("--render", action="store_true",
                    help="print the InferenceService a new deploy would create (YAML; no cluster)")
 
@@ -396,6 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a predictor behind a transformer: generation only (safety, rewriting and "
                         "provenance run in the transformer)")
     s.add_argument("--workers", type=int, default=None, help=argparse.SUPPRESS)
+    s.add_argument("--allow-ungated", action="store_true",
+                   help="serve a registry version that has no passed gate record (logged, and shown "
+                        "in the model's metadata)")
     return p
 
 

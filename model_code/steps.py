@@ -259,7 +259,7 @@ def promote_step(registered: dict, alias: str = "production") -> dict[str, Any]:
 @_summary
 def deploy_step(model: str, ref: str = "production", service: str = "", namespace: str = "easel-serving",
                 image: str = "", canary_traffic_percent: int = 100, gpus: int = 0,
-                timeout: float = 900.0) -> dict[str, Any]:
+                timeout: float = 900.0, allow_ungated: bool = False) -> dict[str, Any]:
     """Serve version `ref` (number or alias) of registered model `model` as the KServe
     InferenceService `service` (default: the model's name) and wait until it is ready; an
     existing service switches to the version, with `canary_traffic_percent` of the traffic
@@ -267,7 +267,7 @@ def deploy_step(model: str, ref: str = "production", service: str = "", namespac
     from model_code.cluster.inferenceservice import deploy_model
     res = deploy_model(model, ref, service=service or model, namespace=namespace, image=image,
                        canary_traffic_percent=canary_traffic_percent, gpus=gpus, wait=timeout > 0,
-                       timeout=timeout)
+                       timeout=timeout, allow_ungated=allow_ungated)
     return {k: v for k, v in res.items() if k != "object"}
 
 

@@ -101,6 +101,7 @@ def registered_version(name: str, ref: str | int = "production", artifacts_uri: 
     try:
         mv = c.get_model_version(name, ref) if ref.isdigit() else c.get_model_version_by_alias(name, ref)
         source = c.get_model_version_download_uri(name, str(mv.version))
+        tags = dict(mv.tags or {})
     except MlflowException as e:
         # a missing alias is INVALID_PARAMETER_VALUE in some stores: go by the message too
         if getattr(e, "error_code", "") == "RESOURCE_DOES_NOT_EXIST" or "not found" in str(e):
@@ -109,7 +110,7 @@ def registered_version(name: str, ref: str | int = "production", artifacts_uri: 
             raise ValueError(f"model: no {what} of {name!r} in the registry ({detail})") from None
         raise
     return {"model": name, "version": str(mv.version), "source": source,
-            "storage_uri": kserve_storage_uri(source, artifacts_uri)}
+            "storage_uri": kserve_storage_uri(source, artifacts_uri), "tags": tags}
 
 
 # ---------------------------------------------------------------- the object
@@ -357,7 +358,7 @@ def apply_inferenceservice(new: dict, *, model: str = "", version: str = "",
 def deploy_model(model: str, ref: str | int = "production", *, service: str, namespace: str, image: str,
                  canary_traffic_percent: int | None = None, gpus: int = 0, wait: bool = True,
                  timeout: float = 900.0, dry_run: bool = False, storage_uri: str | None = None,
-                 artifacts_uri: str | None = None, **render: Any) -> dict[str, Any]:
+                 artifacts_uri: str | None = None, allow_ungated: bool = False, **render: Any) -> dict[str, Any]:
     """Serve version `ref` (number or alias) of registered model `model` as InferenceService
     `service` in `namespace`. dry_run: render only (what a new service would look like), no
     cluster. storage_uri: skip the registry lookup (the version's artifacts are known).
@@ -365,11 +366,16 @@ def deploy_model(model: str, ref: str | int = "production", *, service: str, nam
     "action" (created | updated | rendered), "url", "ready", "object"}."""
     if storage_uri:
         info = {"model": model, "version": str(ref) if str(ref).isdigit() else "", "storage_uri": storage_uri}
+        gated = None   # artifacts named directly: no registry version to check
     else:
+        from model_code.registry.registry import check_gated
         info = registered_version(model, ref, artifacts_uri)
+        gated = check_gated(model, info["version"], info["tags"], allow_ungated)
     obj = render_inferenceservice(service, namespace, info["storage_uri"], image, model=model,
                                   version=info["version"], canary_traffic_percent=canary_traffic_percent,
                                   gpus=gpus, **render)
+    if gated is False:   # recorded where the cluster shows it
+        obj["metadata"].setdefault("annotations", {})["easel.ai/gate"] = "ungated (--allow-ungated)"
     summary = {"model": model, "version": info["version"], "storage_uri": info["storage_uri"],
                "service": service, "namespace": namespace,
                "canary_traffic_percent": obj["spec"]["predictor"].get("canaryTrafficPercent", 100)}

@@ -249,6 +249,25 @@ def record_gate(name: str, version: str | int, record: dict) -> dict:
             "run_id": record.get("run_id")}
 
 
+def check_gated(name: str, version: str | int, tags: dict | None, allow_ungated: bool = False) -> bool:
+    """A version may be served or deployed only with a passed gate on record (the tags
+    record_gate writes). Promotion in the MLflow UI (its "Promote model" button, or an alias set
+    by hand) skips Easel's gate; this check is where the gate still holds. Returns True when the
+    version is gated; False when it is not but `allow_ungated` lets it through (logged as a
+    warning: the caller records it in the model's metadata); GateError otherwise."""
+    verdict = (tags or {}).get(GATE_VERDICT) or "none"
+    if verdict == "passed":
+        return True
+    if allow_ungated:
+        log.warning("%s version %s has no passed gate record (gate: %s): served anyway because "
+                    "--allow-ungated was given", name, version, verdict)
+        return False
+    raise GateError(f"{name} version {version} has no passed gate record in the registry (gate: "
+                    f"{verdict}); an alias set in the MLflow UI or by hand skips Easel's gate. Gate "
+                    f"it with `easel evaluate` and `easel model promote {name} {version}`, or pass "
+                    f"--allow-ungated to serve it anyway (recorded)")
+
+
 def gate_record(name: str, version: str | int) -> dict | None:
     """The gate record of a version (None when there is none)."""
     mv = _get_version(tracking.client(), _check_name(name), _check_version(version))

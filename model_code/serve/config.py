@@ -42,6 +42,8 @@ DEFAULTS: dict[str, Any] = {
     "queue_size": 64,                # requests waiting for the generator; more -> 503
     "max_body_bytes": 1_000_000,     # larger request bodies -> 413
     "seed_max": 2**31 - 1,           # seeds accepted from clients: 0..seed_max
+    "allow_ungated": False,          # serve a registry version without a passed gate record
+                                     # (registry.check_gated); recorded in the model's metadata
     "torch_threads": None,           # intra-op threads (None: torch's default); set by `easel serve`,
                                      # which owns its process (in-thread servers leave it alone)
     "rewrite": {
@@ -86,6 +88,7 @@ ENV = {
     "EASEL_REWRITE_URL": "rewrite.url",
     "EASEL_REWRITE_MODEL": "rewrite.model",
     "EASEL_SERVE_MAX_N": "max_n",
+    "EASEL_SERVE_ALLOW_UNGATED": "allow_ungated",
     "EASEL_SERVE_QUEUE_SIZE": "queue_size",
     "EASEL_SERVE_MAX_BATCH": "max_batch",
     "EASEL_SERVE_BATCH_WINDOW_MS": "batch_window_ms",

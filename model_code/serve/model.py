@@ -318,6 +318,7 @@ class ResolvedModel:
     version: str | None = None        # registered model version
     tags: dict = field(default_factory=dict)
     tmp: Any = None                   # keeps a download directory alive
+    gated: bool | None = None         # registry versions: passed gate on record (None: not a registry URI)
 
 
 def find_bundle(local_dir: str) -> str:
@@ -343,19 +344,22 @@ def find_bundle(local_dir: str) -> str:
                      + (f"; several candidates: {found}" if found else ""))
 
 
-def resolve_model(uri: str) -> ResolvedModel:
+def resolve_model(uri: str, allow_ungated: bool = False) -> ResolvedModel:
     """models:/NAME@ALIAS | models:/NAME/VERSION | a local dir | file:// | s3://prefix |
-    /mnt/models (KServe's storage initializer) -> the bundle it holds."""
+    /mnt/models (KServe's storage initializer) -> the bundle it holds. A registry version must
+    have a passed gate on record (registry.check_gated) unless allow_ungated."""
     if not isinstance(uri, str) or not uri.strip():
         raise ValueError("model: a model URI is required (models:/NAME@ALIAS, a directory or s3://...)")
     if uri.startswith("models:/"):
         import mlflow
         from model_code import tracking
         tracking.configure()
+        from model_code.registry.registry import check_gated
         name, version, tags = _registry_version(uri)
+        gated = check_gated(name, version, tags, allow_ungated)
         tmp = tempfile.TemporaryDirectory(prefix="easel-model-")
         local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp.name)
-        return ResolvedModel(find_bundle(local), name, version, tags, tmp)
+        return ResolvedModel(find_bundle(local), name, version, tags, tmp, gated)
     if storage.is_remote(uri):
         if storage.exists(storage.join(uri, "bundle.json")):
             return ResolvedModel(uri)   # Generator.load reads s3:// bundles itself
@@ -433,11 +437,18 @@ class EaselModel(kserve.Model):
                 "version": (r.version if r and r.version else str(lineage.get("version") or "local")),
                 "recipe": meta.get("recipe", ""),
                 "dataset_version": str((r.tags.get("easel.dataset_version") if r else None)
-                                       or lineage.get("dataset_version") or "unknown")}
+                                       or lineage.get("dataset_version") or "unknown"),
+                # a registry version served without a passed gate says so wherever info goes
+                "gate": ("n/a" if r is None or r.gated is None else "passed" if r.gated
+                         else "UNGATED (served with --allow-ungated)")}
+
+    def _allow_ungated(self) -> bool:
+        # the bundle's preset cannot grant this: defaults, EASEL_SERVE_CONFIG, env, --allow-ungated
+        return bool(serve_config(None, overrides=self._config_in)["allow_ungated"])
 
     def load(self) -> bool:
         from model_code.generate import Generator
-        self.resolved = resolve_model(self.model_uri)
+        self.resolved = resolve_model(self.model_uri, self._allow_ungated())
         self.generator = Generator.load(self.resolved.bundle)
         self.cfg = self._make_config(self.generator.meta.get("preset"))
         self.info = self._model_info(self.generator.meta)
@@ -450,8 +461,8 @@ class EaselModel(kserve.Model):
                                         window_s=self.cfg["batch_window_ms"] / 1000.0,
                                         queue_size=self.cfg["queue_size"], metrics=self.metrics)
         self.ready = True
-        log.info("model %s ready: %s version %s (%s), bundle %s", self.name, self.info["name"],
-                 self.info["version"], self.info["recipe"], self.resolved.bundle)
+        log.info("model %s ready: %s version %s (%s), gate %s, bundle %s", self.name, self.info["name"],
+                 self.info["version"], self.info["recipe"], self.info["gate"], self.resolved.bundle)
         return self.ready
 
     def _load_policies(self, embedder: ClipEmbedder | None) -> None:
@@ -652,7 +663,7 @@ class EaselTransformer(EaselModel):
         from model_code.generate import read_bundle_meta
         embedder, meta = None, {}
         if self.model_uri:
-            self.resolved = resolve_model(self.model_uri)
+            self.resolved = resolve_model(self.model_uri, self._allow_ungated())
             meta = read_bundle_meta(self.resolved.bundle)
             embedder = ClipEmbedder.from_bundle(self.resolved.bundle)
         else:

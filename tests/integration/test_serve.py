@@ -303,7 +303,18 @@ def test_model_from_the_registry_names_its_version(bundle, tmp_path_factory, mon
     monkeypatch.setenv("EASEL_HOME", str(home))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home}/mlflow.db")
     from model_code.registry import register_bundle
+    from model_code.registry.registry import GateError, record_gate
+    from model_code.serve.model import EaselModel
     v = register_bundle(bundle, "easel-serve-test", {"dataset_version": "dvc-serve-1", "git_revision": "abc"})
+    # no gate record yet: refused, unless --allow-ungated, which the model's info then says
+    with pytest.raises(GateError, match=f"easel-serve-test version {v['version']} has no passed gate"):
+        resolve_model(v["uri"])
+    m = EaselModel(MODEL, v["uri"], config={**server_config(tmp_path_factory), "allow_ungated": True})
+    m.load()
+    assert m.info["gate"].startswith("UNGATED")
+    m.stop()
+    record_gate("easel-serve-test", v["version"], {"verdict": "passed", "inputs": {}, "metrics": {},
+                                                   "thresholds": {}, "reasons": []})
     srv = start_in_thread(v["uri"], name=MODEL, config=server_config(tmp_path_factory))
     try:
         r = httpx.post(srv.base_url + "/v1/images/generations", json={"prompt": "a red circle", "seed": 1},

@@ -67,6 +67,7 @@ def test_registered_version_reads_the_registry(tmp_path, monkeypatch):
     v2 = c.create_model_version("easel-dalle", "mlflow-artifacts:/1/models/m-bbb/artifacts").version
     c.set_registered_model_alias("easel-dalle", "production", v1)
     prod = isvc.registered_version("easel-dalle", "production")
+    assert prod.pop("tags") == {}
     assert prod == {"model": "easel-dalle", "version": str(v1), "source": "mlflow-artifacts:/1/models/m-aaa/artifacts",
                     "storage_uri": "s3://easel-mlflow/artifacts/1/models/m-aaa/artifacts"}
     assert isvc.registered_version("easel-dalle", v2)["storage_uri"].endswith("/m-bbb/artifacts")
@@ -76,6 +77,35 @@ def test_registered_version_reads_the_registry(tmp_path, monkeypatch):
         isvc.registered_version("easel-dalle", "9")
     with pytest.raises(ValueError, match="no version 1 of 'nope'"):
         isvc.registered_version("nope", "1")
+
+
+def test_a_version_promoted_outside_easels_gate_is_not_deployed_or_served(tmp_path, monkeypatch):
+    """An alias set by hand (or by the MLflow UI's "Promote model") skips Easel's gate: deploy and
+    serve refuse such a version, naming it and how to gate it, unless --allow-ungated."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("EASEL_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("EASEL_MLFLOW_ARTIFACTS_URI", raising=False)
+    from model_code import tracking
+    from model_code.registry.registry import GATE_VERDICT, GateError
+    from model_code.serve.model import resolve_model
+    c = tracking.client()
+    c.create_registered_model("easel-dalle")
+    v1 = c.create_model_version("easel-dalle", "mlflow-artifacts:/1/models/m-aaa/artifacts").version
+    c.set_registered_model_alias("easel-dalle", "production", v1)      # by hand: no gate record
+    kw = dict(service="dalle", namespace="easel-serving", image=IMAGE, dry_run=True)
+    with pytest.raises(GateError, match=rf"easel-dalle version {v1} has no passed gate record.*"
+                                        rf"easel model promote easel-dalle {v1}.*--allow-ungated"):
+        isvc.deploy_model("easel-dalle", "production", **kw)
+    with pytest.raises(GateError, match="no passed gate record"):
+        resolve_model("models:/easel-dalle@production")
+    ungated = isvc.deploy_model("easel-dalle", "production", allow_ungated=True, **kw)
+    assert ungated["object"]["metadata"]["annotations"]["easel.ai/gate"].startswith("ungated")
+    c.set_model_version_tag("easel-dalle", v1, GATE_VERDICT, "failed")
+    with pytest.raises(GateError, match="gate: failed"):
+        isvc.deploy_model("easel-dalle", v1, **kw)
+    c.set_model_version_tag("easel-dalle", v1, GATE_VERDICT, "passed")
+    gated = isvc.deploy_model("easel-dalle", "production", **kw)
+    assert "easel.ai/gate" not in gated["object"]["metadata"]["annotations"]
 
 
 # ---------------------------------------------------------------- the object
