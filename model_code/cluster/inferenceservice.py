@@ -32,6 +32,11 @@ from typing import Any
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 CONTAINER = "kserve-container"
 MODEL_MOUNT = "/mnt/models"
+# C2PA signing material (the chart's provenance.*): a Secret mounted read-only, by convention named
+# easel-c2pa (keys chain.pem, signer.key; docs/deploy.md), or a development chain in an emptyDir
+C2PA_SECRET = "easel-c2pa"
+C2PA_MOUNT = "/etc/easel/c2pa"
+C2PA_DEV_MOUNT = "/var/run/easel/c2pa-dev"
 # Where MLflow's proxied artifacts live (charts/easel-platform: MLFLOW_ARTIFACTS_DESTINATION is
 # s3://<mlflow bucket>/artifacts); a registered version's `mlflow-artifacts:/` source maps there.
 DEFAULT_ARTIFACTS_URI = "s3://easel-mlflow/artifacts"
@@ -156,7 +161,8 @@ def render_inferenceservice(service: str, namespace: str, storage_uri: str, imag
                             scale_target: int = 2, container_concurrency: int = 4, timeout: int = 600,
                             resources: dict | None = None, node_selector: dict[str, str] | None = None,
                             tolerations: list[dict] | None = None, service_account: str | None = None,
-                            image_pull_policy: str = "IfNotPresent") -> dict:
+                            image_pull_policy: str = "IfNotPresent", c2pa_secret: str | None = C2PA_SECRET,
+                            c2pa_dev_chain: bool = False) -> dict:
     """The InferenceService charts/easel-serving renders for a release named `service` with these
     values (defaults: the chart's values.yaml). gpus > 0 puts the predictor on the GPU pool (its
     node selector and toleration) unless node_selector / tolerations are given. ValueError names
@@ -182,6 +188,9 @@ def render_inferenceservice(service: str, namespace: str, storage_uri: str, imag
     if min_replicas > max_replicas:
         raise ValueError(f"min_replicas ({min_replicas}) is larger than max_replicas ({max_replicas})")
 
+    if not c2pa_secret and not c2pa_dev_chain:
+        raise ValueError("c2pa_secret: name the Secret holding the C2PA signing chain (chain.pem) and key "
+                         "(signer.key), or set c2pa_dev_chain for a development chain no verifier trusts")
     res = copy.deepcopy(resources or DEFAULT_RESOURCES)
     if gpus:
         res.setdefault("limits", {})["nvidia.com/gpu"] = gpus
@@ -212,14 +221,19 @@ def render_inferenceservice(service: str, namespace: str, storage_uri: str, imag
                 # the root file system is read-only: caches and temporary files go to /tmp
                 {"name": "HOME", "value": "/tmp"}, {"name": "XDG_CACHE_HOME", "value": "/tmp/.cache"},
                 # weights come from /mnt/models only, never from a hub
-                {"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"}],
+                {"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
+                *_c2pa_env(c2pa_secret)],
         "resources": res,
         "ports": [{"name": "http1", "containerPort": 8080, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": 8080}, "periodSeconds": 10,
                            "failureThreshold": 3},
         "securityContext": copy.deepcopy(SECURITY_CONTEXT),
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}]}]
-    predictor["volumes"] = [{"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}}]
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"},
+                         {"name": "c2pa", "mountPath": C2PA_MOUNT, "readOnly": True} if c2pa_secret
+                         else {"name": "c2pa-dev", "mountPath": C2PA_DEV_MOUNT}]}]
+    predictor["volumes"] = [{"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}},
+                            {"name": "c2pa", "secret": {"secretName": c2pa_secret, "defaultMode": 0o400}}
+                            if c2pa_secret else {"name": "c2pa-dev", "emptyDir": {"sizeLimit": "1Mi"}}]
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "InferenceService",
             "metadata": {"name": service, "namespace": namespace,
                          "labels": {"app.kubernetes.io/name": "easel-serving",
@@ -228,6 +242,14 @@ def render_inferenceservice(service: str, namespace: str, storage_uri: str, imag
                                     "app.kubernetes.io/managed-by": "easel-deploy"},
                          "annotations": annotations},
             "spec": {"predictor": predictor}}
+
+
+def _c2pa_env(secret: str | None) -> list[dict]:
+    """Where the server finds its signing material (charts/easel-serving/templates/_helpers.tpl)."""
+    if secret:
+        return [{"name": "EASEL_C2PA_CERT_CHAIN", "value": f"{C2PA_MOUNT}/chain.pem"},
+                {"name": "EASEL_C2PA_KEY", "value": f"{C2PA_MOUNT}/signer.key"}]
+    return [{"name": "EASEL_C2PA_DEV_DIR", "value": C2PA_DEV_MOUNT}]
 
 
 def update_inferenceservice(existing: dict, storage_uri: str, *, model: str = "", version: str = "",

@@ -85,6 +85,7 @@ ENV = {
     "EASEL_C2PA_CERT_CHAIN": "provenance.cert_chain",
     "EASEL_C2PA_KEY": "provenance.key",
     "EASEL_C2PA_ALG": "provenance.alg",
+    "EASEL_C2PA_DEV_DIR": "provenance.dev_dir",
     "EASEL_REWRITE_URL": "rewrite.url",
     "EASEL_REWRITE_MODEL": "rewrite.model",
     "EASEL_SERVE_MAX_N": "max_n",
@@ -97,7 +98,8 @@ ENV = {
 }
 CONFIG_FILE_ENV = "EASEL_SERVE_CONFIG"
 # keys that are strings as given (a path or URL is never re-typed by YAML parsing)
-_STRING_KEYS = {"provenance.cert_chain", "provenance.key", "provenance.alg", "rewrite.url", "rewrite.model"}
+_STRING_KEYS = {"provenance.cert_chain", "provenance.key", "provenance.alg", "provenance.dev_dir",
+                "rewrite.url", "rewrite.model"}
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 _ALGS = ("es256", "es384", "es512", "ps256", "ps384", "ps512", "ed25519")
 

@@ -257,7 +257,15 @@ def signer_from_config(cfg: dict) -> ManifestSigner | None:
     paths = {"cert_chain": os.path.join(dev_dir, "chain.pem"), "key": os.path.join(dev_dir, "signer.key"),
              "ca": os.path.join(dev_dir, "ca.pem")}
     if not _dev_chain_usable(paths):
-        paths = make_dev_chain(dev_dir)
+        try:
+            paths = make_dev_chain(dev_dir)
+        except OSError as e:   # a read-only root file system (the serving chart's default)
+            raise ValueError(
+                f"provenance: no C2PA signing certificate is configured and the development chain "
+                f"cannot be written to {dev_dir} ({e.strerror or e}): give the server a signing "
+                f"certificate (EASEL_C2PA_CERT_CHAIN and EASEL_C2PA_KEY; the chart's "
+                f"provenance.secretName), or a writable directory for a development chain "
+                f"(EASEL_C2PA_DEV_DIR or EASEL_HOME; the chart's provenance.devChain=true)") from None
     log.warning("no C2PA signing certificate configured (EASEL_C2PA_CERT_CHAIN / EASEL_C2PA_KEY): "
                 "signing with a development chain in %s, which no verifier trusts", dev_dir)
     return ManifestSigner(paths["cert_chain"], paths["key"], "es256")

@@ -240,7 +240,8 @@ def test_deploy_step_renders_what_the_chart_renders(mode):
     if knative:
         predictor["canaryTrafficPercent"] = 10
     values = {"deploymentMode": mode, "image": {"repository": "easel/easel-cuda", "tag": "0.1.0"},
-              "model": {"storageUri": uri, "registeredName": "easel-dalle", "version": "4"}, "predictor": predictor}
+              "model": {"storageUri": uri, "registeredName": "easel-dalle", "version": "4"}, "predictor": predictor,
+              "provenance": {"secretName": "easel-c2pa"}}
     (chart,) = [d for d in render("easel-serving", values) if d["kind"] == "InferenceService"]
     ours = render_inferenceservice(CHARTS["easel-serving"], NAMESPACE["easel-serving"], uri, "easel/easel-cuda:0.1.0",
                                    model="easel-dalle", version="4", deployment_mode=mode, gpus=1,
@@ -558,9 +559,11 @@ def test_serving_raw_deployment_uses_the_hpa():
     ({"predictor": {"canaryTrafficPercent": 120}}, "canaryTrafficPercent"),
     ({"predictor": {"env": [{"name": "AWS_SECRET_ACCESS_KEY", "value": "abc"}]}}, "env"),
     ({"s3": {"endpoint": "http://minio:9000"}}, "endpoint"),
+    ({"provenance": {"secretName": ""}}, "provenance.secretName is required"),
 ])
 def test_serving_rejects_bad_values_with_a_clear_error(bad, message):
-    values = {"model": {"storageUri": "s3://easel-mlflow/artifacts/1/models/m-1/artifacts"}}
+    values = {"model": {"storageUri": "s3://easel-mlflow/artifacts/1/models/m-1/artifacts"},
+              "provenance": {"secretName": "easel-c2pa"}}
     for k, v in bad.items():
         values[k] = {**values.get(k, {}), **v} if isinstance(v, dict) else v
     if not bad:
@@ -828,3 +831,31 @@ def test_deploy_doc_points_at_files_that_exist():
     assert len(paths) >= 8
     missing = [p for p in paths if not os.path.exists(os.path.join(ROOT, p))]
     assert not missing, missing
+
+
+@pytest.mark.parametrize("transformer", [False, True])
+def test_serving_takes_c2pa_signing_material_from_a_secret(transformer):
+    """A locked-down cluster (read-only root file system): the signing chain and key come from a
+    Secret mounted read-only, their paths by env; without one, only an explicit devChain renders
+    (an emptyDir holds the chain, and NOTES.txt warns)."""
+    base = {"model": {"storageUri": "s3://easel-mlflow/artifacts/1/models/m-1/artifacts"},
+            "transformer": {"enabled": transformer}}
+    isvc = _by(render("easel-serving", {**base, "provenance": {"secretName": "my-c2pa"}}), "InferenceService", "dalle")
+    for part in ["predictor"] + (["transformer"] if transformer else []):
+        spec = isvc["spec"][part]
+        (c,) = spec["containers"]
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        assert env["EASEL_C2PA_CERT_CHAIN"] == "/etc/easel/c2pa/chain.pem"
+        assert env["EASEL_C2PA_KEY"] == "/etc/easel/c2pa/signer.key" and "EASEL_C2PA_DEV_DIR" not in env
+        assert {"name": "c2pa", "mountPath": "/etc/easel/c2pa", "readOnly": True} in c["volumeMounts"]
+        vol = next(v for v in spec["volumes"] if v["name"] == "c2pa")
+        assert vol["secret"]["secretName"] == "my-c2pa" and c["securityContext"]["readOnlyRootFilesystem"]
+    dev_values = {**base, "provenance": {"devChain": True}}
+    dev = _by(render("easel-serving", dev_values), "InferenceService", "dalle")
+    (c,) = dev["spec"]["predictor"]["containers"]
+    assert {"name": "EASEL_C2PA_DEV_DIR", "value": "/var/run/easel/c2pa-dev"} in c["env"]
+    assert {"name": "c2pa-dev", "mountPath": "/var/run/easel/c2pa-dev"} in c["volumeMounts"]
+    assert any(v["name"] == "c2pa-dev" and "emptyDir" in v for v in dev["spec"]["predictor"]["volumes"])
+    notes = _chart("easel-serving").render(dev_values, name="dalle", namespace="easel-serving")
+    notes = next(t for p, t in notes.items() if p.endswith("NOTES.txt"))
+    assert "no verifier trusts" in notes and "create secret generic easel-c2pa" in notes

@@ -415,3 +415,36 @@ def test_cli_serve_accepts_kserve_argument_spellings():
     assert build_parser().parse_args(["serve"]).model.startswith("models:/")
 
 
+
+
+def test_an_unwritable_home_without_a_certificate_fails_with_one_clear_line(bundle, tmp_path):
+    """The serving chart's read-only root file system: no signing certificate and nowhere to write
+    a development chain is one line naming both fixes, not a traceback; a writable
+    EASEL_C2PA_DEV_DIR (the chart's devChain emptyDir) or a certificate makes it start."""
+    import subprocess
+    import sys
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EASEL_C2PA")}
+    env.update({"HOME": str(blocker / "home"), "EASEL_HOME": str(blocker / "easel"),
+                "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))})
+    r = subprocess.run([sys.executable, "-m", "model_code.cli", "serve", "--model", bundle, "--host", "127.0.0.1",
+                        "--port", "0"], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("easel: error:")]
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "EASEL_C2PA_CERT_CHAIN" in lines[0] and "provenance.secretName" in lines[0]
+    assert "EASEL_C2PA_DEV_DIR" in lines[0] and "provenance.devChain=true" in lines[0]
+    # the chart's devChain: a writable directory of its own for the chain, the home still read-only
+    from model_code.serve.model import EaselModel
+    old = {k: os.environ.get(k) for k in ("HOME", "EASEL_HOME", "EASEL_C2PA_DEV_DIR")}
+    os.environ.update({"HOME": env["HOME"], "EASEL_HOME": env["EASEL_HOME"],
+                       "EASEL_C2PA_DEV_DIR": str(tmp_path / "c2pa-dev")})
+    try:
+        m = EaselModel(MODEL, bundle, config={"torch_threads": 1})
+        assert m.load() and m.signer is not None
+        m.stop()
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    assert (tmp_path / "c2pa-dev" / "chain.pem").is_file()

@@ -67,6 +67,34 @@ securityContext:
 volumeMounts:
   - name: tmp
     mountPath: /tmp
+  {{- if .Values.provenance.secretName }}
+  - name: c2pa
+    mountPath: /etc/easel/c2pa
+    readOnly: true
+  {{- else }}
+  - name: c2pa-dev
+    mountPath: /var/run/easel/c2pa-dev
+  {{- end }}
+{{- end -}}
+
+{{- /* The C2PA signing material: a Secret (required) or, only when asked, a dev chain. */ -}}
+{{- define "serving.provenanceCheck" -}}
+{{- if and (not .Values.provenance.secretName) (not .Values.provenance.devChain) }}
+{{- fail "provenance.secretName is required: the name of a Secret holding the C2PA signing certificate chain (key chain.pem) and its private key (key signer.key), created with kubectl; or set provenance.devChain=true for a throw-away development chain that no verifier trusts" }}
+{{- end }}
+{{- end -}}
+
+{{- define "serving.provenanceVolume" -}}
+{{- if .Values.provenance.secretName }}
+- name: c2pa
+  secret:
+    secretName: {{ .Values.provenance.secretName }}
+    defaultMode: 0400
+{{- else }}
+- name: c2pa-dev
+  emptyDir:
+    sizeLimit: 1Mi
+{{- end }}
 {{- end -}}
 
 {{- define "serving.commonEnv" -}}
@@ -80,4 +108,15 @@ volumeMounts:
   value: "1"
 - name: PYTHONDONTWRITEBYTECODE
   value: "1"
+{{- if .Values.provenance.secretName }}
+# C2PA signing material from the Secret, read-only
+- name: EASEL_C2PA_CERT_CHAIN
+  value: {{ printf "/etc/easel/c2pa/%s" .Values.provenance.certChainKey | quote }}
+- name: EASEL_C2PA_KEY
+  value: {{ printf "/etc/easel/c2pa/%s" .Values.provenance.keyKey | quote }}
+{{- else }}
+# provenance.devChain: a development chain, made at start-up in its own writable volume
+- name: EASEL_C2PA_DEV_DIR
+  value: /var/run/easel/c2pa-dev
+{{- end }}
 {{- end -}}
