@@ -59,7 +59,7 @@ def render_pytorchjob(part: str, preset: str, image: str, nodes: int, gpus_per_n
                       data: str, out: str, namespace: str, *, name: str | None = None,
                       s3_secret: str = "easel-s3", client_config: str = "easel-client",
                       node_selector: dict[str, str] | None = None,
-                      tolerations: list[dict] | None = None, backoff_limit: int = 3,
+                      tolerations: list[dict] | None = None, backoff_limit: int = 6,
                       extra_args: Iterable[str] = ()) -> dict:
     """The PyTorchJob (a dict ready for the API or `yaml.safe_dump`) training `part` of `preset`.
 

@@ -859,3 +859,12 @@ def test_serving_takes_c2pa_signing_material_from_a_secret(transformer):
     notes = _chart("easel-serving").render(dev_values, name="dalle", namespace="easel-serving")
     notes = next(t for p, t in notes.items() if p.endswith("NOTES.txt"))
     assert "no verifier trusts" in notes and "create secret generic easel-c2pa" in notes
+
+
+def test_pytorchjob_restarts_a_preempted_pod():
+    """A preempted pod exits 143: OnFailure restarts it (it resumes from its checkpoint), and the
+    backoff limit leaves room for a few spot reclaims."""
+    for job in sample_pytorchjobs():
+        assert job["spec"]["runPolicy"]["backoffLimit"] >= 3
+        for spec in job["spec"]["pytorchReplicaSpecs"].values():
+            assert spec["restartPolicy"] == "OnFailure"
