@@ -50,6 +50,9 @@ DEFAULTS: dict[str, Any] = {
     "captions": 2000,          # recaption sidecar rows scored for the captioner metrics
     "grid_prompts": 3,         # prompts per category in the report's sample grids
     "categories": list(DEFAULT_CATEGORIES),
+    # evaluate as served: each prompt goes through the built-in rewriter (DALL-E 3's prompt
+    # upsampling, serve/rewrite.py) before generation, and is judged as the user wrote it
+    "rewrite": True,
 }
 
 
@@ -107,13 +110,21 @@ def load_prompts(dataset: str, out: str, cfg: dict, prompts: str | list | None =
 
 
 def generate_images(generator, prompts: Sequence[dict], samples: int, seed: int, batch_size: int,
-                    candidates: int | None = None, sampling: dict | None = None) -> list:
-    """Generator.generate over the prompt set in batches; batch b uses seed + b (deterministic)."""
+                    candidates: int | None = None, sampling: dict | None = None, rewrite: bool = False) -> list:
+    """Generator.generate over the prompt set in batches; batch b uses seed + b (deterministic).
+    rewrite: each prompt is first rewritten by the serving rewriter (seeded), as a served request
+    is; the prompt dicts get the text that was drawn as "revised"."""
     sampling = dict(sampling or {})
     candidates = candidates if candidates is not None else sampling.pop("candidates", None)
     sampling.pop("candidates", None)
     out = []
     texts = [p["text"] for p in prompts]
+    if rewrite:
+        from model_code.serve.rewrite import BuiltinRewriter
+        rw = BuiltinRewriter()
+        texts = [rw.rewrite(t, seed=seed).text for t in texts]
+        for p, t in zip(prompts, texts):
+            p["revised"] = t
     t0 = last = time.time()
     for b, i in enumerate(range(0, len(texts), batch_size)):
         out += generator.generate(texts[i:i + batch_size], n=samples, candidates=candidates,
@@ -357,7 +368,7 @@ def evaluate(bundle: str, dataset: str, out: str, preset: str | dict = "tiny",
         raise ValueError(f"dataset: no held-out prompts could be made from {dataset}")
     log.info("evaluate: %d prompts x %d samples with %s", len(ps), cfg["samples_per_prompt"], bundle)
     generated = generate_images(gen, ps, cfg["samples_per_prompt"], cfg["seed"], cfg["batch_size"],
-                                candidates, sampling)
+                                candidates, sampling, rewrite=bool(cfg["rewrite"]))
     records = M.heldout_records(dataset, cfg["heldout_images"], cfg["seed"])
     real = [im for _, im, _ in records]
     flat, per, pf = compute_metrics(gen, ps, generated, real)
@@ -376,7 +387,7 @@ def evaluate(bundle: str, dataset: str, out: str, preset: str | dict = "tiny",
                 "candidates": candidates or gen.sampling.get("candidates"), "seed": cfg["seed"],
                 "sampling": json.dumps({**gen.sampling, **sampling}, sort_keys=True, default=str),
                 "dataset_version": gen.meta.get("lineage", {}).get("dataset_version"),
-                "prompts": prompt_source}
+                "prompts": prompt_source, "rewrite": bool(cfg["rewrite"])}
     report, _ = write_report(out, f"Evaluation of {bundle}", settings, flat, per, ps, generated,
                              cfg["grid_prompts"])
     storage.write_text(storage.join(out, "rows.json"), json.dumps(pf["rows"], indent=0, default=str))

@@ -42,7 +42,8 @@ def score_images(prompt: dict, images: Sequence[Image.Image], parse=oracle.parse
                          "text": prompt["text"], "sample": k, "exact": float(ok), "constraint": float(ok),
                          "n_constraints": 1, "failed": [reason] if reason else [],
                          "invalid": reason[len("not a Shapes scene: "):] if reason.startswith("not a Shapes") else None,
-                         "kinds": {"geneval": [int(ok), 1]}, "seen": prompt.get("seen")})
+                         "kinds": {"geneval": [int(ok), 1]}, "seen": prompt.get("seen"),
+                         "revised": prompt.get("revised")})
         return rows
     constraints = parse_caption(prompt["text"])
     rows = []
@@ -57,7 +58,7 @@ def score_images(prompt: dict, images: Sequence[Image.Image], parse=oracle.parse
                      "failed": [r["constraint"] for r in s["results"] if not r["ok"]],
                      "invalid": s["invalid"],
                      "kinds": {kd: [sum(v), len(v)] for kd, v in kinds.items()},
-                     "seen": prompt.get("seen")})
+                     "seen": prompt.get("seen"), "revised": prompt.get("revised")})
     return rows
 
 

@@ -51,6 +51,9 @@ def test_evaluate_end_to_end(env):
     for f in ("samples-long.png", "per_category.csv", "metrics.json", "prompts.json", "rows.json"):
         assert os.path.exists(os.path.join(out, f)), f
     assert json.load(open(os.path.join(out, "metrics.json")))["n_images"] == 18
+    # evaluated as served: every prompt was rewritten (and judged as written)
+    rows = json.load(open(os.path.join(out, "rows.json")))
+    assert all(r["revised"] and r["revised"] != r["text"] for r in rows if r["category"] != "long")
     # the MLflow run: metrics, params, the per-category table and the report as artifacts
     c = MlflowClient()
     run = c.get_run(r["run_id"])
