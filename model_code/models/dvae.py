@@ -27,7 +27,9 @@ Config keys (the `dvae:` preset section; missing keys take the paper's values in
     image_size, channels, downsample (a power of 2: number of groups = log2(downsample) + 1),
     codebook_size, n_hid, n_blk_per_group, n_init, logit_laplace_eps,
     beta_max, beta_warmup_steps, tau_start, tau_end, tau_anneal_steps, lr, lr_end, lr_anneal_steps,
-    and training knobs read by model_code.train (TRAIN_KEYS).
+    lr_warmup_steps, straight_through, and the small-scale settings center_input, logit_norm, b_min
+    (docs/results.md, "The dVAE": why each exists and what it measured), and training knobs read by
+    model_code.train (TRAIN_KEYS).
 """
 from __future__ import annotations
 
@@ -61,6 +63,12 @@ DEFAULTS: dict = {
     "lr": 1e-4,
     "lr_end": 1.25e-6,
     "lr_anneal_steps": 1_200_000,
+    "lr_warmup_steps": 0,        # linear lr warm-up (not in the paper; small presets use it)
+    # small-scale settings (docs/results.md, "The dVAE"); the defaults are the paper's model
+    "center_input": False,       # feed the encoder (x - 0.5) * 2.5 instead of x in [eps, 1-eps]
+    "logit_norm": 0.0,           # > 0: standardise each code's logit over the batch (BatchNorm,
+                                 # no affine) times a learned gain starting here; 0: off (paper)
+    "b_min": 1e-3,               # floor on the logit-Laplace scale b
 }
 # Training knobs that live beside the model keys in the preset section; the model keeps them in
 # its config untouched so the trainer reads one dict.
@@ -68,7 +76,7 @@ TRAIN_KEYS = {"weight_decay", "adam_betas", "adam_eps", "max_steps", "batch_size
               "warmup_steps", "log_every", "val_every", "ckpt_every", "precision"}
 # Floor on the logit-Laplace scale b: 8-bit pixels are 1/255 apart, about 0.012 in logit space
 # after the eps squash, so a smaller b only rewards memorising quantisation noise (and diverges).
-LOG_B_MIN = math.log(1e-3)
+LOG_B_MIN = math.log(1e-3)   # the default floor (config b_min)
 
 
 def resolve_config(cfg: dict | None) -> dict:
@@ -97,7 +105,15 @@ def resolve_config(cfg: dict | None) -> dict:
         raise ValueError(f"dvae.logit_laplace_eps must be in (0, 0.5), got {out['logit_laplace_eps']}")
     if not 0 < out["tau_end"] <= out["tau_start"]:
         raise ValueError(f"dvae.tau_end must be in (0, tau_start], got {out['tau_end']}")
-    for k in ("beta_warmup_steps", "tau_anneal_steps", "lr_anneal_steps"):
+    if not isinstance(out["center_input"], bool):
+        raise ValueError(f"dvae.center_input must be true or false, got {out['center_input']!r}")
+    if not isinstance(out["straight_through"], bool):
+        raise ValueError(f"dvae.straight_through must be true or false, got {out['straight_through']!r}")
+    if isinstance(out["logit_norm"], bool) or not isinstance(out["logit_norm"], (int, float)) or out["logit_norm"] < 0:
+        raise ValueError(f"dvae.logit_norm must be a number >= 0, got {out['logit_norm']!r}")
+    if isinstance(out["b_min"], bool) or not isinstance(out["b_min"], (int, float)) or not 0 < out["b_min"] < 10:
+        raise ValueError(f"dvae.b_min must be a number in (0, 10), got {out['b_min']!r}")
+    for k in ("beta_warmup_steps", "tau_anneal_steps", "lr_anneal_steps", "lr_warmup_steps"):
         if out[k] < 0:
             raise ValueError(f"dvae.{k} must be >= 0, got {out[k]}")
     return out
@@ -124,7 +140,8 @@ def dvae_schedule(step: int, cfg: dict) -> dict:
     beta = _cosine(step, c["beta_warmup_steps"], 0.0, c["beta_max"])
     tau = _cosine(step, c["tau_anneal_steps"], c["tau_start"], c["tau_end"])
     lr = _cosine(step, c["lr_anneal_steps"], c["lr"], c["lr_end"])
-    return {"tau": tau, "beta": beta, "lr_scale": lr / c["lr"]}
+    warm = min(1.0, (step + 1) / c["lr_warmup_steps"]) if c["lr_warmup_steps"] else 1.0
+    return {"tau": tau, "beta": beta, "lr_scale": warm * lr / c["lr"]}
 
 
 # ---------------------------------------------------------------- metrics
@@ -226,8 +243,27 @@ class Encoder(nn.Module):
             ("relu", nn.ReLU()), ("conv", nn.Conv2d(n_in, c["codebook_size"], 1))]))))
         self.blocks = nn.Sequential(OrderedDict(layers))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(x)
+        self.center = c["center_input"]
+        # Small-scale fix of the collapse (docs/results.md): at init every code's logit carries a
+        # constant offset several times larger than its variation across positions (positive
+        # inputs through ReLU stacks), so the argmax is one code everywhere and the Gumbel noise
+        # (std 1.28) drowns what varies. Standardising each code's logit over the batch removes
+        # the offsets and sets their scale against the noise (a learned gain).
+        self.logit_norm = nn.BatchNorm2d(c["codebook_size"], affine=False) if c["logit_norm"] else None
+        self.logit_gain = nn.Parameter(torch.tensor(float(c["logit_norm"]))) if c["logit_norm"] else None
+
+    def forward(self, x: torch.Tensor, batch_stats: bool | None = None) -> torch.Tensor:
+        """batch_stats: normalise the logits with this batch's statistics (training) or the running
+        ones (encode); default: the module's training flag."""
+        if self.center:   # [eps, 1-eps] -> about [-1, 1]: zero-mean input to the first conv
+            x = (x - 0.5) * 2.5
+        logits = self.blocks(x)                                              # (B,K,h,w)
+        if self.logit_norm is not None:
+            bn = self.logit_norm
+            use_batch = self.training if batch_stats is None else batch_stats
+            logits = self.logit_gain * F.batch_norm(logits, bn.running_mean, bn.running_var, training=use_batch,
+                                                    momentum=bn.momentum, eps=bn.eps)
+        return logits
 
 
 class Decoder(nn.Module):
@@ -321,12 +357,13 @@ class DVAE(PretrainedMixin, nn.Module):
         eps = self._config["logit_laplace_eps"]
         return (((x - eps) / (1 - 2 * eps)).clamp(0, 1)) * 2 - 1
 
-    @staticmethod
-    def _split_stats(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Decoder output (B,2C,H,W) -> mu (B,C,H,W) in logit space, log b (B,C,H,W) floored."""
+    def _split_stats(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decoder output (B,2C,H,W) -> mu (B,C,H,W) in logit space, log b (B,C,H,W) floored
+        (smoothly) at log(b_min)."""
         C = out.shape[1] // 2
         mu, raw = out[:, :C].float(), out[:, C:].float()
-        log_b = LOG_B_MIN + F.softplus(raw - LOG_B_MIN)  # smooth floor at LOG_B_MIN
+        floor = math.log(self._config["b_min"])
+        log_b = floor + F.softplus(raw - floor)
         return mu, log_b
 
     @staticmethod
@@ -390,7 +427,7 @@ class DVAE(PretrainedMixin, nn.Module):
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B,3,H,W) in [-1,1] -> codes LongTensor (B,h,w), the argmax of the encoder."""
         self._check_images(images)
-        logits = self.encoder(self.map_pixels(images))
+        logits = self.encoder(self.map_pixels(images), batch_stats=False)
         return logits.argmax(dim=1)
 
     @torch.no_grad()
