@@ -329,7 +329,8 @@ def _set_stage(c, name: str, version: str, stage: str) -> None:
     import warnings
     with warnings.catch_warnings():  # stages are deprecated (MLflow 2.9); set on purpose, quietly
         warnings.simplefilter("ignore", FutureWarning)
-        c.transition_model_version_stage(name, version, stage, archive_existing_versions=True)
+        c.transition_model_version_stage(name, version, stage,
+                                         archive_existing_versions=stage in STAGES.values())
 
 
 def _settle(c, name: str, alias: str) -> str | None:
@@ -375,6 +376,16 @@ def _settle(c, name: str, alias: str) -> str | None:
             if c.get_model_version(name, version).current_stage != stage:
                 _set_stage(c, name, version, stage)
                 wrote = True
+        # two concurrent transitions that each archive "the others" can both miss each other,
+        # leaving a second version in Production/Staging: archive every version the aliases
+        # do not account for (only versions Easel's history has promoted)
+        if want:
+            promoted = {e.get("version") for e in events} | {e.get("from") for e in events}
+            for mv in c.search_model_versions(f"name = '{name}'"):
+                v = str(mv.version)
+                if v in promoted and v not in want and mv.current_stage in STAGES.values():
+                    _set_stage(c, name, v, "Archived")
+                    wrote = True
         if not wrote:
             return targets[alias] if targets[alias] is not None else (
                 None if model.aliases.get(alias) is None else str(model.aliases[alias]))
