@@ -9,6 +9,7 @@ the preset's `evaluate:` section (DEFAULTS below document the keys); arguments o
 Flat metric names (what gates and MLflow see):
     pf.exact, pf.constraint              prompt following, macro mean over categories
     pf.geneval                           Shapes-GenEval overall: mean of GenEval's six tasks (geneval.py)
+    pf.invalid                           share of images that are not Shapes scenes (shapes.invalid_reason)
     pf.<category>.exact_seen / _heldout  compositions seen in training / held out, apart (GenEval tasks)
     pf.<category>.exact / .constraint    per category; pf.<category>.<kind>_acc per constraint kind
     clip_score                           mean image-prompt cosine under the bundle's CLIP

@@ -88,6 +88,8 @@ def summarize_following(rows: Iterable[dict]) -> dict[str, Any]:
                     **{f"{kd}_acc": ok / n for kd, (ok, n) in sorted(c["kinds"].items()) if n}}
     overall = ({"exact": float(np.mean([v["exact"] for v in out.values()])),
                 "constraint": float(np.mean([v["constraint"] for v in out.values()]))} if out else {})
+    if out:   # share of images that are not Shapes scenes at all (noise, blank, clutter)
+        overall["invalid"] = float(np.mean([v["invalid"] for v in out.values()]))
     ge = geneval.overall({t: v["exact"] for t, v in out.items()})
     if ge is not None:   # Shapes-GenEval: the mean of GenEval's six tasks
         overall["geneval"] = ge

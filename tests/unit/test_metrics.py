@@ -18,7 +18,7 @@ def prompts():
 def test_ground_truth_images_follow_their_prompts_exactly(prompts):
     images = [[shapes.render(p["scene"])] for p in prompts]
     pf = M.prompt_following(prompts, images)
-    assert pf["overall"] == {"exact": 1.0, "constraint": 1.0}
+    assert pf["overall"] == {"exact": 1.0, "constraint": 1.0, "invalid": 0.0}
     for cat, v in pf["per_category"].items():
         assert v["exact"] == 1.0 and v["constraint"] == 1.0 and v["images"] == 2, cat
     assert pf["per_category"]["spatial"]["relation_acc"] == 1.0
@@ -52,7 +52,9 @@ def test_chance_following_scores_real_scenes_against_the_prompts(prompts):
     assert M.chance_following([p], [p["scene"]], samples=3)["overall"]["exact"] == 1.0
     unused = next(b for b in shapes.BACKGROUNDS if b not in {q["background"] for q in prompts})
     empty = {"size": 32, "background": unused, "objects": []}
-    assert M.chance_following(prompts, [empty], samples=2)["overall"] == {"exact": 0.0, "constraint": 0.0}
+    # an empty canvas is no Shapes scene: nothing it shows counts
+    assert M.chance_following(prompts, [empty], samples=2)["overall"] == {"exact": 0.0, "constraint": 0.0,
+                                                                         "invalid": 1.0}
     with pytest.raises(ValueError, match="scenes"):
         M.chance_following(prompts, [])
 
