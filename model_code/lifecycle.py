@@ -64,9 +64,14 @@ def run_local(preset: str = "tiny", recipe: str = "all", out: str = "runs/local"
                   unclip_model=names["unclip"], workdir=os.path.join(out, "work"))
     results = {r: release_summary(names[r]) for r in RECIPES[recipe]}
     demos = {}
+    for r, res in results.items():
+        if not res["promoted"]:   # the gate rejected it: reported, never served
+            print(f"{r}: {res['model']} version {res['version']} did not pass its gate and was not "
+                  f"promoted or served: {'; '.join(res['reasons']) or 'see the gate record'}",
+                  file=__import__("sys").stderr)
     if serve:
         from model_code.serve.demo import serve_and_generate
-        for r in RECIPES[recipe]:
+        for r in [r for r in RECIPES[recipe] if results[r]["promoted"]]:
             demos[r] = serve_and_generate(f"models:/{names[r]}@production", os.path.join(out, "served", r),
                                           DEMO_PROMPTS, name=names[r])
     report = write_report(out, preset, recipe, results, demos, mlflow_uri, time.time() - t0)
@@ -81,16 +86,18 @@ def run_local(preset: str = "tiny", recipe: str = "all", out: str = "runs/local"
 
 
 def release_summary(name: str) -> dict[str, Any]:
-    """What the registry says about a recipe's model after the run."""
+    """What the registry says about a recipe's model after the run: the version this run
+    registered (the newest), its gate verdict, and whether it holds production."""
     from model_code.registry.registry import gate_record, list_versions
     versions = list_versions(name)
-    prod = next((v for v in versions if "production" in v["aliases"]), None)
-    if prod is None:
-        raise RuntimeError(f"no version of {name} holds the production alias after the run")
-    record = gate_record(name, prod["version"]) or {}
-    return {"model": name, "version": prod["version"], "gate": prod["gate"],
+    if not versions:
+        raise RuntimeError(f"the run registered no version of {name}")
+    latest = versions[-1]
+    record = gate_record(name, latest["version"]) or {}
+    return {"model": name, "version": latest["version"], "gate": latest["gate"],
+            "promoted": "production" in latest["aliases"],
             "metrics": record.get("metrics", {}), "reasons": record.get("reasons", []),
-            "lineage": json.loads(prod["tags"].get("easel.lineage", "{}"))}
+            "lineage": json.loads(latest["tags"].get("easel.lineage", "{}"))}
 
 
 def write_report(out: str, preset: str, recipe: str, results: dict, demos: dict, mlflow_uri: str,
@@ -111,7 +118,8 @@ def write_report(out: str, preset: str, recipe: str, results: dict, demos: dict,
                   f"quarantined: {meta.get('quarantined')}, duplicates: {meta.get('duplicates')}", "",
                   "![data samples](data-samples.png)", ""]
     for r, res in results.items():
-        lines += [f"## {r}: `{res['model']}` version {res['version']} (gate: {res['gate']})", ""]
+        lines += [f"## {r}: `{res['model']}` version {res['version']} (gate: {res['gate']}"
+                  f"{'' if res['promoted'] else '; not promoted, not served'})", ""]
         if res["metrics"]:
             lines += ["| metric | value |", "|---|---|"]
             lines += [f"| {k} | {v:.4g} |" if isinstance(v, (int, float)) else f"| {k} | {v} |"

@@ -256,6 +256,15 @@ def promote_step(registered: dict, alias: str = "production") -> dict[str, Any]:
     return promote(registered["name"], registered["version"], alias=alias, user="pipeline")
 
 
+def gate_verdict_step(record: dict) -> str:
+    """"passed" | "failed" of a gate record (anything else is an error: a malformed record must
+    not promote by accident)."""
+    verdict = (record or {}).get("verdict")
+    if verdict not in ("passed", "failed"):
+        raise ValueError(f"record: a gate record with verdict passed|failed expected, got {verdict!r}")
+    return verdict
+
+
 @_summary
 def deploy_step(model: str, ref: str = "production", service: str = "", namespace: str = "easel-serving",
                 image: str = "", canary_traffic_percent: int = 100, gpus: int = 0,

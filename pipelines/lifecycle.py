@@ -13,6 +13,7 @@ from components.bundle_dalle.component import bundle_dalle
 from components.deploy.component import deploy as deploy_op
 from components.evaluate.component import evaluate
 from components.gate.component import gate
+from components.gate_verdict.component import gate_verdict
 from components.images import GPU_IMAGE
 from components.promote.component import promote
 from components.register.component import register
@@ -105,14 +106,22 @@ def unclip_stage(dataset, tokenizer, clip, preset, overrides, caption_policy, wo
     return prior, dec, up
 
 
-def release_stage(bundle, dataset, preset, overrides, model_name, workdir, recipe: str, gate_config=""):
-    """evaluate -> register (lineage) -> gate (thresholds + relative rule) -> promote."""
+def release_stage(bundle, dataset, preset, overrides, model_name, workdir, recipe: str, gate_config="",
+                  after_promote=None):
+    """evaluate -> register (lineage) -> gate (thresholds + relative rule) -> promote, only when
+    the gate passed: a rejected model is registered with its failed gate record and the run
+    finishes (it did its job), without promoting it. after_promote(promote_task) adds tasks that
+    need the promotion (inside the same condition)."""
     ev = cluster.gpu(evaluate(bundle=bundle, dataset=dataset, preset=preset, overrides=overrides,
                               name="evaluation-" + recipe, workdir=workdir))
     reg = cluster.cpu(register(bundle=bundle, name=model_name, evaluation=ev.outputs["Output"]), cache=False)
     gt = cluster.cpu(gate(registered=reg.output, evaluation=ev.outputs["Output"], preset=preset, overrides=overrides,
                           gate_config=gate_config), cache=False)
-    pro = cluster.cpu(promote(registered=reg.output, alias="production").after(gt), cache=False)
+    verdict = cluster.cpu(gate_verdict(record=gt.output), cache=False)
+    with dsl.If(verdict.output == "passed", name="gate-passed-" + recipe):
+        pro = cluster.cpu(promote(registered=reg.output, alias="production").after(gt), cache=False)
+        if after_promote is not None:
+            after_promote(pro)
     return ev, reg, gt, pro
 
 
@@ -149,11 +158,12 @@ def lifecycle_pipeline(source: str = "", dataset_version: str = "", recipe: str 
         bd = cluster.cpu(bundle_dalle(tokenizer=tok.outputs["model"], clip=clip.outputs["model"],
                                       dvae=dvae.outputs["model"], transformer=tr.outputs["model"], preset=preset,
                                       dataset=ver.output, name="bundle-dalle", workdir=workdir))
-        *_, pro = release_stage(bd.outputs["bundle"], recaptioned, preset, overrides, dalle_model, workdir,
-                                "dalle", gate_config)
-        with dsl.If(deploy == True, name="deploy-dalle"):  # noqa: E712 (a KFP condition, not Python)
-            deploy_stage(dalle_model, "production", dalle_model, serving_namespace, serving_image,
-                         canary_traffic_percent, serving_gpus).after(pro)
+        def deploy_dalle(pro):
+            with dsl.If(deploy == True, name="deploy-dalle"):  # noqa: E712 (a KFP condition, not Python)
+                deploy_stage(dalle_model, "production", dalle_model, serving_namespace, serving_image,
+                             canary_traffic_percent, serving_gpus).after(pro)
+        release_stage(bd.outputs["bundle"], recaptioned, preset, overrides, dalle_model, workdir,
+                      "dalle", gate_config, after_promote=deploy_dalle)
     with dsl.If(recipe != "dalle", name="unclip"):
         prior, dec, up = unclip_stage(recaptioned, tok.outputs["model"], clip.outputs["model"], preset, overrides,
                                       caption_policy, workdir)
@@ -161,8 +171,9 @@ def lifecycle_pipeline(source: str = "", dataset_version: str = "", recipe: str 
                                        prior=prior.outputs["model"], decoder=dec.outputs["model"],
                                        upsampler=up.outputs["model"], preset=preset, dataset=ver.output,
                                        name="bundle-unclip", workdir=workdir))
-        *_, pro = release_stage(bu.outputs["bundle"], recaptioned, preset, overrides, unclip_model, workdir,
-                                "unclip", gate_config)
-        with dsl.If(deploy == True, name="deploy-unclip"):  # noqa: E712
-            deploy_stage(unclip_model, "production", unclip_model, serving_namespace, serving_image,
-                         canary_traffic_percent, serving_gpus).after(pro)
+        def deploy_unclip(pro):
+            with dsl.If(deploy == True, name="deploy-unclip"):  # noqa: E712
+                deploy_stage(unclip_model, "production", unclip_model, serving_namespace, serving_image,
+                             canary_traffic_percent, serving_gpus).after(pro)
+        release_stage(bu.outputs["bundle"], recaptioned, preset, overrides, unclip_model, workdir,
+                      "unclip", gate_config, after_promote=deploy_unclip)

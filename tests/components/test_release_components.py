@@ -8,6 +8,7 @@ import os
 import pytest
 
 from components.gate.component import gate
+from components.gate_verdict.component import gate_verdict
 from components.promote.component import promote
 from components.register.component import register
 from model_code import tracking
@@ -80,6 +81,8 @@ def test_failed_gate_blocks_promotion(registered, releases, capsys):
     assert record["verdict"] == "failed"
     assert any("clip_score" in r for r in record["reasons"])
     assert gate_record(reg["name"], reg["version"])["verdict"] == "failed"  # on the version
+    # what the pipeline's dsl.If reads: a rejected model is not promoted, and the run goes on
+    assert run(gate_verdict, record=record)["Output"] == "failed"
     with pytest.raises(RuntimeError, match="promote"):
         run(promote, registered=reg, alias="production")
     assert "GateError" in capsys.readouterr().out
@@ -90,9 +93,11 @@ def test_passed_gate_allows_promotion(registered, releases):
     from model_code.registry.registry import list_versions
     reg, ev = registered["dalle"], releases["dalle"]["evaluation"]["Output"]
     # thresholds a two-step model can meet; the recipe-specific dvae.psnr gate applies to dalle
-    reachable = with_overrides(evaluate={"gates": {"clip_score": {"min": -1.0}, "dvae.psnr": {"min": 0.0}}})
+    reachable = with_overrides(evaluate={"gates": {"clip_score": {"min": -1.0}, "dvae.psnr": {"min": 0.0},
+                                                   "pf.invalid": {"max": 1.0}}})
     record = run(gate, registered=reg, evaluation=ev, preset=PRESET, overrides=reachable)["Output"]
     assert record["verdict"] == "passed"
+    assert run(gate_verdict, record=record)["Output"] == "passed"
     assert "dvae.psnr" in record["thresholds"] and record["inputs"]["recipe"] == "dalle"
     promoted = run(promote, registered=reg, alias="production")["Output"]
     assert promoted["alias"] == "production" and promoted["current"] == reg["version"]
