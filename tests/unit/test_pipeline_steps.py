@@ -73,7 +73,7 @@ def test_gate_step_uses_the_recipe_and_the_gate_config(tmp_path, monkeypatch):
     (tmp_path / "a" / "f.txt").write_text("x")
     c.log_artifacts(run.info.run_id, str(tmp_path / "a"), "model")
     version = c.create_model_version("m", f"runs:/{run.info.run_id}/model", run.info.run_id).version
-    metrics = {"clip_score": 0.2, "pf.constraint": 0.3, "pf.short.constraint": 0.3}
+    metrics = {"clip_score": 0.2, "pf.constraint": 0.3, "pf.short.constraint": 0.3, "pf.invalid": 0.5}
     evaluation = {"metrics": metrics, "report": "r.md"}
     unclip = {"name": "m", "version": str(version), "uri": f"models:/m/{version}", "recipe": "unclip"}
     # the tiny preset's dVAE gate is for dalle only: an unclip version passes without it
