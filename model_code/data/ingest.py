@@ -95,6 +95,8 @@ MANIFEST_SCHEMA = pa.schema([
     ("caption", pa.string()), ("curated_caption", pa.string()), ("scene", pa.string()),
     ("source", pa.string()), ("license", pa.string()), ("opt_out", pa.bool_()),
     ("split", pa.string()), ("caption_len", pa.int32()),
+    # True when caption_control="strip" removed control characters from this record's captions
+    ("caption_cleaned", pa.bool_()),
 ])
 MANIFEST_COLUMNS = tuple(MANIFEST_SCHEMA.names)
 PART_SCHEMA = MANIFEST_SCHEMA.append(pa.field("_thumb", pa.binary()))  # + the dedup thumbnail
@@ -113,8 +115,8 @@ DEFAULTS: dict[str, Any] = {
     "keep_opted_out": False,      # an opted-out record is quarantined unless this is set
     # a caption holding control characters (NUL, ESC, bidi overrides, ...; tab/newline/CR are
     # whitespace and are collapsed) is quarantined: it is corrupt or hostile, and silently
-    # stripping it hides that. "strip" keeps the record with the characters removed instead;
-    # dataset.json's parameters record which policy a dataset was made with.
+    # stripping it hides that. "strip" keeps the record with the characters removed instead (the
+    # manifest's caption_cleaned marks it); dataset.json's parameters record the policy.
     "caption_control": "quarantine",
     # local directories a manifest's image paths may point into besides the manifest's own
     # (paths elsewhere are quarantined "outside the source"); `--allow-root DIR` on the CLI
@@ -156,11 +158,12 @@ def _caption_text(value: Any, field: str) -> str | None:
     return value
 
 
-def captions_of(rec: dict, max_chars: int, control: str = "quarantine") -> tuple[str, str | None]:
+def captions_of(rec: dict, max_chars: int, control: str = "quarantine") -> tuple[str, str | None, bool]:
     """(caption, curated_caption) cleaned, or Reject. An empty alt-text falls back to the
     curated caption when there is one (the record still has a caption to train on). Control
-    characters: Reject under control="quarantine" (the default), stripped under "strip"."""
-    out = []
+    characters: Reject under control="quarantine" (the default), stripped under "strip" (the
+    third value says whether anything was stripped: the manifest's caption_cleaned)."""
+    out, cleaned = [], False
     for field in ("caption", "curated_caption"):
         text = _caption_text(rec.get(field), field)
         if text is not None and len(text) > max_chars:
@@ -170,6 +173,7 @@ def captions_of(rec: dict, max_chars: int, control: str = "quarantine") -> tuple
             raise Reject(CONTROL_CHARS, f"{field} holds control character {c[1]} at offset {c[0]} "
                                         f"(ingest caption_control=strip keeps such records with the "
                                         f"characters removed)")
+        cleaned = cleaned or bool(c)
         out.append(None if text is None else clean_caption(text))
     caption, curated = out
     curated = curated or None
@@ -182,7 +186,7 @@ def captions_of(rec: dict, max_chars: int, control: str = "quarantine") -> tuple
         else:
             raise Reject(EMPTY_CAPTION, "caption is empty after stripping whitespace and control "
                                         "characters, and there is no curated caption")
-    return caption, curated
+    return caption, curated, cleaned
 
 
 # ---------------------------------------------------------------- images
@@ -319,7 +323,7 @@ def process_record(rec: dict, cfg: dict) -> dict:
         sources.load_image(rec)  # bytes only; an unreadable file outranks a caption problem
         if rec.get("error"):
             raise Reject(*rec["error"])
-        caption, curated = captions_of(rec, cfg["max_caption_chars"], cfg["caption_control"])
+        caption, curated, cleaned = captions_of(rec, cfg["max_caption_chars"], cfg["caption_control"])
         if rec.get("opt_out") and not cfg["keep_opted_out"]:
             raise Reject(OPTED_OUT, "the record's opt_out flag is set")
         img, info = normalize_image(rec["image"], cfg["size"], cfg["min_side"], cfg["max_aspect"],
@@ -337,7 +341,7 @@ def process_record(rec: dict, cfg: dict) -> dict:
            "scene": json.dumps(scene, separators=(",", ":")) if scene is not None else None,
            "source": source, "license": None if rec.get("license") is None else str(rec["license"]),
            "opt_out": bool(rec.get("opt_out")), "split": split_of(key, cfg["heldout_fraction"]),
-           "caption_len": len(caption)}
+           "caption_len": len(caption), "caption_cleaned": cleaned}
     return {"status": "ok", "row": row, "png": buf.getvalue(), "phash": ph,
             "thumb": hashing.thumbnail(img), "meta": rec.get("meta") or None}
 

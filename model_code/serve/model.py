@@ -552,7 +552,9 @@ class EaselModel(kserve.Model):
                     png = self.signer.sign(png, provenance.ProvenanceInfo(
                         model=info["name"], model_version=info["version"], recipe=info.get("recipe", ""),
                         dataset_version=info.get("dataset_version", "unknown"), prompt=res.request.prompt,
-                        revised_prompt=res.request.generation_prompt, seed=res.seed, clip_score=o.clip_score))
+                        revised_prompt=res.request.generation_prompt, seed=res.seed, clip_score=o.clip_score,
+                        # an image from a version served with --allow-ungated says so in its provenance
+                        extra={"gate": info.get("gate", "n/a")}))
                 o.png = png
 
     async def postprocess(self, result, headers=None, response_headers=None):

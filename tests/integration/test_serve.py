@@ -313,6 +313,14 @@ def test_model_from_the_registry_names_its_version(bundle, tmp_path_factory, mon
     m.load()
     assert m.info["gate"].startswith("UNGATED")
     m.stop()
+    ungated = start_in_thread(v["uri"], name=MODEL, config={**server_config(tmp_path_factory), "allow_ungated": True})
+    try:   # every image it serves carries the fact in its C2PA manifest
+        r = httpx.post(ungated.base_url + "/v1/images/generations", json={"prompt": "a red circle", "seed": 1},
+                       timeout=120).json()
+        gen = provenance.generation_assertion(provenance.verify(base64.b64decode(r["data"][0]["b64_json"]))["manifest"])
+        assert gen["gate"].startswith("UNGATED")
+    finally:
+        ungated.stop()
     record_gate("easel-serve-test", v["version"], {"verdict": "passed", "inputs": {}, "metrics": {},
                                                    "thresholds": {}, "reasons": []})
     srv = start_in_thread(v["uri"], name=MODEL, config=server_config(tmp_path_factory))
@@ -322,6 +330,7 @@ def test_model_from_the_registry_names_its_version(bundle, tmp_path_factory, mon
         assert r["model"] == "easel-serve-test" and r["model_version"] == v["version"]
         gen = provenance.generation_assertion(provenance.verify(base64.b64decode(r["data"][0]["b64_json"]))["manifest"])
         assert gen["model_version"] == v["version"] and gen["dataset_version"] == "dvc-serve-1"
+        assert gen["gate"] == "passed"
     finally:
         srv.stop()
     # KServe's storage initializer copies a model's files to /mnt/models: there the MLflow model

@@ -103,6 +103,7 @@ def test_control_characters_can_be_stripped_by_policy(tmp_path):
     res = ingest(str(src), str(tmp_path / "s"), size=32, workers=0, progress=False, caption_control="strip")
     man, _, _ = check_balance(res, str(tmp_path / "s"))
     assert list(man.caption) == ["a red circle please"]
+    assert list(man.caption_cleaned) == [True]   # the manifest records what was done
     with pytest.raises(ValueError, match="caption_control"):
         ingest(str(src), str(tmp_path / "x"), caption_control="keep")
 
