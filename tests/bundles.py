@@ -4,6 +4,7 @@ with torch.manual_seed(0). Untrained models make noise, not shapes; the tests th
 *good* images train them (tests/e2e)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 
@@ -48,3 +49,22 @@ def tiny_bundle(root: str, recipe: str, **sampling) -> str:
     out = os.path.join(root, "bundle-" + recipe)
     return save_bundle(out, recipe, parts, preset="tiny", sampling=sampling,
                        lineage={"dataset_version": "test", "git": "test"})
+
+
+@contextlib.contextmanager
+def evaluation_env(root):
+    """MLflow and EASEL_HOME inside `root`, and a small ingested Shapes dataset with a held-out
+    split (40 images, 32 px): what evaluation tests need. Yields the dataset directory; the
+    environment is restored afterwards."""
+    old = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "EASEL_HOME")}
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root}/mlflow.db"
+    os.environ["EASEL_HOME"] = str(root / "home")
+    from model_code.data.ingest import ingest
+    from model_code.data.synth import synthesize
+    try:
+        synthesize(str(root / "raw"), n=40, size=32, seed=0, curated_fraction=0.25)
+        ingest(str(root / "raw"), str(root / "ds"), size=32, shard_size=20, heldout_fraction=0.3)
+        yield str(root / "ds")
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from model_code.data import oracle
+from model_code.data import oracle, shapes
 from model_code.evaluate import geneval
 from model_code.text.caption_parser import parse_caption, score_caption, score_image
 
@@ -37,11 +37,12 @@ def score_images(prompt: dict, images: Sequence[Image.Image], parse=oracle.parse
     if "geneval" in prompt:   # GenEval's tasks: GenEval's rules, one verdict per image
         rows = []
         for k, img in enumerate(images):
-            ok, reason = geneval.judge(parse(img), prompt["geneval"])
+            scene = parse(img)
+            ok, reason = geneval.judge(scene, prompt["geneval"])
             rows.append({"prompt_id": prompt.get("id"), "category": prompt.get("category", "prompt"),
                          "text": prompt["text"], "sample": k, "exact": float(ok), "constraint": float(ok),
                          "n_constraints": 1, "failed": [reason] if reason else [],
-                         "invalid": reason[len("not a Shapes scene: "):] if reason.startswith("not a Shapes") else None,
+                         "invalid": shapes.invalid_reason(scene),
                          "kinds": {"geneval": [int(ok), 1]}, "seen": prompt.get("seen"),
                          "revised": prompt.get("revised")})
         return rows

@@ -6,25 +6,14 @@ import os
 
 import pytest
 
-from tests.bundles import build_parts, tiny_bundle
+from tests.bundles import build_parts, evaluation_env, tiny_bundle
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
-    old = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "EASEL_HOME")}
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root}/mlflow.db"
-    os.environ["EASEL_HOME"] = str(root / "home")
-    from model_code.data.ingest import ingest
-    from model_code.data.synth import synthesize
-    synthesize(str(root / "raw"), n=40, size=32, seed=0, curated_fraction=0.25)
-    ingest(str(root / "raw"), str(root / "ds"), size=32, shard_size=20, heldout_fraction=0.3)
-    yield {"root": root, "ds": str(root / "ds"), "dalle": tiny_bundle(str(root), "dalle")}
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with evaluation_env(root) as ds:
+        yield {"root": root, "ds": ds, "dalle": tiny_bundle(str(root), "dalle")}
 
 
 def test_evaluate_end_to_end(env):

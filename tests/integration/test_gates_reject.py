@@ -2,12 +2,10 @@
 canvases fail the gates of every preset that trains models (tiny, small, base; `paper` is built on
 the meta device only and has none). The drawings go through the real evaluation: generation with
 CLIP reranking, the oracle, the judge, the metrics; only what the sampler returns is replaced."""
-import os
-
 import pytest
 import torch
 
-from tests.bundles import tiny_bundle
+from tests.bundles import evaluation_env, tiny_bundle
 
 PRESETS_WITH_GATES = ("tiny", "small", "base")
 
@@ -15,17 +13,9 @@ PRESETS_WITH_GATES = ("tiny", "small", "base")
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("gates-reject")
-    old = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "EASEL_HOME")}
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root}/mlflow.db"
-    os.environ["EASEL_HOME"] = str(root / "home")
-    from model_code.data.ingest import ingest
-    from model_code.data.synth import synthesize
-    synthesize(str(root / "raw"), n=40, size=32, seed=0, curated_fraction=0.25)
-    ingest(str(root / "raw"), str(root / "ds"), size=32, shard_size=20, heldout_fraction=0.3)
-    yield {"root": root, "ds": str(root / "ds"),
-           "bundles": {r: tiny_bundle(str(root / r), r) for r in ("dalle", "unclip")}}
-    for k, v in old.items():
-        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    with evaluation_env(root) as ds:
+        yield {"root": root, "ds": ds,
+               "bundles": {r: tiny_bundle(str(root / r), r) for r in ("dalle", "unclip")}}
 
 
 def _drawing(kind: str):

@@ -56,14 +56,19 @@ def test_storage_uri_root_and_local_sources(monkeypatch):
             isvc.kserve_storage_uri(bad)
 
 
-def test_registered_version_reads_the_registry(tmp_path, monkeypatch):
+def _registry_with_a_version(tmp_path, monkeypatch):
+    """A SQLite registry of this test's own holding easel-dalle version 1 -> (client, version)."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.setenv("EASEL_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("EASEL_MLFLOW_ARTIFACTS_URI", raising=False)
     from model_code import tracking
     c = tracking.client()
     c.create_registered_model("easel-dalle")
-    v1 = c.create_model_version("easel-dalle", "mlflow-artifacts:/1/models/m-aaa/artifacts").version
+    return c, c.create_model_version("easel-dalle", "mlflow-artifacts:/1/models/m-aaa/artifacts").version
+
+
+def test_registered_version_reads_the_registry(tmp_path, monkeypatch):
+    c, v1 = _registry_with_a_version(tmp_path, monkeypatch)
     v2 = c.create_model_version("easel-dalle", "mlflow-artifacts:/1/models/m-bbb/artifacts").version
     c.set_registered_model_alias("easel-dalle", "production", v1)
     prod = isvc.registered_version("easel-dalle", "production")
@@ -82,15 +87,9 @@ def test_registered_version_reads_the_registry(tmp_path, monkeypatch):
 def test_a_version_promoted_outside_easels_gate_is_not_deployed_or_served(tmp_path, monkeypatch):
     """An alias set by hand (or by the MLflow UI's "Promote model") skips Easel's gate: deploy and
     serve refuse such a version, naming it and how to gate it, unless --allow-ungated."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    monkeypatch.setenv("EASEL_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("EASEL_MLFLOW_ARTIFACTS_URI", raising=False)
-    from model_code import tracking
     from model_code.registry.registry import GATE_VERDICT, GateError
     from model_code.serve.model import resolve_model
-    c = tracking.client()
-    c.create_registered_model("easel-dalle")
-    v1 = c.create_model_version("easel-dalle", "mlflow-artifacts:/1/models/m-aaa/artifacts").version
+    c, v1 = _registry_with_a_version(tmp_path, monkeypatch)
     c.set_registered_model_alias("easel-dalle", "production", v1)      # by hand: no gate record
     kw = dict(service="dalle", namespace="easel-serving", image=IMAGE, dry_run=True)
     with pytest.raises(GateError, match=rf"easel-dalle version {v1} has no passed gate record.*"
