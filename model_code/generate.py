@@ -40,6 +40,19 @@ DEFAULT_SAMPLING = {
 }
 
 
+def check_sampling(recipe: str, sampling: dict | None) -> dict:
+    """Sampling settings must be settings of the recipe (DEFAULT_SAMPLING); a bad key is an
+    error that names it (a preset's `sampling.<recipe>`, an evaluation's overrides)."""
+    if recipe not in DEFAULT_SAMPLING:
+        raise ValueError(f"unknown recipe {recipe!r}: choose dalle or unclip")
+    sampling = dict(sampling or {})
+    allowed = set(DEFAULT_SAMPLING[recipe])
+    bad = sorted(set(sampling) - allowed)
+    if bad:
+        raise ValueError(f"sampling: {bad} are not {recipe} settings (allowed: {', '.join(sorted(allowed))})")
+    return sampling
+
+
 # ---------------------------------------------------------------- tensors <-> images
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
     """(B, 3, H, W) in [-1, 1] -> list of RGB images."""
@@ -82,7 +95,7 @@ def save_bundle(out: str, recipe: str, parts: dict[str, str], preset: str = "",
             storage.put_dir(storage.local_path(src), dst)
         names[name] = name
     meta = {"format": BUNDLE_FORMAT, "recipe": recipe, "preset": preset, "parts": names,
-            "sampling": {**DEFAULT_SAMPLING[recipe], **(sampling or {})}, "lineage": lineage or {}}
+            "sampling": {**DEFAULT_SAMPLING[recipe], **check_sampling(recipe, sampling)}, "lineage": lineage or {}}
     storage.write_text(storage.join(out, "bundle.json"), json.dumps(meta, indent=2, default=str))
     return out
 

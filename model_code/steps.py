@@ -178,8 +178,9 @@ def recaption_finalize_step(out: str, parent: str, parts: list[str] | None = Non
 
 @_summary
 def bundle_step(recipe: str, parts: dict[str, str], out: str, preset: str = "tiny",
-                dataset: dict | None = None) -> dict[str, Any]:
-    """Assemble the trained parts of a recipe into one generation bundle. Its lineage names the
+                dataset: dict | None = None, overrides: dict | str | None = None) -> dict[str, Any]:
+    """Assemble the trained parts of a recipe into one generation bundle. Its sampling settings
+    are the preset's `sampling.<recipe>` over generate.DEFAULT_SAMPLING; its lineage names the
     dataset version (`dataset`: version_step's summary), the git revision and the MLflow run
     that trained each part (read from the part's train_state.json)."""
     from model_code.data.version import git_revision
@@ -192,7 +193,8 @@ def bundle_step(recipe: str, parts: dict[str, str], out: str, preset: str = "tin
     lineage = {"dataset_version": (dataset or {}).get("version"), "dataset": (dataset or {}).get("dataset"),
                "git_revision": (dataset or {}).get("git_rev") or git_revision(os.getcwd()),
                "train_run_ids": {k: v for k, v in runs.items() if v}}
-    save_bundle(out, recipe, parts, preset=preset, lineage=lineage)
+    sampling = (_cfg(preset, overrides).get("sampling") or {}).get(recipe)
+    save_bundle(out, recipe, parts, preset=preset, sampling=sampling, lineage=lineage)
     return {"bundle": out, **read_bundle_meta(out)}
 
 

@@ -157,7 +157,8 @@ def lifecycle_pipeline(source: str = "", dataset_version: str = "", recipe: str 
                                caption_policy, workdir)
         bd = cluster.cpu(bundle_dalle(tokenizer=tok.outputs["model"], clip=clip.outputs["model"],
                                       dvae=dvae.outputs["model"], transformer=tr.outputs["model"], preset=preset,
-                                      dataset=ver.output, name="bundle-dalle", workdir=workdir))
+                                      dataset=ver.output, name="bundle-dalle", workdir=workdir,
+                                      overrides=overrides))
         def deploy_dalle(pro):
             with dsl.If(deploy == True, name="deploy-dalle"):  # noqa: E712 (a KFP condition, not Python)
                 deploy_stage(dalle_model, "production", dalle_model, serving_namespace, serving_image,
@@ -170,7 +171,8 @@ def lifecycle_pipeline(source: str = "", dataset_version: str = "", recipe: str 
         bu = cluster.cpu(bundle_unclip(tokenizer=tok.outputs["model"], clip=clip.outputs["model"],
                                        prior=prior.outputs["model"], decoder=dec.outputs["model"],
                                        upsampler=up.outputs["model"], preset=preset, dataset=ver.output,
-                                       name="bundle-unclip", workdir=workdir))
+                                       name="bundle-unclip", workdir=workdir,
+                                       overrides=overrides))
         def deploy_unclip(pro):
             with dsl.If(deploy == True, name="deploy-unclip"):  # noqa: E712
                 deploy_stage(unclip_model, "production", unclip_model, serving_namespace, serving_image,

@@ -23,14 +23,16 @@ def train_pipeline(dataset_uri: str, dataset_version: str = "", recipe: str = "a
                                caption_policy, workdir)
         cluster.cpu(bundle_dalle(tokenizer=tok.outputs["model"], clip=clip.outputs["model"],
                                  dvae=dvae.outputs["model"], transformer=tr.outputs["model"], preset=preset,
-                                 dataset=ver.output, name="bundle-dalle", workdir=workdir))
+                                 dataset=ver.output, name="bundle-dalle", workdir=workdir,
+                                 overrides=overrides))
     with dsl.If(recipe != "dalle", name="unclip"):
         prior, dec, up = unclip_stage(data, tok.outputs["model"], clip.outputs["model"], preset, overrides,
                                       caption_policy, workdir)
         cluster.cpu(bundle_unclip(tokenizer=tok.outputs["model"], clip=clip.outputs["model"],
                                   prior=prior.outputs["model"], decoder=dec.outputs["model"],
                                   upsampler=up.outputs["model"], preset=preset, dataset=ver.output,
-                                  name="bundle-unclip", workdir=workdir))
+                                  name="bundle-unclip", workdir=workdir,
+                                  overrides=overrides))
 
 
 @dsl.pipeline(name="easel-train-multinode",

@@ -72,18 +72,6 @@ def eval_config(preset: str | dict = "tiny", **overrides) -> dict[str, Any]:
     return cfg
 
 
-def check_sampling(generator, sampling: dict | None) -> dict:
-    """Sampling overrides must be settings of the bundle's recipe (generate.DEFAULT_SAMPLING)."""
-    from model_code.generate import DEFAULT_SAMPLING
-    sampling = dict(sampling or {})
-    allowed = set(DEFAULT_SAMPLING[generator.recipe])
-    bad = sorted(set(sampling) - allowed)
-    if bad:
-        raise ValueError(f"sampling: {bad} are not {generator.recipe} settings "
-                         f"(allowed: {', '.join(sorted(allowed))})")
-    return sampling
-
-
 # ---------------------------------------------------------------- the steps
 def load_prompts(dataset: str, out: str, cfg: dict, prompts: str | list | None = None) -> tuple[list[dict], str]:
     """(prompt set, where it came from): given (a list or a prompts.json URI), the dataset's own
@@ -345,12 +333,12 @@ def evaluate(bundle: str, dataset: str, out: str, preset: str | dict = "tiny",
     Returns {"metrics": flat dict, "per_category": {category: {...}}, "report": report.md URI,
     "run_id": MLflow run id or None, "out": out, "inputs": the settings + run_id, which is what
     gates.run_gate(name, version, metrics, preset, inputs=...) records as the gate's inputs}."""
-    from model_code.generate import Generator
+    from model_code.generate import Generator, check_sampling
     t0 = time.time()
     cfg = eval_config(preset, n_per_category=n_per_category, samples_per_prompt=samples_per_prompt,
                       seed=seed, categories=list(categories) if categories else None)
     gen = Generator.load(bundle)
-    sampling = check_sampling(gen, sampling)
+    sampling = check_sampling(gen.recipe, sampling)
     candidates = candidates if candidates is not None else sampling.pop("candidates", None)
     if candidates is not None and (isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1):
         raise ValueError(f"candidates: must be a positive integer, got {candidates!r}")

@@ -26,7 +26,8 @@ import torch
 
 from model_code import storage
 from model_code.evaluate import metrics as M
-from model_code.evaluate.evaluate import check_sampling, eval_config, generate_images, log_run
+from model_code.evaluate.evaluate import eval_config, generate_images, log_run
+from model_code.generate import check_sampling
 from model_code.evaluate.prompts import DEFAULT_CATEGORIES, heldout_prompts
 
 TABLE_EXPERIMENT = "easel-tables"
@@ -209,7 +210,7 @@ def table_captions(bundles: dict[str, str], dataset: str, out: str = "runs/table
     for policy in POLICIES:
         gen = _load(bundles[policy])
         generated = generate_images(gen, ps, cfg["samples_per_prompt"], seed, cfg["batch_size"],
-                                    sampling=check_sampling(gen, sampling))
+                                    sampling=check_sampling(gen.recipe, sampling))
         full = M.prompt_following(ps, [g.images for g in generated])
         pf = full["per_category"]
         imgs = [im for g in generated for im in g.images]
@@ -303,7 +304,7 @@ def table_rerank(bundle: str, dataset: str, out: str = "runs/tables/rerank",
     gen = _load(bundle, "dalle")
     ps = _prompts(dataset, out, cfg["n_per_category"], seed, categories)
     pool_n = budgets[-1]
-    sampling = check_sampling(gen, sampling)
+    sampling = check_sampling(gen.recipe, sampling)
     images, scores = candidate_pool(gen, [p["text"] for p in ps], pool_n, seed, cfg["batch_size"], **sampling)
     cache: dict[tuple[int, int], dict] = {}
 
@@ -396,7 +397,7 @@ def table_guidance(unclip_bundle: str, text_decoder_bundle: str, dataset: str,
     rows, judged = [], {}
     for name, gen in models.items():
         for s in scales:
-            settings = {**check_sampling(gen, sampling), "decoder_guidance": s}
+            settings = {**check_sampling(gen.recipe, sampling), "decoder_guidance": s}
             generated = generate_images(gen, ps, k, seed, cfg["batch_size"], candidates=k, sampling=settings)
             images = [g.images for g in generated]
             pf = M.prompt_following(ps, images)

@@ -17,23 +17,45 @@ from tests.unit.test_loader import shapes_data
 DVAE_HARD_PSNR_FLOOR = 18.5
 
 
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    """The Shapes data every learning test trains on, and held-out scenes no training image shows."""
+    import random
+    from model_code.data.shapes import render, sample_scene
+    data = shapes_data(tmp_path_factory.getbasetemp(), n=1200)
+    rng = random.Random(123)   # another seed than the training data's
+    scenes = [sample_scene(rng, 32) for _ in range(128)]
+    held = torch.from_numpy(np.stack([np.asarray(render(s)) for s in scenes]))
+    return data, scenes, held.permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+@pytest.fixture(scope="module")
+def trained(shapes, tmp_path_factory):
+    """Trained parts, by name, through the real training path (train_part), each once per module."""
+    from model_code.train.parts import get_part
+    from model_code.train.run import train_part
+    data, root, done = shapes[0], tmp_path_factory.mktemp("learn"), {}
+
+    def get(part: str, **overrides) -> tuple[str, dict]:
+        if part not in done:
+            out = str(root / part)
+            done[part] = out, train_part(part, "tiny", data=data, out=out, mlflow=False,
+                                         deps={d: get(d)[0] for d in get_part(part).deps},
+                                         overrides=overrides or None)
+        return done[part]
+    return get
+
+
 @pytest.mark.timeout(600)
-def test_dvae_learns_codes_that_carry_the_objects(tmp_path_factory):
+def test_dvae_learns_codes_that_carry_the_objects(shapes, trained):
     """The tiny preset's dVAE, trained through the real training path, reconstructs held-out
     Shapes images from hard codes (encode -> argmax -> decode) well above the background-only
     level, with more than a handful of codes in use."""
-    from model_code.data.shapes import render, sample_scene
     from model_code.models.dvae import DVAE, codebook_usage, psnr
-    from model_code.train.run import train_part
-    import random
-    data = shapes_data(tmp_path_factory.getbasetemp(), n=1200)
-    out = str(tmp_path_factory.mktemp("learn") / "dvae")
-    s = train_part("dvae", "tiny", data=data, out=out, mlflow=False)
+    out, s = trained("dvae")
     assert s["steps"] == 500
     model = DVAE.from_pretrained(out).eval()
-    rng = random.Random(123)   # scenes no training image shows (another seed)
-    held = torch.from_numpy(np.stack([np.asarray(render(sample_scene(rng, 32))) for _ in range(128)]))
-    held = held.permute(0, 3, 1, 2).float() / 127.5 - 1
+    held = shapes[2]
     codes = model.encode(held)
     got = float(psnr(model.decode(codes), held))
     usage = codebook_usage(codes, model.codebook_size)
@@ -41,3 +63,70 @@ def test_dvae_learns_codes_that_carry_the_objects(tmp_path_factory):
     assert usage["perplexity"] >= 8, usage   # a collapsed codebook uses 1-6 codes
     # the training log's hard-code PSNR tells the same story as this measurement
     assert s["metrics"]["train/hard_psnr"] >= DVAE_HARD_PSNR_FLOOR - 2
+
+
+# measured (2 cores, seed 0; docs/results.md "Learning tests"): see the constants' use below
+TRANSFORMER_STEPS = 300
+TRANSFORMER_NLL_GAP_FLOOR = 0.04     # nats per image token: untrained 0, garbage captions 0.008, 300 steps 0.085
+TRANSFORMER_BACKGROUND_FLOOR = 0.6   # chance 0.25 (four backgrounds); garbage captions 0.28, 300 steps 0.97
+
+
+@pytest.mark.timeout(600)
+def test_dalle_transformer_follows_the_caption(shapes, trained):
+    """The DALL-E transformer, trained on the tiny dVAE's codes with true (scene-graph) captions,
+    (a) predicts a held-out image's codes better from its own caption than from another image's
+    caption (a model that ignores the text has no gap), and (b) draws the background a caption
+    asks for, judged by the oracle on its decoded samples."""
+    from model_code.data.oracle import parse_image
+    from model_code.data.shapes import long_caption
+    from model_code.models.dvae import DVAE
+    from model_code.models.transformer import DalleTransformer
+    from model_code.text.tokenizer import TextTokenizer
+    _, scenes, held = shapes
+    out, s = trained("transformer", train={"steps": {"transformer": TRANSFORMER_STEPS}})
+    assert s["steps"] == TRANSFORMER_STEPS
+    tok, dvae = TextTokenizer.load(trained("tokenizer")[0]), DVAE.from_pretrained(trained("dvae")[0]).eval()
+    model = DalleTransformer.from_pretrained(out).eval()
+    ids, mask = tok.encode_batch([long_caption(sc) for sc in scenes], max_len=model.config["text_len"])
+    with torch.no_grad():
+        codes = dvae.encode(held)
+        own = float(model.forward_loss(ids, mask, codes)["image_loss"])
+        other = float(model.forward_loss(ids.roll(1, 0), mask.roll(1, 0), codes)["image_loss"])
+        drawn = dvae.decode(model.generate(ids[:32], mask[:32], temperature=1.0, seed=0))
+    pixels = ((drawn.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    hits = [parse_image(p).get("background") == sc["background"] for p, sc in zip(pixels, scenes)]
+    print(f"transformer: nll own {own:.3f}, other {other:.3f}, background {np.mean(hits):.2f}")
+    assert other - own >= TRANSFORMER_NLL_GAP_FLOOR, f"caption gap {other - own:.3f} nats/token ({own:.3f} vs {other:.3f})"
+    assert np.mean(hits) >= TRANSFORMER_BACKGROUND_FLOOR, f"background accuracy {np.mean(hits):.2f}"
+
+
+DECODER_STEPS = 300
+DECODER_MSE_GAP_FLOOR = 0.10   # relative; untrained ~0, 300 steps (x0 prediction) 0.38, eps prediction 0.035
+
+
+@pytest.mark.timeout(600)
+def test_unclip_decoder_uses_the_image_embedding(shapes, trained):
+    """The unCLIP decoder, trained on a tiny CLIP's image embeddings, denoises a held-out image
+    better given that image's own CLIP embedding than another image's (same noise, same steps):
+    a decoder that ignores its conditioning has no gap."""
+    from model_code.models.clip import CLIP
+    from model_code.models.decoder import UnCLIPDecoder
+    _, scenes, held = shapes
+    out, s = trained("decoder", train={"steps": {"decoder": DECODER_STEPS}})
+    assert s["steps"] == DECODER_STEPS
+    clip = CLIP.from_pretrained(trained("clip")[0]).eval()
+    model = UnCLIPDecoder.from_pretrained(out).eval()
+    model.config["emb_drop_prob"], model.config["text_drop_prob"] = 0.0, 0.0
+    with torch.no_grad():
+        emb = clip.encode_image(held)
+
+        own = float(np.mean([_seeded(model, held, emb, seed) for seed in range(4)]))
+        other = float(np.mean([_seeded(model, held, emb.roll(1, 0), seed) for seed in range(4)]))
+    print(f"decoder denoising error: own {own:.4f}, other {other:.4f}")
+    assert (other - own) / other >= DECODER_MSE_GAP_FLOOR, f"denoising error {own:.4f} (own) vs {other:.4f} (other)"
+
+
+def _seeded(model, images: torch.Tensor, emb: torch.Tensor, seed: int) -> float:
+    """The decoder's training loss with the noise and timesteps fixed by `seed`."""
+    torch.manual_seed(seed)
+    return float(model.forward_loss(images, emb)["loss"])

@@ -49,3 +49,19 @@ def test_pil_round_trip():
     x = torch.rand(2, 3, 8, 8) * 2 - 1
     y = to_tensor(to_pil(x))
     assert torch.allclose(x, y, atol=1 / 127.5)
+
+
+def test_bundle_sampling_comes_from_the_preset_and_bad_keys_are_named(tmp_path):
+    """bundle_step writes the preset's `sampling.<recipe>` over the recipe defaults; a key that is
+    not a setting of the recipe is an error naming it (not a silently ignored setting)."""
+    from model_code.config import load_preset
+    from model_code.generate import DEFAULT_SAMPLING
+    from model_code.steps import bundle_step
+    parts = build_parts(str(tmp_path / "parts"), "unclip")
+    preset = load_preset("tiny").get("sampling", {}).get("unclip", {})
+    bundle_step("unclip", parts, str(tmp_path / "b1"), "tiny")
+    assert read_bundle_meta(str(tmp_path / "b1"))["sampling"] == {**DEFAULT_SAMPLING["unclip"], **preset}
+    bundle_step("unclip", parts, str(tmp_path / "b2"), "tiny", overrides={"sampling": {"unclip": {"candidates": 3}}})
+    assert read_bundle_meta(str(tmp_path / "b2"))["sampling"]["candidates"] == 3
+    with pytest.raises(ValueError, match=r"'temprature'.*not unclip settings"):
+        bundle_step("unclip", parts, str(tmp_path / "b3"), "tiny", overrides={"sampling": {"unclip": {"temprature": 0.5}}})
