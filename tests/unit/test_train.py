@@ -14,7 +14,7 @@ from model_code.train.parts import PARTS, Context, get_part
 
 # Small enough for a few dozen CPU steps in a test; every other part uses the tiny preset.
 SMALL_DVAE = {"dvae": {"n_hid": 16, "codebook_size": 32, "n_blk_per_group": 1, "n_init": 16,
-                 "downsample": 4, "beta_warmup_steps": 20, "tau_anneal_steps": 40}}
+                 "beta_warmup_steps": 20, "tau_anneal_steps": 40}}
 SMALL_TRANSFORMER = {"transformer": {"n_layer": 1, "n_head": 2, "d_model": 32}}
 FAST = {"train": {"batch_size": 8, "log_every": 5, "sample_n": 4, "progress": "log"}}
 
