@@ -13,7 +13,7 @@ from typing import Any, Iterable
 import yaml
 
 PRESET_DIR = os.path.join(os.path.dirname(__file__), "presets")
-PRESETS = ("tiny", "small", "base", "paper")
+PRESETS = ("tiny", "laptop", "small", "base", "paper")
 
 
 class ConfigError(ValueError):

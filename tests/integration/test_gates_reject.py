@@ -1,5 +1,5 @@
 """Gates that reject noise: an untrained bundle, a bundle that draws noise and one that draws blank
-canvases fail the gates of every preset that trains models (tiny, small, base; `paper` is built on
+canvases fail the gates of every preset that trains models (tiny, laptop, small, base; `paper` is built on
 the meta device only and has none). The drawings go through the real evaluation: generation with
 CLIP reranking, the oracle, the judge, the metrics; only what the sampler returns is replaced."""
 import pytest
@@ -7,7 +7,7 @@ import torch
 
 from tests.bundles import evaluation_env, tiny_bundle
 
-PRESETS_WITH_GATES = ("tiny", "small", "base")
+PRESETS_WITH_GATES = ("tiny", "laptop", "small", "base")
 
 
 @pytest.fixture(scope="module")
