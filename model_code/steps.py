@@ -183,7 +183,7 @@ def bundle_step(recipe: str, parts: dict[str, str], out: str, preset: str = "tin
     are the preset's `sampling.<recipe>` over generate.DEFAULT_SAMPLING; its lineage names the
     dataset version (`dataset`: version_step's summary), the git revision and the MLflow run
     that trained each part (read from the part's train_state.json)."""
-    from model_code.data.version import git_revision
+    from model_code.tracking import git_head as git_revision
     from model_code.generate import read_bundle_meta, save_bundle
     runs = {}
     for part, uri in parts.items():

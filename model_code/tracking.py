@@ -107,23 +107,40 @@ def ensure_experiment(name: str) -> str:
 
 
 # ---------------------------------------------------------------- lineage helpers
-def git_revision(path: str | None = None) -> str | None:
-    """The code revision: EASEL_GIT_SHA (set in images built from CI), else `git rev-parse HEAD`
-    of the checkout holding `path` (default: this package), with "-dirty" when it has local
-    changes; None outside a git checkout."""
-    if os.environ.get("EASEL_GIT_SHA"):
-        return os.environ["EASEL_GIT_SHA"]
-    cwd = path or os.path.dirname(os.path.abspath(__file__))
+def _git(path: str | None, *args: str) -> str | None:
+    """stdout of `git -C DIR ARGS` for the checkout holding `path` (a file or directory; default
+    this package), or None when git fails or is absent."""
+    path = path or os.path.dirname(os.path.abspath(__file__))
+    where = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path)) or "."
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10, cwd=cwd)
-        if sha.returncode != 0 or not sha.stdout.strip():
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, cwd=cwd)
-        return sha.stdout.strip() + ("-dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
+        out = subprocess.run(["git", "-C", where, *args], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_head(path: str | None = None) -> str | None:
+    """The commit: EASEL_GIT_SHA (set in images built from CI, where there is no checkout), else
+    `git rev-parse HEAD` of the checkout holding `path`; None outside a git checkout. The one place
+    Easel asks git for a revision (dataset versions, lineage, run tags)."""
+    if os.environ.get("EASEL_GIT_SHA"):
+        return os.environ["EASEL_GIT_SHA"]
+    out = _git(path, "rev-parse", "HEAD")
+    return out.strip() if out and out.strip() else None
+
+
+def git_dirty(path: str | None = None) -> bool | None:
+    """Whether the checkout holding `path` has uncommitted changes to tracked files (None: unknown)."""
+    if os.environ.get("EASEL_GIT_SHA"):
+        return None
+    out = _git(path, "status", "--porcelain", "--untracked-files=no")
+    return None if out is None else bool(out.strip())
+
+
+def git_revision(path: str | None = None) -> str | None:
+    """The code revision for lineage: git_head, with "-dirty" when the checkout has local changes."""
+    head = git_head(path)
+    return head + ("-dirty" if head and git_dirty(path) else "") if head else None
 
 
 # ---------------------------------------------------------------- noise

@@ -44,8 +44,8 @@ def build_parts(root: str, recipe: str, preset: str = "tiny", overrides: dict | 
     return parts
 
 
-def tiny_bundle(root: str, recipe: str, **sampling) -> str:
-    parts = build_parts(os.path.join(root, "parts-" + recipe), recipe)
+def tiny_bundle(root: str, recipe: str, overrides: dict | None = None, **sampling) -> str:
+    parts = build_parts(os.path.join(root, "parts-" + recipe), recipe, overrides=overrides)
     out = os.path.join(root, "bundle-" + recipe)
     return save_bundle(out, recipe, parts, preset="tiny", sampling=sampling,
                        lineage={"dataset_version": "test", "git": "test"})

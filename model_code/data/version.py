@@ -21,11 +21,11 @@ import hashlib
 import json
 import os
 import posixpath
-import subprocess
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 from model_code import storage
+from model_code.tracking import git_dirty as _git_dirty, git_head as git_revision
 
 IGNORED_NAMES = ("validation.json", "validation.html")  # keep in sync with /.dvcignore
 SKIPPED_DIRS = (".git", ".dvc")                         # DVC never hashes these
@@ -74,26 +74,6 @@ def dir_md5(dataset_dir: str) -> str:
     entries.sort(key=lambda e: e["relpath"])
     # the exact bytes DVC hashes (dvc_data Tree.as_bytes: json.dumps(..., sort_keys=True))
     return hashlib.md5(json.dumps(entries, sort_keys=True).encode("utf-8")).hexdigest() + ".dir"
-
-
-def git_revision(path: str = ".") -> str | None:
-    """HEAD of the git repository holding `path` (a directory), or None."""
-    where = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path)) or "."
-    try:
-        out = subprocess.run(["git", "-C", where, "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
-
-
-def _git_dirty(path: str) -> bool | None:
-    try:
-        out = subprocess.run(["git", "-C", path, "status", "--porcelain", "--untracked-files=no"],
-                             capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return bool(out.stdout.strip()) if out.returncode == 0 else None
 
 
 def _code_dir(dataset_dir: str) -> str:

@@ -40,7 +40,10 @@ def serve_bundle(tmp_path_factory) -> str:
     root = tmp_path_factory.getbasetemp() / "serve-shared"
     bundle = root / "bundle-unclip"
     if not (bundle / "bundle.json").is_file():
-        tiny_bundle(str(root), "unclip", **SAMPLING)
+        # eps prediction: one untrained decoder step leaves 32x32 noise, which the untrained CLIP's
+        # auto-calibrated image safety lets through; an x0 decoder's one-step draft is a flat smear
+        # that it may withhold (the withholding itself is tested below, on purpose)
+        tiny_bundle(str(root), "unclip", overrides={"decoder": {"prediction_type": "epsilon"}}, **SAMPLING)
     return str(bundle)
 
 
