@@ -183,7 +183,7 @@ def bundle_step(recipe: str, parts: dict[str, str], out: str, preset: str = "tin
     are the preset's `sampling.<recipe>` over generate.DEFAULT_SAMPLING; its lineage names the
     dataset version (`dataset`: version_step's summary), the git revision and the MLflow run
     that trained each part (read from the part's train_state.json)."""
-    from model_code.tracking import git_head as git_revision
+    from model_code.tracking import git_head
     from model_code.generate import read_bundle_meta, save_bundle
     runs = {}
     for part, uri in parts.items():
@@ -191,7 +191,7 @@ def bundle_step(recipe: str, parts: dict[str, str], out: str, preset: str = "tin
         if storage.exists(state):
             runs[part] = json.loads(storage.read_text(state)).get("summary", {}).get("mlflow_run_id")
     lineage = {"dataset_version": (dataset or {}).get("version"), "dataset": (dataset or {}).get("dataset"),
-               "git_revision": (dataset or {}).get("git_rev") or git_revision(os.getcwd()),
+               "git_revision": (dataset or {}).get("git_rev") or git_head(os.getcwd()),
                "train_run_ids": {k: v for k, v in runs.items() if v}}
     sampling = (_cfg(preset, overrides).get("sampling") or {}).get(recipe)
     save_bundle(out, recipe, parts, preset=preset, sampling=sampling, lineage=lineage)

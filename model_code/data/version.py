@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from model_code import storage
-from model_code.tracking import git_dirty as _git_dirty, git_head as git_revision
+from model_code.tracking import git_dirty, git_head
 
 IGNORED_NAMES = ("validation.json", "validation.html")  # keep in sync with /.dvcignore
 SKIPPED_DIRS = (".git", ".dvc")                         # DVC never hashes these
@@ -85,7 +85,7 @@ def _code_dir(dataset_dir: str) -> str:
 
 def dataset_version(dataset_dir: str) -> str:
     """"dvc:<md5>.dir@git:<sha>" ("@git:nogit" outside a git repository)."""
-    rev = git_revision(_code_dir(dataset_dir))
+    rev = git_head(_code_dir(dataset_dir))
     return f"dvc:{dir_md5(dataset_dir)}@git:{rev or 'nogit'}"
 
 
@@ -153,7 +153,7 @@ def lineage(dataset_dir: str) -> dict[str, Any]:
     from model_code.data import dataset as ds
     md5 = dir_md5(dataset_dir)
     code = _code_dir(dataset_dir)
-    rev = git_revision(code)
+    rev = git_head(code)
     meta: dict = {}
     if storage.exists(storage.join(dataset_dir, "dataset.json")):
         meta = ds.info(dataset_dir)
@@ -171,7 +171,7 @@ def lineage(dataset_dir: str) -> dict[str, Any]:
     recorded, dvc_file = _recorded_md5(dataset_dir)
     return {"dataset": dataset_dir, "version": f"dvc:{md5}@git:{rev or 'nogit'}",
             "dvc_md5": md5, "git_rev": rev,
-            "git_dirty": _git_dirty(code) if rev else None,
+            "git_dirty": git_dirty(code) if rev else None,
             "dvc_recorded": recorded, "dvc_file": dvc_file,
             "matches_dvc": (recorded == md5) if recorded else None,
             "parent": parent, "parent_version": parent_version,
@@ -226,7 +226,7 @@ def track(dataset_dir: str, repo_dir: str = ".") -> dict[str, str]:
     dvc_file = os.path.join(repo_dir, rel + ".dvc")
     md5, _ = _recorded_md5(os.path.join(repo_dir, rel))
     return {"dvc_file": dvc_file, "md5": md5,
-            "version": f"dvc:{md5}@git:{git_revision(repo_dir) or 'nogit'}"}
+            "version": f"dvc:{md5}@git:{git_head(repo_dir) or 'nogit'}"}
 
 
 def push(repo_dir: str = ".", remote: str | None = None, targets: list[str] | None = None) -> int:
