@@ -207,15 +207,37 @@ def _serve(a) -> dict:
 
 
 # ---------------------------------------------------------------- parser
+def version_string() -> str:
+    """`easel --version`: the installed package's version and, from a git checkout, its commit."""
+    from importlib import metadata
+    from model_code import tracking
+    try:
+        ver = metadata.version("easel")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        ver = "unknown"
+    rev = tracking.git_revision()
+    return f"easel {ver}" + (f" (git {rev})" if rev else "")
+
+
+def _global_options(p: argparse.ArgumentParser, default: Any) -> None:
+    """-v and --json, accepted before or after the subcommand (`easel -v --json data synth ...`)."""
+    p.add_argument("-v", "--verbose", action="store_true", default=default, help="debug logging")
+    p.add_argument("--json", action="store_true", default=default,
+                   help="print a JSON summary as the last line of stdout")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="easel", description="Easel: the lifecycle of DALL-E-family "
                                 "text-to-image models, from data to a served model.")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--version", action="version", version=version_string())
+    _global_options(p, False)
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
 
     def cmd(parent, name: str, fn: Callable, help: str) -> argparse.ArgumentParser:
         sp = parent.add_parser(name, help=help, description=help)
-        sp.add_argument("--json", action="store_true", help="print a JSON summary as the last line of stdout")
+        # the global options again, so they work after the subcommand too; SUPPRESS keeps a value
+        # given before the subcommand from being reset by the subparser's default
+        _global_options(sp, argparse.SUPPRESS)
         sp.set_defaults(fn=fn)
         return sp
 

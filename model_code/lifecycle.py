@@ -74,15 +74,28 @@ def run_local(preset: str = "tiny", recipe: str = "all", out: str = "runs/local"
         for r in [r for r in RECIPES[recipe] if results[r]["promoted"]]:
             demos[r] = serve_and_generate(f"models:/{names[r]}@production", os.path.join(out, "served", r),
                                           DEMO_PROMPTS, name=names[r])
-    report = write_report(out, preset, recipe, results, demos, mlflow_uri, time.time() - t0)
+    serve_cmds = {r: serve_command(names[r]) for r in RECIPES[recipe] if results[r]["promoted"]}
+    report = write_report(out, preset, recipe, results, demos, mlflow_uri, time.time() - t0, serve_cmds)
     first = results[RECIPES[recipe][0]]
     summary = {"mlflow_uri": mlflow_uri, "model": first["model"], "version": first["version"],
                "gates_passed": all(r["gate"] == "passed" for r in results.values()),
                "report": report, "out": out, "recipes": results,
                "seconds": round(time.time() - t0, 1),
-               "mlflow_ui": f"mlflow ui --backend-store-uri {mlflow_uri}"}
-    print(f"report: {report}\nMLflow UI: {summary['mlflow_ui']}", file=__import__("sys").stderr)
+               "mlflow_ui": f"mlflow ui --backend-store-uri {mlflow_uri}", "serve": serve_cmds}
+    lines = [f"report: {report}", f"MLflow UI: {summary['mlflow_ui']}"]
+    lines += [f"serve {r}: {c}" for r, c in serve_cmds.items()]
+    print("\n".join(lines), file=__import__("sys").stderr)
     return summary
+
+
+def serve_command(model: str) -> str:
+    """The exact shell command that serves what this run promoted: the run keeps its registry under
+    its own directory (EASEL_HOME=--out), which a plain `easel serve` started later would not find."""
+    import shlex
+    from model_code import tracking
+    where = (f"EASEL_HOME={shlex.quote(tracking.easel_home())}" if tracking.uses_embedded_store()
+             else f"MLFLOW_TRACKING_URI={shlex.quote(tracking.tracking_uri())}")
+    return f"{where} easel serve --model models:/{model}@production"
 
 
 def release_summary(name: str) -> dict[str, Any]:
@@ -101,7 +114,7 @@ def release_summary(name: str) -> dict[str, Any]:
 
 
 def write_report(out: str, preset: str, recipe: str, results: dict, demos: dict, mlflow_uri: str,
-                 seconds: float) -> str:
+                 seconds: float, serve_cmds: dict[str, str] | None = None) -> str:
     """A Markdown report: the data, every recipe's gated metrics and lineage, and the images the
     served model returned."""
     lines = [f"# Easel lifecycle run: preset `{preset}`, recipe `{recipe}`", "",
@@ -133,6 +146,9 @@ def write_report(out: str, preset: str, recipe: str, results: dict, demos: dict,
             lines += [f"Served on {d['url']} and asked for {len(d['prompts'])} prompts "
                       f"(C2PA verified: {d['provenance_valid']}/{d['images']}):", "",
                       f"![{r} served samples]({os.path.relpath(d['grid'], out)})", ""]
+        if serve_cmds and r in serve_cmds:
+            lines += ["Serve it again (the registry lives in this run's directory):", "",
+                      f"    {serve_cmds[r]}", ""]
     path = os.path.join(out, "report.md")
     with open(path, "w") as f:
         f.write("\n".join(lines))

@@ -112,6 +112,9 @@ class CoCa(PretrainedMixin, nn.Module):
     width, layers, heads   the captioning decoder (GPT-2 blocks with cross-attention)
     dropout           decoder dropout
     contrastive_weight, caption_weight   CoCa loss weights (paper: 1 and 2)
+    freeze_towers     keep the CLIP towers fixed and train only the image projection and decoder
+                      (a warm-started CLIP that saw the whole dataset generalises; fine-tuned on
+                      a few hundred curated images it memorises them: docs/results.md, "The captioner")
     pad_id, bos_id, eos_id, short_id, long_id   the tokenizer's special ids
     """
 
@@ -127,6 +130,7 @@ class CoCa(PretrainedMixin, nn.Module):
         "dropout": 0.0,
         "contrastive_weight": 1.0,  # CoCa: lambda_Con = 1
         "caption_weight": 2.0,      # CoCa: lambda_Cap = 2
+        "freeze_towers": False,     # CoCa trains everything; small curated sets need this
         "pad_id": tok_mod.SPECIAL_TOKENS.index(tok_mod.PAD),
         "bos_id": tok_mod.SPECIAL_TOKENS.index(tok_mod.BOS),
         "eos_id": tok_mod.SPECIAL_TOKENS.index(tok_mod.EOS),
@@ -157,6 +161,8 @@ class CoCa(PretrainedMixin, nn.Module):
         for key in ("pad_id", "bos_id", "eos_id", "short_id", "long_id"):
             if not isinstance(cfg[key], int) or not 0 <= cfg[key] < cfg["vocab_size"]:
                 raise ValueError(f"captioner.{key}={cfg[key]!r} must be a token id in [0, vocab_size)")
+        if not isinstance(cfg["freeze_towers"], bool):
+            raise ValueError(f"captioner.freeze_towers must be true or false, got {cfg['freeze_towers']!r}")
         if not isinstance(cfg.get("clip"), dict):
             raise ValueError(f"captioner.clip must be a dict (the CLIP config), got {type(cfg.get('clip')).__name__}")
 
@@ -172,6 +178,8 @@ class CoCa(PretrainedMixin, nn.Module):
         cfg = self.resolve_config(cfg)
         self.config = cfg
         self.clip = CLIP(cfg["clip"])
+        if cfg["freeze_towers"]:
+            self.clip.requires_grad_(False)  # the trainer's optimiser takes trainable parameters only
         # CLIP's vision width -> decoder width; LN so the cross-attention sees unit-scale tokens
         self.image_proj = nn.Sequential(nn.Linear(self.clip.vision_width, cfg["width"]), nn.LayerNorm(cfg["width"]))
         p = cfg["dropout"]
@@ -242,10 +250,11 @@ class CoCa(PretrainedMixin, nn.Module):
 
         # contrastive: symmetric InfoNCE, exactly CLIP.forward_loss but reusing the image pass
         clip_ids, clip_mask = self._clip_text(ids, mask)
-        z_txt = self.clip.encode_text(clip_ids, clip_mask)  # (B, D)
-        logits = self.clip.logit_scale() * z_img @ z_txt.t()  # (B, B)
-        target = torch.arange(ids.shape[0], device=ids.device)
-        l_con = (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config["freeze_towers"]):
+            z_txt = self.clip.encode_text(clip_ids, clip_mask)  # (B, D); frozen: reported, not trained
+            logits = self.clip.logit_scale() * z_img @ z_txt.t()  # (B, B)
+            target = torch.arange(ids.shape[0], device=ids.device)
+            l_con = (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
 
         # captioning: teacher forcing; position t predicts token t+1
         out = self.decoder(input_ids=ids[:, :-1], attention_mask=mask[:, :-1].long(), encoder_hidden_states=memory)
@@ -255,7 +264,9 @@ class CoCa(PretrainedMixin, nn.Module):
         l_cap = F.cross_entropy(out.logits.reshape(-1, out.logits.shape[-1]), targets.reshape(-1),
                                 ignore_index=-100)
 
-        loss = self.config["contrastive_weight"] * l_con + self.config["caption_weight"] * l_cap
+        loss = self.config["caption_weight"] * l_cap
+        if not self.config["freeze_towers"]:
+            loss = loss + self.config["contrastive_weight"] * l_con
         with torch.no_grad():
             valid = targets != -100
             tok_acc = (out.logits.argmax(-1) == targets)[valid].float().mean()

@@ -44,3 +44,22 @@ def test_run_local_end_to_end(tmp_path):
     report = open(summary["report"]).read()
     assert "C2PA verified" in report and "easel-unclip" in report
     assert os.path.exists(out / "served" / "dalle" / "grid.png")
+
+    # what the run prints to serve its promoted model works later, from another directory, in a
+    # shell without the run's environment (the registry is under --out, not ./.easel)
+    import shlex
+    from tests.servers import _process, free_port
+    words = shlex.split(summary["serve"]["dalle"])
+    assigns = dict(w.split("=", 1) for w in words if "=" in w and not w.startswith("-"))
+    argv = words[len(assigns):]
+    assert argv[:2] == ["easel", "serve"] and assigns == {"EASEL_HOME": str(out)}
+    env = {k: v for k, v in os.environ.items() if k not in ("EASEL_HOME", "MLFLOW_TRACKING_URI")}
+    env.update(assigns)
+    port = free_port()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    cmd = [sys.executable, "-m", "model_code", *argv[1:], "--host", "127.0.0.1", "--port", str(port)]
+    with _process(cmd, str(tmp_path / "serve.log"), env, f"http://127.0.0.1:{port}/v1/models/easel",
+                  lambda status: status == 200, timeout=300, name="easel serve", cwd=str(elsewhere)):
+        pass
+    assert summary["serve"]["dalle"] in report

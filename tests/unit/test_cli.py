@@ -49,3 +49,24 @@ def test_bad_preset_is_clear(tmp_path):
     r = run("run", "local", "--preset", "huge", "--out", str(tmp_path))
     assert r.returncode == 1
     assert "unknown preset 'huge'" in r.stderr
+
+
+def test_version_names_package_and_commit():
+    r = run("--version")
+    assert r.returncode == 0, r.stderr
+    from importlib import metadata
+    assert r.stdout.startswith(f"easel {metadata.version('easel')}")
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_global_options_before_or_after_the_subcommand(tmp_path, where, capsys):
+    sub = ["data", "synth", "--out", str(tmp_path / "raw"), "--n", "4", "--size", "32"]
+    args = ["-v", "--json", *sub] if where == "before" else [*sub, "-v", "--json"]
+    assert main(args) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out.strip().splitlines()[-1])["n"] == 4
+    from model_code.cli import build_parser
+    a = build_parser().parse_args(args)
+    assert a.verbose is True and a.json is True
+    a = build_parser().parse_args(sub)
+    assert a.verbose is False and a.json is False

@@ -163,3 +163,24 @@ def test_warm_start_from_clip_and_clip_text_fit(world):
     assert (cids[torch.arange(n), last] == tok.eos_id).all(), "a cut caption still ends with <eos>"
     out = model.forward_loss(world["images"], ids, mask)
     assert torch.isfinite(out["loss"])
+
+
+def test_frozen_towers_train_only_the_decoder(world, tmp_path):
+    torch.manual_seed(0)
+    tok = world["tok"]
+    model = _model(tok, freeze_towers=True)
+    n = len(world["curated"])
+    ids, mask = encode_targets(tok, world["curated"], ["long"] * n)
+    out = model.forward_loss(world["images"], ids, mask)
+    out["loss"].backward()
+    assert all(p.grad is None for p in model.clip.parameters()), "a frozen tower got a gradient"
+    assert all(p.grad is not None for p in model.decoder.parameters() if p.requires_grad)
+    assert torch.isfinite(out["contrastive_loss"])  # still reported, not trained
+    # the loss is the captioning term alone
+    assert torch.allclose(out["loss"], model.config["caption_weight"] * out["caption_loss"])
+    model.save_pretrained(str(tmp_path / "m"))
+    again = CoCa.from_pretrained(str(tmp_path / "m"))
+    assert again.config["freeze_towers"] is True
+    assert not any(p.requires_grad for p in again.clip.parameters())
+    with pytest.raises(ValueError, match="freeze_towers"):
+        _model(tok, freeze_towers="yes")

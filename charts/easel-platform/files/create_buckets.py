@@ -2,7 +2,8 @@
 
 Idempotent (existing buckets are kept) and patient: the object store may still be starting when the
 hook runs, so it retries until WAIT_SECONDS have passed, then fails with the last error. Works with
-MinIO, SeaweedFS and any S3 service (the `minio` SDK ships in the Easel image).
+MinIO, SeaweedFS and any S3 service, through boto3 (in the Easel image already: MLflow's S3
+artifact store uses it), so the image needs no S3 SDK of its own for this hook.
 
 Environment:
   S3_ENDPOINT            http(s)://host:port of the store
@@ -35,8 +36,7 @@ def _config() -> dict:
     buckets = [b.strip() for b in env.get("BUCKETS", "").split(",") if b.strip()]
     if not buckets:
         raise ValueError("BUCKETS is empty: give a comma-separated list of bucket names")
-    return {"endpoint": endpoint, "netloc": url.netloc, "secure": url.scheme == "https",
-            "region": env.get("AWS_REGION") or "us-east-1", "buckets": buckets,
+    return {"endpoint": endpoint.rstrip("/"), "region": env.get("AWS_REGION") or "us-east-1", "buckets": buckets,
             "wait": float(env.get("WAIT_SECONDS", "300"))}
 
 
@@ -46,15 +46,18 @@ def main() -> int:
     except ValueError as e:
         print(f"create_buckets: {e}", file=sys.stderr)
         return 2
-    from minio import Minio
+    import boto3
+    from botocore.config import Config
 
-    client = Minio(cfg["netloc"], access_key=os.environ["AWS_ACCESS_KEY_ID"],
-                   secret_key=os.environ["AWS_SECRET_ACCESS_KEY"], secure=cfg["secure"],
-                   region=cfg["region"])
+    client = boto3.client("s3", endpoint_url=cfg["endpoint"], region_name=cfg["region"],
+                          aws_access_key_id=os.environ["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=os.environ["AWS_SECRET_ACCESS_KEY"],
+                          config=Config(s3={"addressing_style": "path"}, connect_timeout=5, read_timeout=30,
+                                        retries={"max_attempts": 1}))  # this loop does the waiting
     deadline = time.monotonic() + cfg["wait"]
     while True:  # wait for the store: connection refused and 503s while it starts
         try:
-            existing = {b.name for b in client.list_buckets()}
+            existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
             break
         except Exception as e:  # noqa: BLE001 - any failure is retried until the deadline
             if time.monotonic() >= deadline:
@@ -66,7 +69,10 @@ def main() -> int:
     created = []
     for name in cfg["buckets"]:
         if name not in existing:
-            client.make_bucket(name)
+            # us-east-1 is S3's default location and must not be named (S3 rejects it)
+            extra = ({} if cfg["region"] == "us-east-1"
+                     else {"CreateBucketConfiguration": {"LocationConstraint": cfg["region"]}})
+            client.create_bucket(Bucket=name, **extra)
             created.append(name)
     print(json.dumps({"endpoint": cfg["endpoint"], "created": created,
                       "existing": sorted(set(cfg["buckets"]) - set(created))}))
