@@ -1,5 +1,5 @@
 """KFP components: one folder per step, each one decorated function that calls one library
-function in `model_code.steps` (no logic of its own).
+function in `easel.steps` (no logic of its own).
 
 Images: components run in our own image (the package installed), named by
 EASEL_IMAGE_REGISTRY / EASEL_IMAGE_TAG at compile time. Because they are lightweight Python

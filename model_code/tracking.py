@@ -143,6 +143,22 @@ def git_revision(path: str | None = None) -> str | None:
     return head + ("-dirty" if head and git_dirty(path) else "") if head else None
 
 
+def bundle_lineage(parts: dict[str, str], dataset: dict | None = None) -> dict:
+    """A bundle's lineage: the dataset version (`dataset`: the data version step's summary), the git
+    revision and the MLflow run that trained each part (from the part's train_state.json)."""
+    import json
+    from model_code import storage
+    runs = {}
+    for part, uri in parts.items():
+        state = storage.join(uri, "train_state.json")
+        if storage.exists(state):
+            runs[part] = json.loads(storage.read_text(state)).get("summary", {}).get("mlflow_run_id")
+    dataset = dataset or {}
+    return {"dataset_version": dataset.get("version"), "dataset": dataset.get("dataset"),
+            "git_revision": dataset.get("git_rev") or git_head(os.getcwd()),
+            "train_run_ids": {k: v for k, v in runs.items() if v}}
+
+
 # ---------------------------------------------------------------- noise
 def quiet() -> None:
     """Silence what the stores print on every use and that users cannot act on: SQLAlchemy's

@@ -10,7 +10,7 @@ def bundle_dalle(tokenizer: Input[Model], clip: Input[Model], dvae: Input[Model]
                  overrides: str = "") -> dict:
     """Assemble the DALL-E 1 parts (tokenizer, CLIP reranker, dVAE, transformer) into one bundle
     (sampling settings: the preset's `sampling.dalle`)."""
-    from model_code.steps import bundle_step, input_location as at, output_location
+    from easel.steps import bundle_step, input_location as at, output_location
     return bundle_step("dalle", {"tokenizer": at(tokenizer.path), "clip": at(clip.path), "dvae": at(dvae.path),
                                  "transformer": at(transformer.path)},
                        output_location(bundle.path, workdir, name), preset, dataset, overrides)

@@ -10,7 +10,7 @@ def bundle_unclip(tokenizer: Input[Model], clip: Input[Model], prior: Input[Mode
                   bundle: Output[Model], overrides: str = "") -> dict:
     """Assemble the unCLIP parts (tokenizer, CLIP, prior, decoder, upsampler) into one bundle
     (sampling settings: the preset's `sampling.unclip`)."""
-    from model_code.steps import bundle_step, input_location as at, output_location
+    from easel.steps import bundle_step, input_location as at, output_location
     return bundle_step("unclip", {"tokenizer": at(tokenizer.path), "clip": at(clip.path), "prior": at(prior.path),
                                   "decoder": at(decoder.path), "upsampler": at(upsampler.path)},
                        output_location(bundle.path, workdir, name), preset, dataset, overrides)

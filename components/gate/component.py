@@ -7,5 +7,5 @@ from components.images import CPU_IMAGE
 def gate(registered: dict, evaluation: dict, preset: str, overrides: str, gate_config: str = "") -> dict:
     """Thresholds and the relative rule against production; the record goes onto the version.
     gate_config (JSON) is merged over the preset's gates."""
-    from model_code.steps import gate_step
+    from easel.steps import gate_step
     return gate_step(registered, evaluation, preset, overrides, gate_config)

@@ -7,5 +7,5 @@ from components.images import CPU_IMAGE
 def gate_verdict(record: dict) -> str:
     """The gate record's verdict ("passed" | "failed"): what the pipeline's dsl.If promotes on, so
     that a model the gate rejected is reported, not promoted, and the run still finishes."""
-    from model_code.steps import gate_verdict_step
+    from easel.steps import gate_verdict_step
     return gate_verdict_step(record)

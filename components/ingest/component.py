@@ -8,7 +8,7 @@ from components.images import CPU_IMAGE
 def ingest(raw: Input[Dataset], preset: str, overrides: str, workdir: str,
            dataset: Output[Dataset]) -> dict:
     """Decode, verify, normalise, dedup and shard a source; bad records are quarantined."""
-    from model_code.steps import ingest_step, input_location, output_location
+    from easel.steps import ingest_step, input_location, output_location
     summary = ingest_step(input_location(raw.path), output_location(dataset.path, workdir, "dataset"),
                           preset, overrides)
     dataset.metadata.update({k: summary[k] for k in ("input", "accepted", "quarantined", "duplicates")})

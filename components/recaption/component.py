@@ -8,7 +8,7 @@ from components.images import GPU_IMAGE
 def recaption(dataset: Input[Dataset], captioner: Input[Model], tokenizer: Input[Model], clip: Input[Model],
               shards: list, preset: str, overrides: str, workdir: str, captions: Output[Dataset]) -> dict:
     """Write short and long synthetic captions for a group of shards (filtered, with fallback)."""
-    from model_code.steps import input_location, output_location, recaption_step
+    from easel.steps import input_location, output_location, recaption_step
     return recaption_step(input_location(dataset.path), output_location(captions.path, workdir, "recaptioned"),
                           input_location(captioner.path), input_location(tokenizer.path),
                           input_location(clip.path), shards=shards, preset=preset, overrides=overrides)

@@ -8,7 +8,7 @@ from components.images import CPU_IMAGE
 def synth(preset: str, overrides: str, seed: int, workdir: str, raw: Output[Dataset], source: str = "") -> dict:
     """The raw data to ingest: `source` (image folder, WebDataset, manifest, shapes://) as it is,
     or, when empty, a freshly written Shapes-world source (images, scene graphs, alt-text, curated captions)."""
-    from model_code.steps import source_step
+    from easel.steps import source_step
     summary = source_step(raw.path, source, workdir, preset, overrides, seed=seed)
     raw.metadata.update({k: summary[k] for k in ("n", "size", "source") if k in summary})
     return summary

@@ -8,7 +8,7 @@ from components.images import GPU_IMAGE
 def table_captions(original: Input[Model], synthetic: Input[Model], blend: Input[Model], dataset: Input[Dataset],
                    preset: str, overrides: str, name: str, workdir: str, table: Output[Markdown]) -> dict:
     """DALL-E 3's table: prompt following of generators trained on original / synthetic / blended captions."""
-    from model_code.steps import input_location as at, output_location, table_captions_step
+    from easel.steps import input_location as at, output_location, table_captions_step
     return table_captions_step(at(original.path), at(synthetic.path), at(blend.path), at(dataset.path),
                                output_location(table.path + ".d", workdir, name), preset, overrides,
                                markdown_path=table.path)

@@ -9,7 +9,7 @@ def table_guidance(unclip: Input[Model], text_decoder: Input[Model], dataset: In
                    preset: str, overrides: str, name: str, workdir: str, table: Output[Markdown]) -> dict:
     """DALL-E 2's table: diversity and prompt following against guidance scale, unCLIP versus a
     text-conditioned decoder."""
-    from model_code.steps import input_location as at, output_location, table_guidance_step
+    from easel.steps import input_location as at, output_location, table_guidance_step
     return table_guidance_step(at(unclip.path), at(text_decoder.path), at(dataset.path),
                                output_location(table.path + ".d", workdir, name), scales, preset, overrides,
                                markdown_path=table.path)

@@ -8,6 +8,6 @@ from components.images import GPU_IMAGE
 def train_dvae(dataset: Input[Dataset], preset: str, overrides: str, caption_policy: str,
           name: str, workdir: str, model: Output[Model]) -> dict:
     """Train the DALL-E 1 discrete VAE (Gumbel-softmax, logit-Laplace, KL to 6.6)."""
-    from model_code.steps import input_location, output_location, train_step
+    from easel.steps import input_location, output_location, train_step
     return train_step("dvae", input_location(dataset.path), output_location(model.path, workdir, name),
                       preset, overrides, deps={}, caption_policy=caption_policy)

@@ -11,7 +11,7 @@ def train_multinode(dataset: str, part: str, preset: str, overrides: str, captio
                     image: str, nodes: int, gpus_per_node: int, namespace: str, name: str, workdir: str,
                     model: Output[Model]) -> dict:
     """Train one part on several GPU nodes through the Kubeflow Training Operator (a PyTorchJob)."""
-    from model_code.steps import output_location, pytorchjob_train_step
+    from easel.steps import output_location, pytorchjob_train_step
     return pytorchjob_train_step(part, dataset, output_location(model.path, workdir, name), image, preset,
                                  overrides, deps=deps, caption_policy=caption_policy, nodes=nodes,
                                  gpus_per_node=gpus_per_node, namespace=namespace)

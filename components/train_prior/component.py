@@ -8,6 +8,6 @@ from components.images import GPU_IMAGE
 def train_prior(dataset: Input[Dataset], tokenizer: Input[Model], clip: Input[Model], preset: str, overrides: str, caption_policy: str,
           name: str, workdir: str, model: Output[Model]) -> dict:
     """Train the unCLIP diffusion prior (text -> CLIP image embedding)."""
-    from model_code.steps import input_location, output_location, train_step
+    from easel.steps import input_location, output_location, train_step
     return train_step("prior", input_location(dataset.path), output_location(model.path, workdir, name),
                       preset, overrides, deps={"tokenizer": input_location(tokenizer.path), "clip": input_location(clip.path)}, caption_policy=caption_policy)

@@ -8,6 +8,6 @@ from components.images import CPU_IMAGE
 def train_tokenizer(dataset: Input[Dataset], preset: str, overrides: str, caption_policy: str,
           name: str, workdir: str, model: Output[Model]) -> dict:
     """Train the byte-level BPE tokenizer on the dataset's captions."""
-    from model_code.steps import input_location, output_location, train_step
+    from easel.steps import input_location, output_location, train_step
     return train_step("tokenizer", input_location(dataset.path), output_location(model.path, workdir, name),
                       preset, overrides, deps={}, caption_policy=caption_policy)

@@ -8,6 +8,6 @@ from components.images import GPU_IMAGE
 def train_transformer(dataset: Input[Dataset], tokenizer: Input[Model], dvae: Input[Model], preset: str, overrides: str, caption_policy: str,
           name: str, workdir: str, model: Output[Model]) -> dict:
     """Train the DALL-E 1 transformer over [text tokens, image codes]."""
-    from model_code.steps import input_location, output_location, train_step
+    from easel.steps import input_location, output_location, train_step
     return train_step("transformer", input_location(dataset.path), output_location(model.path, workdir, name),
                       preset, overrides, deps={"tokenizer": input_location(tokenizer.path), "dvae": input_location(dvae.path)}, caption_policy=caption_policy)

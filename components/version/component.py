@@ -8,5 +8,5 @@ from components.images import CPU_IMAGE
 def version(dataset: Input[Dataset], expected: str = "") -> dict:
     """The dataset's version id (DVC content hash + git revision) and lineage; with `expected`, a
     dataset of other content stops the run."""
-    from model_code.steps import input_location, version_step
+    from easel.steps import input_location, version_step
     return version_step(input_location(dataset.path), expected)

@@ -14,6 +14,7 @@ From a shell: `python -m model_code.cluster.pytorchjob render transformer --node
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import time
@@ -53,6 +54,31 @@ def _scale_quantity(quantity: str | int, factor: float) -> str:
     if not m:
         raise ValueError(f"cannot scale resource quantity {quantity!r} from the template")
     return f"{max(1, round(int(m.group(1)) * factor))}{m.group(2) or ''}"
+
+
+def job_name(part: str, preset: str, out: str) -> str:
+    """A job name fixed by what it trains and where: a retried pipeline step finds its own job
+    again instead of starting a second one."""
+    import hashlib
+    return f"easel-{part}-{preset}-{hashlib.sha1(out.encode()).hexdigest()[:8]}"
+
+
+def train_args(deps: dict[str, str] | None = None, overrides: dict | None = None) -> list[str]:
+    """`easel train` arguments for a pod: --dep PART=URI per dependency, --set key=value per leaf
+    of `overrides` (values as JSON, which the CLI reads as YAML)."""
+    def leaves(tree: dict, prefix: str = ""):
+        for key, value in tree.items():
+            if isinstance(value, dict) and value:
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}={json.dumps(value)}"
+    args: list[str] = []
+    for dep, uri in sorted((deps or {}).items()):
+        if uri:
+            args += ["--dep", f"{dep}={uri}"]
+    for item in leaves(overrides or {}):
+        args += ["--set", item]
+    return args
 
 
 def render_pytorchjob(part: str, preset: str, image: str, nodes: int, gpus_per_node: int,

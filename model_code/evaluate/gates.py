@@ -95,6 +95,19 @@ def gate_config(config: dict | str) -> dict[str, Any]:
     return {"gates": gates, "margin": margin, "tolerance": tolerance}
 
 
+def with_gate_config(cfg: dict, extra: dict | None) -> dict:
+    """A resolved preset with `extra` ({"gates": ..., "margin": ..., "tolerance": ...}, or the same
+    under "evaluate") merged over its `evaluate:` section, checked by gate_config (ValueError
+    naming the field) before anything is recorded."""
+    from model_code.config import deep_merge
+    if extra is not None and not isinstance(extra, dict):
+        raise ValueError(f"gate_config: expected a JSON object (a mapping) like {{\"gates\": {{...}}}}, got {extra!r}")
+    if extra:
+        cfg = deep_merge(cfg, {"evaluate": extra.get("evaluate", extra)})
+    gate_config(cfg)
+    return cfg
+
+
 def _number(v: Any, field: str) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
         raise ValueError(f"{field}: expected a finite number, got {v!r}")

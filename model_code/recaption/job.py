@@ -360,6 +360,21 @@ def _count_sidecars(out: str, indices: Sequence[int]) -> dict:
 
 
 # ---------------------------------------------------------------- finalize: the new dataset version
+def gather_sidecars(out: str, parts: Sequence[str]) -> int:
+    """Copy the caption sidecars of a recaption fan-out's parts (each a `recaption` out) into
+    `out/captions/`; a part that is `out` itself (the fan-out wrote there) is skipped. Returns
+    the number of sidecars copied."""
+    copied = 0
+    for part in parts:
+        if part.rstrip("/") == out.rstrip("/"):
+            continue
+        for uri in storage.ls(storage.join(part, "captions"), "*.parquet"):
+            storage.write_bytes(storage.join(out, "captions", posixpath.basename(uri.rstrip("/"))),
+                                storage.read_bytes(uri))
+            copied += 1
+    return copied
+
+
 def finalize(out: str, parent: str) -> dict:
     """Write out/dataset.json: a new dataset version whose images are the parent's shards and
     whose captions are the sidecars. Every parent shard must have its sidecar, and each sidecar

@@ -56,7 +56,7 @@ def start_server(bundle: str, work: str, threads: int, overrides: dict | None, t
             json.dump(overrides, f)
         env["EASEL_SERVE_CONFIG"] = path
     log = open(os.path.join(work, f"server-{tag}.log"), "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "model_code", "serve", "--model", bundle, "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "easel", "serve", "--model", bundle, "--port", str(port)],
                             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300

@@ -30,5 +30,5 @@ def with_overrides(**sections) -> str:
 
 def location(artifact: dsl.Artifact) -> str:
     """The data behind an artifact (follows the reference a component writes with a workdir)."""
-    from model_code.steps import input_location
+    from easel.steps import input_location
     return input_location(artifact.path)

@@ -25,7 +25,7 @@ def test_run_local_end_to_end(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "EASEL_HOME": str(out)}
     env.pop("MLFLOW_TRACKING_URI", None)
-    r = subprocess.run([sys.executable, "-m", "model_code", "run", "local", "--preset", "tiny", "--out", str(out),
+    r = subprocess.run([sys.executable, "-m", "easel", "run", "local", "--preset", "tiny", "--out", str(out),
                         "--json", *SHRINK], capture_output=True, text=True, env=env, timeout=3000,
                        cwd=tmp_path)  # outside any git checkout, as a new user's directory may be
     if r.returncode != 0:  # the failing task's traceback, not only the pipeline's last words
@@ -58,7 +58,7 @@ def test_run_local_end_to_end(tmp_path):
     port = free_port()
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    cmd = [sys.executable, "-m", "model_code", *argv[1:], "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [sys.executable, "-m", "easel", *argv[1:], "--host", "127.0.0.1", "--port", str(port)]
     with _process(cmd, str(tmp_path / "serve.log"), env, f"http://127.0.0.1:{port}/v1/models/easel",
                   lambda status: status == 200, timeout=300, name="easel serve", cwd=str(elsewhere)):
         pass

@@ -87,7 +87,7 @@ def mlflow_s3(s3, tmp_path_factory):
 # logged model under other names, which costs no upload.
 @pytest.fixture(scope="module")
 def local_model(bundle, home):
-    from model_code.cli import main
+    from easel.cli import main
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(io.StringIO()) as out:
         _embedded_env(mp, home)
         lineage = [f"{k}={json.dumps(v) if isinstance(v, dict) else v}" for k, v in LINEAGE.items()]
@@ -222,7 +222,7 @@ def test_round_trip_embedded_and_server(expected, home, local_model, server_mode
 
 # ---------------------------------------------------------------- gate, force, rollback, CLI
 def _cli(capsys, *argv):
-    from model_code.cli import main
+    from easel.cli import main
     rc = main(list(argv))
     out, err = capsys.readouterr()
     return rc, (json.loads(out.strip().splitlines()[-1]) if rc == 0 and "--json" in argv else out), err

@@ -27,7 +27,7 @@ SETTINGS = [  # a small real dVAE; the paper's schedules squeezed into the run
 
 def command(data: str, out: str) -> list[str]:
     """`easel train` (the CLI a PyTorchJob pod and a user run), with its JSON summary."""
-    cmd = [sys.executable, "-m", "model_code.cli", "train", "dvae", "--preset", "tiny", "--data", data,
+    cmd = [sys.executable, "-m", "easel.cli", "train", "dvae", "--preset", "tiny", "--data", data,
            "--out", out, "--json"]
     for s in SETTINGS:
         cmd += ["--set", s]

@@ -418,7 +418,7 @@ def test_serve_config_layers_and_errors(monkeypatch, tmp_path):
 
 
 def test_cli_serve_accepts_kserve_argument_spellings():
-    from model_code.cli import build_parser
+    from easel.cli import build_parser
     a = build_parser().parse_args(["serve", "--model", "/mnt/models", "--role", "transformer",
                                    "--model_name", "m", "--predictor_host", "pred:80", "--http_port", "9000",
                                    "--workers", "1"])
@@ -440,7 +440,7 @@ def test_an_unwritable_home_without_a_certificate_fails_with_one_clear_line(bund
     env = {k: v for k, v in os.environ.items() if not k.startswith("EASEL_C2PA")}
     env.update({"HOME": str(blocker / "home"), "EASEL_HOME": str(blocker / "easel"),
                 "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))})
-    r = subprocess.run([sys.executable, "-m", "model_code.cli", "serve", "--model", bundle, "--host", "127.0.0.1",
+    r = subprocess.run([sys.executable, "-m", "easel.cli", "serve", "--model", bundle, "--host", "127.0.0.1",
                         "--port", "0"], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode != 0
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("easel: error:")]

@@ -5,11 +5,11 @@ import sys
 
 import pytest
 
-from model_code.cli import main
+from easel.cli import main
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "model_code", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "easel", *args], capture_output=True, text=True,
                           timeout=300)
 
 
@@ -65,7 +65,7 @@ def test_global_options_before_or_after_the_subcommand(tmp_path, where, capsys):
     assert main(args) == 0
     out = capsys.readouterr()
     assert json.loads(out.out.strip().splitlines()[-1])["n"] == 4
-    from model_code.cli import build_parser
+    from easel.cli import build_parser
     a = build_parser().parse_args(args)
     assert a.verbose is True and a.json is True
     a = build_parser().parse_args(sub)

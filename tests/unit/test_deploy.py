@@ -13,7 +13,7 @@ import referencing
 import yaml
 from kubernetes.client.rest import ApiException
 
-from model_code.cli import main
+from easel.cli import main
 from model_code.cluster import inferenceservice as isvc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -138,7 +138,7 @@ def test_render_validates_and_carries_the_version():
 
 def test_the_served_arguments_parse():
     """The predictor's args are a valid `easel serve` command line (the chart uses the same)."""
-    from model_code.cli import build_parser
+    from easel.cli import build_parser
     obj = isvc.render_inferenceservice("dalle", "easel-serving", URI, IMAGE)
     a = build_parser().parse_args(obj["spec"]["predictor"]["containers"][0]["args"])
     assert (a.model, a.name, a.host, a.port) == ("/mnt/models", "dalle", "0.0.0.0", 8080)

@@ -56,7 +56,7 @@ def test_bundle_sampling_comes_from_the_preset_and_bad_keys_are_named(tmp_path):
     not a setting of the recipe is an error naming it (not a silently ignored setting)."""
     from model_code.config import load_preset
     from model_code.generate import DEFAULT_SAMPLING
-    from model_code.steps import bundle_step
+    from easel.steps import bundle_step
     parts = build_parts(str(tmp_path / "parts"), "unclip")
     preset = load_preset("tiny").get("sampling", {}).get("unclip", {})
     bundle_step("unclip", parts, str(tmp_path / "b1"), "tiny")

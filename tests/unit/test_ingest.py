@@ -440,7 +440,7 @@ def test_a_manifest_naming_files_outside_its_directory_is_refused_unless_allowed
     assert set(quar.key) == {"k2", "k3", "k4", "k5"} and set(quar.reason) == {"outside the source"}
     assert all("--allow-root" in d for d in quar.detail)
     # the user names the directory: allowed (k3..k5 are the same picture: duplicates of k2)
-    out = subprocess.run([sys.executable, "-m", "model_code.cli", "data", "ingest", str(d / "manifest.parquet"),
+    out = subprocess.run([sys.executable, "-m", "easel.cli", "data", "ingest", str(d / "manifest.parquet"),
                           "--out", str(tmp_path / "o2"), "--size", "32", "--workers", "0", "--quiet",
                           "--allow-root", str(elsewhere), "--json"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

@@ -11,8 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import yaml
 
-from model_code.cli import main
-from model_code.pipeline_client import (PipelineHostError, build_request, check_arguments, declared_parameters,
+from easel.cli import main
+from easel.pipeline_client import (PipelineHostError, build_request, check_arguments, declared_parameters,
                                         normalize_cron, parse_params, send)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from model_code import steps
+from easel import steps
+from model_code.cluster.pytorchjob import job_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -93,7 +94,7 @@ def test_multinode_job_for_a_part(monkeypatch):
         nodes=4, gpus_per_node=8, namespace="kubeflow", submit=False)
     assert job["state"] == "Rendered" and job["nodes"] == 4
     obj = job["object"]
-    assert obj["metadata"]["name"] == job["job"] == steps.pytorchjob_name("transformer", "base", job["out"])
+    assert obj["metadata"]["name"] == job["job"] == job_name("transformer", "base", job["out"])
     assert len(obj["metadata"]["name"]) <= 48
     args = obj["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["args"]
     tail = args[args.index("easel"):]
@@ -105,7 +106,7 @@ def test_multinode_job_for_a_part(monkeypatch):
     assert ("--set", "train.lr=0.0003") in pairs and ("--set", 'train.caption_policy="blend"') in pairs
     assert obj["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 3
     # what the pods run parses as `easel train` with the overrides intact
-    from model_code.cli import build_parser
+    from easel.cli import build_parser
     from model_code.config import parse_overrides
     a = build_parser().parse_args(tail[1:])
     assert a.part == "transformer" and a.dep == ["dvae=s3://w/dvae", "tokenizer=s3://w/tokenizer"]
@@ -115,8 +116,8 @@ def test_multinode_job_for_a_part(monkeypatch):
     with pytest.raises(ValueError, match="object-store URI"):
         steps.pytorchjob_train_step("transformer", "/data/local", "s3://o", "img:1", submit=False)
     # the name stays fixed per output (a retried step finds its job) and differs between outputs
-    assert steps.pytorchjob_name("dvae", "base", "s3://a") == steps.pytorchjob_name("dvae", "base", "s3://a")
-    assert steps.pytorchjob_name("dvae", "base", "s3://a") != steps.pytorchjob_name("dvae", "base", "s3://b")
+    assert job_name("dvae", "base", "s3://a") == job_name("dvae", "base", "s3://a")
+    assert job_name("dvae", "base", "s3://a") != job_name("dvae", "base", "s3://b")
 
 
 def test_multinode_job_validates_against_the_schema():

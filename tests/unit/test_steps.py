@@ -2,7 +2,7 @@
 import numpy as np
 
 from model_code.data.synth import synthesize
-from model_code.steps import kfp_value, version_step
+from easel.steps import kfp_value, version_step
 
 
 def _has_none(v) -> bool:

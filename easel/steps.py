@@ -2,7 +2,9 @@
 
 The CLI's `easel run local`, the KFP components and Python users all call these: one
 function per step, taking a preset name (plus overrides) and URIs, returning a JSON-ready
-summary. The step does nothing but resolve configuration and call the library.
+summary. A step resolves configuration (a preset name, overrides as a dict or the KFP edge's
+JSON) and calls the library: the logic lives there (lineage in tracking, gate settings in
+evaluate/gates, sidecar gathering in recaption/job, job arguments in cluster/pytorchjob).
 """
 from __future__ import annotations
 
@@ -166,13 +168,8 @@ def recaption_step(dataset: str, out: str, captioner: str, tokenizer: str, clip:
 def recaption_finalize_step(out: str, parent: str, parts: list[str] | None = None) -> dict[str, Any]:
     """Gather the sidecars of the fan-out's parts into `out` and seal them as a new dataset
     version with lineage to its parent."""
-    from model_code.recaption.job import finalize
-    for part in parts or []:
-        if part.rstrip("/") == out.rstrip("/"):
-            continue  # the fan-out wrote straight into the shared work dir
-        for uri in storage.ls(storage.join(part, "captions"), "*.parquet"):
-            storage.write_bytes(storage.join(out, "captions", uri.rstrip("/").rsplit("/", 1)[-1]),
-                                storage.read_bytes(uri))
+    from model_code.recaption.job import finalize, gather_sidecars
+    gather_sidecars(out, parts or [])
     return finalize(out, parent)
 
 
@@ -183,16 +180,9 @@ def bundle_step(recipe: str, parts: dict[str, str], out: str, preset: str = "tin
     are the preset's `sampling.<recipe>` over generate.DEFAULT_SAMPLING; its lineage names the
     dataset version (`dataset`: version_step's summary), the git revision and the MLflow run
     that trained each part (read from the part's train_state.json)."""
-    from model_code.tracking import git_head
     from model_code.generate import read_bundle_meta, save_bundle
-    runs = {}
-    for part, uri in parts.items():
-        state = storage.join(uri, "train_state.json")
-        if storage.exists(state):
-            runs[part] = json.loads(storage.read_text(state)).get("summary", {}).get("mlflow_run_id")
-    lineage = {"dataset_version": (dataset or {}).get("version"), "dataset": (dataset or {}).get("dataset"),
-               "git_revision": (dataset or {}).get("git_rev") or git_head(os.getcwd()),
-               "train_run_ids": {k: v for k, v in runs.items() if v}}
+    from model_code.tracking import bundle_lineage
+    lineage = bundle_lineage(parts, dataset)
     sampling = (_cfg(preset, overrides).get("sampling") or {}).get(recipe)
     save_bundle(out, recipe, parts, preset=preset, sampling=sampling, lineage=lineage)
     return {"bundle": out, **read_bundle_meta(out)}
@@ -220,18 +210,12 @@ def gate_settings(preset: str = "tiny", overrides: dict | str | None = None,
     """The preset (with overrides) whose `evaluate:` section has gate_config merged over it
     ({"gates": ..., "margin": ..., "tolerance": ...}, or the same under "evaluate"); ValueError,
     naming the field, for a configuration the gate cannot use."""
-    from model_code.evaluate.gates import gate_config as check_gate_config
-    cfg = _cfg(preset, overrides)
+    from model_code.evaluate.gates import with_gate_config
     try:
         extra = _overrides(gate_config)
     except json.JSONDecodeError as e:
         raise ValueError(f"gate_config: not a JSON object ({e})") from None
-    if not isinstance(extra, dict):
-        raise ValueError(f"gate_config: expected a JSON object like {{\"gates\": {{...}}}}, got {gate_config!r}")
-    if extra:
-        cfg = deep_merge(cfg, {"evaluate": extra.get("evaluate", extra)})
-    check_gate_config(cfg)  # fails here, before anything is recorded
-    return cfg
+    return with_gate_config(_cfg(preset, overrides), extra)
 
 
 @_summary
@@ -282,24 +266,6 @@ def deploy_step(model: str, ref: str = "production", service: str = "", namespac
     return {k: v for k, v in res.items() if k != "object"}
 
 
-def _flat_overrides(tree: dict, prefix: str = "") -> list[str]:
-    """{"train": {"lr": 0.001}} -> ["train.lr=0.001"] (`easel train --set`, values as YAML)."""
-    out = []
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            out += _flat_overrides(value, f"{prefix}{key}.")
-        else:
-            out.append(f"{prefix}{key}={json.dumps(value)}")
-    return out
-
-
-def pytorchjob_name(part: str, preset: str, out: str) -> str:
-    """A job name fixed by what it trains and where: a retried pipeline step finds its own job
-    again instead of starting a second one."""
-    import hashlib
-    return f"easel-{part}-{preset}-{hashlib.sha1(out.encode()).hexdigest()[:8]}"
-
-
 @_summary
 def pytorchjob_train_step(part: str, dataset: str, out: str, image: str, preset: str = "base",
                           overrides: dict | str | None = None, deps: dict[str, str] | None = None,
@@ -310,18 +276,13 @@ def pytorchjob_train_step(part: str, dataset: str, out: str, image: str, preset:
     node, torchrun starting `easel train` per GPU), submit it and wait until it succeeds
     (PyTorchJobFailed / TimeoutError otherwise). dataset, out and deps are object-store URIs: the
     pods share no file system. submit=False: only the rendered job (no cluster)."""
-    from model_code.cluster.pytorchjob import job_state, render_pytorchjob, submit_pytorchjob
+    from model_code.cluster.pytorchjob import (job_name, job_state, render_pytorchjob, submit_pytorchjob,
+                                               train_args)
     over = _overrides(overrides)
     if caption_policy:
         over = deep_merge(over, {"train": {"caption_policy": caption_policy}})
-    extra = []
-    for dep, uri in sorted((deps or {}).items()):
-        if uri:
-            extra += ["--dep", f"{dep}={uri}"]
-    for item in _flat_overrides(over):
-        extra += ["--set", item]
     job = render_pytorchjob(part, preset, image, nodes, gpus_per_node, dataset, out, namespace,
-                            name=pytorchjob_name(part, preset, out), extra_args=extra)
+                            name=job_name(part, preset, out), extra_args=train_args(deps, over))
     summary = {"part": part, "preset": preset, "job": job["metadata"]["name"], "namespace": namespace,
                "nodes": nodes, "gpus_per_node": gpus_per_node, "out": out}
     if not submit:

@@ -60,7 +60,7 @@ def _data_version(a) -> dict:
 
 
 def _run_local(a) -> dict:
-    from model_code.lifecycle import run_local
+    from easel.lifecycle import run_local
     return run_local(preset=a.preset, recipe=a.recipe, out=a.out, overrides=a.set or None)
 
 
@@ -112,7 +112,7 @@ def _pipeline_compile(a) -> dict:
 
 
 def _pipeline_request(a, cron: str | None = None):
-    from model_code.pipeline_client import build_request, parse_params
+    from easel.pipeline_client import build_request, parse_params
     if not a.dry_run and not a.host:  # before compiling anything
         raise UsageError("--host URL is required (or KF_PIPELINES_ENDPOINT), e.g. http://localhost:8080")
     try:
@@ -126,7 +126,7 @@ def _pipeline_request(a, cron: str | None = None):
 
 
 def _pipeline_send(a, req) -> dict:
-    from model_code.pipeline_client import send
+    from easel.pipeline_client import send
     summary = {k: v for k, v in req.as_dict().items() if k not in ("declared", "temporary_dir")}
     if a.dry_run:  # what would be sent, and nothing sent; the package stays for a look
         return {**summary, "sent": False}

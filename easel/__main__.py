@@ -1,0 +1,3 @@
+from easel.cli import main
+
+raise SystemExit(main())

@@ -1,3 +1,0 @@
-from model_code.cli import main
-
-raise SystemExit(main())
