@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 import os
 import re
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import yaml
 
@@ -48,10 +48,12 @@ def preset_path(name: str) -> str:
     return path
 
 
-def deep_merge(base: dict, over: dict) -> dict:
+def deep_merge(base: dict, over: Mapping) -> dict:
+    """A copy of `base` with `over` merged in: mappings merge key by key, anything else replaces.
+    The one deep merge (presets, overrides, serving settings)."""
     out = copy.deepcopy(base)
     for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
             out[k] = deep_merge(out[k], v)
         else:
             out[k] = copy.deepcopy(v)

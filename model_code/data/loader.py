@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import tarfile
 from typing import Any, Iterator
@@ -170,10 +169,8 @@ class ShardIndex:
 
 
 def scene_of(record: dict) -> dict | None:
-    s = record.get("scene")
-    if isinstance(s, str):
-        s = json.loads(s) if s.strip() else None
-    return s if isinstance(s, dict) else None
+    from model_code.data.shapes import parse_scene
+    return parse_scene(record.get("scene"))
 
 
 def decode_rgb(data: bytes) -> np.ndarray:

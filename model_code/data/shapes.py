@@ -324,6 +324,15 @@ def invalid_reason(scene: dict) -> str | None:
     return None
 
 
+def parse_scene(value: Any) -> dict | None:
+    """A scene graph as stored anywhere (a dict, the manifest's JSON text, or None / NaN / "" for
+    a record without one) -> the dict, or None. The one decoder of stored scenes."""
+    if isinstance(value, str):
+        import json
+        value = json.loads(value) if value.strip() else None
+    return value if isinstance(value, dict) else None
+
+
 def facts(scene: dict) -> set[tuple]:
     """The atomic facts of a scene: what a complete caption states. Used to score captions.
 

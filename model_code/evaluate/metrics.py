@@ -237,12 +237,6 @@ def dvae_metrics(dvae, images: Sequence[Image.Image], batch_size: int = 64) -> d
 
 
 # ---------------------------------------------------------------- captioner (recaption sidecars)
-def sidecar_uris(dataset: str) -> list[str]:
-    from model_code import storage
-    root = storage.join(dataset, "captions")
-    return storage.ls(root, "shard-*.parquet") if storage.exists(root) else []
-
-
 def captioner_metrics(dataset: str, limit: int | None = 2000, seed: int = 0,
                       split: str | None = "heldout") -> dict[str, float] | None:
     """Fact recall, precision and hallucinations per caption of the captioner's short and long
@@ -250,18 +244,13 @@ def captioner_metrics(dataset: str, limit: int | None = 2000, seed: int = 0,
     no recaption sidecars. Captions that fell back to the original are the web's, not the
     captioner's: they are counted in `<kind>.fallback_rate` and left out of the other numbers.
     Uses the `split` records when the dataset has any, else all records."""
-    import json
     import pandas as pd
-    from model_code import storage
     from model_code.data.dataset import manifest
-    uris = sidecar_uris(dataset)
-    if not uris:
+    from model_code.data.shapes import parse_scene
+    from model_code.text.blend import read_sidecars
+    side = read_sidecars(dataset)
+    if side is None:
         return None
-    frames = []
-    for u in uris:
-        with storage.open_uri(u, "rb") as f:
-            frames.append(pd.read_parquet(f))
-    side = pd.concat(frames, ignore_index=True)
     man = manifest(dataset)[["key", "scene", "split"]]
     df = side.merge(man, on="key", how="inner")
     df = df[df["scene"].notna()]
@@ -281,7 +270,7 @@ def captioner_metrics(dataset: str, limit: int | None = 2000, seed: int = 0,
         own = df[~fb]
         if own.empty:
             continue
-        scores = [score_caption(t, json.loads(s)) for t, s in zip(own[kind], own["scene"])]
+        scores = [score_caption(t, parse_scene(s)) for t, s in zip(own[kind], own["scene"])]
         out[f"{kind}.recall"] = float(np.mean([s["recall"] for s in scores]))
         out[f"{kind}.precision"] = float(np.mean([s["precision"] for s in scores]))
         out[f"{kind}.hallucination"] = float(np.mean([s["hallucination"] for s in scores]))

@@ -30,7 +30,6 @@ subset only: long targets are the curated captions, short targets `short_target(
 """
 from __future__ import annotations
 
-import json
 import re
 from typing import Sequence
 
@@ -74,10 +73,9 @@ def short_target(curated: str, scene: dict | str | None = None) -> str:
     `shapes.short_caption` ("a red circle and a blue square", like the seed's "a golden retriever
     on a beach"); elsewhere it is `short_from_long(curated)`. `scene` may be the manifest's JSON text.
     """
-    if isinstance(scene, str):
-        scene = json.loads(scene) if scene.strip() else None
+    from model_code.data import shapes
+    scene = shapes.parse_scene(scene)
     if scene:
-        from model_code.data import shapes
         return shapes.short_caption(scene)
     return short_from_long(curated)
 

@@ -27,30 +27,19 @@ import numpy as np
 import pandas as pd
 
 from model_code import storage
+from model_code.data.shapes import parse_scene
 
 log = logging.getLogger(__name__)
 KINDS = ("short", "long")
 
 
-def _scene(value: Any) -> dict | None:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    if isinstance(value, str):
-        return json.loads(value) if value.strip() else None
-    return value
-
-
 def load_sidecars(dataset_dir: str) -> pd.DataFrame:
-    files = storage.ls(storage.join(dataset_dir, "captions"), "shard-*.parquet")
-    if not files:
+    """All sidecar columns (text/blend.read_sidecars); ValueError when there are none."""
+    from model_code.text.blend import read_sidecars
+    df = read_sidecars(dataset_dir)
+    if df is None:
         raise ValueError(f"caption_report: {dataset_dir} has no caption sidecars (captions/shard-*.parquet)")
-    frames = []
-    for uri in files:
-        with storage.open_uri(uri, "rb") as f:
-            df = pd.read_parquet(f)
-        df["sidecar"] = posixpath.basename(uri)
-        frames.append(df)
-    return pd.concat(frames, ignore_index=True)
+    return df
 
 
 def _score_column(texts: pd.Series, scenes: list[dict]) -> dict[str, float]:
@@ -144,7 +133,7 @@ def caption_report(dataset_dir: str, out_path: str | None = None, n_grid: int = 
     has_scene = df["scene"].notna() if "scene" in df else pd.Series(False, index=df.index)
     if has_scene.any():
         sub = df[has_scene]
-        scenes = [_scene(s) for s in sub["scene"]]
+        scenes = [parse_scene(s) for s in sub["scene"]]
         quality = {"original": _score_column(sub["original"], scenes)}
         for kind in KINDS:
             quality[kind] = _score_column(sub[kind], scenes)

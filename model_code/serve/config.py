@@ -18,14 +18,13 @@ the first request.
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 import re
 from typing import Any, Mapping
 
 
-from model_code.config import load_yaml
+from model_code.config import deep_merge, load_yaml
 
 # DALL-E 3's API accepts prompts up to 4000 characters; longer is refused, never truncated.
 DEFAULTS: dict[str, Any] = {
@@ -104,16 +103,6 @@ _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 _ALGS = ("es256", "es384", "es512", "ps256", "ps384", "ps512", "ed25519")
 
 
-def _merge(base: dict, over: Mapping) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
 def _set(d: dict, dotted: str, value: Any) -> None:
     *path, last = dotted.split(".")
     for p in path:
@@ -161,12 +150,12 @@ def serve_config(preset: str | None = None, overrides: Mapping | None = None,
                  env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """DEFAULTS <- preset `serve:` <- EASEL_SERVE_CONFIG file <- environment <- overrides; checked."""
     env = os.environ if env is None else env
-    cfg = _merge(DEFAULTS, _preset_section(preset))
+    cfg = deep_merge(DEFAULTS, _preset_section(preset))
     if env.get(CONFIG_FILE_ENV):
-        cfg = _merge(cfg, _file_section(env[CONFIG_FILE_ENV]))
-    cfg = _merge(cfg, _env_section(env))
+        cfg = deep_merge(cfg, _file_section(env[CONFIG_FILE_ENV]))
+    cfg = deep_merge(cfg, _env_section(env))
     if overrides:
-        cfg = _merge(cfg, overrides)
+        cfg = deep_merge(cfg, overrides)
     return check(cfg)
 
 

@@ -27,7 +27,6 @@ same captions after a restart, and each pass over the data draws a fresh blend.
 """
 from __future__ import annotations
 
-import json
 import math
 from typing import Any, Iterable, Mapping
 
@@ -45,10 +44,10 @@ def _present(v: Any) -> bool:
 
 
 def _scene(record: Mapping[str, Any]) -> dict | None:
-    s = record.get("scene")
-    if isinstance(s, str):
-        s = json.loads(s) if s.strip() else None
-    return s if isinstance(s, dict) and s.get("objects") else None
+    """The record's scene graph when it has objects to caption."""
+    from model_code.data.shapes import parse_scene
+    s = parse_scene(record.get("scene"))
+    return s if s and s.get("objects") else None
 
 
 def uniform(seed: int, position: int) -> float:
@@ -168,25 +167,40 @@ def tokenizer_texts(records: Iterable[Mapping[str, Any]], has_sidecars: bool = F
     return out
 
 
-def load_sidecars(dataset: str):
-    """The recaption sidecars of a dataset as one DataFrame indexed by key (columns original,
-    short, long), or None when the dataset has none."""
+def read_sidecars(dataset: str):
+    """Every recaption sidecar of a dataset (DIR/captions/shard-*.parquet) as one DataFrame with
+    all its columns plus `sidecar` (the file's name), or None when the dataset has none. The one
+    reader of sidecars: the loader (load_sidecars), the caption report and the captioner metrics.
+    ValueError names a sidecar that lacks SIDECAR_COLUMNS."""
+    import posixpath
+
     import pandas as pd
 
     from model_code import storage
-    files = storage.ls(storage.join(dataset, "captions"), "shard-*.parquet")
+    root = storage.join(dataset, "captions")
+    files = storage.ls(root, "shard-*.parquet") if storage.exists(root) else []
     if not files:
         return None
     frames = []
     for uri in files:
-        with storage.open_uri(uri) as f:
+        with storage.open_uri(uri, "rb") as f:
             df = pd.read_parquet(f)
         missing = [c for c in SIDECAR_COLUMNS if c not in df.columns]
         if missing:
             raise ValueError(f"caption sidecar {uri} lacks columns {missing} "
                              f"(expected {list(SIDECAR_COLUMNS)})")
-        frames.append(df[list(SIDECAR_COLUMNS)])
-    df = pd.concat(frames, ignore_index=True)
+        df["sidecar"] = posixpath.basename(uri.rstrip("/"))
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
+def load_sidecars(dataset: str):
+    """The recaption sidecars of a dataset as one DataFrame indexed by key (columns original,
+    short, long), or None when the dataset has none."""
+    df = read_sidecars(dataset)
+    if df is None:
+        return None
+    df = df[list(SIDECAR_COLUMNS)]
     dup = df["key"][df["key"].duplicated()]
     if len(dup):
         raise ValueError(f"caption sidecars of {dataset} list key {dup.iloc[0]!r} more than once")

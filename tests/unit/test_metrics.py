@@ -117,9 +117,10 @@ def test_captioner_metrics_from_sidecars(tmp_path):
     (tmp_path / "shards").mkdir()
     assert M.captioner_metrics(str(tmp_path)) is None         # no sidecars: skipped
     (tmp_path / "captions").mkdir()
-    pd.DataFrame([{"key": "k0", "short": shapes.short_caption(scenes[0]), "long": shapes.long_caption(scenes[0]),
+    pd.DataFrame([{"key": "k0", "original": "a.png", "short": shapes.short_caption(scenes[0]),
+                   "long": shapes.long_caption(scenes[0]),
                    "short_fallback": False, "long_fallback": False},
-                  {"key": "k1", "short": "five purple crosses", "long": "IMG_1234.jpg",
+                  {"key": "k1", "original": "IMG_1234.jpg", "short": "five purple crosses", "long": "IMG_1234.jpg",
                    "short_fallback": False, "long_fallback": True}]
                  ).to_parquet(tmp_path / "captions" / "shard-00000.parquet")
     m = M.captioner_metrics(str(tmp_path))

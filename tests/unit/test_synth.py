@@ -89,3 +89,14 @@ def test_refuses_to_mix_sources(tmp_path):
 def test_bad_arguments_name_the_field(tmp_path, kw, field):
     with pytest.raises(ValueError, match=field):
         synthesize(str(tmp_path / "x"), **{"n": 3, "size": 32, **kw})
+
+
+def test_parse_scene_reads_every_stored_form():
+    import json
+    import math
+    from model_code.data.shapes import parse_scene
+    scene = {"size": 32, "background": "white", "objects": []}
+    assert parse_scene(scene) is scene
+    assert parse_scene(json.dumps(scene)) == scene
+    for missing in (None, "", "  ", math.nan, 3):
+        assert parse_scene(missing) is None
