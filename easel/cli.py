@@ -24,17 +24,24 @@ class UsageError(Exception):
 # Each handler takes the parsed args and returns the summary dict. Imports are local so that
 # `easel --help` stays fast and a missing optional dependency only breaks its own command.
 
+def _data_overrides(a, flags: dict[str, str]) -> dict:
+    """The flags a user gave, as overrides of the preset's `data:` section (unset flags: the
+    preset's values, so `easel data ...` and `easel run local` agree on one preset)."""
+    data = {key: getattr(a, attr) for key, attr in flags.items() if getattr(a, attr) is not None}
+    return {"data": data} if data else {}
+
+
 def _data_synth(a) -> dict:
-    from model_code.data.synth import synthesize
-    return synthesize(a.out, n=a.n, size=a.size, seed=a.seed, curated_fraction=a.curated_fraction,
-                      workers=a.workers)
+    from easel.steps import synth_step
+    over = _data_overrides(a, {"n": "n", "size": "size", "seed": "seed", "curated_fraction": "curated_fraction"})
+    return synth_step(a.out, a.preset, over, workers=a.workers)
 
 
 def _data_ingest(a) -> dict:
-    from model_code.data.ingest import ingest
-    return ingest(a.src, a.out, size=a.size, kind=a.kind, shard_size=a.shard_size, workers=a.workers,
-                  heldout_fraction=a.heldout_fraction, progress=not a.quiet,
-                  allow_roots=a.allow_root or [], caption_control=a.caption_control)
+    from easel.steps import ingest_step
+    over = _data_overrides(a, {"size": "size", "shard_size": "shard_size", "heldout_fraction": "heldout_fraction",
+                               "caption_control": "caption_control", "allow_roots": "allow_root"})
+    return ingest_step(a.src, a.out, a.preset, over, kind=a.kind, workers=a.workers, progress=not a.quiet)
 
 
 def _data_validate(a) -> dict:
@@ -245,28 +252,33 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = data.add_subparsers(dest="data_cmd", metavar="STEP")
     s = cmd(dsub, "synth", _data_synth, "write a raw Shapes-world source (images, scene graphs, captions)")
     s.add_argument("--out", required=True, help="output directory or URI")
-    s.add_argument("--n", type=int, default=1000, help="number of images (default 1000)")
-    s.add_argument("--size", type=int, default=64, help="canvas side in pixels, 32-256 (default 64)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--curated-fraction", type=float, default=0.1,
-                   help="fraction of images with a careful descriptive caption (default 0.1)")
+    s.add_argument("--preset", default="tiny", help="where unset options come from: its data: section "
+                   "(default tiny: 1200 images at 32 px, 25%% curated)")
+    s.add_argument("--n", type=int, default=None, help="number of images (default: the preset's data.n)")
+    s.add_argument("--size", type=int, default=None, help="canvas side in pixels, 32-256 (default: data.size)")
+    s.add_argument("--seed", type=int, default=None, help="default: data.seed, else 0")
+    s.add_argument("--curated-fraction", type=float, default=None,
+                   help="fraction of images with a careful descriptive caption (default: data.curated_fraction)")
     s.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
 
     s = cmd(dsub, "ingest", _data_ingest, "any supported source -> shards + manifest + quarantine")
     s.add_argument("src", help="image folder, WebDataset tars, parquet/CSV manifest, or shapes://n=..,size=..")
     s.add_argument("--out", required=True, help="output dataset directory or URI")
-    s.add_argument("--size", type=int, default=64, help="output resolution (square, default 64)")
+    s.add_argument("--preset", default="tiny", help="where unset options come from: its data: section "
+                   "(default tiny: 32 px, 256 records per shard, 10%% held out)")
+    s.add_argument("--size", type=int, default=None, help="output resolution, square (default: data.size)")
     s.add_argument("--kind", default="auto", choices=["auto", "folder", "webdataset", "manifest", "shapes"])
-    s.add_argument("--shard-size", type=int, default=1000)
+    s.add_argument("--shard-size", type=int, default=None, help="records per shard (default: data.shard_size)")
     s.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-    s.add_argument("--heldout-fraction", type=float, default=0.0,
-                   help="fraction of records marked split=heldout (evaluation only)")
+    s.add_argument("--heldout-fraction", type=float, default=None,
+                   help="fraction of records marked split=heldout, evaluation only (default: data.heldout_fraction)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.add_argument("--allow-root", action="append", metavar="DIR",
                    help="a local directory a manifest's image paths may point into besides the "
                         "manifest's own (repeatable); paths elsewhere are quarantined")
-    s.add_argument("--caption-control", choices=["quarantine", "strip"], default="quarantine",
-                   help="captions holding control characters: quarantine them (default) or strip the characters")
+    s.add_argument("--caption-control", choices=["quarantine", "strip"], default=None,
+                   help="captions holding control characters: quarantine them or strip the characters "
+                        "(default: data.caption_control, else quarantine)")
 
     s = cmd(dsub, "validate", _data_validate, "run the Great Expectations suite on an ingested dataset")
     s.add_argument("dataset", help="ingested dataset directory or URI")

@@ -72,13 +72,13 @@ def _cfg(preset: str, overrides: dict | str | None) -> dict:
 
 @_summary
 def synth_step(out: str, preset: str = "tiny", overrides: dict | str | None = None,
-               seed: int | None = None) -> dict[str, Any]:
+               seed: int | None = None, workers: int | None = None) -> dict[str, Any]:
     """Write a raw Shapes-world source of the preset's size."""
     from model_code.data.synth import synthesize
     d = _cfg(preset, overrides)["data"]
     return synthesize(out, n=int(d["n"]), size=int(d["size"]),
                       seed=int(seed if seed is not None else d.get("seed", 0)),
-                      curated_fraction=float(d["curated_fraction"]))
+                      curated_fraction=float(d["curated_fraction"]), workers=workers)
 
 
 @_summary
@@ -96,16 +96,16 @@ def source_step(artifact_path: str, source: str = "", workdir: str = "", preset:
 
 
 @_summary
-def ingest_step(source: str, out: str, preset: str = "tiny",
-                overrides: dict | str | None = None) -> dict[str, Any]:
+def ingest_step(source: str, out: str, preset: str = "tiny", overrides: dict | str | None = None,
+                kind: str = "auto", workers: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Ingest any supported source at the preset's resolution, with its held-out split."""
     from model_code.data.ingest import ingest
     d = _cfg(preset, overrides)["data"]
     # data.allow_roots / data.caption_control: the preset's (or the KFP `overrides`') say on
     # which directories a manifest may point into and what a control character in a caption costs
     opts = {k: d[k] for k in ("allow_roots", "caption_control") if d.get(k) is not None}
-    return ingest(source, out, size=int(d["size"]), shard_size=int(d["shard_size"]),
-                  heldout_fraction=float(d.get("heldout_fraction", 0.0)), progress=True, **opts)
+    return ingest(source, out, size=int(d["size"]), shard_size=int(d["shard_size"]), kind=kind, workers=workers,
+                  heldout_fraction=float(d.get("heldout_fraction", 0.0)), progress=progress, **opts)
 
 
 @_summary
@@ -183,8 +183,9 @@ def bundle_step(recipe: str, parts: dict[str, str], out: str, preset: str = "tin
     from model_code.generate import read_bundle_meta, save_bundle
     from model_code.tracking import bundle_lineage
     lineage = bundle_lineage(parts, dataset)
-    sampling = (_cfg(preset, overrides).get("sampling") or {}).get(recipe)
-    save_bundle(out, recipe, parts, preset=preset, sampling=sampling, lineage=lineage)
+    cfg = _cfg(preset, overrides)
+    save_bundle(out, recipe, parts, preset=preset, sampling=(cfg.get("sampling") or {}).get(recipe),
+                lineage=lineage, config=cfg)
     return {"bundle": out, **read_bundle_meta(out)}
 
 

@@ -74,8 +74,15 @@ def to_tensor(images: Sequence[Image.Image], size: int | None = None) -> torch.T
 
 # ---------------------------------------------------------------- bundle files
 def save_bundle(out: str, recipe: str, parts: dict[str, str], preset: str = "",
-                sampling: dict | None = None, lineage: dict | None = None) -> str:
-    """Assemble a bundle from trained part directories (copied, so the bundle stands alone)."""
+                sampling: dict | None = None, lineage: dict | None = None, config: dict | None = None) -> str:
+    """Assemble a bundle from trained part directories (copied, so the bundle stands alone).
+
+    `config`: the resolved preset (with overrides) the parts were trained with; the bundle keeps
+    it, so that serving reads its `serve:` section from the bundle and a preset file edited (or
+    absent) later does not change a registered model. `preset` is the name, for people."""
+    if config is not None:  # a bad serve: section fails here, not when a server loads the model
+        from model_code.serve.config import serve_config
+        serve_config(section=config.get("serve") or {}, env={})
     if recipe not in RECIPE_PARTS:
         raise ValueError(f"unknown recipe {recipe!r}: choose dalle or unclip")
     missing = [p for p in RECIPE_PARTS[recipe] if not parts.get(p)]
@@ -96,6 +103,8 @@ def save_bundle(out: str, recipe: str, parts: dict[str, str], preset: str = "",
         names[name] = name
     meta = {"format": BUNDLE_FORMAT, "recipe": recipe, "preset": preset, "parts": names,
             "sampling": {**DEFAULT_SAMPLING[recipe], **check_sampling(recipe, sampling)}, "lineage": lineage or {}}
+    if config is not None:
+        meta["config"] = config
     storage.write_text(storage.join(out, "bundle.json"), json.dumps(meta, indent=2, default=str))
     return out
 

@@ -47,8 +47,10 @@ def build_parts(root: str, recipe: str, preset: str = "tiny", overrides: dict | 
 def tiny_bundle(root: str, recipe: str, overrides: dict | None = None, **sampling) -> str:
     parts = build_parts(os.path.join(root, "parts-" + recipe), recipe, overrides=overrides)
     out = os.path.join(root, "bundle-" + recipe)
+    from model_code.config import load_preset
     return save_bundle(out, recipe, parts, preset="tiny", sampling=sampling,
-                       lineage={"dataset_version": "test", "git": "test"})
+                       lineage={"dataset_version": "test", "git": "test"},
+                       config=load_preset("tiny", overrides or None))
 
 
 @contextlib.contextmanager

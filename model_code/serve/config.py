@@ -111,13 +111,12 @@ def _set(d: dict, dotted: str, value: Any) -> None:
 
 
 def _preset_section(preset: str | None) -> dict:
+    """A preset's `serve:` section; an unknown preset is an error naming the known ones (bundles
+    carry their own resolved section, so serving one never needs the preset file)."""
     if not preset:
         return {}
-    from model_code.config import ConfigError, load_preset
-    try:
-        return dict(load_preset(preset).get("serve") or {})
-    except ConfigError:  # a bundle built from a user's own preset file: the defaults apply
-        return {}
+    from model_code.config import load_preset
+    return dict(load_preset(preset).get("serve") or {})
 
 
 def _file_section(path: str) -> dict:
@@ -147,10 +146,11 @@ def _env_section(env: Mapping[str, str]) -> dict:
 
 
 def serve_config(preset: str | None = None, overrides: Mapping | None = None,
-                 env: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """DEFAULTS <- preset `serve:` <- EASEL_SERVE_CONFIG file <- environment <- overrides; checked."""
+                 env: Mapping[str, str] | None = None, section: Mapping | None = None) -> dict[str, Any]:
+    """DEFAULTS <- `section` (a bundle's resolved `serve:`), else the preset's `serve:` <-
+    EASEL_SERVE_CONFIG file <- environment <- overrides; checked."""
     env = os.environ if env is None else env
-    cfg = deep_merge(DEFAULTS, _preset_section(preset))
+    cfg = deep_merge(DEFAULTS, section if section is not None else _preset_section(preset))
     if env.get(CONFIG_FILE_ENV):
         cfg = deep_merge(cfg, _file_section(env[CONFIG_FILE_ENV]))
     cfg = deep_merge(cfg, _env_section(env))

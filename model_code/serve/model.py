@@ -427,8 +427,10 @@ class EaselModel(kserve.Model):
         self.info: dict[str, str] = {}
 
     # -------------------------------------------------------------- loading
-    def _make_config(self, preset: str | None) -> dict:
-        return serve_config(preset, overrides=self._config_in)
+    def _make_config(self, meta: dict) -> dict:
+        # the bundle's own resolved serve: section; bundles older than that name their preset
+        section = ((meta["config"] or {}).get("serve") or {}) if "config" in meta else None
+        return serve_config(meta.get("preset"), overrides=self._config_in, section=section)
 
     def _model_info(self, meta: dict) -> dict[str, str]:
         r = self.resolved
@@ -450,7 +452,7 @@ class EaselModel(kserve.Model):
         from model_code.generate import Generator
         self.resolved = resolve_model(self.model_uri, self._allow_ungated())
         self.generator = Generator.load(self.resolved.bundle)
-        self.cfg = self._make_config(self.generator.meta.get("preset"))
+        self.cfg = self._make_config(self.generator.meta)
         self.info = self._model_info(self.generator.meta)
         native = f"{self.generator.image_size}x{self.generator.image_size}"
         self.default_size = parse_size(self.cfg["default_size"] or
@@ -670,7 +672,7 @@ class EaselTransformer(EaselModel):
             embedder = ClipEmbedder.from_bundle(self.resolved.bundle)
         else:
             log.warning("transformer without a model URI: no CLIP concept matching for prompts or images")
-        self.cfg = self._make_config(meta.get("preset"))
+        self.cfg = self._make_config(meta)
         self.info = self._model_info(meta)
         self._load_policies(embedder)
         self.ready = True

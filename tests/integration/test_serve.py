@@ -417,6 +417,24 @@ def test_serve_config_layers_and_errors(monkeypatch, tmp_path):
             serve_config("tiny", overrides=bad)
 
 
+def test_serve_settings_come_from_the_bundle_not_the_preset_file(tmp_path):
+    """A bundle keeps the resolved configuration it was built with: serving reads its serve:
+    section even when the preset it names is unknown to this installation; an unknown preset
+    name with no section of its own is an error naming the known presets."""
+    from model_code.config import ConfigError
+    from model_code.serve.model import EaselModel
+    with pytest.raises(ConfigError, match="unknown preset 'my-own'.*tiny"):
+        serve_config("my-own")
+    cfg = serve_config("my-own", section={"max_n": 3}, env={})
+    assert cfg["max_n"] == 3
+    m = EaselModel(MODEL, "", config={"torch_threads": 1})
+    assert m._make_config({"preset": "my-own", "config": {"serve": {"max_n": 2}}})["max_n"] == 2
+    assert m._make_config({"preset": "tiny"})["max_n"] == serve_config("tiny")["max_n"]  # older bundles
+    with pytest.raises(ValueError, match="serve: unknown setting"):
+        from model_code.generate import save_bundle
+        save_bundle(str(tmp_path / "b"), "dalle", {}, config={"serve": {"typo": 1}})
+
+
 def test_cli_serve_accepts_kserve_argument_spellings():
     from easel.cli import build_parser
     a = build_parser().parse_args(["serve", "--model", "/mnt/models", "--role", "transformer",

@@ -70,3 +70,24 @@ def test_global_options_before_or_after_the_subcommand(tmp_path, where, capsys):
     assert a.verbose is True and a.json is True
     a = build_parser().parse_args(sub)
     assert a.verbose is False and a.json is False
+
+
+def test_data_commands_take_unset_options_from_the_preset(tmp_path, capsys):
+    """`easel data synth/ingest` and `easel run local` agree: what a flag leaves unset is the
+    preset's `data:` value (tiny: 32 px, 25% curated, 256 per shard, 10% held out)."""
+    from model_code.config import load_preset
+    d = load_preset("tiny")["data"]
+    assert main(["data", "synth", "--out", str(tmp_path / "raw"), "--n", "20", "--json"]) == 0
+    syn = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert syn["size"] == d["size"] and syn["n"] == 20
+    assert main(["data", "ingest", str(tmp_path / "raw"), "--out", str(tmp_path / "ds"), "--quiet", "--json"]) == 0
+    ing = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert ing["size"] == d["size"]
+    import pandas as pd
+    man = pd.read_parquet(tmp_path / "ds" / "manifest.parquet")
+    assert (man["width"] == d["size"]).all() and (man["split"] == "heldout").any()
+    # a flag wins over the preset
+    assert main(["data", "synth", "--out", str(tmp_path / "raw48"), "--n", "4", "--size", "48", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["size"] == 48
+    assert main(["data", "synth", "--out", str(tmp_path / "x"), "--preset", "nope"]) != 0
+    assert "unknown preset 'nope'" in capsys.readouterr().err
