@@ -34,6 +34,7 @@ from components.train_upsampler.component import train_upsampler
 from components.validate.component import validate
 from components.version.component import version
 from pipelines import cluster
+from pipelines.params import documented
 
 # seconds the deploy step waits for the InferenceService to become ready (model download included)
 DEPLOY_TIMEOUT = 1800
@@ -136,16 +137,13 @@ def deploy_stage(model_name, ref, service, namespace, image, canary_traffic_perc
 @dsl.pipeline(name="easel-lifecycle",
               description="source (or the Shapes world) -> ingest -> validate -> version -> captioner -> recaption -> "
                           "DALL-E 1 and unCLIP -> evaluate -> register -> gate -> promote -> deploy (optional)")
+@documented()
 def lifecycle_pipeline(source: str = "", dataset_version: str = "", recipe: str = "all", preset: str = "tiny",
                        caption_policy: str = "blend", gate_config: str = "", deploy: bool = False,
                        overrides: str = "", seed: int = 0, recaption_groups: int = 2,
                        dalle_model: str = "easel-dalle", unclip_model: str = "easel-unclip",
                        serving_namespace: str = "easel-serving", serving_image: str = GPU_IMAGE,
                        serving_gpus: int = 1, canary_traffic_percent: int = 100, workdir: str = ""):
-    """source: raw data to ingest ("" synthesizes the preset's Shapes world); dataset_version: the
-    version id the ingested data must have ("" any); gate_config: JSON merged over the preset's
-    gates; deploy: serve each promoted model as the InferenceService named after it (deploy
-    follows the production alias the run's promote step has just moved)."""
     ing, ver = data_stage(preset, overrides, seed, workdir, source, dataset_version)
     data = ing.outputs["dataset"]
     tok, clip = shared_parts(data, preset, overrides, workdir)

@@ -5,11 +5,13 @@ from kfp import dsl
 from components.version.component import version
 from pipelines import cluster
 from pipelines.lifecycle import import_dataset, recaption_stage, shared_parts
+from pipelines.params import documented
 
 
 @dsl.pipeline(name="easel-recaption",
               description="Captioner on the curated subset -> short + long synthetic captions for every image "
                           "(filtered, original as fallback) -> a new dataset version")
+@documented()
 def recaption_pipeline(dataset_uri: str, dataset_version: str = "", preset: str = "tiny", overrides: str = "",
                        recaption_groups: int = 2, workdir: str = "") -> dict:
     imp, _ = import_dataset(dataset_uri, dataset_version)

@@ -4,11 +4,13 @@ from kfp import dsl
 from kfp.dsl import Dataset, Model
 
 from pipelines.lifecycle import release_stage
+from pipelines.params import documented
 
 
 @dsl.pipeline(name="easel-evaluate-promote",
               description="Evaluate a bundle on a dataset's held-out prompts, register it with lineage, "
                           "gate it against thresholds and production, and promote it")
+@documented()
 def evaluate_promote_pipeline(bundle_uri: str, dataset_uri: str, model_name: str = "easel-dalle",
                               recipe: str = "dalle", preset: str = "tiny", overrides: str = "",
                               gate_config: str = "", workdir: str = ""):

@@ -13,6 +13,7 @@ from components.train_dvae.component import train_dvae
 from components.train_transformer.component import train_transformer
 from pipelines import cluster
 from pipelines.lifecycle import dalle_stage, import_dataset, shared_parts, unclip_stage
+from pipelines.params import documented
 
 # DALL-E 3's three caption mixes -> the training caption policy (model_code/text/blend.py)
 CAPTION_POLICIES = {"original": "original", "synthetic": "long", "blend": "blend"}
@@ -21,6 +22,7 @@ CAPTION_POLICIES = {"original": "original", "synthetic": "long", "blend": "blend
 @dsl.pipeline(name="easel-table-captions",
               description="DALL-E 3: DALL-E 1 generators trained with the same compute on original, 100% synthetic "
                           "and 95/5 blended captions; prompt following on short and long prompts")
+@documented()
 def table_captions_pipeline(dataset_uri: str, dataset_version: str = "", preset: str = "tiny",
                             overrides: str = "", workdir: str = "") -> dict:
     imp, ver = import_dataset(dataset_uri, dataset_version)
@@ -49,6 +51,7 @@ def table_captions_pipeline(dataset_uri: str, dataset_version: str = "", preset:
 @dsl.pipeline(name="easel-table-rerank",
               description="DALL-E 1: prompt following and CLIP score of the CLIP-best of N candidates, "
                           "for each reranking budget N")
+@documented()
 def table_rerank_pipeline(dataset_uri: str, dataset_version: str = "",
                           budgets: list = [1, 2, 4, 8, 16, 32],  # noqa: B006 (a KFP default, never mutated)
                           caption_policy: str = "blend", preset: str = "tiny", overrides: str = "",
@@ -69,13 +72,12 @@ def table_rerank_pipeline(dataset_uri: str, dataset_version: str = "",
 @dsl.pipeline(name="easel-table-guidance",
               description="DALL-E 2: diversity and prompt following against guidance scale, unCLIP (prior + "
                           "decoder) versus a decoder conditioned on text directly")
+@documented()
 def table_guidance_pipeline(dataset_uri: str, dataset_version: str = "",
                             scales: list = [1.0, 2.0, 3.0, 4.0],  # noqa: B006 (a KFP default, never mutated)
                             caption_policy: str = "blend", preset: str = "tiny", overrides: str = "",
                             text_decoder_overrides: str = '{"decoder": {"conditioning": "text"}}',
                             workdir: str = "") -> dict:
-    """text_decoder_overrides: the preset overrides of the text-conditioned decoder (its own, not
-    merged with `overrides`: keep decoder.conditioning = text in it)."""
     imp, ver = import_dataset(dataset_uri, dataset_version)
     data = imp.output
     tok, clip = shared_parts(data, preset, overrides, workdir)

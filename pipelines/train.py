@@ -8,11 +8,13 @@ from components.images import GPU_IMAGE
 from components.train_multinode.component import train_multinode
 from pipelines import cluster
 from pipelines.lifecycle import dalle_stage, import_dataset, shared_parts, unclip_stage
+from pipelines.params import documented
 
 
 @dsl.pipeline(name="easel-train",
               description="Tokenizer and CLIP, then DALL-E 1 (dVAE, transformer) and/or unCLIP (prior, decoder, "
                           "upsampler) on an ingested (or recaptioned) dataset -> generation bundles")
+@documented()
 def train_pipeline(dataset_uri: str, dataset_version: str = "", recipe: str = "all", preset: str = "tiny",
                    caption_policy: str = "blend", overrides: str = "", workdir: str = ""):
     imp, ver = import_dataset(dataset_uri, dataset_version)
@@ -38,13 +40,17 @@ def train_pipeline(dataset_uri: str, dataset_version: str = "", recipe: str = "a
 @dsl.pipeline(name="easel-train-multinode",
               description="One part of the base preset on several GPU nodes: a Training Operator PyTorchJob "
                           "(torchrun, one `easel train` process per GPU), submitted and waited for")
+@documented(dataset_uri="The dataset as an object-store URI (s3://...): the job's pods share no file system.",
+            workdir="Object-store prefix; the trained part goes to WORKDIR/PART with its checkpoints, so a "
+                    "resubmitted job resumes.",
+            namespace="Kubernetes namespace of the training job.",
+            image="Training container image (the CUDA image).",
+            preset="Model and data sizes: base (256 px on a GPU node pool) or paper; the smaller presets "
+                   "fit on one GPU and need no multi-node job.")
 def train_multinode_pipeline(part: str, dataset_uri: str, workdir: str, deps: dict = {},  # noqa: B006 (KFP default)
                              preset: str = "base", caption_policy: str = "", overrides: str = "",
                              nodes: int = 2, gpus_per_node: int = 8, namespace: str = "kubeflow",
                              image: str = GPU_IMAGE) -> dict:
-    """dataset_uri, workdir and deps ({"tokenizer": "s3://..."}) are object-store URIs: the job's
-    pods share no file system. The trained part goes to <workdir>/<part>; its checkpoints stay
-    there, so a resubmitted job resumes."""
     # never cached: the trained part lives in the object store, outside what KFP's cache can see
     job = cluster.cpu(train_multinode(dataset=dataset_uri, part=part, preset=preset, overrides=overrides,
                                       caption_policy=caption_policy, deps=deps, image=image, nodes=nodes,
