@@ -52,6 +52,21 @@ def kfp_value(value: Any) -> Any:
     return value
 
 
+def publish(summary: dict, metrics=None, artifact=None, scalars: tuple[str, ...] = ()) -> dict:
+    """Show a step's summary in the Kubeflow UI: its numeric `metrics` on a KFP Metrics artifact
+    (the run comparison view reads these), and `scalars` (counts, version ids, the MLflow run id)
+    as metadata of an output artifact (the artifact and lineage views show them). Returns summary."""
+    import math
+    if metrics is not None:
+        for key, value in sorted((summary.get("metrics") or {}).items()):
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                metrics.log_metric(str(key), float(value))
+    if artifact is not None:
+        artifact.metadata.update({k: summary[k] for k in scalars
+                                  if isinstance(summary.get(k), (str, int, float, bool))})
+    return summary
+
+
 def _summary(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -110,14 +125,27 @@ def ingest_step(source: str, out: str, preset: str = "tiny", overrides: dict | s
 
 @_summary
 def validate_step(dataset: str, preset: str = "tiny", overrides: dict | str | None = None,
-                  report_path: str | None = None) -> dict[str, Any]:
-    """Run the validation suite; raises ValidationFailed (the run stops) when it fails.
+                  report_path: str | None = None, require: bool = True) -> dict[str, Any]:
+    """Run the validation suite; raises ValidationFailed (the run stops) when it fails, unless
+    require=False (then the result says success false: see require_valid_step).
     The JSON report goes to the dataset's validation.json (DVC ignores it: validating does not
     change the version); report_path, when given, gets the HTML page (the component's HTML
     artifact, which the KFP UI renders)."""
-    from model_code.data.validate import require_valid
+    from model_code.data.validate import require_valid, validate
     d = _cfg(preset, overrides)["data"]
-    return require_valid(dataset, thresholds=d.get("validate"), html_report=report_path or False)
+    return (require_valid if require else validate)(dataset, thresholds=d.get("validate"),
+                                                     html_report=report_path or False)
+
+
+def require_valid_step(validation: dict) -> dict[str, Any]:
+    """validate_step's result, passed on when the suite succeeded; ValidationFailed (listing the
+    failed expectations) otherwise."""
+    from model_code.data.validate import ValidationFailed
+    if not isinstance(validation, dict) or not isinstance(validation.get("success"), bool):
+        raise ValueError(f"validation: a validate step result with success true|false expected, got {validation!r}")
+    if not validation["success"]:
+        raise ValidationFailed(validation)
+    return validation
 
 
 @_summary
@@ -135,14 +163,18 @@ def version_step(dataset: str, expected: str = "") -> dict[str, Any]:
 @_summary
 def train_step(part: str, dataset: str, out: str, preset: str = "tiny",
                overrides: dict | str | None = None, deps: dict[str, str] | None = None,
-               caption_policy: str = "") -> dict[str, Any]:
-    """Train one part (tokenizer, dvae, transformer, clip, captioner, prior, decoder, upsampler)."""
+               caption_policy: str = "", metrics=None, model=None) -> dict[str, Any]:
+    """Train one part (tokenizer, dvae, transformer, clip, captioner, prior, decoder, upsampler).
+    metrics / model: the KFP task's Metrics and Model artifacts (final losses and throughput; the
+    part, steps, dataset version and MLflow run id as the model's metadata)."""
     from model_code.train.run import train_part
     over = _overrides(overrides)
     if caption_policy:  # generator parts only: the captioner keeps its curated captions
         over = deep_merge(over, {"train": {"caption_policy": caption_policy}})
-    return train_part(part, preset, data=dataset, out=out, overrides=over or None,
-                      deps={k: v for k, v in (deps or {}).items() if v})
+    res = train_part(part, preset, data=dataset, out=out, overrides=over or None,
+                     deps={k: v for k, v in (deps or {}).items() if v})
+    return publish(res, metrics, model, ("part", "steps", "samples_seen", "seconds", "dataset_version",
+                                          "mlflow_run_id", "preempted"))
 
 
 @_summary

@@ -31,6 +31,7 @@ from components.train_prior.component import train_prior
 from components.train_tokenizer.component import train_tokenizer
 from components.train_transformer.component import train_transformer
 from components.train_upsampler.component import train_upsampler
+from components.require_valid.component import require_valid
 from components.validate.component import validate
 from components.version.component import version
 from pipelines import cluster
@@ -49,7 +50,8 @@ def data_stage(preset: str, overrides: str, seed: int, workdir: str, source: str
     ing = cluster.cpu(ingest(raw=raw.outputs["raw"], preset=preset, overrides=overrides, workdir=workdir),
                       memory="16Gi", cpu="8")
     val = cluster.cpu(validate(dataset=ing.outputs["dataset"], preset=preset, overrides=overrides))
-    ver = cluster.cpu(version(dataset=ing.outputs["dataset"], expected=dataset_version).after(val), cache=False)
+    ok = cluster.cpu(require_valid(validation=val.outputs["Output"]))
+    ver = cluster.cpu(version(dataset=ing.outputs["dataset"], expected=dataset_version).after(ok), cache=False)
     return ing, ver
 
 
@@ -118,7 +120,7 @@ def release_stage(bundle, dataset, preset, overrides, model_name, workdir, recip
     reg = cluster.cpu(register(bundle=bundle, name=model_name, evaluation=ev.outputs["Output"]), cache=False)
     gt = cluster.cpu(gate(registered=reg.output, evaluation=ev.outputs["Output"], preset=preset, overrides=overrides,
                           gate_config=gate_config), cache=False)
-    verdict = cluster.cpu(gate_verdict(record=gt.output), cache=False)
+    verdict = cluster.cpu(gate_verdict(record=gt.outputs["Output"]), cache=False)
     with dsl.If(verdict.output == "passed", name="gate-passed-" + recipe):
         pro = cluster.cpu(promote(registered=reg.output, alias="production").after(gt), cache=False)
         if after_promote is not None:

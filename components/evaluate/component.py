@@ -9,10 +9,8 @@ def evaluate(bundle: Input[Model], dataset: Input[Dataset], preset: str, overrid
              metrics: Output[Metrics], report: Output[Markdown]) -> dict:
     """Prompt following (oracle-judged), CLIP score, FD, diversity, dVAE and captioner metrics."""
     from model_code import storage
-    from easel.steps import evaluate_step, input_location, output_location
+    from easel.steps import evaluate_step, input_location, output_location, publish
     result = evaluate_step(input_location(bundle.path), input_location(dataset.path),
                            output_location(report.path + ".d", workdir, name), preset, overrides)
-    for key, value in result["metrics"].items():
-        metrics.log_metric(key, value)
     storage.write_text(report.path, storage.read_text(result["report"]))
-    return result
+    return publish(result, metrics)

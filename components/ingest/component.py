@@ -8,8 +8,8 @@ from components.images import CPU_IMAGE
 def ingest(raw: Input[Dataset], preset: str, overrides: str, workdir: str,
            dataset: Output[Dataset]) -> dict:
     """Decode, verify, normalise, dedup and shard a source; bad records are quarantined."""
-    from easel.steps import ingest_step, input_location, output_location
+    from easel.steps import ingest_step, input_location, output_location, publish
     summary = ingest_step(input_location(raw.path), output_location(dataset.path, workdir, "dataset"),
                           preset, overrides)
-    dataset.metadata.update({k: summary[k] for k in ("input", "accepted", "quarantined", "duplicates")})
-    return summary
+    return publish(summary, artifact=dataset,
+                   scalars=("input", "accepted", "quarantined", "duplicates", "shards", "size", "out"))

@@ -6,6 +6,7 @@ import os
 import pandas as pd
 import pytest
 
+from components.require_valid.component import require_valid
 from components.validate.component import validate
 from tests.components.kfp_local import run
 from tests.components.tiny import BROKEN_KEY, DUPLICATE_KEY, N_IMAGES, OV, PRESET, location, with_overrides
@@ -61,13 +62,20 @@ def test_validate_passes_and_writes_an_html_report(dataset):
     assert json.load(open(s["report"]))["success"] is True
 
 
-def test_validate_fails_the_step_on_a_failed_suite(dataset, capsys):
+def test_a_failed_suite_publishes_its_report_then_stops_the_run(dataset, capsys):
     # the one quarantined record breaks a zero-tolerance quarantine threshold
     strict = with_overrides(data={"validate": {"max_quarantine_ratio": 0.0}})
-    with pytest.raises(RuntimeError, match="validate"):
-        run(validate, dataset=dataset, preset=PRESET, overrides=strict)
+    out = run(validate, dataset=dataset, preset=PRESET, overrides=strict)
+    s = out["Output"]
+    assert s["success"] is False and s["failed_expectations"]
+    html = open(out["report"].path).read()  # the artifact the UI shows, written although the suite failed
+    assert "<table" in html and "quarantine" in html.lower()
+    with pytest.raises(RuntimeError, match="require-valid"):
+        run(require_valid, validation=s)
     logs = capsys.readouterr().out
     assert "ValidationFailed" in logs and "quarantine" in logs
+    passed = run(validate, dataset=dataset, preset=PRESET, overrides=OV)["Output"]
+    assert run(require_valid, validation=passed)["Output"]["success"] is True
 
 
 def test_version_names_the_dvc_content_hash(versioned, dataset):

@@ -155,3 +155,15 @@ def test_table_step_writes_its_markdown_artifact_not_the_repo_docs(tmp_path, mon
     assert [r["budget"] for r in res["rows"]] == [1, 2] and res["run_id"]
     assert md.read_text().startswith("## DALL-E 1: CLIP reranking budget") and res["markdown"] in md.read_text()
     assert open(docs).read() == before
+
+
+def test_publish_puts_numbers_on_metrics_and_scalars_on_the_artifact(tmp_path):
+    from kfp.dsl import Metrics, Model
+    metrics = Metrics(name="metrics", uri=str(tmp_path / "m"), metadata={})
+    model = Model(name="model", uri=str(tmp_path / "model"), metadata={})
+    summary = {"part": "dvae", "steps": 40, "mlflow_run_id": "abc", "out": {"nested": 1},
+               "metrics": {"train/loss": 0.5, "perf/steps_per_s": 3, "bad": float("nan"), "flag": True,
+                           "name": "x"}}
+    assert steps.publish(summary, metrics, model, ("part", "steps", "mlflow_run_id", "out", "absent")) is summary
+    assert metrics.metadata == {"train/loss": 0.5, "perf/steps_per_s": 3.0}
+    assert model.metadata == {"part": "dvae", "steps": 40, "mlflow_run_id": "abc"}

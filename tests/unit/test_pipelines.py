@@ -190,3 +190,17 @@ def test_a_pipeline_parameter_without_a_description_is_an_error():
     from pipelines.params import documented
     with pytest.raises(ValueError, match="no description for parameter.*'nameless'"):
         documented()(lambda preset, nameless: None)
+
+
+def test_training_evaluation_and_gate_steps_emit_metrics_for_the_run_comparison_view():
+    with open(os.path.join(ROOT, "pipelines", "compiled", "lifecycle.yaml")) as f:
+        comps = next(yaml.safe_load_all(f))["components"]
+    wanted = [c for c in comps if c.startswith(("comp-train-", "comp-evaluate", "comp-gate"))
+              and not c.startswith("comp-gate-verdict")]
+    assert len(wanted) >= 10, sorted(comps)
+    for name in wanted:
+        arts = comps[name].get("outputDefinitions", {}).get("artifacts", {})
+        kinds = {a["artifactType"]["schemaTitle"] for a in arts.values()}
+        assert "system.Metrics" in kinds, f"{name} emits no Metrics artifact"
+    # validation publishes its report and a separate step stops the run on a failed suite
+    assert "comp-require-valid" in comps and "comp-validate" in comps
