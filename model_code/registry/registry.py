@@ -211,10 +211,66 @@ def register_bundle(bundle_dir: str, name: str, lineage: dict | None = None,
         record_gate(name, version, gate)
     else:  # every version says where it stands; "pending" is not promotable
         c.set_model_version_tag(name, version, GATE_VERDICT, "pending")
+        _describe(c, name, version)
     log.info("registered %s version %s (%s, run %s)", name, version, meta["recipe"], run_id)
     return {"name": name, "version": version, "uri": model_uri(name, version), "run_id": run_id,
             "model_id": getattr(info, "model_id", None), "recipe": meta["recipe"],
             "preset": meta.get("preset", "")}
+
+
+# ---------------------------------------------------------------- what the MLflow UI shows
+def _run_link(c, run_id: str | None, label: str) -> str:
+    """A Markdown link to a run in the MLflow UI (its hash route), or the bare id when unknown."""
+    if not run_id:
+        return ""
+    try:
+        exp = c.get_run(run_id).info.experiment_id
+    except Exception:  # noqa: BLE001 - a run in another store, or deleted: still name it
+        return f"{label} (`{run_id}`)"
+    return f"[{label}](#/experiments/{exp}/runs/{run_id})"
+
+
+def version_description(name: str, version: str | int, c=None) -> str:
+    """A version's description for the MLflow UI, in Markdown: what it is (recipe, preset, dataset
+    version, code revision), the gate's verdict with each gated metric against its limit and
+    production's value, and links to its training and evaluation runs. Built from the version's
+    tags (the records stay there, as JSON, for programs)."""
+    c = c or tracking.client()
+    mv = _get_version(c, name, str(version))
+    tags = mv.tags or {}
+    lineage = json.loads(tags.get("easel.lineage") or "{}")
+    lines = [f"**{name} version {mv.version}**: recipe `{tags.get('easel.recipe', '?')}`, preset "
+             f"`{tags.get('easel.preset', '?')}`, dataset `{tags.get('easel.dataset_version', 'unknown')}`, "
+             f"code `{str(tags.get('easel.git_revision', 'unknown'))[:12]}`.", ""]
+    record = json.loads(tags[GATE_RECORD]) if tags.get(GATE_RECORD) else None
+    verdict = tags.get(GATE_VERDICT) or "none"
+    if record is None:
+        lines += [f"**Gate: {verdict}** (not evaluated yet: it cannot be promoted until it passes).", ""]
+    else:
+        lines += [f"**Gate: {verdict}**: " + "; ".join(record.get("reasons") or []), ""]
+        checks = record.get("checks") or []
+        if checks:
+            lines += ["| metric | value | rule | limit | production | ok |", "|---|---|---|---|---|---|"]
+            fmt = (lambda v: f"{v:.4g}" if isinstance(v, (int, float)) else "-")  # noqa: E731
+            for ch in checks:
+                lines.append(f"| {ch.get('metric')} | {fmt(ch.get('value'))} | {ch.get('rule')} | "
+                             f"{fmt(ch.get('limit'))} | {fmt(ch.get('production'))} | "
+                             f"{'yes' if ch.get('ok') else '**no**'} |")
+            lines.append("")
+        prod = record.get("production") or {}
+        if prod.get("version"):
+            lines += [f"Compared with {name} version {prod['version']} (@{prod.get('alias', 'production')}).", ""]
+    runs = lineage.get("train_run_ids") or {}
+    if isinstance(runs, dict) and runs:
+        lines.append("Trained in: " + ", ".join(_run_link(c, rid, part) for part, rid in sorted(runs.items())) + ".")
+    evaluated = (record or {}).get("run_id") or tags.get(GATE_RUN_ID)
+    if evaluated:
+        lines.append("Evaluated in: " + _run_link(c, evaluated, "evaluation run") + ".")
+    return "\n".join(lines).strip() + "\n"
+
+
+def _describe(c, name: str, version: str) -> None:
+    c.update_model_version(name, version, description=version_description(name, version, c))
 
 
 # ---------------------------------------------------------------- gate records
@@ -245,6 +301,7 @@ def record_gate(name: str, version: str | int, record: dict) -> dict:
     elif GATE_RUN_ID in (mv.tags or {}):  # the run of an older record no longer applies
         c.delete_model_version_tag(name, version, GATE_RUN_ID)
     c.set_model_version_tag(name, version, GATE_VERDICT, verdict)
+    _describe(c, name, version)
     return {"name": name, "version": version, "verdict": verdict, "recorded_at": at,
             "run_id": record.get("run_id")}
 

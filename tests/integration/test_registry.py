@@ -376,3 +376,42 @@ def test_replay_promotions_and_rollbacks():
     assert registry._replay(events, "staging") == ["3"]
     # an alias set outside Easel before the first promotion is kept as the one to roll back to
     assert registry._replay([ev("promote", "5", previous="4")], "production") == ["4", "5"]
+
+
+def test_version_description_says_what_it_is_and_why_it_was_promoted(embedded):
+    """The MLflow UI's version page shows the description: recipe, preset, dataset version, the
+    gate's verdict with each metric against its limit and production, and links to the runs."""
+    import mlflow
+    from model_code import tracking
+    from model_code.evaluate.gates import gate
+    c = tracking.client()
+    exp = tracking.ensure_experiment("easel-describe-test")
+    tr_run = c.create_run(exp).info.run_id
+    ev_run = c.create_run(exp).info.run_id
+    source = c.get_model_version(embedded["name"], embedded["version"]).source
+    name = "easel-described"
+    first = str(mlflow.register_model(source, name).version)
+    second = str(mlflow.register_model(source, name).version)
+    for v in (first, second):   # the tags register_bundle writes, then its description
+        for k, val in registry._lineage_tags({"recipe": "dalle", "preset": "tiny", "format": "x"},
+                                             {**LINEAGE, "train_run_ids": {"transformer": tr_run}})[0].items():
+            c.set_model_version_tag(name, v, k, val)
+        registry._describe(c, name, v)
+    pending = c.get_model_version(name, first).description
+    assert "recipe `dalle`" in pending and "preset `tiny`" in pending and "dvc-1a2b3c" in pending
+    assert "Gate: pending" in pending or "Gate: none" in pending
+    assert f"[transformer](#/experiments/{exp}/runs/{tr_run})" in pending
+    cfg = {"gates": {"clip_score": {"min": 0.2}, "pf.constraint": {"better": "higher"}}, "margin": 0.1}
+    registry.record_gate(name, first, {**gate({"clip_score": 0.3, "pf.constraint": 0.5}, cfg), "run_id": ev_run})
+    registry.promote(name, first)
+    rec = gate({"clip_score": 0.25, "pf.constraint": 0.2}, cfg, production_metrics={"clip_score": 0.3,
+                                                                                     "pf.constraint": 0.5})
+    rec["production"].update({"version": first, "alias": "production"})
+    registry.record_gate(name, second, {**rec, "run_id": ev_run})
+    text = c.get_model_version(name, second).description
+    assert "**Gate: failed**" in text and "pf.constraint = 0.2 is below production's 0.5" in text
+    assert "| clip_score | 0.25 | min | 0.2 | - | yes |" in text
+    assert "| pf.constraint | 0.2 | vs_production | 0.45 | 0.5 | **no** |" in text
+    assert f"Compared with {name} version {first} (@production)" in text
+    assert f"[evaluation run](#/experiments/{exp}/runs/{ev_run})" in text
+    assert "**Gate: passed**" in c.get_model_version(name, first).description
