@@ -143,6 +143,30 @@ def git_revision(path: str | None = None) -> str | None:
     return head + ("-dirty" if head and git_dirty(path) else "") if head else None
 
 
+def log_dataset(run_id: str, uri: str, context: str, version: str | None = None) -> None:
+    """Log an ingested dataset as an input of a run (MLflow's dataset view: name, digest, source,
+    profile), not only as a tag. The digest is the dataset's content hash from its dataset.json;
+    `version` (the DVC version id) goes into the profile and a tag. A dataset without dataset.json
+    is logged by its URI alone."""
+    import json
+    import posixpath
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from model_code import storage
+    meta_path = storage.join(uri, "dataset.json")
+    meta = json.loads(storage.read_text(meta_path)) if storage.exists(meta_path) else {}
+    version = version or meta.get("version") or meta.get("version_id")
+    digest = str(meta.get("content_hash") or version or uri)[:36]
+    profile = {k: meta[k] for k in ("accepted", "quarantined", "duplicates", "records", "size") if k in meta}
+    if version:
+        profile["version"] = version
+    ds = Dataset(name=posixpath.basename(uri.rstrip("/")) or uri, digest=digest,
+                 source_type="s3" if uri.startswith("s3://") else "local", source=json.dumps({"uri": uri}),
+                 profile=json.dumps(profile) if profile else None)
+    tags = [InputTag("mlflow.data.context", context)] + ([InputTag("easel.dataset_version", str(version))]
+                                                          if version else [])
+    client().log_inputs(run_id, datasets=[DatasetInput(ds, tags=tags)])
+
+
 def bundle_lineage(parts: dict[str, str], dataset: dict | None = None) -> dict:
     """A bundle's lineage: the dataset version (`dataset`: the data version step's summary), the git
     revision and the MLflow run that trained each part (from the part's train_state.json)."""

@@ -264,8 +264,9 @@ def _save_png(img, uri: str) -> None:
 # ---------------------------------------------------------------- MLflow
 def log_run(experiment: str, run_name: str, params: dict, metrics: dict[str, float],
             tables: dict[str, Any] | None = None, artifacts: str | None = None,
-            tags: dict | None = None) -> str:
-    """One finished MLflow run (client API: never disturbs the caller's active run)."""
+            tags: dict | None = None, datasets: dict[str, str] | None = None) -> str:
+    """One finished MLflow run (client API: never disturbs the caller's active run). datasets:
+    {uri: context} logged as the run's dataset inputs."""
     from mlflow.entities import Metric, Param
     from model_code import tracking
     c = tracking.client()
@@ -280,6 +281,8 @@ def log_run(experiment: str, run_name: str, params: dict, metrics: dict[str, flo
         ms = [Metric(k, float(v), now, 0) for k, v in M.finite(metrics).items()]
         for i in range(0, max(len(ps), len(ms)), 100):   # MLflow takes 100 params / 1000 metrics a batch
             c.log_batch(rid, metrics=ms[i:i + 100], params=ps[i:i + 100])
+        for uri, context in (datasets or {}).items():
+            tracking.log_dataset(rid, uri, context)
         for name, table in (tables or {}).items():
             c.log_table(rid, table, name)
         if artifacts:
@@ -388,7 +391,8 @@ def evaluate(bundle: str, dataset: str, out: str, preset: str | dict = "tiny",
                          {"per_category.json": table,
                           "per_image.json": pd.DataFrame([{k: v for k, v in r.items() if k != "kinds"}
                                                           for r in pf["rows"]])},
-                         artifacts=out, tags={"easel.recipe": gen.recipe, "easel.bundle": bundle})
+                         artifacts=out, tags={"easel.recipe": gen.recipe, "easel.bundle": bundle},
+                         datasets={dataset: "evaluation"})
     result = {"metrics": flat, "per_category": per, "report": report, "run_id": run_id, "out": out,
               "inputs": {**settings, "run_id": run_id}}
     storage.write_text(storage.join(out, RESULT_FILE), json.dumps({"key": key, "result": result}, default=str))

@@ -247,6 +247,8 @@ def _fit(spec: PartSpec, cfg: dict, tcfg: dict, preset_name: str, model: torch.n
                       "dataset_content_hash": dataset.index.content_hash,
                       **{f"deps.{k}": v for k, v in deps.items()}}
             logger.log_hyperparams(params)
+            from model_code.tracking import log_dataset
+            log_dataset(logger.run_id, data, "training", version)
         run_id = logger.run_id
 
     throughput = cb.Throughput(tcfg["log_every"], tcfg["peak_flops"])
@@ -367,6 +369,8 @@ def _train_tokenizer(cfg: dict, preset_name: str, data: str, out: str, resume: b
                             "data.uri": data, "data.records": len(records), "dataset_version": version})
             mlf.log_metrics(metrics)
             run_id = run.info.run_id
+            from model_code.tracking import log_dataset
+            log_dataset(run_id, data, "training", version)
     summary = {"part": "tokenizer", "out": out, "steps": 0, "max_steps": 0, "metrics": metrics,
                "first_metrics": None, "mlflow_run_id": run_id,
                "tracking_uri": tracking_uri() if mlflow else None, "preempted": False,

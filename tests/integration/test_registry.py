@@ -415,3 +415,26 @@ def test_version_description_says_what_it_is_and_why_it_was_promoted(embedded):
     assert f"Compared with {name} version {first} (@production)" in text
     assert f"[evaluation run](#/experiments/{exp}/runs/{ev_run})" in text
     assert "**Gate: passed**" in c.get_model_version(name, first).description
+
+
+def test_evaluation_metrics_and_dataset_are_linked_to_the_model(embedded, bundle, tmp_path):
+    """Registered into its evaluation run, the logged model carries that run's metrics (MLflow 3's
+    model_id: the model page shows them), and the run lists its dataset as an input."""
+    import mlflow
+    from model_code import tracking
+    from model_code.evaluate.evaluate import log_run
+    ds = tmp_path / "heldout-ds"
+    ds.mkdir()
+    (ds / "dataset.json").write_text(json.dumps({"content_hash": "c0ffee" * 6, "accepted": 12,
+                                                 "version": "dvc:abc.dir@git:123"}))
+    rid = log_run("easel-evaluate-test", "evaluate x", {"recipe": "dalle"}, {"clip_score": 0.31, "pf.constraint": 0.5},
+                  datasets={str(ds): "evaluation"})
+    reg = registry.register_bundle(bundle, "easel-linked", LINEAGE, run_id=rid)
+    logged = mlflow.get_logged_model(reg["model_id"])
+    got = {m.key: m.value for m in logged.metrics}
+    assert got == {"clip_score": 0.31, "pf.constraint": 0.5}
+    inputs = tracking.client().get_run(rid).inputs.dataset_inputs
+    assert len(inputs) == 1
+    d = inputs[0].dataset
+    assert d.name == "heldout-ds" and d.digest == ("c0ffee" * 6)[:36] and "dvc:abc.dir@git:123" in d.profile
+    assert {t.key: t.value for t in inputs[0].tags}["mlflow.data.context"] == "evaluation"

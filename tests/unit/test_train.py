@@ -203,6 +203,9 @@ def test_train_dvae_end_to_end(data, tmp_path, monkeypatch):
     assert run.data.params["dvae.n_hid"] == "16" and run.data.params["train.lr"] == "0.003"
     assert run.data.params["dataset_content_hash"] == json.load(open(os.path.join(data, "dataset.json")))["content_hash"]
     assert run.data.tags["part"] == "dvae" and run.info.status == "FINISHED"
+    (inp,) = run.inputs.dataset_inputs  # the dataset as the run's input (MLflow's dataset view)
+    assert inp.dataset.digest == run.data.params["dataset_content_hash"][:36]
+    assert {t.key: t.value for t in inp.tags}["mlflow.data.context"] == "training"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
     assert len(steps) >= 5 and {b - a for a, b in zip(steps, steps[1:])} == {5}  # every log_every
     assert client.get_metric_history(run.info.run_id, "perf/samples_per_s")
