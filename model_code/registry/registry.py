@@ -41,6 +41,11 @@ from model_code import storage, tracking
 
 log = logging.getLogger(__name__)
 
+# Aliases are the promotion mechanism: serving resolves models:/NAME@production, and every
+# promotion and rollback moves them. The deprecated stage (MLflow 2.9) is kept only as a mirror:
+# the MLflow UI's model list still has a Stage column and older clients resolve
+# models:/NAME/Production. Easel never reads it; _settle derives it from the aliases after every
+# promote and rollback, so the two cannot disagree.
 ALIASES = ("production", "staging")
 STAGES = {"production": "Production", "staging": "Staging"}
 REGISTRY_EXPERIMENT = "easel-registry"
