@@ -180,18 +180,6 @@ def _lineage_tags(meta: dict, lineage: dict) -> tuple[dict[str, str], dict | Non
     return tags, gate
 
 
-def _link_run_metrics(c, run_id: str, model_id: str) -> None:
-    """The run's metrics (the evaluation's), linked to the logged model (MLflow 3's model_id), so
-    that the model's page in the MLflow UI lists them beside the registered version."""
-    import time
-    from mlflow.entities import Metric
-    metrics = c.get_run(run_id).data.metrics
-    now = int(time.time() * 1000)
-    batch = [Metric(k, float(v), now, 0, model_id=model_id, run_id=run_id) for k, v in sorted(metrics.items())]
-    for i in range(0, len(batch), 1000):  # MLflow takes 1000 metrics a batch
-        c.log_batch(run_id, metrics=batch[i:i + 1000])
-
-
 def register_bundle(bundle_dir: str, name: str, lineage: dict | None = None,
                     run_id: str | None = None) -> dict:
     """Log the bundle (a directory or s3:// prefix) as a pyfunc model and register it as a new
@@ -224,8 +212,6 @@ def register_bundle(bundle_dir: str, name: str, lineage: dict | None = None,
         if own_run:
             c.set_terminated(run_id, status)
     version = str(info.registered_model_version)
-    if not own_run and getattr(info, "model_id", None):
-        _link_run_metrics(c, run_id, info.model_id)
     if gate is not None:
         record_gate(name, version, gate)
     else:  # every version says where it stands; "pending" is not promotable
