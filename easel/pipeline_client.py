@@ -308,9 +308,48 @@ def _kfp_error(host: str, e: Exception) -> PipelineHostError:
     return PipelineHostError(f"no usable Kubeflow Pipelines API at {host}: {first}")
 
 
+def package_identity(package_path: str) -> tuple[str, str, str]:
+    """(pipeline name, version name, description) of a compiled package as the Kubeflow UI lists
+    it: the pipeline's own name (pipelineInfo.name, e.g. easel-lifecycle), a version named by the
+    package's content (the same package is the same version; any change, a new one) and the
+    pipeline's description."""
+    import hashlib
+    import yaml
+    with open(package_path, "rb") as f:
+        raw = f.read()
+    info = next(yaml.safe_load_all(raw)).get("pipelineInfo") or {}
+    name = info.get("name") or os.path.splitext(os.path.basename(package_path))[0]
+    return name, f"{name}-{hashlib.sha256(raw).hexdigest()[:12]}", info.get("description") or ""
+
+
+def _pipeline_version(client, package_path: str) -> tuple[str, str, str, bool]:
+    """Upload the package as a version named by its content, under its pipeline (created first if
+    it is not there), unless that version exists already; returns (pipeline_id, version_id,
+    version name, uploaded). Creating a pipeline also creates a first version named like the
+    pipeline (KFP's own); runs always use the content-named one, so the same package submitted
+    again finds it."""
+    name, version_name, description = package_identity(package_path)
+    pipeline_id = client.get_pipeline_id(name)
+    if pipeline_id is None:
+        pipeline_id = client.upload_pipeline(package_path, pipeline_name=name,
+                                             description=description or None).pipeline_id
+    else:
+        # kfp.Client.get_pipeline_id's filter form (operation 1: EQUALS)
+        flt = json.dumps({"predicates": [{"key": "display_name", "operation": 1, "stringValue": version_name}]})
+        found = client.list_pipeline_versions(pipeline_id, page_size=1, filter=flt).pipeline_versions or []
+        if found:
+            return pipeline_id, found[0].pipeline_version_id, version_name, False
+    version = client.upload_pipeline_version(package_path, version_name, pipeline_id=pipeline_id)
+    return pipeline_id, version.pipeline_version_id, version_name, True
+
+
 def send(request: PipelineRequest, host: str, timeout: float = 10.0) -> dict[str, Any]:
     """Start the run, or create the recurring run, that `request` describes on the KFP at host.
-    Returns {"run_id" | "recurring_run_id", "experiment_id"?, "url", "pipeline", "arguments"}.
+    A run is of an uploaded pipeline version (the package uploaded as the pipeline, or as a new
+    version of it when its content changed), so the UI lists it under its pipeline, as it does a
+    run of a package a user uploaded by hand.
+    Returns {"run_id" | "recurring_run_id", "experiment_id"?, "url", "pipeline", "arguments",
+    "pipeline_id"?, "pipeline_version_id"?, "pipeline_version"?, "uploaded"?}.
     kfp.Client's own messages go to stderr (stdout carries the summary)."""
     import kfp
     import urllib3
@@ -332,10 +371,16 @@ def send(request: PipelineRequest, host: str, timeout: float = 10.0) -> dict[str
                     enable_caching=request.enable_caching, service_account=request.service_account)
                 return {**summary, "recurring_run_id": job.recurring_run_id, "experiment_id": exp.experiment_id,
                         "cron": request.cron, "url": f"{host}/#/recurringrun/details/{job.recurring_run_id}"}
-            run = client.create_run_from_pipeline_package(
-                pipeline_file=request.package_path, arguments=request.arguments, run_name=request.run_name,
-                experiment_name=request.experiment, namespace=request.namespace,
-                enable_caching=request.enable_caching, service_account=request.service_account)
-            return {**summary, "run_id": run.run_id, "url": f"{host}/#/runs/details/{run.run_id}"}
+            pipeline_id, version_id, version_name, uploaded = _pipeline_version(client, request.package_path)
+            exp = client.create_experiment(request.experiment, namespace=request.namespace)
+            # caching is already in the package (build_request set it): a run of an uploaded
+            # version takes the version's settings
+            run = client.run_pipeline(experiment_id=exp.experiment_id, job_name=request.run_name,
+                                      params=request.arguments, pipeline_id=pipeline_id, version_id=version_id,
+                                      service_account=request.service_account)
+            return {**summary, "run_id": run.run_id, "experiment_id": exp.experiment_id,
+                    "pipeline_id": pipeline_id, "pipeline_version_id": version_id,
+                    "pipeline_version": version_name, "uploaded": uploaded,
+                    "url": f"{host}/#/runs/details/{run.run_id}"}
         except (ApiException, urllib3.exceptions.HTTPError, OSError, TimeoutError) as e:
             raise _kfp_error(host, e) from None

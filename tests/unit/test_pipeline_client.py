@@ -2,6 +2,8 @@
 pipeline's declared parameters) and what the real kfp.Client sends with it, to a stand-in for the
 KFP REST API on 127.0.0.1; a host that does not answer is a one-line error."""
 import json
+import re
+import urllib.parse
 import os
 import socket
 import threading
@@ -24,12 +26,14 @@ def package(name: str) -> str:
 
 
 class FakeKFP:
-    """The KFP v2beta1 endpoints kfp.Client uses to start runs, recording every request.
-    reject: HTTP status to answer run / recurring-run creation with (None: accept)."""
+    """The KFP v2beta1 endpoints kfp.Client uses to upload pipelines and versions and start runs,
+    recording every request; uploaded packages are kept (pipelines: name -> {id, versions: [{id,
+    display_name, package}]}). reject: HTTP status to answer run / recurring-run creation with."""
 
     def __init__(self, reject: int | None = None):
         self.reject = reject
         self.requests: list[tuple[str, str, dict | None]] = []
+        self.pipelines: dict[str, dict] = {}
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -44,15 +48,63 @@ class FakeKFP:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def _filter_name(self, query: dict) -> str | None:
+                flt = json.loads(query.get("filter", ["{}"])[0] or "{}")
+                return next((p.get("stringValue") or p.get("string_value") for p in flt.get("predicates", [])
+                             if p.get("key") == "display_name"), None)
+
             def do_GET(self):
                 outer.requests.append(("GET", self.path, None))
-                if self.path.startswith("/apis/v2beta1/healthz"):
+                url = urllib.parse.urlparse(self.path)
+                query = urllib.parse.parse_qs(url.query)
+                if url.path.startswith("/apis/v2beta1/healthz"):
                     return self._reply(200, {"multi_user": False})
-                if self.path.startswith("/apis/v2beta1/experiments"):
+                if url.path.startswith("/apis/v2beta1/experiments"):
                     return self._reply(200, {"experiments": [], "total_size": 0})
+                if url.path == "/apis/v2beta1/pipelines":
+                    name = self._filter_name(query)
+                    found = [{"pipeline_id": p["id"], "display_name": n} for n, p in outer.pipelines.items()
+                             if name is None or n == name]
+                    return self._reply(200, {"pipelines": found, "total_size": len(found)} if found else {})
+                m = re.fullmatch(r"/apis/v2beta1/pipelines/([^/]+)/versions", url.path)
+                if m:
+                    p = next((p for p in outer.pipelines.values() if p["id"] == m.group(1)), None)
+                    if p is None:
+                        return self._reply(404, {"error": "no such pipeline"})
+                    name = self._filter_name(query)
+                    vs = [{"pipeline_version_id": v["id"], "display_name": v["display_name"], "pipeline_id": p["id"]}
+                          for v in p["versions"] if name is None or v["display_name"] == name]
+                    return self._reply(200, {"pipeline_versions": vs, "total_size": len(vs)} if vs else {})
                 self._reply(404, {"error": "not found"})
 
+            def _upload(self) -> bytes:
+                """The uploadfile part of a multipart/form-data body."""
+                import email.parser
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                msg = email.parser.BytesParser().parsebytes(
+                    b"Content-Type: " + self.headers["Content-Type"].encode() + b"\r\n\r\n" + raw)
+                return next(part.get_payload(decode=True) for part in msg.get_payload()
+                            if part.get_param("name", header="content-disposition") == "uploadfile")
+
             def do_POST(self):
+                url = urllib.parse.urlparse(self.path)
+                query = {k: v[0] for k, v in urllib.parse.parse_qs(url.query).items()}
+                if url.path == "/apis/v2beta1/pipelines/upload":
+                    package = self._upload()
+                    outer.requests.append(("POST", url.path, query))
+                    name = query["name"]
+                    pid, vid = f"p-{len(outer.pipelines) + 1}", f"v-{len(outer.pipelines) + 1}-1"
+                    outer.pipelines[name] = {"id": pid, "versions": [{"id": vid, "display_name": name,
+                                                                      "package": package}]}
+                    return self._reply(200, {"pipeline_id": pid, "display_name": name})
+                if url.path == "/apis/v2beta1/pipelines/upload_version":
+                    package = self._upload()
+                    outer.requests.append(("POST", url.path, query))
+                    p = next(p for p in outer.pipelines.values() if p["id"] == query["pipelineid"])
+                    vid = f"{p['id'].replace('p-', 'v-')}-{len(p['versions']) + 1}"
+                    p["versions"].append({"id": vid, "display_name": query["name"], "package": package})
+                    return self._reply(200, {"pipeline_version_id": vid, "display_name": query["name"],
+                                             "pipeline_id": p["id"]})
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
                 outer.requests.append(("POST", self.path, body))
                 if self.path == "/apis/v2beta1/experiments":
@@ -197,32 +249,54 @@ def test_by_name_compiles_the_current_package(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------- sending it
-def test_submit_sends_the_package_and_arguments():
+def test_submit_uploads_the_pipeline_version_and_runs_it():
     req = build_request(package("lifecycle"), {"preset": "small", "deploy": "true", "recaption_groups": "4"},
                         run_name="nightly", enable_caching=False)
     with FakeKFP() as kfp_api:
         res = send(req, kfp_api.url + "/")
-    assert res["run_id"] == "run-1" and res["url"] == f"{kfp_api.url}/#/runs/details/run-1"
-    assert kfp_api.posted("/apis/v2beta1/experiments")["display_name"] == "easel"
-    run = kfp_api.posted("/apis/v2beta1/runs")
-    assert run["display_name"] == "nightly" and run["experiment_id"] == "exp-1"
-    assert run["service_account"] == "easel-pipeline-runner"
-    assert run["runtime_config"]["parameters"] == {"preset": "small", "deploy": True, "recaption_groups": 4}
-    sent_spec = run["pipeline_spec"]["pipeline_spec"]
-    assert sent_spec["pipelineInfo"]["name"] == "easel-lifecycle"
-    # the package as compiled, but for the per-task caching the run overrides
-    assert without_caching(sent_spec) == without_caching(compiled_spec("lifecycle"))
-    # caching off for the run: no task of the sent spec is cached, nested ones (inside the recipe
-    # conditions and the recaption fan-out) included
-    tasks = {n: t for c in [sent_spec["root"], *sent_spec["components"].values()]
-             for n, t in (c.get("dag") or {}).get("tasks", {}).items()}
-    assert {"train-transformer", "train-prior", "recaption", "ingest"} <= set(tasks)
-    assert all(not t.get("cachingOptions", {}).get("enableCache") for t in tasks.values())
+        # the first submission creates the pipeline, named as the UI names it; its run is of that version
+        (pipeline,) = kfp_api.pipelines.values()
+        assert list(kfp_api.pipelines) == ["easel-lifecycle"] and res["uploaded"] is True
+        # KFP's own first version (named like the pipeline), then the content-named one the run uses
+        assert [v["display_name"] for v in pipeline["versions"]] == ["easel-lifecycle", res["pipeline_version"]]
+        assert res["pipeline_id"] == pipeline["id"] and res["pipeline_version_id"] == pipeline["versions"][1]["id"]
+        assert res["run_id"] == "run-1" and res["url"] == f"{kfp_api.url}/#/runs/details/run-1"
+        assert kfp_api.posted("/apis/v2beta1/experiments")["display_name"] == "easel"
+        run = kfp_api.posted("/apis/v2beta1/runs")
+        assert run["display_name"] == "nightly" and run["experiment_id"] == "exp-1"
+        assert run["service_account"] == "easel-pipeline-runner"
+        assert run["runtime_config"]["parameters"] == {"preset": "small", "deploy": True, "recaption_groups": 4}
+        assert run["pipeline_version_reference"] == {"pipeline_id": pipeline["id"],
+                                                     "pipeline_version_id": pipeline["versions"][1]["id"]}
+        sent_spec = next(yaml.safe_load_all(pipeline["versions"][1]["package"]))
+        assert sent_spec["pipelineInfo"]["name"] == "easel-lifecycle"
+        # the package as compiled, but for the per-task caching the run overrides
+        assert without_caching(sent_spec) == without_caching(compiled_spec("lifecycle"))
+        # caching off for the run: no task of the sent spec is cached, nested ones (inside the recipe
+        # conditions and the recaption fan-out) included
+        tasks = {n: t for c in [sent_spec["root"], *sent_spec["components"].values()]
+                 for n, t in (c.get("dag") or {}).get("tasks", {}).items()}
+        assert {"train-transformer", "train-prior", "recaption", "ingest"} <= set(tasks)
+        assert all(not t.get("cachingOptions", {}).get("enableCache") for t in tasks.values())
+        # GPU settings, secrets: the Kubernetes platform spec travels in the package
+        assert len(list(yaml.safe_load_all(pipeline["versions"][1]["package"]))) == 2
+        # the same package again: the same version, nothing uploaded
+        again = send(req, kfp_api.url)
+        # changed content (caching on): a new version of the same pipeline, named by its content
+        req2 = build_request(package("lifecycle"), {"preset": "small"}, run_name="nightly", enable_caching=True)
+        other = send(req2, kfp_api.url)
+        req2.discard()
+    assert again["uploaded"] is False and again["pipeline_version_id"] == res["pipeline_version_id"]
+    assert other["uploaded"] is True and other["pipeline_id"] == res["pipeline_id"]
+    assert other["pipeline_version_id"] != res["pipeline_version_id"]
+    assert other["pipeline_version"].startswith("easel-lifecycle-") and len(pipeline["versions"]) == 3
+    assert [p for m, p, _ in kfp_api.requests if m == "POST" and "upload" in p] == [
+        "/apis/v2beta1/pipelines/upload", "/apis/v2beta1/pipelines/upload_version",
+        "/apis/v2beta1/pipelines/upload_version"]
     assert req.package_path != package("lifecycle")  # a copy; the committed file is untouched
     assert os.path.dirname(req.package_path) == req.temporary_dir
     req.discard()
     assert not os.path.exists(req.temporary_dir or req.package_path)
-    assert "platform_spec" in run["pipeline_spec"]  # GPU settings, secrets: the Kubernetes platform spec
 
 
 def test_schedule_sends_a_recurring_run():
