@@ -46,6 +46,28 @@ def check_text(ids: torch.Tensor, mask: torch.Tensor, max_len: int | None = None
         raise ValueError(f"{name}: {ids.shape[1]} tokens exceed max_text_tokens={max_len}")
 
 
+class _ConvStem(nn.Sequential):
+    @property
+    def weight(self) -> torch.Tensor:  # transformers' CLIP embeddings read the patchify dtype from here
+        return self[-1].weight
+
+
+def _conv_stem(patch_size: int, width: int) -> nn.Sequential:
+    """(B, 3, S, S) -> (B, width, S / patch_size, S / patch_size): log2(patch_size) stride-2 3x3
+    conv + BN-free GELU stages (channels widening to `width`), then a 1x1 conv. patch_size must be
+    a power of two."""
+    if patch_size & (patch_size - 1):
+        raise ValueError(f"clip.conv_stem needs a power-of-two patch_size, got {patch_size}")
+    layers, ch = [], 3
+    stages = max(0, patch_size.bit_length() - 1)
+    for i in range(stages):
+        out = max(8, width // 2 ** (stages - 1 - i))
+        layers += [nn.Conv2d(ch, out, 3, stride=2, padding=1), nn.GELU()]
+        ch = out
+    layers.append(nn.Conv2d(ch, width, 1))
+    return _ConvStem(*layers)
+
+
 class CLIP(PretrainedMixin, nn.Module):
     SECTION = "clip"
     MODEL_TYPE = "easel-clip"
@@ -64,6 +86,7 @@ class CLIP(PretrainedMixin, nn.Module):
         "mlp_ratio": 4,
         "logit_scale_init": math.log(1 / 0.07),  # CLIP paper: temperature initialised to 0.07
         "max_logit_scale": 100.0,                # CLIP paper: logits scale clipped at 100
+        "conv_stem": False,  # patchify with a small conv stack instead of one strided conv (below)
     }
 
     @classmethod
@@ -74,6 +97,8 @@ class CLIP(PretrainedMixin, nn.Module):
             raise ValueError(f"clip.image_size={cfg['image_size']} must be divisible by clip.patch_size={cfg['patch_size']}")
         if cfg["width"] % cfg["heads"]:
             raise ValueError(f"clip.width={cfg['width']} must be divisible by clip.heads={cfg['heads']}")
+        if not isinstance(cfg["conv_stem"], bool):
+            raise ValueError(f"clip.conv_stem must be true or false, got {cfg['conv_stem']!r}")
         if cfg["text_width"] % cfg["text_heads"]:
             raise ValueError(f"clip.text_width={cfg['text_width']} must be divisible by clip.text_heads={cfg['text_heads']}")
 
@@ -97,6 +122,13 @@ class CLIP(PretrainedMixin, nn.Module):
             projection_dim=cfg["embed_dim"], logit_scale_init_value=cfg["logit_scale_init"],
         )
         self.model = CLIPModel(hf)
+        if cfg["conv_stem"]:
+            # "Early convolutions help transformers see better" (Xiao et al. 2021): a stack of
+            # stride-2 3x3 convs (then a 1x1 to the width) replaces the ViT's patchify conv. At a
+            # few thousand 32 px images a ViT with 4 px patches has no locality prior and learns
+            # shapes slowly; the stem gives it one. Same output grid (image_size / patch_size).
+            emb = self.model.vision_model.embeddings
+            emb.patch_embedding = _conv_stem(cfg["patch_size"], cfg["width"])
         self.register_buffer("pixel_mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
 

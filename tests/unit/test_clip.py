@@ -103,3 +103,20 @@ def test_bad_input_errors():
         model.encode_text(ids, mask)
     with pytest.raises(ValueError, match="at least one real token"):
         model.encode_text(ids[:, :4], torch.zeros(2, 4, dtype=torch.bool))
+
+
+def test_conv_stem_keeps_the_token_grid_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    m = CLIP({**CFG, "conv_stem": True}).eval()
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    feats = m.image_features(x)
+    assert feats.shape == (2, 1 + (16 // 4) ** 2, CFG["width"])  # the same grid as the patchify conv
+    convs = [l for l in m.model.vision_model.embeddings.patch_embedding if isinstance(l, torch.nn.Conv2d)]
+    assert [c.stride[0] for c in convs] == [2, 2, 1] and convs[0].kernel_size == (3, 3)
+    m.save_pretrained(str(tmp_path / "c"))
+    again = CLIP.from_pretrained(str(tmp_path / "c")).eval()
+    assert torch.equal(again.image_features(x), feats)
+    for bad, msg in (({"conv_stem": "yes"}, "conv_stem must be true or false"),
+                     ({"conv_stem": True, "patch_size": 3, "image_size": 15}, "power-of-two")):
+        with pytest.raises(ValueError, match=msg):
+            CLIP({**CFG, **bad})
