@@ -223,10 +223,21 @@ def bundle_step(recipe: str, parts: dict[str, str], out: str, preset: str = "tin
 
 @_summary
 def evaluate_step(bundle: str, dataset: str, out: str, preset: str = "tiny",
-                  overrides: dict | str | None = None) -> dict[str, Any]:
-    """Evaluate a bundle on the dataset's held-out prompts (metrics, tables, grids, report)."""
+                  overrides: dict | str | None = None, markdown_path: str | None = None) -> dict[str, Any]:
+    """Evaluate a bundle on the dataset's held-out prompts (metrics, tables, grids, report).
+    markdown_path: where the report also goes as one self-contained page (its sample grids
+    inline: the KFP UI's Markdown artifact view)."""
     from model_code.evaluate.evaluate import evaluate
-    return evaluate(bundle, dataset, out, preset=_cfg(preset, overrides))
+    res = evaluate(bundle, dataset, out, preset=_cfg(preset, overrides))
+    if markdown_path:
+        _standalone_markdown(res["report"], markdown_path)
+    return res
+
+
+def _standalone_markdown(src: str, dst: str) -> None:
+    from model_code.viz import inline_images
+    base = src.rstrip("/").rsplit("/", 1)[0] if "/" in src else "."
+    storage.write_text(dst, inline_images(storage.read_text(src), base))
 
 
 @_summary
@@ -331,7 +342,7 @@ def _table(fn, key: str, out: str, markdown_path: str | None, **kwargs) -> dict[
     # MLflow and to the step's Markdown artifact instead
     res = fn(out=out, results_md=False, **kwargs)
     if markdown_path:
-        storage.write_text(markdown_path, storage.read_text(storage.join(out, f"{key}.md")))
+        _standalone_markdown(storage.join(out, f"{key}.md"), markdown_path)
     return {k: res[k] for k in ("rows", "markdown", "run_id", "out", "seconds")}
 
 

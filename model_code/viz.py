@@ -8,6 +8,30 @@ from typing import Sequence
 from PIL import Image, ImageDraw, ImageFont
 
 
+def inline_images(markdown: str, base: str) -> str:
+    """Markdown whose image links to files beside it (`![alt](grid.png)`, relative to `base`, a
+    directory or URI) become data: URIs, so that the page shows them where it is viewed on its own
+    (the Kubeflow UI's Markdown artifact view has no directory beside it). Links that are absolute,
+    remote, outside `base` or unreadable stay as they are."""
+    import base64
+    import re
+
+    from model_code import storage
+    kinds = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif"}
+
+    def one(m: re.Match) -> str:
+        alt, target = m.group(1), m.group(2)
+        ext = target[target.rfind("."):].lower() if "." in target else ""
+        if ext not in kinds or "://" in target or target.startswith(("/", "data:")) or ".." in target.split("/"):
+            return m.group(0)
+        try:
+            data = storage.read_bytes(storage.join(base, target))
+        except (OSError, storage.StorageError):
+            return m.group(0)
+        return f"![{alt}](data:{kinds[ext]};base64,{base64.b64encode(data).decode()})"
+    return re.sub(r"!\[([^\]]*)\]\(([^)\s]+)\)", one, markdown)
+
+
 def _font(size: int = 11):
     """DejaVu Sans where the system has it (clear word spacing), else Pillow's built-in font."""
     for path in ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "DejaVuSans.ttf"):

@@ -8,9 +8,8 @@ from components.images import GPU_IMAGE
 def evaluate(bundle: Input[Model], dataset: Input[Dataset], preset: str, overrides: str, name: str, workdir: str,
              metrics: Output[Metrics], report: Output[Markdown]) -> dict:
     """Prompt following (oracle-judged), CLIP score, FD, diversity, dVAE and captioner metrics."""
-    from model_code import storage
     from easel.steps import evaluate_step, input_location, output_location, publish
     result = evaluate_step(input_location(bundle.path), input_location(dataset.path),
-                           output_location(report.path + ".d", workdir, name), preset, overrides)
-    storage.write_text(report.path, storage.read_text(result["report"]))
+                           output_location(report.path + ".d", workdir, name), preset, overrides,
+                           markdown_path=report.path)
     return publish(result, metrics)

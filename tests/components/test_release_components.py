@@ -60,6 +60,8 @@ def test_evaluate_logs_metrics_and_a_report(recipe, releases):
     assert ev["metrics"].metadata["clip_score"] == pytest.approx(metrics["clip_score"])
     report = open(ev["report"].path).read()
     assert report.startswith("#") and "clip_score" in report
+    # the sample grids are inside the page (the UI's Markdown view has no files beside it)
+    assert "](data:image/png;base64," in report and "](samples-" not in report
     assert tracking.client().get_run(s["run_id"]).info.status == "FINISHED"
 
 

@@ -18,3 +18,20 @@ def test_any_caption_draws(layout):
     out = image_grid(imgs, NASTY, cols=4, cell=32) if layout == "grid" else \
         titled_rows([(t, imgs[:2]) for t in NASTY], cell=16)
     assert out.mode == "RGB" and out.size[0] > 0
+
+
+def test_inline_images_embeds_only_files_beside_the_page(tmp_path):
+    import base64
+    from model_code.viz import inline_images
+    Image.new("RGB", (4, 4), "red").save(tmp_path / "grid.png")
+    (tmp_path / "sub").mkdir()
+    Image.new("RGB", (2, 2), "blue").save(tmp_path / "sub" / "g2.png")
+    md = ("![a](grid.png) ![b](sub/g2.png) ![c](missing.png) ![d](../grid.png) ![e](/etc/x.png) "
+          "![f](https://example.com/x.png) [not an image](grid.png)")
+    out = inline_images(md, str(tmp_path))
+    first = out.split("](data:image/png;base64,")[1].split(")")[0]
+    assert base64.b64decode(first) == (tmp_path / "grid.png").read_bytes()
+    assert out.count("data:image/png;base64,") == 2
+    for kept in ("![c](missing.png)", "![d](../grid.png)", "![e](/etc/x.png)",
+                 "![f](https://example.com/x.png)", "[not an image](grid.png)"):
+        assert kept in out
