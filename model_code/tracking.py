@@ -106,6 +106,59 @@ def ensure_experiment(name: str) -> str:
         return exp.experiment_id
 
 
+# ---------------------------------------------------------------- finished runs
+def log_run(experiment: str, run_name: str, params: dict | None = None, metrics: dict | None = None,
+            tables: dict | None = None, artifacts: str | None = None, tags: dict | None = None,
+            datasets: dict[str, str] | None = None, files: dict[str, str] | None = None,
+            dicts: dict[str, dict] | None = None) -> str:
+    """One finished MLflow run, the one way Easel records a result that is complete when it is
+    logged (evaluation, tables, gates, recaption, caption reports, the tokenizer); training
+    streams its metrics through Lightning's MLflow logger instead. Client API only: never
+    disturbs the caller's active run. params / metrics (non-finite values left out) / tags;
+    tables {name: DataFrame}; artifacts: a directory or URI logged whole; files {uri: artifact
+    dir}; dicts {name.json: dict}; datasets {uri: context} as the run's dataset inputs. Returns
+    the run id; the run is FAILED if any of it could not be logged."""
+    import math
+    import time
+    from mlflow.entities import Metric, Param
+    from model_code import storage
+    c = client()
+    run = c.create_run(ensure_experiment(experiment), run_name=run_name,
+                       tags={"easel.git_revision": git_revision() or "",
+                             **{k: str(v) for k, v in (tags or {}).items()}})
+    rid = run.info.run_id
+    status = "FAILED"
+    try:
+        now = int(time.time() * 1000)
+        ps = [Param(k, str(v)[:6000]) for k, v in (params or {}).items()]
+        ms = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()
+              if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
+        for i in range(0, max(len(ps), len(ms)), 100):   # MLflow takes 100 params / 1000 metrics a batch
+            c.log_batch(rid, metrics=ms[i:i + 100], params=ps[i:i + 100])
+        for uri, context in (datasets or {}).items():
+            log_dataset(rid, uri, context)
+        for name, table in (tables or {}).items():
+            c.log_table(rid, table, name)
+        for name, d in (dicts or {}).items():
+            c.log_dict(rid, d, name)
+        import tempfile
+        if artifacts:
+            if not storage.is_remote(artifacts):
+                c.log_artifacts(rid, storage.local_path(artifacts))
+            else:
+                with tempfile.TemporaryDirectory() as tmp:
+                    c.log_artifacts(rid, storage.get_dir(artifacts, tmp))
+        for uri, where in (files or {}).items():
+            with tempfile.TemporaryDirectory() as tmp:
+                local = os.path.join(tmp, uri.rstrip("/").rsplit("/", 1)[-1])
+                storage.get_file(uri, local)
+                c.log_artifact(rid, local, where or None)
+        status = "FINISHED"
+    finally:
+        c.set_terminated(rid, status=status)
+    return rid
+
+
 # ---------------------------------------------------------------- lineage helpers
 def _git(path: str | None, *args: str) -> str | None:
     """stdout of `git -C DIR ARGS` for the checkout holding `path` (a file or directory; default

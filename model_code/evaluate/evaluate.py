@@ -261,43 +261,6 @@ def _save_png(img, uri: str) -> None:
     storage.write_bytes(uri, buf.getvalue())
 
 
-# ---------------------------------------------------------------- MLflow
-def log_run(experiment: str, run_name: str, params: dict, metrics: dict[str, float],
-            tables: dict[str, Any] | None = None, artifacts: str | None = None,
-            tags: dict | None = None, datasets: dict[str, str] | None = None) -> str:
-    """One finished MLflow run (client API: never disturbs the caller's active run). datasets:
-    {uri: context} logged as the run's dataset inputs."""
-    from mlflow.entities import Metric, Param
-    from model_code import tracking
-    c = tracking.client()
-    exp = tracking.ensure_experiment(experiment)
-    run = c.create_run(exp, run_name=run_name, tags={"easel.git_revision": tracking.git_revision() or "",
-                                                     **{k: str(v) for k, v in (tags or {}).items()}})
-    rid = run.info.run_id
-    status = "FAILED"
-    try:
-        now = int(time.time() * 1000)
-        ps = [Param(k, str(v)[:6000]) for k, v in params.items()]
-        ms = [Metric(k, float(v), now, 0) for k, v in M.finite(metrics).items()]
-        for i in range(0, max(len(ps), len(ms)), 100):   # MLflow takes 100 params / 1000 metrics a batch
-            c.log_batch(rid, metrics=ms[i:i + 100], params=ps[i:i + 100])
-        for uri, context in (datasets or {}).items():
-            tracking.log_dataset(rid, uri, context)
-        for name, table in (tables or {}).items():
-            c.log_table(rid, table, name)
-        if artifacts:
-            if not storage.is_remote(artifacts):
-                c.log_artifacts(rid, storage.local_path(artifacts))
-            else:
-                import tempfile
-                with tempfile.TemporaryDirectory() as tmp:
-                    c.log_artifacts(rid, storage.get_dir(artifacts, tmp))
-        status = "FINISHED"
-    finally:
-        c.set_terminated(rid, status=status)
-    return rid
-
-
 # ---------------------------------------------------------------- resuming
 RESULT_FILE = "evaluation.json"
 
@@ -387,6 +350,7 @@ def evaluate(bundle: str, dataset: str, out: str, preset: str | dict = "tiny",
     if mlflow:
         import pandas as pd
         table = pd.DataFrame([{"category": c, **v} for c, v in per.items()])
+        from model_code.tracking import log_run
         run_id = log_run(EVAL_EXPERIMENT, f"evaluate {os.path.basename(bundle.rstrip('/'))}", settings, flat,
                          {"per_category.json": table,
                           "per_image.json": pd.DataFrame([{k: v for k, v in r.items() if k != "kinds"}

@@ -224,20 +224,11 @@ def run_gate(name: str, version: str | int, metrics: dict, config: dict | str,
         record["production"].update({"name": name, "version": prod_version, "alias": alias})
     record["model"] = {"name": name, "version": version}
 
-    c = tracking.client()
-    exp = tracking.ensure_experiment(GATE_EXPERIMENT)
-    run = c.create_run(exp, run_name=f"gate {name} v{version}",
-                       tags={"easel.model": name, "easel.model_version": version,
-                             "easel.gate.verdict": record["verdict"],
-                             "easel.evaluation_run_id": str((inputs or {}).get("run_id") or "")})
-    record["run_id"] = run.info.run_id
-    try:
-        c.log_metric(run.info.run_id, "gate.passed", 1.0 if record["verdict"] == "passed" else 0.0)
-        for k, v in record["metrics"].items():
-            if k in record["thresholds"]:
-                c.log_metric(run.info.run_id, k, float(v))
-        c.log_dict(run.info.run_id, record, "gate_record.json")
-    finally:
-        c.set_terminated(run.info.run_id)
+    metrics = {"gate.passed": 1.0 if record["verdict"] == "passed" else 0.0,
+               **{k: v for k, v in record["metrics"].items() if k in record["thresholds"]}}
+    record["run_id"] = tracking.log_run(
+        GATE_EXPERIMENT, f"gate {name} v{version}", metrics=metrics, dicts={"gate_record.json": record},
+        tags={"easel.model": name, "easel.model_version": version, "easel.gate.verdict": record["verdict"],
+              "easel.evaluation_run_id": str((inputs or {}).get("run_id") or "")})
     registry.record_gate(name, version, record)
     return record

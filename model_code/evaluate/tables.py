@@ -26,7 +26,8 @@ import torch
 
 from model_code import storage
 from model_code.evaluate import metrics as M
-from model_code.evaluate.evaluate import eval_config, generate_images, log_run
+from model_code.evaluate.evaluate import eval_config, generate_images
+from model_code.tracking import log_run
 from model_code.generate import check_sampling
 from model_code.evaluate.prompts import DEFAULT_CATEGORIES, heldout_prompts
 

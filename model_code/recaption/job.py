@@ -29,7 +29,6 @@ import hashlib
 import io
 import json
 import logging
-import math
 import os
 import posixpath
 import time
@@ -448,21 +447,17 @@ def _log_mlflow(summary: dict) -> None:
     """Totals, rates and filter counts to MLflow; a tracking problem is logged, never fatal
     (the sidecars are the product, the metrics describe them)."""
     try:
-        import mlflow
-
-        from model_code import tracking
-        exp_id = tracking.ensure_experiment("easel-recaption")
-        with mlflow.start_run(experiment_id=exp_id, run_name="recaption"):
-            mlflow.log_params({"dataset": summary["dataset"], "out": summary["out"], "captioner": summary["captioner"],
-                               "uses_clip": summary["uses_clip"], **summary["settings"]})
-            metrics = {k: summary[k] for k in ("records", "captions_generated", "tokens_generated", "seconds",
-                                               "captions_per_s", "tokens_per_s")}
-            metrics.update({f"filter/{k}": v for k, v in summary["filters"].items()})
-            for kind, c in summary["verdicts"].items():
-                metrics.update({f"verdict/{kind}_{v}": n for v, n in c.items()})
-            mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))
-                                and math.isfinite(float(v))})
-            mlflow.set_tags({"shards_done": ",".join(summary["shards_done"])[:5000], "stage": "recaption"})
-            summary["mlflow_run_id"] = mlflow.active_run().info.run_id
+        from model_code.tracking import log_run
+        metrics = {k: summary[k] for k in ("records", "captions_generated", "tokens_generated", "seconds",
+                                           "captions_per_s", "tokens_per_s")}
+        metrics.update({f"filter/{k}": v for k, v in summary["filters"].items()})
+        for kind, c in summary["verdicts"].items():
+            metrics.update({f"verdict/{kind}_{v}": n for v, n in c.items()})
+        summary["mlflow_run_id"] = log_run(
+            "easel-recaption", "recaption",
+            {"dataset": summary["dataset"], "out": summary["out"], "captioner": summary["captioner"],
+             "uses_clip": summary["uses_clip"], **summary["settings"]}, metrics,
+            tags={"shards_done": ",".join(summary["shards_done"])[:5000], "stage": "recaption"},
+            datasets={summary["dataset"]: "recaption"})
     except Exception as e:  # noqa: BLE001 - see docstring
         log.warning("recaption: MLflow logging failed: %s", e)

@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import os
-import posixpath
 from typing import Any
 
 import numpy as np
@@ -213,21 +212,11 @@ def _flat_metrics(r: dict) -> dict[str, float]:
 
 def _log_mlflow(r: dict, md_path: str, stem: str) -> None:
     try:
-        import tempfile
-
-        import mlflow
-
-        from model_code import tracking
-        exp_id = tracking.ensure_experiment("easel-recaption")
-        with mlflow.start_run(experiment_id=exp_id, run_name="caption-report"):
-            mlflow.log_params({"dataset": r["dataset"], "parent": r["parent"], "captioner": r["captioner"]})
-            mlflow.log_metrics(_flat_metrics(r))
-            with tempfile.TemporaryDirectory() as tmp:
-                for src in (md_path, stem + ".json", r.get("grid")):
-                    if src and storage.exists(src):
-                        dst = os.path.join(tmp, posixpath.basename(src))
-                        storage.get_file(src, dst)
-                        mlflow.log_artifact(dst, "caption_report")
-            r["mlflow_run_id"] = mlflow.active_run().info.run_id
+        from model_code.tracking import log_run
+        files = {src: "caption_report" for src in (md_path, stem + ".json", r.get("grid"))
+                 if src and storage.exists(src)}
+        r["mlflow_run_id"] = log_run("easel-recaption", "caption-report",
+                                     {"dataset": r["dataset"], "parent": r["parent"], "captioner": r["captioner"]},
+                                     _flat_metrics(r), files=files)
     except Exception as e:  # noqa: BLE001 - the report files are written; tracking is a copy
         log.warning("caption_report: MLflow logging failed: %s", e)

@@ -32,7 +32,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, ValidationError
 
-from model_code.serve.model import ServeError, check_n, check_prompt, check_seed, check_size
+from model_code.serve.protocol import ServeError, check_n, check_prompt, check_seed, check_size
 
 log = logging.getLogger(__name__)
 

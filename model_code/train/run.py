@@ -48,7 +48,7 @@ import torch
 
 from model_code import storage
 from model_code.config import deep_merge, load_preset, parse_overrides
-from model_code.tracking import artifact_location, ensure_experiment, git_revision, tracking_uri
+from model_code.tracking import artifact_location, git_revision, tracking_uri
 from model_code.train.parts import Context, PartSpec, get_part
 
 STATE_FILE = "train_state.json"
@@ -359,18 +359,14 @@ def _train_tokenizer(cfg: dict, preset_name: str, data: str, out: str, resume: b
     run_id = None
     if mlflow:
         _require_mlflow()
-        import mlflow as mlf
-        exp_id = ensure_experiment((cfg.get("train") or {}).get("mlflow_experiment", "easel-train"))
+        from model_code.tracking import log_run
         tags = {"part": "tokenizer", "preset": preset_name, "dataset": data,
                 **({"dataset_version": version} if version else {}),
                 **({"git_sha": git_revision()} if git_revision() else {})}
-        with mlf.start_run(experiment_id=exp_id, run_name=f"tokenizer-{preset_name}", tags=tags) as run:
-            mlf.log_params({"tokenizer.vocab_size": vocab, "tokenizer.max_text_tokens": max_len,
-                            "data.uri": data, "data.records": len(records), "dataset_version": version})
-            mlf.log_metrics(metrics)
-            run_id = run.info.run_id
-            from model_code.tracking import log_dataset
-            log_dataset(run_id, data, "training", version)
+        run_id = log_run((cfg.get("train") or {}).get("mlflow_experiment", "easel-train"), f"tokenizer-{preset_name}",
+                         {"tokenizer.vocab_size": vocab, "tokenizer.max_text_tokens": max_len, "data.uri": data,
+                          "data.records": len(records), "dataset_version": version},
+                         metrics, tags=tags, datasets={data: "training"})
     summary = {"part": "tokenizer", "out": out, "steps": 0, "max_steps": 0, "metrics": metrics,
                "first_metrics": None, "mlflow_run_id": run_id,
                "tracking_uri": tracking_uri() if mlflow else None, "preempted": False,

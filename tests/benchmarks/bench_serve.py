@@ -122,7 +122,8 @@ def stage_costs(bundle: str, work: str, k: int = 20) -> dict[str, float]:
     """Median ms of each policy stage of one request, in process (EaselModel's own methods)."""
     import asyncio
 
-    from model_code.serve.model import EaselModel, ImageRequest, png_bytes
+    from model_code.serve.model import EaselModel
+    from model_code.serve.protocol import ImageRequest, png_bytes
     from model_code.serve.provenance import ProvenanceInfo
     m = EaselModel("easel", bundle, config={"provenance": {"dev_dir": os.path.join(work, "c2pa")}})
     m.load()

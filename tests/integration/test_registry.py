@@ -422,7 +422,7 @@ def test_evaluation_metrics_and_dataset_are_linked_to_the_model(embedded, bundle
     model_id: the model page shows them), and the run lists its dataset as an input."""
     import mlflow
     from model_code import tracking
-    from model_code.evaluate.evaluate import log_run
+    from model_code.tracking import log_run
     ds = tmp_path / "heldout-ds"
     ds.mkdir()
     (ds / "dataset.json").write_text(json.dumps({"content_hash": "c0ffee" * 6, "accepted": 12,

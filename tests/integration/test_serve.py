@@ -24,7 +24,7 @@ from PIL import Image
 from model_code.serve import batching, provenance
 from model_code.serve.config import serve_config
 from model_code.serve.rewrite import preserves
-from model_code.serve.model import resolve_model
+from model_code.registry.resolve import resolve_model
 from model_code.serve.server import start_in_thread
 
 MODEL = "easel"

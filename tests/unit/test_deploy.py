@@ -88,7 +88,7 @@ def test_a_version_promoted_outside_easels_gate_is_not_deployed_or_served(tmp_pa
     """An alias set by hand (or by the MLflow UI's "Promote model") skips Easel's gate: deploy and
     serve refuse such a version, naming it and how to gate it, unless --allow-ungated."""
     from model_code.registry.registry import GATE_VERDICT, GateError
-    from model_code.serve.model import resolve_model
+    from model_code.registry.resolve import resolve_model
     c, v1 = _registry_with_a_version(tmp_path, monkeypatch)
     c.set_registered_model_alias("easel-dalle", "production", v1)      # by hand: no gate record
     kw = dict(service="dalle", namespace="easel-serving", image=IMAGE, dry_run=True)
