@@ -105,12 +105,16 @@ def _table(a) -> dict:
     missing = [k for k in need if k not in b]
     if missing or set(b) - set(need):
         raise UsageError(f"table {a.table} takes --bundle {' '.join(k + '=URI' for k in need)}")
-    common = {"dataset": a.dataset, "out": a.out, "preset": a.preset}
+    common = {"dataset": a.dataset, "out": a.out, "preset": a.preset, "seed": a.seed,
+              "n_per_category": a.n_per_category, "mlflow": not a.no_mlflow, "results_md": a.results_md}
     if a.table == "captions":
-        return tables.table_captions(b, **common)
+        return tables.table_captions(b, samples_per_prompt=a.samples_per_prompt, **common)
     if a.table == "rerank":
-        return tables.table_rerank(b["bundle"], **common)
-    return tables.table_guidance(b["unclip"], b["text"], **common)
+        budgets = [int(x) for x in a.budgets.split(",")] if a.budgets else None
+        return tables.table_rerank(b["bundle"], **({"budgets": budgets} if budgets else {}), **common)
+    scales = [float(x) for x in a.scales.split(",")] if a.scales else None
+    return tables.table_guidance(b["unclip"], b["text"], **({"scales": scales} if scales else {}),
+                                 samples_per_prompt=a.samples_per_prompt, **common)
 
 
 def _pipeline_compile(a) -> dict:
@@ -332,13 +336,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--gate-model", default=None, help="also gate this registered model's --gate-version")
     s.add_argument("--gate-version", default=None)
 
-    s = cmd(sub, "table", _table, "regenerate one of the seeds' tables (docs/results.md)")
+    s = cmd(sub, "table", _table, "measure one of the seeds' tables (under --out and in MLflow)")
     s.add_argument("table", choices=["captions", "rerank", "guidance"])
     s.add_argument("--dataset", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--preset", default="tiny")
     s.add_argument("--bundle", action="append", metavar="ROLE=URI", required=True,
                    help="captions: original=, synthetic=, blend=; rerank: bundle=; guidance: unclip=, text=")
+    s.add_argument("--results-md", default=None, metavar="PATH",
+                   help="also rewrite this table's section of a results page, e.g. docs/results.md")
+    s.add_argument("--n-per-category", type=int, default=None, help="default: the preset's evaluate section")
+    s.add_argument("--samples-per-prompt", type=int, default=None, help="captions, guidance")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--budgets", default=None, help="rerank: comma-separated N (default 1,2,4,8,16,32)")
+    s.add_argument("--scales", default=None, help="guidance: comma-separated scales (default 1,2,3,4)")
+    s.add_argument("--no-mlflow", action="store_true")
 
     pipe = sub.add_parser("pipeline", help="Kubeflow Pipelines: compile for the UI, submit runs, schedule them")
     psub = pipe.add_subparsers(dest="pipeline_cmd", metavar="ACTION")

@@ -1,5 +1,6 @@
-"""The seeds' three results as Easel tables: each function measures, logs a table and a plot to
-MLflow (experiment easel-tables) and rewrites its own section of docs/results.md.
+"""The seeds' three results as Easel tables: each function measures, writes the table, its plot
+and its Markdown under `out`, logs them to MLflow (experiment easel-tables) and, when given a
+results page (`results_md`, e.g. a checkout's docs/results.md), rewrites its own section there.
 
     table_captions({"original": b1, "synthetic": b2, "blend": b3}, dataset)   DALL-E 3
     table_rerank(dalle_bundle, dataset, budgets=(1, 2, 4, 8, 16, 32))          DALL-E 1
@@ -7,17 +8,13 @@ MLflow (experiment easel-tables) and rewrites its own section of docs/results.md
 
 Training the bundles is the pipeline's job; these take trained bundles. The numbers are reported
 as measured; each table then states, claim by claim, whether the measured ordering agrees with
-the one the paper reports (never assumed). Regenerate every table with one command:
-
-    python -m model_code.evaluate.tables all --dataset D --original B1 --synthetic B2 --blend B3 \
-        --dalle B --unclip U --text-decoder T [--preset small] [--out runs/tables]
+the one the paper reports (never assumed). From a shell, `easel table captions|rerank|guidance`
+(one command per table; `--results-md docs/results.md` updates the results page).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import time
 from typing import Any, Sequence
 
@@ -32,8 +29,6 @@ from model_code.generate import check_sampling
 from model_code.evaluate.prompts import DEFAULT_CATEGORIES, heldout_prompts
 
 TABLE_EXPERIMENT = "easel-tables"
-RESULTS_MD = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                          "docs", "results.md")
 POLICIES = ("original", "synthetic", "blend")
 
 # What the seeds report (shared/seeds/000: DALL-E 3 caption-mix table, human preference, %).
@@ -117,10 +112,10 @@ def _verdict(diff: float, se: float) -> str:
     return f"within noise (difference {diff:+.3f}, 2 SE = {2 * se:.3f})"
 
 
-def update_results(path: str | None, key: str, markdown: str, plot_png: bytes | None = None) -> str | None:
-    """Replace the section between <!-- easel-table:KEY --> markers of docs/results.md (appended
-    if missing); the plot goes to results/KEY.png beside it. path=None: the repo's docs/results.md."""
-    path = path or RESULTS_MD
+def update_results(path: str, key: str, markdown: str, plot_png: bytes | None = None) -> str:
+    """Replace the section between <!-- easel-table:KEY --> markers of the Markdown file at `path`
+    (e.g. a checkout's docs/results.md; appended if missing); the plot goes to results/KEY.png
+    beside it. Only where the caller says: nothing is written into the installed package."""
     start, end = f"<!-- easel-table:{key} -->", f"<!-- /easel-table:{key} -->"
     if plot_png is not None:
         png = os.path.join(os.path.dirname(os.path.abspath(path)), "results", f"{key}.png")
@@ -183,9 +178,9 @@ def _finish(key: str, title: str, rows: list[dict], md: list[str], fig_png: byte
         run_id = log_run(TABLE_EXPERIMENT, f"table {key}", params, flat, {f"{key}_table.json": df},
                          artifacts=out, tags={"easel.table": key})
     md_path = None
-    if results_md is not False:
+    if results_md:  # a path: that results page gets the section (the table is under `out` either way)
         section = f"## {title}\n\n{body}\n\n_Measured {time.strftime('%Y-%m-%d')}; MLflow run `{run_id}`._"
-        md_path = update_results(results_md or None, key, section, fig_png)
+        md_path = update_results(results_md, key, section, fig_png)
     return {"rows": rows, "markdown": body, "run_id": run_id, "out": out, "results_md": md_path,
             "seconds": time.time() - t0}
 
@@ -449,62 +444,3 @@ def table_guidance(unclip_bundle: str, text_decoder_bundle: str, dataset: str,
     fig.suptitle("DALL-E 2: guidance vs diversity")
     return _finish("guidance", "DALL-E 2: guidance scale, diversity and prompt following", rows, md, _png(fig),
                    params, out, mlflow, results_md, t0)
-
-
-
-# ---------------------------------------------------------------- one command
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m model_code.evaluate.tables",
-                                 description="Regenerate the seeds' tables (docs/results.md + MLflow).")
-    ap.add_argument("table", choices=("captions", "rerank", "guidance", "all"))
-    ap.add_argument("--dataset", required=True)
-    ap.add_argument("--out", default="runs/tables")
-    ap.add_argument("--preset", default="tiny")
-    ap.add_argument("--n-per-category", type=int)
-    ap.add_argument("--samples-per-prompt", type=int)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--original")
-    ap.add_argument("--synthetic")
-    ap.add_argument("--blend")
-    ap.add_argument("--dalle", help="dalle bundle for the rerank table")
-    ap.add_argument("--budgets", default="1,2,4,8,16,32")
-    ap.add_argument("--unclip")
-    ap.add_argument("--text-decoder")
-    ap.add_argument("--scales", default="1,2,3,4")
-    ap.add_argument("--results-md", default=None, help="default: the repo's docs/results.md")
-    ap.add_argument("--no-mlflow", action="store_true")
-    a = ap.parse_args(argv)
-    common = {"preset": a.preset, "n_per_category": a.n_per_category, "seed": a.seed,
-              "mlflow": not a.no_mlflow, "results_md": a.results_md}
-    want = ("captions", "rerank", "guidance") if a.table == "all" else (a.table,)
-    done = {}
-    try:
-        if "captions" in want:
-            if not (a.original and a.synthetic and a.blend):
-                raise ValueError("captions: give --original, --synthetic and --blend bundles")
-            done["captions"] = table_captions({"original": a.original, "synthetic": a.synthetic, "blend": a.blend},
-                                              a.dataset, os.path.join(a.out, "captions"),
-                                              samples_per_prompt=a.samples_per_prompt, **common)
-        if "rerank" in want:
-            if not a.dalle:
-                raise ValueError("rerank: give --dalle BUNDLE")
-            done["rerank"] = table_rerank(a.dalle, a.dataset, os.path.join(a.out, "rerank"),
-                                          [int(x) for x in a.budgets.split(",")], **common)
-        if "guidance" in want:
-            if not (a.unclip and a.text_decoder):
-                raise ValueError("guidance: give --unclip and --text-decoder bundles")
-            done["guidance"] = table_guidance(a.unclip, a.text_decoder, a.dataset, os.path.join(a.out, "guidance"),
-                                              [float(x) for x in a.scales.split(",")],
-                                              samples_per_prompt=a.samples_per_prompt, **common)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    for key, r in done.items():
-        print(f"## {key}\n{r['markdown']}\n")
-    print(json.dumps({k: {"run_id": r["run_id"], "results_md": r["results_md"], "out": r["out"]}
-                      for k, r in done.items()}))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
