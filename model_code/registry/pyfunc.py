@@ -142,17 +142,23 @@ class BundleModel(mlflow.pyfunc.PythonModel):
 
     # the pd.DataFrame hint tells MLflow to rely on the signature (it infers nothing from it)
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        from types import SimpleNamespace
+        from model_code.serve.batching import first_batch
         requests = parse_requests(model_input)
-        # batch the rows that share settings; keep each row's results at its place
-        groups: dict[tuple, list[int]] = {}
-        for i, r in enumerate(requests):
-            groups.setdefault((r["n"], r["candidates"], r["seed"]), []).append(i)
+        # the server's batching policy: rows that share settings and carry no seed run together,
+        # a seeded row alone (its images do not depend on the other rows); results keep their place
+        items = [SimpleNamespace(row=i, prompts=[r["prompt"]], seed=r["seed"], key=(r["n"], r["candidates"]))
+                 for i, r in enumerate(requests)]
         results: list = [None] * len(requests)
-        for (n, cand, seed), rows in groups.items():
-            gen = self.generator.generate([requests[i]["prompt"] for i in rows], n=n,
-                                          candidates=cand, seed=seed)
+        while items:
+            picked = first_batch(items, max_batch=len(items))
+            rows = [items[i].row for i in picked]
+            r0 = requests[rows[0]]
+            gen = self.generator.generate([requests[i]["prompt"] for i in rows], n=r0["n"],
+                                          candidates=r0["candidates"], seed=r0["seed"])
             for i, g in zip(rows, gen):
                 results[i] = g
+            items = [it for k, it in enumerate(items) if k not in set(picked)]
         records = [{"prompt": g.prompt, "index": k, "image": png_b64(im), "clip_score": float(s)}
                    for g in results for k, (im, s) in enumerate(zip(g.images, g.scores))]
         return pd.DataFrame(records, columns=["prompt", "index", "image", "clip_score"])

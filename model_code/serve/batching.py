@@ -28,6 +28,22 @@ from typing import Any, Callable, Sequence
 log = logging.getLogger(__name__)
 
 
+def first_batch(pending: Sequence[Any], max_batch: int) -> list[int]:
+    """The batching policy, one place for the server's queue and the MLflow pyfunc model: the
+    indices of the batch that `pending[0]` opens. Items have `prompts`, `seed` and `key` (the
+    settings that must match). A seeded item runs alone (its images must not depend on its
+    company); an unseeded one takes every later unseeded item with the same key, in order, while
+    the prompts fit in max_batch."""
+    first = pending[0]
+    batch, size = [0], len(first.prompts)
+    if first.seed is None:
+        for i, item in enumerate(pending[1:], start=1):
+            if item.seed is None and item.key == first.key and size + len(item.prompts) <= max_batch:
+                batch.append(i)
+                size += len(item.prompts)
+    return batch
+
+
 class QueueFull(Exception):
     """The generator's queue is full: try again later (HTTP 503)."""
 
@@ -45,9 +61,6 @@ class _Job:
     @property
     def key(self) -> tuple:
         return (self.n, self.candidates, self.settings)
-
-    def mergeable_with(self, other: "_Job") -> bool:
-        return self.seed is None and other.seed is None and self.key == other.key
 
 
 class Batcher:
@@ -106,16 +119,11 @@ class Batcher:
             self.metrics.queue_depth.set(len(self._pending))
 
     def _take_batch(self) -> list[_Job]:
-        first = self._pending.popleft()
-        batch, size = [first], len(first.prompts)
-        if first.seed is None:
-            for job in list(self._pending):
-                if job.mergeable_with(first) and size + len(job.prompts) <= self.max_batch:
-                    batch.append(job)
-                    size += len(job.prompts)
-                    self._pending.remove(job)
+        pending = list(self._pending)
+        taken = set(first_batch(pending, self.max_batch))
+        self._pending = collections.deque(j for i, j in enumerate(pending) if i not in taken)
         self._depth_changed()
-        return batch
+        return [pending[i] for i in sorted(taken)]
 
     async def _run(self) -> None:
         while True:
