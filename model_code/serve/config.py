@@ -51,25 +51,7 @@ DEFAULTS: dict[str, Any] = {
         "model": None,
         "timeout_s": 10.0,
     },
-    "safety": {
-        # whole words or phrases, matched case-insensitively after Unicode normalisation
-        "blocklist": ["nsfw", "nude", "naked", "gore", "gory", "beheading", "swastika"],
-        # regular expressions: a string, or {"pattern": ..., "reason": ...}
-        "patterns": [
-            {"pattern": r"[\w.+-]+@[\w-]+\.[\w.-]+", "reason": "personal data (an e-mail address)"},
-            {"pattern": r"\b(?:\d[ -]?){13,19}\b", "reason": "personal data (a card or account number)"},
-        ],
-        # phrases whose CLIP text embedding a prompt must not come close to (cosine >= threshold)
-        "prompt_concepts": ["graphic violence and gore", "explicit sexual content",
-                            "hateful extremist symbols", "self-harm"],
-        # a number, or "auto": calibrated at start-up on benign references (serve/safety.py)
-        "prompt_threshold": "auto",
-        # phrases whose CLIP text embedding a generated image must not come close to
-        "image_concepts": ["graphic violence and gore", "explicit sexual content",
-                           "hateful extremist symbols"],
-        "image_threshold": "auto",
-        "calibration_margin": 0.02,  # "auto" = the closest benign reference + this
-    },
+    "safety": None,                  # safety_policy.yaml beside this module (data, not code)
     "provenance": {
         "enabled": True,
         "cert_chain": None,          # PEM: signing certificate first, then its CA(s)
@@ -78,6 +60,10 @@ DEFAULTS: dict[str, Any] = {
         "dev_dir": None,             # where the ephemeral dev chain goes (default EASEL_HOME/c2pa-dev)
     },
 }
+
+SAFETY_POLICY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "safety_policy.yaml")
+with open(SAFETY_POLICY, encoding="utf-8") as _f:
+    DEFAULTS["safety"] = load_yaml(_f.read())
 
 # environment variable -> dotted key (the values are parsed as YAML: "8", "true", "[a, b]")
 ENV = {
