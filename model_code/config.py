@@ -99,16 +99,39 @@ def _check_types(base: dict, over: dict, path: str = "") -> None:
             raise ConfigError(f"{key}: expected true or false, got {v!r}")
 
 
-def load_preset(name: str = "tiny", overrides: dict | Iterable[str] | None = None) -> dict[str, Any]:
+def _load_raw(name: str) -> dict[str, Any]:
     with open(preset_path(name)) as f:
         cfg = load_yaml(f) or {}
     if "extends" in cfg:  # a user preset may extend a built-in one
         parent = cfg.pop("extends")
-        cfg = deep_merge(load_preset(parent), cfg)
+        cfg = deep_merge(_load_raw(parent), cfg)
+    return cfg
+
+
+def derive(cfg: dict) -> dict:
+    """Fill in the keys one part takes from another, so that a preset writes each only once:
+    transformer.codebook_size (= dvae.codebook_size), transformer.image_grid (= dvae.image_size /
+    dvae.downsample) and transformer.text_len (= tokenizer.max_text_tokens; a preset may set a
+    shorter one). A trained dependency still has the last word (train/parts.py)."""
+    t, d, tok = cfg.get("transformer"), cfg.get("dvae") or {}, cfg.get("tokenizer") or {}
+    if isinstance(t, dict):
+        if "codebook_size" in d:
+            t.setdefault("codebook_size", d["codebook_size"])
+        if "image_size" in d and "downsample" in d:
+            t.setdefault("image_grid", int(d["image_size"]) // int(d["downsample"]))
+        if "max_text_tokens" in tok:
+            t.setdefault("text_len", tok["max_text_tokens"])
+    return cfg
+
+
+def load_preset(name: str = "tiny", overrides: dict | Iterable[str] | None = None) -> dict[str, Any]:
+    """A preset (a name in PRESETS or a YAML path), its parent first (`extends`), then
+    `overrides`, then the derived keys (derive)."""
+    cfg = _load_raw(name)
     cfg.setdefault("name", os.path.splitext(os.path.basename(name))[0])
     if overrides:
         if not isinstance(overrides, dict):
             overrides = parse_overrides(overrides)
         _check_types(cfg, overrides)
         cfg = deep_merge(cfg, overrides)
-    return cfg
+    return derive(cfg)

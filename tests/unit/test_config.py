@@ -34,3 +34,8 @@ def test_malformed_overrides():
         parse_overrides(["dvae.lr"])
     with pytest.raises(ConfigError, match="empty key"):
         parse_overrides(["dvae..lr=1"])
+
+
+def test_an_extending_preset_keeps_its_own_name():
+    from model_code.config import load_preset
+    assert load_preset("laptop")["name"] == "laptop" and load_preset("paper")["name"] == "paper"

@@ -130,3 +130,11 @@ def test_presets_agree_with_the_tokenizer_and_dvae(preset):
     assert t["text_len"] == tok["max_text_tokens"]
     assert t["codebook_size"] == d["codebook_size"]
     assert t["image_grid"] * d["downsample"] == d["image_size"] == cfg["data"]["size"]
+    # derived, not written twice: the YAML leaves them to config.derive
+    from model_code.config import load_yaml, preset_path
+    with open(preset_path(preset)) as f:
+        written = set((load_yaml(f) or {}).get("transformer") or {})
+    assert not written & {"text_len", "image_grid", "codebook_size"}
+    # and they follow an override of what they derive from
+    moved = load_preset(preset, {"dvae": {"codebook_size": 64}, "tokenizer": {"max_text_tokens": 32}})["transformer"]
+    assert (moved["codebook_size"], moved["text_len"]) == (64, 32)
