@@ -66,9 +66,15 @@ def _data_version(a) -> dict:
     return lineage(a.dataset)
 
 
+def _set_overrides(a) -> dict | None:
+    """--set KEY=VALUE ... -> an overrides dict: the CLI is where `a.b=c` strings end."""
+    from model_code.config import parse_overrides
+    return parse_overrides(a.set) if a.set else None
+
+
 def _run_local(a) -> dict:
     from easel.lifecycle import run_local
-    return run_local(preset=a.preset, recipe=a.recipe, out=a.out, overrides=a.set or None)
+    return run_local(preset=a.preset, recipe=a.recipe, out=a.out, overrides=_set_overrides(a))
 
 
 # -- easel model (the registry: model_code.registry)
@@ -76,7 +82,7 @@ def _train(a) -> dict:
     from model_code.train.run import train_part
     deps = _kv_pairs(a.dep, "--dep")
     return train_part(a.part, a.preset, data=a.data, out=a.out, deps=deps or None,
-                      overrides=a.set or None, resume=not a.restart)
+                      overrides=_set_overrides(a), resume=not a.restart)
 
 
 def _recaption(a) -> dict:

@@ -45,10 +45,7 @@ def run_local(preset: str = "tiny", recipe: str = "all", out: str = "runs/local"
     if caption_policy not in ("original", "short", "long", "blend"):
         raise ValueError(f"caption_policy must be original, short, long or blend, got {caption_policy!r}")
     cfg = load_preset(preset, overrides)  # fail fast on a bad preset or override
-    over = {}
-    if overrides:
-        from model_code.config import parse_overrides
-        over = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
+    over = dict(overrides or {})
     out = os.path.abspath(out)
     os.makedirs(out, exist_ok=True)
     # One MLflow store for the run, shared by every pipeline task (they inherit the environment).

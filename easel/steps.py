@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from typing import Any, Callable
 
 from model_code import storage

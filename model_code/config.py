@@ -124,14 +124,16 @@ def derive(cfg: dict) -> dict:
     return cfg
 
 
-def load_preset(name: str = "tiny", overrides: dict | Iterable[str] | None = None) -> dict[str, Any]:
+def load_preset(name: str = "tiny", overrides: dict | None = None) -> dict[str, Any]:
     """A preset (a name in PRESETS or a YAML path), its parent first (`extends`), then
-    `overrides`, then the derived keys (derive)."""
+    `overrides` (a nested dict: `a.b=c` strings are parsed at the CLI edge, parse_overrides),
+    then the derived keys (derive)."""
     cfg = _load_raw(name)
     cfg.setdefault("name", os.path.splitext(os.path.basename(name))[0])
     if overrides:
         if not isinstance(overrides, dict):
-            overrides = parse_overrides(overrides)
+            raise ConfigError(f"overrides: a nested mapping like {{'train': {{'lr': 0.001}}}} expected, got "
+                              f"{type(overrides).__name__} (parse KEY=VALUE strings with parse_overrides)")
         _check_types(cfg, overrides)
         cfg = deep_merge(cfg, overrides)
     return derive(cfg)

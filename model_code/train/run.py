@@ -7,12 +7,12 @@ From Python:
     dvae = train_part("dvae", "tiny", data="runs/x/data", out="runs/x/dvae")
     tr = train_part("transformer", "tiny", data="runs/x/data", out="runs/x/transformer",
                     deps={"tokenizer": "runs/x/tokenizer", "dvae": "runs/x/dvae"},
-                    overrides=["train.steps.transformer=200"])
+                    overrides={"train": {"steps": {"transformer": 200}}})
     tr["out"], tr["metrics"]["train/loss"], tr["mlflow_run_id"]
 
-From a shell: `python -m model_code.train.run dvae --preset tiny --data runs/x/data --out runs/x/dvae`
-(the `easel train` command calls the same function). Exit status 143 (128 + SIGTERM) means the
-run was preempted after writing a checkpoint: run the same command again to resume.
+From a shell: `easel train dvae --preset tiny --data runs/x/data --out runs/x/dvae` (the same
+function). Exit status 143 (128 + SIGTERM) means the run was preempted after writing a
+checkpoint: run the same command again to resume.
 
 What a run leaves under `out` (a directory or s3:// prefix):
     config.json, model.safetensors    the trained model (EMA weights where the part keeps an EMA)
@@ -41,13 +41,13 @@ import random
 import sys
 import tempfile
 import time
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
 
 from model_code import storage
-from model_code.config import deep_merge, load_preset, parse_overrides
+from model_code.config import deep_merge, load_preset
 from model_code.tracking import artifact_location, git_revision, tracking_uri
 from model_code.train.parts import Context, PartSpec, get_part
 
@@ -59,7 +59,7 @@ class Preempted(SystemExit):
     """Training stopped by SIGTERM after writing its checkpoint: not a success.
 
     A SystemExit with code 143, so that every entry point ends non-zero without code of its own:
-    `easel train` and `python -m model_code.train.run` exit 143, a KFP task fails (and its
+    `easel train` exits 143, a KFP task fails (and its
     `set_retry` re-runs it, resuming from the checkpoint), a PyTorchJob/TrainJob pod exits 143
     (restarted under its restart policy). No `except Exception` swallows it, so no later step can
     consume a half-trained model. `summary` is the run summary at the stop."""
@@ -98,14 +98,9 @@ def _mlflow_logger(tcfg: dict, part: str, preset_name: str, run_id: str | None, 
 
 
 # --------------------------------------------------------------------------- config and state
-def _config(preset: str | dict, overrides: dict | Iterable[str] | str | None) -> dict:
-    if isinstance(overrides, str):
-        overrides = json.loads(overrides) if overrides.strip() else None
+def _config(preset: str | dict, overrides: dict | None) -> dict:
     if isinstance(preset, dict):
-        cfg = dict(preset)
-        if overrides:
-            cfg = deep_merge(cfg, overrides if isinstance(overrides, dict) else parse_overrides(overrides))
-        return cfg
+        return deep_merge(preset, overrides) if overrides else dict(preset)
     return load_preset(preset, overrides)
 
 
@@ -153,7 +148,7 @@ def _seed_all(seed: int) -> None:
 
 # --------------------------------------------------------------------------- the entry point
 def train_part(part: str, preset: str | dict, data: str, out: str, deps: dict[str, str] | None = None,
-               overrides: dict | Iterable[str] | str | None = None, resume: bool = True,
+               overrides: dict | None = None, resume: bool = True,
                mlflow: bool = True) -> dict[str, Any]:
     """Train one part on an ingested dataset and save it under `out`; returns the run summary:
     {part, out, steps, max_steps, metrics, first_metrics, mlflow_run_id, preempted, reused,
@@ -375,36 +370,3 @@ def _train_tokenizer(cfg: dict, preset_name: str, data: str, out: str, resume: b
     _write_state(out, {"completed": True, "config_hash": chash, "summary": summary,
                        "config": {"tokenizer": tok_cfg}})
     return summary
-
-
-# --------------------------------------------------------------------------- python -m
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-    p = argparse.ArgumentParser(prog="python -m model_code.train.run", description="train one part")
-    p.add_argument("part")
-    p.add_argument("--preset", default="tiny")
-    p.add_argument("--data", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--dep", action="append", default=[], metavar="PART=URI")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
-    p.add_argument("--no-resume", action="store_true")
-    p.add_argument("--no-mlflow", action="store_true")
-    a = p.parse_args(argv)
-    deps = {}
-    for item in a.dep:
-        if "=" not in item:
-            p.error(f"--dep {item!r} must look like PART=URI")
-        k, v = item.split("=", 1)
-        deps[k] = v
-    try:
-        summary = train_part(a.part, a.preset, a.data, a.out, deps=deps or None, overrides=a.overrides or None,
-                             resume=not a.no_resume, mlflow=not a.no_mlflow)
-    except Preempted as e:
-        print(json.dumps(e.summary, default=str))
-        return PREEMPTED_EXIT
-    print(json.dumps(summary, default=str))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

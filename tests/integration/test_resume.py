@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from model_code.config import parse_overrides
 from tests.unit.test_loader import shapes_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -58,7 +59,8 @@ def test_sigterm_checkpoints_and_the_same_command_resumes_exactly(tmp_path_facto
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        reference = train_part("dvae", "tiny", data=data, out=ref_out, overrides=SETTINGS, mlflow=False)
+        reference = train_part("dvae", "tiny", data=data, out=ref_out, overrides=parse_overrides(SETTINGS),
+                               mlflow=False)
     finally:
         torch.set_num_threads(n)
     seen = []
@@ -104,6 +106,7 @@ def test_data_checkpoints_and_model_live_in_s3(s3_env, tmp_path_factory, tmp_pat
 
     from model_code import storage
     from model_code.models.dvae import DVAE
+    from model_code.config import parse_overrides
     from model_code.train.run import train_part
     prefix = f"{s3_env.bucket('easel-train-test')}/{uuid.uuid4().hex[:8]}"
     storage.put_dir(shapes_data(tmp_path_factory.getbasetemp()), f"{prefix}/data")
@@ -113,14 +116,14 @@ def test_data_checkpoints_and_model_live_in_s3(s3_env, tmp_path_factory, tmp_pat
     try:
         over = [s for s in SETTINGS if not s.startswith("train.steps")] + [
             "train.steps.dvae=6", "train.ckpt_every=3", "train.log_every=3"]
-        s = train_part("dvae", "tiny", data=f"{prefix}/data", out=f"{prefix}/dvae", overrides=over,
-                       mlflow=False)
+        s = train_part("dvae", "tiny", data=f"{prefix}/data", out=f"{prefix}/dvae",
+                       overrides=parse_overrides(over), mlflow=False)
         assert s["steps"] == 6 and storage.exists(f"{prefix}/dvae/model.safetensors")
         assert [u.rsplit("/", 1)[1] for u in storage.ls(f"{prefix}/dvae/checkpoints")] == [
             "latest.json", "step-00000003.ckpt", "step-00000006.ckpt"]
         assert len(os.listdir(tmp_path / "cache")) == len(storage.ls(f"{prefix}/data/shards"))
         more = train_part("dvae", "tiny", data=f"{prefix}/data", out=f"{prefix}/dvae",
-                          overrides=[*over, "train.steps.dvae=8"], mlflow=False)
+                          overrides=parse_overrides([*over, "train.steps.dvae=8"]), mlflow=False)
         assert more["resumed_from_step"] == 6 and more["steps"] == 8
         assert DVAE.from_pretrained(f"{prefix}/dvae").config["n_hid"] == 16
     finally:

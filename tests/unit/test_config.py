@@ -18,7 +18,7 @@ def test_strings_stay_strings():
 
 def test_override_without_a_dot_is_a_float():
     # was a TypeError deep inside the optimizer: PyYAML 1.1 reads 2e-3 as a string
-    cfg = load_preset("tiny", ["dvae.lr=2e-3", "train.steps.dvae=10"])
+    cfg = load_preset("tiny", parse_overrides(["dvae.lr=2e-3", "train.steps.dvae=10"]))
     assert cfg["dvae"]["lr"] == 0.002 and cfg["train"]["steps"]["dvae"] == 10
 
 
@@ -26,7 +26,7 @@ def test_override_without_a_dot_is_a_float():
                                        ("dvae=3", "dvae"), ("train.steps.dvae=[1]", "train.steps.dvae")])
 def test_bad_override_value_names_the_key(item, key):
     with pytest.raises(ConfigError, match=rf"^{key}: expected"):
-        load_preset("tiny", [item])
+        load_preset("tiny", parse_overrides([item]))
 
 
 def test_malformed_overrides():
@@ -39,3 +39,8 @@ def test_malformed_overrides():
 def test_an_extending_preset_keeps_its_own_name():
     from model_code.config import load_preset
     assert load_preset("laptop")["name"] == "laptop" and load_preset("paper")["name"] == "paper"
+
+
+def test_the_library_takes_overrides_as_dicts_only():
+    with pytest.raises(ConfigError, match="nested mapping"):
+        load_preset("tiny", ["dvae.lr=2e-3"])
