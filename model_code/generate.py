@@ -143,15 +143,23 @@ class Generator:
 
     # -- loading
     @staticmethod
-    def load(path: str, map_location: str = "cpu") -> "Generator":
-        """Load a bundle (local dir or s3:// prefix) as the generator of its recipe."""
+    def load(path: str, device: str | torch.device | None = None) -> "Generator":
+        """Load a bundle (local dir or s3:// prefix) as the generator of its recipe, on `device`
+        (default: the GPU when there is one, else the CPU). Noise is drawn on the CPU generator
+        and moved, so a seed gives the same samples on either device (up to kernel numerics)."""
+        from model_code.models.pretrained import default_device
         meta = read_bundle_meta(path)
         cls = {"dalle": DalleGenerator, "unclip": UnclipGenerator}[meta["recipe"]]
-        return cls._from_bundle(path, meta, map_location)
+        return cls._from_bundle(path, meta, default_device(device))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.clip.parameters()).device
 
     # -- text and CLIP
     def encode_text(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.tokenizer.encode_batch(list(prompts))
+        ids, mask = self.tokenizer.encode_batch(list(prompts))
+        return ids.to(self.device), mask.to(self.device)
 
     @torch.no_grad()
     def embed_texts(self, prompts: Sequence[str]) -> torch.Tensor:
@@ -162,7 +170,8 @@ class Generator:
     def embed_images(self, images: torch.Tensor | Sequence[Image.Image]) -> torch.Tensor:
         if not isinstance(images, torch.Tensor):
             images = to_tensor(images, self.clip.config["image_size"])
-        elif images.shape[-1] != self.clip.config["image_size"]:
+        images = images.to(self.device)
+        if images.shape[-1] != self.clip.config["image_size"]:
             images = torch.nn.functional.interpolate(images, size=self.clip.config["image_size"],
                                                      mode="bilinear", antialias=True, align_corners=False)
         return self.clip.encode_image(images)
@@ -247,7 +256,8 @@ class DalleGenerator(Generator):
         return int(self.dvae.config["image_size"])
 
     def encode_text(self, prompts):
-        return self.tokenizer.encode_batch(list(prompts), max_len=self.transformer.config["text_len"])
+        ids, mask = self.tokenizer.encode_batch(list(prompts), max_len=self.transformer.config["text_len"])
+        return ids.to(self.device), mask.to(self.device)
 
     def sample(self, prompts, num, generator, settings):
         ids, mask = self.encode_text(prompts)

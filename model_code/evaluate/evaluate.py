@@ -293,8 +293,10 @@ def _finished(out: str, key: dict) -> dict | None:
 def evaluate(bundle: str, dataset: str, out: str, preset: str | dict = "tiny",
              n_per_category: int | None = None, samples_per_prompt: int | None = None, seed: int = 0,
              candidates: int | None = None, sampling: dict | None = None, mlflow: bool = True,
-             prompts: str | list | None = None, categories: Sequence[str] | None = None) -> dict[str, Any]:
+             prompts: str | list | None = None, categories: Sequence[str] | None = None,
+             device: str | None = None) -> dict[str, Any]:
     """Evaluate a bundle on held-out prompts of `dataset`; write the report under `out`.
+    device: where the bundle runs (default: the GPU when there is one).
 
     Returns {"metrics": flat dict, "per_category": {category: {...}}, "report": report.md URI,
     "run_id": MLflow run id or None, "out": out, "inputs": the settings + run_id, which is what
@@ -303,7 +305,7 @@ def evaluate(bundle: str, dataset: str, out: str, preset: str | dict = "tiny",
     t0 = time.time()
     cfg = eval_config(preset, n_per_category=n_per_category, samples_per_prompt=samples_per_prompt,
                       seed=seed, categories=list(categories) if categories else None)
-    gen = Generator.load(bundle)
+    gen = Generator.load(bundle, device)
     sampling = check_sampling(gen.recipe, sampling)
     candidates = candidates if candidates is not None else sampling.pop("candidates", None)
     if candidates is not None and (isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1):

@@ -223,10 +223,10 @@ def dvae_metrics(dvae, images: Sequence[Image.Image], batch_size: int = 64) -> d
     from model_code.models.dvae import codebook_usage, psnr
     if not images:
         raise ValueError("images: dvae_metrics needs at least one image")
-    size = int(dvae.config["image_size"])
+    size, device = int(dvae.config["image_size"]), next(dvae.parameters()).device
     codes, psnrs, weights = [], [], []
     for i in range(0, len(images), batch_size):
-        x = images_to_tensor(images[i:i + batch_size], size)         # (B, 3, S, S) in [-1, 1]
+        x = images_to_tensor(images[i:i + batch_size], size).to(device)   # (B, 3, S, S) in [-1, 1]
         c = dvae.encode(x)                                            # (B, g, g)
         psnrs.append(float(psnr(dvae.decode(c), x)))
         weights.append(len(x))

@@ -24,6 +24,11 @@ from safetensors.torch import load_file, load_model, save_model
 from model_code import storage
 
 
+def default_device(device: str | torch.device | None = None) -> torch.device:
+    """The device inference runs on: the one asked for, else the GPU when there is one."""
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 class PretrainedMixin:
     DEFAULTS: dict[str, Any] = {}
     REQUIRED: tuple[str, ...] = ()

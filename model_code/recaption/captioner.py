@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from model_code import storage
+from model_code.models.pretrained import default_device
 
 KINDS = ("short", "long")
 PRETRAINED_PREFIX = "pretrained:"
@@ -64,10 +65,6 @@ def images_to_tensor(images: Sequence[Image.Image], size: int) -> torch.Tensor:
         arrs.append(np.asarray(im, dtype=np.float32))
     x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2)  # (B, 3, S, S) in [0, 255]
     return x / 127.5 - 1.0
-
-
-def default_device(device: str | None = None) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def local_dir(path_or_uri: str, what: str) -> str:

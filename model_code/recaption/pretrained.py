@@ -18,7 +18,8 @@ from typing import Sequence
 import torch
 from PIL import Image
 
-from model_code.recaption.captioner import check_images, check_kind, default_device, local_dir
+from model_code.models.pretrained import default_device
+from model_code.recaption.captioner import check_images, check_kind, local_dir
 
 SUPPORTED = ("blip", "git", "blip-2", "florence2")
 # Task prompts per model type and kind; None = unconditional captioning.

@@ -35,7 +35,7 @@ from model_code.config import load_preset  # noqa: E402
 from model_code.data.loader import make_dataset, make_loader  # noqa: E402
 from model_code.train import callbacks as cb  # noqa: E402
 from model_code.train.factory import make_trainer, resolve_precision  # noqa: E402
-from model_code.train.module import EMA, PartModule, lr_lambda, param_groups, resolve_train_config  # noqa: E402
+from model_code.train.module import EMA, PartModule, lr_lambda, make_optimizer, resolve_train_config  # noqa: E402
 from model_code.train.parts import Context, get_part  # noqa: E402
 
 NETWORK_PARTS = ("dvae", "transformer", "clip", "captioner", "prior", "decoder", "upsampler")
@@ -116,8 +116,7 @@ def run_plain(spec, cfg, tcfg, deps, dataset, warmup: int, steps: int) -> tuple[
         if isinstance(d, torch.nn.Module):
             d.to(dev)
     t = tcfg
-    opt = torch.optim.AdamW(param_groups(model, t["weight_decay"]), lr=t["lr"], betas=t["adam_betas"],
-                            eps=t["adam_eps"], fused=dev.type == "cuda")
+    opt = make_optimizer(model, t, dev)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda({**t, "max_steps": warmup + steps}, model))
     ema = EMA(model, t["ema_decay"]) if t["ema_decay"] else None
     ctx = Context(deps=deps, model_config=model.config, train=t)

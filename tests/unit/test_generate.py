@@ -27,6 +27,20 @@ def test_generate_reranks_and_is_deterministic(bundles, recipe):
         assert [im.tobytes() for im in ra.images] == [im.tobytes() for im in rb.images]
 
 
+@pytest.mark.parametrize("recipe", ["dalle", "unclip"])
+def test_generator_runs_on_the_device_it_is_loaded_on(bundles, recipe):
+    """Every part of a loaded bundle sits on the asked-for device (default: the GPU when there is
+    one), and text and images are moved there (the H200 check evaluates on the GPU)."""
+    g = Generator.load(bundles[recipe], device="cpu")
+    assert g.device == torch.device("cpu")
+    parts = [g.clip] + ([g.dvae, g.transformer] if recipe == "dalle" else [g.prior, g.decoder])
+    assert {p.device for m in parts for p in m.parameters()} == {torch.device("cpu")}
+    ids, mask = g.encode_text(["a red circle"])
+    assert ids.device == g.device and mask.device == g.device
+    default = Generator.load(bundles[recipe])
+    assert default.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def test_bad_arguments(bundles):
     g = Generator.load(bundles["dalle"])
     with pytest.raises(ValueError, match="n must be"):

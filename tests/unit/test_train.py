@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from model_code.config import load_preset
-from model_code.train.module import EMA, lr_lambda, resolve_train_config
+from model_code.train.module import EMA, lr_lambda, make_optimizer, resolve_train_config
 from model_code.train.parts import PARTS, Context, get_part
 
 # Small enough for a few dozen CPU steps in a test; every other part uses the tiny preset.
@@ -84,6 +84,23 @@ def test_lr_schedules():
     dv = DVAE.from_config(DVAE_CFG := {**SMALL_DVAE["dvae"], "image_size": 32, "lr_anneal_steps": 50})
     g = lr_lambda({**t, "lr_schedule": "dvae"}, dv)
     assert g(25) == pytest.approx(dvae_schedule(25, DVAE_CFG)["lr_scale"]) and g(50) < g(0)
+
+
+def test_optimizer_is_fused_on_a_gpu_only_without_gradient_clipping():
+    """Lightning cannot clip gradients that a fused AdamW unscales inside its step (the small
+    transformer, grad_clip 4.0, failed at its first step on an H200): clipping parts get the
+    foreach kernels there; decay applies to matrices only."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    t = resolve_train_config(load_preset("tiny"), "transformer")
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    fused = lambda opt: opt.defaults["fused"]  # noqa: E731
+    # fused=True is only checked against the parameters' device when the step runs
+    assert fused(make_optimizer(model, {**t, "grad_clip": None}, cuda))
+    assert not fused(make_optimizer(model, {**t, "grad_clip": 4.0}, cuda))
+    assert not fused(make_optimizer(model, {**t, "grad_clip": None}, cpu))
+    groups = make_optimizer(model, {**t, "weight_decay": 0.1}, cpu).param_groups
+    assert sorted(g["weight_decay"] for g in groups) == [0.0, 0.1]
 
 
 def test_ema_tracks_swaps_and_round_trips():
