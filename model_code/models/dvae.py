@@ -41,6 +41,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from model_code.models import on_host
 from model_code.models.pretrained import PretrainedMixin
 
 DEFAULTS: dict = {
@@ -343,6 +344,8 @@ class DVAE(PretrainedMixin, nn.Module):
                              f"downsample={c['downsample']}")
         if not images.is_floating_point():
             raise ValueError(f"images must be float in [-1, 1], got dtype {images.dtype}")
+        if not on_host(images):   # see models.on_host: no host sync in forward_loss/encode
+            return
         lo, hi = float(images.min()), float(images.max())
         if lo < -1.001 or hi > 1.001:
             raise ValueError(f"images must be in [-1, 1], got values in [{lo:.3f}, {hi:.3f}]")

@@ -36,6 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel, LogitsProcessor, LogitsProcessorList
 
+from model_code.models import on_host
 from model_code.models.pretrained import PretrainedMixin
 
 DEFAULTS: dict = {
@@ -163,7 +164,7 @@ class DalleTransformer(PretrainedMixin, nn.Module):
                              f"encode with max_len={self.text_len}")
         mask = text_mask.bool()
         ids = text_ids.long()
-        real = ids[mask]
+        real = ids[mask] if on_host(ids) else ids[:0]   # no host sync on an accelerator (models.on_host)
         if real.numel() and (int(real.min()) < 0 or int(real.max()) >= self.text_vocab_size):
             raise ValueError(f"text_ids must lie in [0, text_vocab_size={self.text_vocab_size}) "
                              f"where text_mask is True, got [{int(real.min())}, {int(real.max())}]")
@@ -180,7 +181,7 @@ class DalleTransformer(PretrainedMixin, nn.Module):
                              f"(B,{self.image_tokens}) with B={batch}, got {tuple(image_codes.shape)}")
         if codes.is_floating_point():
             raise ValueError(f"image_codes must be integer, got {codes.dtype}")
-        if int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size:
+        if on_host(codes) and (int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size):
             raise ValueError(f"image_codes must lie in [0, codebook_size={self.codebook_size}), "
                              f"got [{int(codes.min())}, {int(codes.max())}]")
         return codes.long() + self.image_offset
@@ -193,6 +194,8 @@ class DalleTransformer(PretrainedMixin, nn.Module):
         B, T = text.shape
         image = self._image_tokens(image_codes, B)                   # (B, N)
         seq = torch.cat([text, image], dim=1)                        # (B, T+N)
+        # (transformers' GPT-2 masking reads one value per call, its packed-sequence check, unless
+        # traced: train.compile removes that host sync; Easel's own checks above read none off a GPU)
         logits = self.gpt(input_ids=seq[:, :-1], use_cache=False).logits  # (B, T+N-1, vocab)
 
         # position i predicts seq[i+1]: text targets are seq[1:T], image targets seq[T:]
@@ -238,7 +241,7 @@ class DalleTransformer(PretrainedMixin, nn.Module):
         if seed is not None and generator is not None:
             raise ValueError("give seed or generator, not both")
         device = self.gpt.device
-        prompt = self.text_tokens(text_ids.to(device), text_mask.to(device))   # (B, T)
+        prompt = self.text_tokens(text_ids, text_mask).to(device)   # (B, T); checked where the ids are (the CPU)
         prompt = prompt.repeat_interleave(num_samples, dim=0)                   # (B*n, T)
         greedy = temperature == 0
         gen_cfg = GenerationConfig(
