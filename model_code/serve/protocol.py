@@ -134,24 +134,23 @@ def check_prompt(prompt, cfg: dict, param: str = "prompt") -> str:
     return prompt
 
 
+def _bounded_int(value, lo: int, hi: int, param: str, default):
+    """An integer request field in [lo, hi], or `default` when absent; else a 400 naming it."""
+    if value is None:
+        return default
+    if not _is_int(value):
+        raise bad_request(param, f"must be an integer, got {value!r}"[:200])
+    if not lo <= value <= hi:
+        raise bad_request(param, f"must be between {lo} and {hi}, got {value}")
+    return int(value)
+
+
 def check_n(n, cfg: dict, param: str = "n") -> int:
-    if n is None:
-        return 1
-    if not _is_int(n):
-        raise bad_request(param, f"must be an integer, got {n!r}"[:200])
-    if not 1 <= n <= cfg["max_n"]:
-        raise bad_request(param, f"must be between 1 and {cfg['max_n']}, got {n}")
-    return int(n)
+    return _bounded_int(n, 1, cfg["max_n"], param, default=1)
 
 
 def check_seed(seed, cfg: dict, param: str = "seed") -> int | None:
-    if seed is None:
-        return None
-    if not _is_int(seed):
-        raise bad_request(param, f"must be an integer, got {seed!r}"[:200])
-    if not 0 <= seed <= cfg["seed_max"]:
-        raise bad_request(param, f"must be between 0 and {cfg['seed_max']}, got {seed}")
-    return int(seed)
+    return _bounded_int(seed, 0, cfg["seed_max"], param, default=None)
 
 
 def check_size(size, cfg: dict, param: str = "size") -> int | None:
