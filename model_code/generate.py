@@ -128,6 +128,9 @@ class Generated:
     scores: list[float]
     candidates: int = 1
     extra: dict = field(default_factory=dict)
+    # the kept images' L2-normalised CLIP embeddings (n, D) on the CPU, from the reranking: a
+    # later CLIP check of the same images (serving's image safety) reuses them
+    embeddings: torch.Tensor | None = None
 
 
 class Generator:
@@ -201,12 +204,16 @@ class Generator:
         settings = {**self.sampling, **{k: v for k, v in overrides.items() if v is not None}}
         gen = torch.Generator().manual_seed(int(seed if seed is not None else torch.seed() % 2**31))
         images = self.sample(prompts, cand, gen, settings)          # (P * cand, 3, H, W)
-        scores = self.clip_scores(images, [p for p in prompts for _ in range(cand)]).view(len(prompts), cand)
+        emb = self.embed_images(images)                              # (P * cand, D)
+        txt = self.embed_texts(prompts).repeat_interleave(cand, dim=0)   # (P * cand, D)
+        scores = (emb * txt).sum(-1).view(len(prompts), cand)
+        emb = emb.float().cpu()
         out = []
         for i, p in enumerate(prompts):
             order = torch.argsort(scores[i], descending=True)[:n]
             pil = to_pil(images[i * cand + order])
-            out.append(Generated(p, pil, [float(scores[i, j]) for j in order], candidates=cand))
+            out.append(Generated(p, pil, [float(scores[i, j]) for j in order], candidates=cand,
+                                 embeddings=emb[i * cand + order.cpu()]))
         return out
 
     def sample(self, prompts: list[str], num: int, generator: torch.Generator,

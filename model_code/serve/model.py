@@ -5,35 +5,32 @@ The request path (DESIGN.md, "serve"):
     validate -> prompt safety -> rewrite -> generate `candidates` and keep the n CLIP likes best
     (Generator.generate) -> resize to the requested size -> image safety -> C2PA-signed PNG
 
-KServe's hooks carry it: preprocess (validate, safety, rewrite), predict (generate, through the
-dynamic batcher), postprocess (image safety, provenance, the protocol's response). A standalone
-predictor (`easel serve`) runs all three. Split in two (`--role transformer` in front of
-`--role predictor --generate-only`), the transformer runs preprocess and postprocess and
-forwards the checked, rewritten prompts to the predictor, which only generates.
+One call carries it, `EaselModel.serve(requests) -> (results, info)`, which every protocol calls
+once after parsing its own format: V1 and V2 through KServe's hooks (preprocess parses into an
+`Envelope`, predict serves it, postprocess encodes it: the state passes in the envelope), the
+OpenAI route directly (openai_route.py). Split in two (`--role transformer` in front of
+`--role predictor --generate-only`), the transformer's `serve` checks and rewrites, forwards the
+prompts to the predictor (which only generates), then runs image safety and provenance on what
+comes back.
 
 The wire formats are in protocol.py; a model URI is resolved by registry/resolve.py.
 """
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 
 import kserve
-from kserve.protocol.infer_type import InferRequest, InferResponse
+from kserve.protocol.infer_type import InferRequest
 
 from model_code.registry.resolve import ResolvedModel, resolve_model
 from model_code.serve import batching, provenance, rewrite as rewrite_mod
 from model_code.serve.config import parse_size, serve_config
-from model_code.serve.protocol import (ImageOut, ImageRequest, ImageResult, ServeError, _State, decode_v1, decode_v2,
-                                       encode, parse_v1, parse_v2, png_bytes, resize)
+from model_code.serve.protocol import (Envelope, ImageOut, ImageRequest, ImageResult, ServeError, decode_v1,
+                                       decode_v2, encode, parse_v1, parse_v2, png_bytes, resize)
 from model_code.serve.safety import ClipEmbedder, Safety
 
 log = logging.getLogger(__name__)
-
-# what preprocess learns that postprocess needs, within one request's task (KServe's hooks)
-_STATE: contextvars.ContextVar[_State | None] = contextvars.ContextVar("easel_request", default=None)
-
 
 # ---------------------------------------------------------------- the predictor
 class EaselModel(kserve.Model):
@@ -103,16 +100,21 @@ class EaselModel(kserve.Model):
         if self.batcher is not None:
             self.batcher.close()
 
-    # -------------------------------------------------------------- preprocess
-    def parse(self, payload, headers) -> _State:
-        if isinstance(payload, InferRequest):
-            reqs = parse_v2(payload, self.cfg, headers)
-            return _State("v2", reqs, payload.id, payload.request_outputs,
-                          bool(payload.use_binary_outputs))
-        return _State("v1", parse_v1(payload, self.cfg, headers))
+    # -------------------------------------------------------------- the request path
+    async def serve(self, reqs: list[ImageRequest], headers: dict | None = None,
+                    request_id: str | None = None) -> tuple[list[ImageResult], dict]:
+        """The one request path, whatever the protocol: prompt safety and rewriting, generation
+        (here, or at the predictor behind a transformer), image safety and provenance.
+        Returns the results (one per request, images encoded as PNG) and the model info.
+        headers, request_id: the client's, forwarded to a predictor (tracing headers)."""
+        if not self.generate_only:
+            await asyncio.to_thread(self.check_and_rewrite, reqs)   # CLIP runs here: a worker thread
+        results, info = await self.produce(reqs, headers, request_id)
+        await asyncio.to_thread(self.finish, results, info)
+        return results, info
 
     def check_and_rewrite(self, reqs: list[ImageRequest]) -> None:
-        """Prompt safety, then rewriting (in a worker thread: CLIP runs here). Refusal -> 400."""
+        """Prompt safety, then rewriting. Refusal -> 400."""
         verdicts = self.safety.check_prompts([r.prompt for r in reqs])
         for i, v in enumerate(verdicts):
             if not v.allowed:
@@ -136,15 +138,9 @@ class EaselModel(kserve.Model):
                 if not v.allowed:
                     r.revised_prompt, r.rewrite_source = r.prompt, "unsafe-rewrite-dropped"
 
-    async def preprocess(self, payload, headers=None):
-        state = self.parse(payload, headers)
-        if not self.generate_only:
-            await asyncio.to_thread(self.check_and_rewrite, state.requests)
-        _STATE.set(state)
-        return state.requests
-
-    # -------------------------------------------------------------- predict
-    async def generate(self, reqs: list[ImageRequest]) -> list[ImageResult]:
+    async def produce(self, reqs: list[ImageRequest], headers: dict | None = None,
+                      request_id: str | None = None) -> tuple[list[ImageResult], dict]:
+        """Generate each request's images through the dynamic batcher."""
         settings = dict(self.cfg["sampling"])
         cand = self.cfg["candidates"]
 
@@ -154,20 +150,20 @@ class EaselModel(kserve.Model):
             except batching.QueueFull as e:
                 raise ServeError(503, str(e), "server_busy", type_="server_error") from e
             side = r.size or self.default_size
-            outs = [ImageOut(resize(im, side), float(s)) for im, s in zip(gen.images, gen.scores)]
+            emb = gen.embeddings if gen.embeddings is not None else [None] * len(gen.images)
+            outs = [ImageOut(resize(im, side), float(s), embedding=e)
+                    for im, s, e in zip(gen.images, gen.scores, emb)]
             return ImageResult(r, outs, seed, side)
 
-        return list(await asyncio.gather(*(one(r) for r in reqs)))
+        return list(await asyncio.gather(*(one(r) for r in reqs))), self.info
 
-    async def predict(self, payload, headers=None, response_headers=None):
-        return await self.generate(payload)
-
-    # -------------------------------------------------------------- postprocess
     def finish(self, results: list[ImageResult], info: dict) -> None:
-        """Image safety, then PNG + C2PA for every image kept (worker thread)."""
+        """Image safety (reusing the reranking's CLIP embeddings), then PNG + C2PA for every
+        image kept."""
         for res in results:
             if not self.generate_only and self.safety is not None:
-                verdicts = self.safety.check_images([o.image for o in res.images])
+                verdicts = self.safety.check_images([o.image for o in res.images],
+                                                    [o.embedding for o in res.images])
                 for o, v in zip(res.images, verdicts):
                     if not v.allowed:
                         o.image, o.withheld = None, {"policy": v.policy, "reason": v.reason}
@@ -186,10 +182,23 @@ class EaselModel(kserve.Model):
                         extra={"gate": info.get("gate", "n/a")}))
                 o.png = png
 
-    async def postprocess(self, result, headers=None, response_headers=None):
-        state = _STATE.get()
-        await asyncio.to_thread(self.finish, result, self.info)
-        return encode(state, result, self.name, self.info)
+    # -------------------------------------------------------------- KServe's hooks (V1 / V2)
+    async def preprocess(self, payload, headers=None) -> Envelope:
+        if isinstance(payload, InferRequest):
+            return Envelope("v2", parse_v2(payload, self.cfg, headers), payload.id, payload.request_outputs,
+                            bool(payload.use_binary_outputs))
+        return Envelope("v1", parse_v1(payload, self.cfg, headers))
+
+    def validate(self, payload):
+        # an Envelope is parsed and validated already (KServe's check reads dict payloads)
+        return payload if isinstance(payload, Envelope) else super().validate(payload)
+
+    async def predict(self, payload: Envelope, headers=None, response_headers=None) -> Envelope:
+        payload.results, payload.info = await self.serve(payload.requests, headers, payload.request_id)
+        return payload
+
+    async def postprocess(self, result: Envelope, headers=None, response_headers=None):
+        return encode(result, self.name)
 
 
 # ---------------------------------------------------------------- the transformer
@@ -231,11 +240,20 @@ class EaselTransformer(EaselModel):
         self.ready = True
         return True
 
-    async def preprocess(self, payload, headers=None):
-        reqs = await super().preprocess(payload, headers)
+    async def produce(self, reqs: list[ImageRequest], headers: dict | None = None,
+                      request_id: str | None = None) -> tuple[list[ImageResult], dict]:
+        """Generation at the predictor: the checked, rewritten prompts go out in the predictor's
+        protocol; its answer comes back decoded, with the version it served."""
         wire = [r.wire() for r in reqs]
         if self._predictor.protocol == "v1":
-            return {"instances": wire}
+            resp = await self._forward({"instances": wire}, headers)
+            results, info = decode_v1(resp, reqs)
+        else:
+            resp = await self._forward(self._v2_request(wire, request_id), headers)
+            results, info = decode_v2(resp, reqs)
+        return results, {**self.info, **{k: v for k, v in info.items() if v}}   # the predictor knows its version
+
+    def _v2_request(self, wire: list[dict], request_id: str | None) -> InferRequest:
         from kserve.protocol.infer_type import InferInput
         k = len(wire)
         inputs = [InferInput("prompt", [k], "BYTES", [w["prompt"] for w in wire]),
@@ -249,9 +267,10 @@ class EaselTransformer(EaselModel):
                                      [w["seed"] if "seed" in w else secrets.randbelow(2**31) for w in wire]))
         if any("size" in w for w in wire):   # "" = the predictor's default size
             inputs.append(InferInput("size", [k], "BYTES", [w.get("size", "") for w in wire]))
-        return InferRequest(model_name=self.name, infer_inputs=inputs, request_id=_STATE.get().request_id)
+        return InferRequest(model_name=self.name, infer_inputs=inputs, request_id=request_id)
 
-    async def predict(self, payload, headers=None, response_headers=None):
+    async def _forward(self, payload, headers: dict | None):
+        """KServe's predictor call (REST, the configured protocol); its errors as ServeErrors."""
         import httpx
         try:
             return await kserve.Model.predict(self, payload, headers)
@@ -267,13 +286,3 @@ class EaselTransformer(EaselModel):
         except httpx.HTTPError as e:
             raise ServeError(502, f"the predictor at {self._predictor.predictor_host} did not answer: "
                                   f"{type(e).__name__}", "predictor_unavailable", type_="server_error") from e
-
-    async def postprocess(self, result, headers=None, response_headers=None):
-        state = _STATE.get()
-        if isinstance(result, InferResponse):
-            results, info = decode_v2(result, state.requests)
-        else:
-            results, info = decode_v1(result, state.requests)
-        info = {**self.info, **{k: v for k, v in info.items() if v}}   # the predictor knows its version
-        await asyncio.to_thread(self.finish, results, info)
-        return encode(state, results, self.name, info)

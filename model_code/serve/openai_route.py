@@ -18,8 +18,9 @@ Answer: {"created", "data": [{"b64_json", "revised_prompt"}...], "model", "model
 {"error": {"message", "type", "param", "code"}}; a refused prompt is a 400 with code
 "content_policy_violation", as OpenAI's API answers.
 
-The route runs the model's own request path (KServe's preprocess -> predict -> postprocess
-through the V1 format), so it behaves the same on a standalone predictor and on a transformer.
+The route parses its own format into one ImageRequest and calls the model's request path
+(EaselModel.serve) once, as V1 and V2 do, so it behaves the same on a standalone predictor and on
+a transformer.
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, ValidationError
 
-from model_code.serve.protocol import ServeError, check_n, check_prompt, check_seed, check_size
+from model_code.serve.protocol import (ImageRequest, ServeError, b64, check_n, check_prompt, check_seed, check_size,
+                                       rewrite_opt_out)
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +90,9 @@ def _validation_error(e: ValidationError) -> ServeError:
     return ServeError(400, f"{param}: {msg}" if param else msg, "invalid_request", param)
 
 
-def parse_request(body: bytes, content_type: str, cfg: dict, served_name: str) -> ImagesRequest:
+def parse_request(body: bytes, content_type: str, cfg: dict, served_name: str,
+                  headers: dict | None = None) -> ImageRequest:
+    """The body -> the one ImageRequest it asks for (validated: a 4xx ServeError names the field)."""
     if "json" not in (content_type or "").lower():
         raise ServeError(415, "the request body must be JSON (Content-Type: application/json)",
                          "unsupported_media_type")
@@ -109,11 +113,9 @@ def parse_request(body: bytes, content_type: str, cfg: dict, served_name: str) -
         raise ServeError(400, f"response_format: only 'b64_json' is supported (this server keeps no image "
                               f"store to link to), got {req.response_format[:40]!r}", "invalid_request",
                          "response_format")
-    check_prompt(req.prompt, cfg)
-    check_n(req.n, cfg)
-    check_seed(req.seed, cfg)
-    check_size(req.size, cfg)
-    return req
+    rewrite = req.rewrite if req.rewrite is not None else not rewrite_opt_out(headers)
+    return ImageRequest(prompt=check_prompt(req.prompt, cfg), n=check_n(req.n, cfg), seed=check_seed(req.seed, cfg),
+                        size=check_size(req.size, cfg), rewrite=rewrite)
 
 
 def register_openai_route(app: FastAPI, get_model: Callable[[], object]) -> None:
@@ -125,23 +127,18 @@ def register_openai_route(app: FastAPI, get_model: Callable[[], object]) -> None
         try:
             if not getattr(model, "ready", False):
                 raise ServeError(503, f"model {model.name} is not ready", "model_not_ready")
-            req = parse_request(body, request.headers.get("content-type", ""), model.cfg, model.name)
-            inst = {"prompt": req.prompt, "n": req.n or 1}
-            for k in ("seed", "size", "rewrite"):
-                if getattr(req, k) is not None:
-                    inst[k] = getattr(req, k)
-            response, _ = await model({"instances": [inst]}, headers=dict(request.headers.items()))
+            headers = dict(request.headers.items())
+            req = parse_request(body, headers.get("content-type", ""), model.cfg, model.name, headers)
+            (res,), info = await model.serve([req], headers)
         except ServeError as e:
             return error_response(e.status, e.message, e.code, e.param, e.type)
         except Exception:  # a bug, not the client's fault: logged with its traceback
             log.exception("image generation failed")
             return error_response(500, "the server failed to generate the images", "server_error")
-        pred = response["predictions"][0]
-        data = [ImageItem(b64_json=it["b64_json"], revised_prompt=pred["revised_prompt"],
-                          withheld=it.get("withheld")) for it in pred["images"]]
-        info = response.get("model") or {}
+        data = [ImageItem(b64_json=b64(o.png), revised_prompt=res.request.generation_prompt, withheld=o.withheld)
+                for o in res.images]
         out = ImagesResponse(created=int(time.time()), data=data, model=str(info.get("name") or model.name),
-                             model_version=str(info.get("version") or ""), seed=pred.get("seed"))
+                             model_version=str(info.get("version") or ""), seed=res.seed)
         return JSONResponse(out.model_dump(exclude_none=False))
 
     app.add_api_route(ROUTE, images_generations, methods=["POST"], response_model=None,

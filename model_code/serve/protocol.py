@@ -1,6 +1,7 @@
 """The image endpoints' wire protocols, apart from any model: request and result records,
 client errors, V1 / V2 parsing (validated against the serving settings) and encoding, and
-the PNG helpers responses use. The OpenAI route (openai_route.py) goes through V1.
+the PNG helpers responses use. The OpenAI route (openai_route.py) has its own format and the
+same request records.
 
 Wire formats
   V1  POST /v1/models/NAME:predict
@@ -15,7 +16,8 @@ Wire formats
    -> outputs: "image" BYTES [I] (base64 PNG, "" when withheld), "prompt_index" INT32 [I],
       "clip_score" FP32 [I], "withheld" BYTES [I] ("" or "policy: reason"),
       "revised_prompt" BYTES [B], "seed" INT64 [B]
-  The OpenAI route (openai_route.py) runs the same path through the V1 format.
+  The OpenAI route (openai_route.py) parses its own format into the same ImageRequests and
+  calls the same request path (EaselModel.serve) once.
 
 Withheld images keep their place in the answer, with no image and the policy and reason, so a
 client always sees n entries per prompt and knows why one is missing.
@@ -29,7 +31,7 @@ import base64
 import binascii
 import io
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -91,6 +93,7 @@ class ImageOut:
     clip_score: float | None
     png: bytes | None = None         # encoded (and signed) PNG
     withheld: dict | None = None     # {"policy", "reason"}
+    embedding: Any = None            # the CLIP embedding reranking computed (D,): image safety reuses it
 
 
 @dataclass
@@ -102,15 +105,17 @@ class ImageResult:
 
 
 @dataclass
-class _State:
-    """What preprocess learns that postprocess needs (same request, same task)."""
+class Envelope:
+    """One V1/V2 call as it passes KServe's hooks: what its protocol needs to answer (format, ids,
+    requested outputs), the parsed requests, and, once served, their results and the model info.
+    preprocess makes it, predict fills it, postprocess encodes it: state passes explicitly."""
     protocol: str                     # "v1" | "v2"
     requests: list[ImageRequest]
     request_id: str | None = None
     requested_outputs: Any = None
     binary_outputs: bool = False
-
-
+    results: list[ImageResult] | None = None
+    info: dict = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- validation
@@ -312,7 +317,7 @@ def resize(image: Image.Image, side: int) -> Image.Image:
 
 
 # ---------------------------------------------------------------- responses
-def _b64(png: bytes | None) -> str | None:
+def b64(png: bytes | None) -> str | None:
     return None if png is None else base64.b64encode(png).decode("ascii")
 
 
@@ -321,7 +326,7 @@ def encode_v1(results: list[ImageResult], info: dict) -> dict:
     for res in results:
         items = []
         for o in res.images:
-            item = {"b64_json": _b64(o.png), "clip_score": o.clip_score}
+            item = {"b64_json": b64(o.png), "clip_score": o.clip_score}
             if o.withheld:
                 item["withheld"] = o.withheld
             items.append(item)
@@ -330,11 +335,11 @@ def encode_v1(results: list[ImageResult], info: dict) -> dict:
     return {"predictions": preds, "model": dict(info)}
 
 
-def encode_v2(results: list[ImageResult], state: _State, name: str, info: dict) -> InferResponse:
+def encode_v2(results: list[ImageResult], state: Envelope, name: str, info: dict) -> InferResponse:
     images, index, scores, withheld = [], [], [], []
     for i, res in enumerate(results):
         for o in res.images:
-            images.append(_b64(o.png) or "")
+            images.append(b64(o.png) or "")
             index.append(i)
             scores.append(float(o.clip_score or 0.0))
             withheld.append(f"{o.withheld['policy']}: {o.withheld['reason']}" if o.withheld else "")
@@ -349,8 +354,9 @@ def encode_v2(results: list[ImageResult], state: _State, name: str, info: dict) 
                          requested_outputs=state.requested_outputs)
 
 
-def encode(state: _State, results: list[ImageResult], name: str, info: dict):
-    return encode_v2(results, state, name, info) if state.protocol == "v2" else encode_v1(results, info)
+def encode(env: Envelope, name: str):
+    """A served envelope -> its protocol's response."""
+    return encode_v2(env.results, env, name, env.info) if env.protocol == "v2" else encode_v1(env.results, env.info)
 
 
 def decode_v1(resp: dict, reqs: list[ImageRequest]) -> tuple[list[ImageResult], dict]:
@@ -377,9 +383,8 @@ def decode_v2(resp: InferResponse, reqs: list[ImageRequest]) -> tuple[list[Image
 
     images, index, scores, seeds = vals("image"), vals("prompt_index"), vals("clip_score"), vals("seed")
     results = [ImageResult(r, [], None if seeds[i] == -1 else int(seeds[i]), r.size or 0) for i, r in enumerate(reqs)]
-    for b64, i, s in zip(images, index, scores):
-        b64 = b64.decode() if isinstance(b64, bytes) else b64
-        im = decode_png_b64(b64)
+    for data, i, s in zip(images, index, scores):
+        im = decode_png_b64(data.decode() if isinstance(data, bytes) else data)
         results[int(i)].images.append(ImageOut(im, float(s)))
         results[int(i)].size = im.size[0]
     return results, {"name": resp.model_name, "version": resp.model_version}

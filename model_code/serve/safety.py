@@ -124,20 +124,24 @@ class ClipEmbedder:
                 return storage.get_dir(uri, os.path.join(tmp, part)) if storage.is_remote(uri) else storage.local_path(uri)
             return cls(TextTokenizer.load(local("tokenizer")), CLIP.from_pretrained(local("clip")))
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.clip.parameters()).device
+
     @torch.no_grad()
     def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
-        """(N, D) unit vectors."""
+        """(N, D) unit vectors, on the CPU."""
         ids, mask = self.tokenizer.encode_batch(list(texts), max_len=self.max_len)
         with self._lock:
-            return self.clip.encode_text(ids, mask)
+            return self.clip.encode_text(ids.to(self.device), mask.to(self.device)).float().cpu()
 
     @torch.no_grad()
     def embed_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """(N, D) unit vectors; images resized to CLIP's input size."""
+        """(N, D) unit vectors, on the CPU; images resized to CLIP's input size."""
         from model_code.generate import to_tensor
         x = to_tensor(images, self.image_size)   # (N, 3, S, S) in [-1, 1]
         with self._lock:
-            return self.clip.encode_image(x)
+            return self.clip.encode_image(x.to(self.device)).float().cpu()
 
 
 class Safety:
@@ -193,10 +197,18 @@ class Safety:
         return verdicts
 
     # -------------------------------------------------------------- images
-    def check_images(self, images: Sequence[Image.Image]) -> list[Verdict]:
+    def check_images(self, images: Sequence[Image.Image],
+                     embeddings: Sequence[torch.Tensor | None] | None = None) -> list[Verdict]:
+        """embeddings: the images' CLIP embeddings where already computed (the generator's
+        reranking, same CLIP): those images are not embedded again."""
         if not images or self._image_emb is None or self.image_threshold > 1.0:
             return [ALLOWED] * len(images)
-        sims = self.embedder.embed_images(images) @ self._image_emb.T   # (I, C')
+        given = list(embeddings) if embeddings is not None else [None] * len(images)
+        todo = [i for i, e in enumerate(given) if e is None]
+        if todo:
+            for i, e in zip(todo, self.embedder.embed_images([images[i] for i in todo])):
+                given[i] = e
+        sims = torch.stack([e.float().cpu() for e in given]) @ self._image_emb.T   # (I, C')
         return [self._concept_verdict(row, self.image_concepts, self.image_threshold, "image.concept",
                                       "the generated image") for row in sims]
 

@@ -41,6 +41,21 @@ def test_generator_runs_on_the_device_it_is_loaded_on(bundles, recipe):
     assert default.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+@pytest.mark.parametrize("recipe", ["dalle", "unclip"])
+def test_kept_images_carry_their_reranking_embeddings(bundles, recipe):
+    """Each kept image comes with the CLIP embedding its rank was computed from (unit vectors on
+    the CPU), so a later CLIP check of the same image (serving's image safety) need not embed it
+    again; they match embedding the delivered image up to its 8-bit rounding."""
+    g = Generator.load(bundles[recipe], device="cpu")
+    (r,) = g.generate(["a red circle"], n=2, seed=3, decoder_steps=3, prior_steps=3)
+    assert r.embeddings.shape == (2, g.clip.config["embed_dim"]) and r.embeddings.device.type == "cpu"
+    assert torch.allclose(r.embeddings.norm(dim=-1), torch.ones(2), atol=1e-4)
+    again = g.embed_images(r.images)
+    assert torch.allclose(r.embeddings, again, atol=0.05)
+    scores = (again * g.embed_texts(["a red circle"])).sum(-1)
+    assert torch.allclose(scores, torch.tensor(r.scores), atol=0.05)
+
+
 def test_bad_arguments(bundles):
     g = Generator.load(bundles["dalle"])
     with pytest.raises(ValueError, match="n must be"):

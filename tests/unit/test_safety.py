@@ -94,6 +94,32 @@ def test_image_concepts_in_clip_image_space(embedder):
     assert Safety(policy(image_concepts=[]), embedder).check_images(images) == [s.check_images(images)[0]] * 6
 
 
+def test_image_safety_reuses_given_embeddings(embedder):
+    """Embeddings that came with the images (the generator's reranking, same CLIP) are used as
+    they are: only the images without one are embedded again, and the verdicts are the same."""
+    rng = random.Random(1)
+    images = [shapes.render(shapes.sample_scene(rng, 32)) for _ in range(4)]
+    s = Safety(policy(image_concepts=["graphic violence and gore"]), embedder)
+    best = s.image_similarities(images).max(dim=1).values
+    srt = best.sort().values
+    s.image_threshold = float(srt[1] + srt[2]) / 2   # between two images: no tie for batch numerics to break
+    emb = embedder.embed_images(images)                                        # (4, D)
+    calls = []
+    real = embedder.embed_images
+    embedder.embed_images = lambda ims: calls.append(len(ims)) or real(ims)   # count, then embed for real
+    try:
+        reused = s.check_images(images, [emb[0], None, emb[2], emb[3]])
+    finally:
+        del embedder.embed_images
+    assert calls == [1]                                                       # only the image without one
+    again = s.check_images(images)
+    assert [(v.allowed, v.policy) for v in reused] == [(v.allowed, v.policy) for v in again]
+    assert [v.score for v in reused] == pytest.approx([v.score for v in again], abs=1e-5)
+    # an embedding is what the verdict reads: a far-away vector is judged as such
+    far = -s._image_emb[0]
+    assert s.check_images(images[:1], [far / far.norm()])[0].allowed
+
+
 def test_auto_thresholds_refuse_no_benign_reference(embedder):
     """'auto' (the default) calibrates on benign references: none of them is refused, whatever
     this CLIP's similarities look like, and a verbatim concept still is."""
