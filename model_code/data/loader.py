@@ -268,6 +268,24 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
+class TokenizingCollate:
+    """collate, then the captions tokenized to `max_len` as "text_ids" (B, L) / "text_mask" (B, L)
+    (and "text_max_len"):
+    the tokenizer runs in the loader's worker processes, beside image decoding, instead of on the
+    training process between steps."""
+
+    def __init__(self, tokenizer, max_len: int):
+        self.tokenizer, self.max_len = tokenizer, int(max_len)
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = collate(samples)
+        if "caption" in batch:
+            batch["text_ids"], batch["text_mask"] = self.tokenizer.encode_batch(batch["caption"],
+                                                                                max_len=self.max_len)
+            batch["text_max_len"] = self.max_len
+        return batch
+
+
 class StepBatchSampler(Sampler[list[int]]):
     """Micro-batch b of rank r reads stream positions
         start_sample + ((b - start_batch) * world_size + r) * batch_size + [0, batch_size)
@@ -329,10 +347,15 @@ class StreamLoader(DataLoader):
 def make_loader(data: str | ImageTextStream, batch_size: int, total_batches: int, *,
                 start_batch: int = 0, start_sample: int | None = None, rank: int = 0,
                 world_size: int = 1, num_workers: int = 0, pin_memory: bool = False,
-                **dataset_kw) -> DataLoader:
-    """A DataLoader of `total_batches` micro-batches (fewer when resuming: from `start_batch`)."""
+                text: tuple[Any, int] | None = None, **dataset_kw) -> DataLoader:
+    """A DataLoader of `total_batches` micro-batches (fewer when resuming: from `start_batch`).
+    text: (tokenizer, max_len): batches also carry the captions tokenized (TokenizingCollate)."""
     ds = data if isinstance(data, ImageTextStream) else make_dataset(data, **dataset_kw)
     sampler = StepBatchSampler(batch_size, total_batches, start_batch, start_sample, rank, world_size)
-    return StreamLoader(ds, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate,
+    if text is not None and num_workers > 0:
+        # the tokenizer's own threads in forked workers: tokenizers warns and turns them off
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return StreamLoader(ds, batch_sampler=sampler, num_workers=num_workers,
+                        collate_fn=TokenizingCollate(*text) if text is not None else collate,
                       pin_memory=pin_memory, persistent_workers=False,
                       prefetch_factor=4 if num_workers > 0 else None)

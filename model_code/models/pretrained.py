@@ -18,8 +18,7 @@ import tempfile
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, load_model, save_model
+from safetensors.torch import load_model, save_model
 
 from model_code import storage
 
@@ -78,15 +77,11 @@ class PretrainedMixin:
             with open(path) as f:
                 cfg = json.load(f)
             kind = cfg.pop("model_type", None)
-            # a config without a tag predates the tags (CLIP & co. wrote none): load it as asked
-            if kind is not None and kind != cls.MODEL_TYPE:
-                raise ValueError(f"{uri}/config.json holds a {kind!r} model, not {cls.MODEL_TYPE!r}")
+            if kind != cls.MODEL_TYPE:
+                raise ValueError(f"{uri}/config.json holds a {kind!r} model, not {cls.MODEL_TYPE!r}"
+                                 + ("" if kind else " (no model_type: not written by save_pretrained)"))
             model = cls(cfg)
-            weights = os.path.join(local, "model.safetensors")
-            with safe_open(weights, "pt") as f:
-                every_tensor = set(f.keys()) == set(model.state_dict())
-            if every_tensor:  # files written before save_model: tied weights stored twice
-                model.load_state_dict(load_file(weights, device=str(map_location)), strict=True)
-            else:
-                load_model(model, weights, strict=True, device=str(map_location))
+            # save_model's layout: tied weights (the transformer's shared embedding) stored once
+            load_model(model, os.path.join(local, "model.safetensors"), strict=True, device=str(map_location))
+        return model.to(map_location)
         return model

@@ -228,7 +228,8 @@ class SampleGrid(Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
         if self.batch is None:
-            self.batch = {k: (v[:self.n].detach().clone() if torch.is_tensor(v) else list(v[:self.n]))
+            self.batch = {k: (v[:self.n].detach().clone() if torch.is_tensor(v)
+                              else list(v[:self.n]) if isinstance(v, (list, tuple)) else v)
                           for k, v in batch.items()}
         if (self.every and _at_step_boundary(trainer, batch_idx)
                 and trainer.global_step % self.every == 0 and trainer.global_step < trainer.max_steps):

@@ -62,6 +62,9 @@ class PartSpec:
     # tokens in one prepared batch (a tensor or int; summed on device, read only at log steps)
     tokens_fn: Callable[[dict], Any] | None = None
     with_scene: bool = False                                # the batch carries scene graphs
+    # (model config, loaded deps) -> the length its captions are tokenized to, in the data
+    # loader's workers (batch "text_ids"/"text_mask"); None: the part tokenizes for itself
+    text_len: Callable[[dict, Deps], int] | None = None
 
     @property
     def is_network(self) -> bool:
@@ -124,8 +127,13 @@ def _load_with(module: str, cls: str) -> Callable[[str], Any]:
     return load
 
 
-def _text(ctx: Context, captions: list[str], max_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    ids, mask = ctx.deps["tokenizer"].encode_batch(captions, max_len=max_len)  # (B, L) long, (B, L) bool
+def _text(ctx: Context, batch: Batch, max_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's captions as (ids (B, L) long, mask (B, L) bool) on `device`: tokenized by the
+    loader's workers where the loader did (PartSpec.text_len), else here."""
+    if batch.get("text_max_len") == max_len:
+        ids, mask = batch["text_ids"], batch["text_mask"]
+    else:
+        ids, mask = ctx.deps["tokenizer"].encode_batch(batch["caption"], max_len=max_len)
     return ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
 
 
@@ -183,13 +191,13 @@ def _prepare_transformer(batch: Batch, ctx: Context) -> dict:
     images = batch["image"]
     with torch.no_grad():
         codes = ctx.deps["dvae"].encode(images)                 # (B, h, w) long
-    ids, mask = _text(ctx, batch["caption"], ctx.model_config["text_len"], images.device)
+    ids, mask = _text(ctx, batch, ctx.model_config["text_len"], images.device)
     return {"text_ids": ids, "text_mask": mask, "image_codes": codes}
 
 
 def _sample_transformer(model, batch: Batch, ctx: Context, n: int, seed: int):
     caps = batch["caption"][:n]
-    ids, mask = _text(ctx, caps, ctx.model_config["text_len"], batch["image"].device)
+    ids, mask = _text(ctx, {"caption": caps}, ctx.model_config["text_len"], batch["image"].device)
     codes = model.generate(ids, mask, num_samples=1, seed=seed)    # (n, h, w)
     return ctx.deps["dvae"].decode(codes), caps
 
@@ -205,7 +213,8 @@ register_part(PartSpec(
     # after a linear warm-up of 5000 updates (the paper then halves on plateau; cosine here)
     train_defaults={"lr": 4.5e-4, "adam_betas": (0.9, 0.96), "adam_eps": 1e-8,
                     "weight_decay": 4.5e-2, "warmup_steps": 5000},
-    sample_fn=_sample_transformer, tokens_fn=_tokens_transformer))
+    sample_fn=_sample_transformer, tokens_fn=_tokens_transformer,
+    text_len=lambda mc, deps: mc["text_len"]))
 
 
 # --------------------------------------------------------------------------- clip
@@ -223,7 +232,7 @@ def _build_clip(cfg: dict, deps: Deps):
 
 
 def _prepare_clip(batch: Batch, ctx: Context) -> dict:
-    ids, mask = _text(ctx, batch["caption"], ctx.model_config["max_text_tokens"], batch["image"].device)
+    ids, mask = _text(ctx, batch, ctx.model_config["max_text_tokens"], batch["image"].device)
     return {"images": batch["image"], "ids": ids, "mask": mask}
 
 
@@ -236,7 +245,7 @@ register_part(PartSpec(
     # CLIP (Radford et al. 2021): AdamW beta (0.9, 0.98), eps 1e-6, weight decay 0.2, cosine decay
     train_defaults={"lr": 5e-4, "adam_betas": (0.9, 0.98), "adam_eps": 1e-6, "weight_decay": 0.2,
                     "warmup_steps": 2000},
-    tokens_fn=_tokens_text))
+    tokens_fn=_tokens_text, text_len=lambda mc, deps: mc["max_text_tokens"]))
 
 
 # --------------------------------------------------------------------------- captioner (CoCa)
@@ -289,10 +298,14 @@ register_part(PartSpec(
 
 
 # --------------------------------------------------------------------------- prior
+def _clip_text_len(model_config: dict, deps: Deps) -> int:
+    return int(deps["clip"].config["max_text_tokens"])
+
+
 def _clip_text(batch: Batch, ctx: Context) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Frozen CLIP on the captions: (z_t (B, D), token states (B, L, W), mask (B, L))."""
     clip = ctx.deps["clip"]
-    ids, mask = _text(ctx, batch["caption"], clip.config["max_text_tokens"], batch["image"].device)
+    ids, mask = _text(ctx, batch, clip.config["max_text_tokens"], batch["image"].device)
     with torch.no_grad():
         z_t, tokens = clip.encode_text_all(ids, mask)
     return z_t, tokens, mask
@@ -323,7 +336,7 @@ register_part(PartSpec(
     deps=("tokenizer", "clip"),
     train_defaults={"lr": 1.1e-4, "adam_betas": (0.9, 0.96), "adam_eps": 1e-10,
                     "weight_decay": 6.0e-2, "ema_decay": 0.9999, "warmup_steps": 1000},
-    tokens_fn=_tokens_text))
+    tokens_fn=_tokens_text, text_len=_clip_text_len))
 
 
 # --------------------------------------------------------------------------- decoder
@@ -344,7 +357,8 @@ def _prepare_decoder(batch: Batch, ctx: Context) -> dict:
 
 
 def _sample_decoder(model, batch: Batch, ctx: Context, n: int, seed: int):
-    kw = _prepare_decoder({k: v[:n] for k, v in batch.items()}, ctx)
+    head = {k: (v[:n] if isinstance(v, (list, tuple)) or torch.is_tensor(v) else v) for k, v in batch.items()}
+    kw = _prepare_decoder(head, ctx)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     images = model.sample(kw["image_emb"], kw["text_tokens"], kw["text_mask"], generator=gen)
     return torch.cat([kw["images"], images.to(kw["images"].dtype)]), None  # originals, then samples
@@ -355,7 +369,7 @@ register_part(PartSpec(
     deps=("tokenizer", "clip"),
     train_defaults={"lr": 1.2e-4, "adam_betas": (0.9, 0.999), "adam_eps": 1e-8,
                     "weight_decay": 0.0, "ema_decay": 0.9999, "warmup_steps": 1000},
-    sample_fn=_sample_decoder))
+    sample_fn=_sample_decoder, text_len=_clip_text_len))
 
 
 # --------------------------------------------------------------------------- upsampler

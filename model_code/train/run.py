@@ -216,13 +216,17 @@ def _fit(spec: PartSpec, cfg: dict, tcfg: dict, preset_name: str, model: torch.n
                            synthetic_kind=tcfg["synthetic_kind"], cache=tcfg["data_cache"],
                            image_size=(cfg.get("data") or {}).get("size"), with_scene=spec.with_scene)
     A, B = int(tcfg["accumulate_grad_batches"]), int(tcfg["batch_size"])
+    # captions tokenized in the loader's workers (PartSpec.text_len), not between steps
+    text = ((loaded["tokenizer"], spec.text_len(model.config, loaded))
+            if spec.text_len is not None and "tokenizer" in loaded else None)
 
     def loader_fn(start_batch: int, start_sample: int, rank: int, world_size: int):
         # one spare micro-batch: max_steps ends the run, never the end of the data, so a run saved
         # at its last step is not marked "end of epoch" and can be extended later
         return make_loader(dataset, B, int(tcfg["max_steps"]) * A + 1, start_batch=start_batch,
                            start_sample=start_sample, rank=rank, world_size=world_size,
-                           num_workers=int(tcfg["num_workers"]), pin_memory=torch.cuda.is_available())
+                           num_workers=int(tcfg["num_workers"]), pin_memory=torch.cuda.is_available(),
+                           text=text)
 
     ctx = Context(deps=loaded, model_config=model.config, train=tcfg)
     module = PartModule(spec, model, ctx, loader_fn)

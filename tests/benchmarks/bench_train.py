@@ -66,6 +66,11 @@ def build_deps(cfg: dict, data: str, workdir: str) -> dict:
     return deps
 
 
+def loader_text(spec, model, deps: dict):
+    """What train_part gives make_loader: captions tokenized in the loader (PartSpec.text_len)."""
+    return (deps["tokenizer"], spec.text_len(model.config, deps)) if spec.text_len is not None else None
+
+
 def clocks() -> tuple[float, float]:
     """(wall, this process's CPU time). On a shared CPU box the CPU time is the steadier measure
     of the work a path does: other processes' load stretches wall time, not our CPU seconds."""
@@ -98,7 +103,7 @@ def run_lightning(spec, cfg, tcfg, deps, dataset, warmup: int, steps: int, workd
     A, B = t["accumulate_grad_batches"], t["batch_size"]
     module = PartModule(spec, model, ctx, lambda sb, ss, r, w: make_loader(
         dataset, B, t["max_steps"] * A + 1, start_batch=sb, start_sample=ss, rank=r, world_size=w,
-        num_workers=t["num_workers"], pin_memory=torch.cuda.is_available()))
+        num_workers=t["num_workers"], pin_memory=torch.cuda.is_available(), text=loader_text(spec, model, deps)))
     timer = WindowTimer(warmup, steps)
     callbacks = [timer, cb.Throughput(t["log_every"], t["peak_flops"]),
                  cb.ObjectStoreCheckpoint(os.path.join(workdir, "ckpt"), 0, 1),
@@ -122,7 +127,7 @@ def run_plain(spec, cfg, tcfg, deps, dataset, warmup: int, steps: int) -> tuple[
     ctx = Context(deps=deps, model_config=model.config, train=t)
     bf16 = resolve_precision(t["precision"]) == "bf16-mixed"
     loader = make_loader(dataset, t["batch_size"], warmup + steps, num_workers=t["num_workers"],
-                         pin_memory=dev.type == "cuda")
+                         pin_memory=dev.type == "cuda", text=loader_text(spec, model, deps))
     t0 = None
     for step, batch in enumerate(loader):
         if step == warmup:

@@ -211,3 +211,24 @@ def test_bad_datasets_fail_with_a_clear_message(data, tmp_path):
         make_dataset(data, image_size=64)
     with pytest.raises(ValueError, match="cache"):
         make_dataset(data, cache="gpu")
+
+
+def test_captions_are_tokenized_in_the_loader_workers(data):
+    """make_loader(text=(tokenizer, L)) tokenizes each batch's captions in its worker processes,
+    exactly as the training step would (same ids, mask and length), and a part's `_text` uses
+    them only when they were made for its length."""
+    from model_code.data.dataset import manifest
+    from model_code.text.blend import tokenizer_texts
+    from model_code.text.tokenizer import TextTokenizer
+    from model_code.train.parts import Context, _text
+    tok = TextTokenizer.train(tokenizer_texts(manifest(data).to_dict("records")), vocab_size=300, max_len=24)
+    batches = list(make_loader(data, 8, 3, num_workers=2, text=(tok, 24), caption_policy="original", seed=0))
+    assert len(batches) == 3
+    for b in batches:
+        ids, mask = tok.encode_batch(b["caption"], max_len=24)
+        assert torch.equal(b["text_ids"], ids) and torch.equal(b["text_mask"], mask) and b["text_max_len"] == 24
+    ctx = Context(deps={"tokenizer": tok}, model_config={}, train={})
+    ids, mask = _text(ctx, batches[0], 24, "cpu")
+    assert ids is batches[0]["text_ids"]                              # used as the loader made them
+    ids16, _ = _text(ctx, batches[0], 16, "cpu")                      # another length: tokenized anew
+    assert torch.equal(ids16, tok.encode_batch(batches[0]["caption"], max_len=16)[0])
