@@ -1,7 +1,7 @@
 """A preempted KFP training step (kfp.local, the lifecycle's runner): the task FAILS (the step
 exits 143, train.run.Preempted), so no later step can consume the partial model, and running the
 step again resumes from its checkpoint and finishes. On a cluster the retry is KFP's
-(`set_retry` on GPU steps: tests/unit/test_pipelines.py)."""
+(`set_retry` on GPU steps: tests/unit/faces/test_pipelines.py)."""
 import json
 import os
 import signal
@@ -12,7 +12,7 @@ import time
 import psutil
 import pytest
 
-from tests.unit.test_loader import shapes_data
+from tests.unit.data.test_loader import shapes_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS = 40

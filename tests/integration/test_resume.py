@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from model_code.config import parse_overrides
-from tests.unit.test_loader import shapes_data
+from tests.unit.data.test_loader import shapes_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS = 12

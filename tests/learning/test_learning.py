@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.unit.test_loader import shapes_data
+from tests.unit.data.test_loader import shapes_data
 
 # measured (2 cores, one thread, seed 0): untrained 8.9 dB, collapsed onto the background ~15.7 dB,
 # 8x8 codes (downsample 4, which cannot carry a shape) 20.3-21.1 dB, the tiny preset's 16x16 codes

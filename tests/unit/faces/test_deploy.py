@@ -16,7 +16,7 @@ from kubernetes.client.rest import ApiException
 from easel.cli import main
 from model_code.cluster import inferenceservice as isvc
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 URI = "s3://easel-mlflow/artifacts/1/models/m-0123abcd/artifacts"
 IMAGE = "registry.example/easel-cuda:0.1.0"
 

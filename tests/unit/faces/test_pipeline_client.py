@@ -17,7 +17,7 @@ from easel.cli import main
 from easel.pipeline_client import (PipelineHostError, build_request, check_arguments, declared_parameters,
                                         normalize_cron, parse_params, send)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 COMPILED = os.path.join(ROOT, "pipelines", "compiled")
 
 

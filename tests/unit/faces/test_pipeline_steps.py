@@ -9,7 +9,7 @@ import pytest
 from easel import steps
 from model_code.cluster.pytorchjob import job_name
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
 def test_source_given_is_referenced_not_copied(tmp_path):

@@ -8,8 +8,8 @@ import torch
 from model_code.models import on_host
 from model_code.models.dvae import DVAE
 from model_code.models.transformer import DalleTransformer
-from tests.unit.test_dvae import CFG as DVAE_CFG
-from tests.unit.test_transformer import CFG as TRANSFORMER_CFG, batch
+from tests.unit.models.test_dvae import CFG as DVAE_CFG
+from tests.unit.models.test_transformer import CFG as TRANSFORMER_CFG, batch
 
 
 def test_on_host_is_the_cpu_only():

@@ -15,13 +15,13 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageOps
 
-import hostile
 from model_code import storage
 from model_code.data import ingest as ingest_mod
 from model_code.data.ingest import MANIFEST_COLUMNS, ingest, split_of
 from model_code.data.synth import synthesize
+from tests.unit.data import hostile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
 def tables(out):

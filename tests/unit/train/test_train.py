@@ -21,7 +21,7 @@ FAST = {"train": {"batch_size": 8, "log_every": 5, "sample_n": 4, "progress": "l
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from tests.unit.test_loader import shapes_data
+    from tests.unit.data.test_loader import shapes_data
     return shapes_data(tmp_path_factory.getbasetemp())
 
 

@@ -6,7 +6,7 @@ import yaml
 
 from pipelines.compile import PIPELINES, compile_all
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
 
 
 def test_committed_yaml_is_current(tmp_path, monkeypatch):
