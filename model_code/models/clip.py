@@ -22,18 +22,11 @@ import torch.nn.functional as F
 from transformers import CLIPConfig, CLIPModel
 
 from model_code.models import on_host
-from model_code.models.pretrained import PretrainedMixin
+from model_code.models.pretrained import PretrainedMixin, positive_ints
 
 # OpenAI CLIP's pixel statistics (images are mapped [-1, 1] -> [0, 1] -> (x - mean) / std).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def _positive_int(cfg: dict, section: str, *keys: str) -> None:
-    for key in keys:
-        v = cfg.get(key)
-        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-            raise ValueError(f"{section}.{key} must be a positive integer (got {v!r})")
 
 
 def check_text(ids: torch.Tensor, mask: torch.Tensor, max_len: int | None = None, name: str = "text") -> None:
@@ -91,7 +84,7 @@ class CLIP(PretrainedMixin, nn.Module):
 
     @classmethod
     def _validate(cls, cfg: dict) -> None:
-        _positive_int(cfg, "clip", "vocab_size", "max_text_tokens", "image_size", "patch_size", "width", "layers",
+        positive_ints(cfg, "clip", "vocab_size", "max_text_tokens", "image_size", "patch_size", "width", "layers",
                       "heads", "text_width", "text_layers", "text_heads", "embed_dim", "mlp_ratio")
         if cfg["image_size"] % cfg["patch_size"]:
             raise ValueError(f"clip.image_size={cfg['image_size']} must be divisible by clip.patch_size={cfg['patch_size']}")

@@ -38,8 +38,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from model_code.models.clip import CLIP, _positive_int, check_text
-from model_code.models.pretrained import PretrainedMixin
+from model_code.models.clip import CLIP, check_text
+from model_code.models.pretrained import PretrainedMixin, positive_ints
 from model_code.text import tokenizer as tok_mod
 
 KINDS = ("short", "long")
@@ -147,7 +147,7 @@ class CoCa(PretrainedMixin, nn.Module):
 
     @classmethod
     def _validate(cls, cfg: dict) -> None:
-        _positive_int(cfg, "captioner", "vocab_size", "max_text_tokens", "width", "layers", "heads")
+        positive_ints(cfg, "captioner", "vocab_size", "max_text_tokens", "width", "layers", "heads")
         if cfg["width"] % cfg["heads"]:
             raise ValueError(f"captioner.width={cfg['width']} must be divisible by captioner.heads={cfg['heads']}")
         if cfg["max_text_tokens"] < 4:

@@ -34,8 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 
-from model_code.models.clip import _positive_int
-from model_code.models.pretrained import PretrainedMixin
+from model_code.models.pretrained import PretrainedMixin, positive_ints
 from model_code.models.diffusion import (add_noise, make_scheduler, randn, sample_loop, sample_timesteps, slerp,
                                          validate_schedule)
 from model_code.models.prior import pad_tokens
@@ -101,7 +100,7 @@ class UnCLIPDecoder(PretrainedMixin, nn.Module):
 
     @classmethod
     def _validate(cls, cfg: dict) -> None:
-        _positive_int(cfg, "decoder", "clip_embed_dim", "clip_text_width", "max_text_tokens", "image_size", "channels",
+        positive_ints(cfg, "decoder", "clip_embed_dim", "clip_text_width", "max_text_tokens", "image_size", "channels",
                       "layers_per_block", "head_dim", "norm_groups", "text_width", "text_heads", "extra_tokens")
         if cfg["conditioning"] not in CONDITIONINGS:
             raise ValueError(f"decoder.conditioning must be one of {CONDITIONINGS} (got {cfg['conditioning']!r})")

@@ -42,7 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model_code.models import on_host
-from model_code.models.pretrained import PretrainedMixin
+from model_code.models.pretrained import PretrainedMixin, known_keys, positive_ints
 
 DEFAULTS: dict = {
     # architecture (OpenAI's released dVAE: n_hid 256, 2 blocks per group, 4 groups, 8192 codes)
@@ -83,15 +83,10 @@ LOG_B_MIN = math.log(1e-3)   # the default floor (config b_min)
 def resolve_config(cfg: dict | None) -> dict:
     """Fill defaults and validate a `dvae` config; ValueError naming the bad field."""
     cfg = dict(cfg or {})
-    unknown = set(cfg) - set(DEFAULTS) - TRAIN_KEYS
-    if unknown:
-        raise ValueError(f"unknown dvae config keys {sorted(unknown)}; known: "
-                         f"{sorted(set(DEFAULTS) | TRAIN_KEYS)}")
+    known_keys(cfg, "dvae", set(DEFAULTS) | TRAIN_KEYS)
     out = {**DEFAULTS, **cfg}
-    for k in ("image_size", "channels", "downsample", "codebook_size", "n_hid", "n_blk_per_group",
-              "n_init"):
-        if not isinstance(out[k], int) or out[k] < 1:
-            raise ValueError(f"dvae.{k} must be a positive int, got {out[k]!r}")
+    positive_ints(out, "dvae", *("image_size", "channels", "downsample", "codebook_size", "n_hid", "n_blk_per_group",
+                  "n_init"))
     ds = out["downsample"]
     if ds & (ds - 1):
         raise ValueError(f"dvae.downsample must be a power of 2, got {ds}")

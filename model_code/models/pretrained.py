@@ -28,6 +28,21 @@ def default_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
+def positive_ints(cfg: dict, section: str, *keys: str) -> None:
+    """Each key must hold a positive integer (not a bool); ValueError naming `section.key`."""
+    for key in keys:
+        v = cfg.get(key)
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            raise ValueError(f"{section}.{key} must be a positive integer (got {v!r})")
+
+
+def known_keys(cfg: dict, section: str, known: set) -> None:
+    """A typo in a model section is an error naming the known keys, not a silently ignored key."""
+    unknown = set(cfg) - set(known)
+    if unknown:
+        raise ValueError(f"unknown {section} config keys {sorted(unknown)}; known: {sorted(known)}")
+
+
 class PretrainedMixin:
     DEFAULTS: dict[str, Any] = {}
     REQUIRED: tuple[str, ...] = ()

@@ -25,8 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from diffusers import PriorTransformer
 
-from model_code.models.clip import _positive_int
-from model_code.models.pretrained import PretrainedMixin
+from model_code.models.pretrained import PretrainedMixin, positive_ints
 from model_code.models.diffusion import add_noise, make_scheduler, sample_loop, sample_timesteps, validate_schedule
 
 
@@ -81,7 +80,7 @@ class DiffusionPrior(PretrainedMixin, nn.Module):
 
     @classmethod
     def _validate(cls, cfg: dict) -> None:
-        _positive_int(cfg, "prior", "clip_embed_dim", "clip_text_width", "max_text_tokens", "width", "layers", "heads")
+        positive_ints(cfg, "prior", "clip_embed_dim", "clip_text_width", "max_text_tokens", "width", "layers", "heads")
         if cfg["width"] % cfg["heads"]:
             raise ValueError(f"prior.width={cfg['width']} must be divisible by prior.heads={cfg['heads']}")
         if not 0 <= cfg["cond_drop_prob"] < 1:

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel, LogitsProcessor, LogitsProcessorList
 
 from model_code.models import on_host
-from model_code.models.pretrained import PretrainedMixin
+from model_code.models.pretrained import PretrainedMixin, known_keys, positive_ints
 
 DEFAULTS: dict = {
     # the paper's 12B shapes (section 2.2 / appendix B): 64 layers, 62 heads of 64, d_model 3968,
@@ -68,15 +68,10 @@ TRAIN_KEYS = {"lr", "lr_end", "weight_decay", "adam_betas", "adam_eps", "warmup_
 def resolve_config(cfg: dict | None) -> dict:
     """Fill defaults and validate a `transformer` config; ValueError naming the bad field."""
     cfg = dict(cfg or {})
-    unknown = set(cfg) - set(DEFAULTS) - TRAIN_KEYS
-    if unknown:
-        raise ValueError(f"unknown transformer config keys {sorted(unknown)}; known: "
-                         f"{sorted(set(DEFAULTS) | TRAIN_KEYS)}")
+    known_keys(cfg, "transformer", set(DEFAULTS) | TRAIN_KEYS)
     out = {**DEFAULTS, **cfg}
-    for k in ("text_vocab_size", "text_len", "image_grid", "codebook_size", "n_layer", "n_head",
-              "d_model"):
-        if isinstance(out[k], bool) or not isinstance(out[k], int) or out[k] < 1:
-            raise ValueError(f"transformer.{k} must be a positive int, got {out[k]!r}")
+    positive_ints(out, "transformer", *("text_vocab_size", "text_len", "image_grid", "codebook_size", "n_layer", "n_head",
+                  "d_model"))
     if out["d_model"] % out["n_head"]:
         raise ValueError(f"transformer.d_model ({out['d_model']}) must be divisible by "
                          f"transformer.n_head ({out['n_head']})")

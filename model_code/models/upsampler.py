@@ -21,8 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from diffusers import UNet2DModel
 
-from model_code.models.clip import _positive_int
-from model_code.models.pretrained import PretrainedMixin
+from model_code.models.pretrained import PretrainedMixin, positive_ints
 from model_code.models.diffusion import add_noise, make_scheduler, sample_loop, sample_timesteps, validate_schedule
 
 DEGRADATIONS = ("blur", "bsr", "none")
@@ -70,7 +69,7 @@ class Upsampler(PretrainedMixin, nn.Module):
 
     @classmethod
     def _validate(cls, cfg: dict) -> None:
-        _positive_int(cfg, "upsampler", "scale", "image_size", "channels", "layers_per_block", "norm_groups", "blur_kernel")
+        positive_ints(cfg, "upsampler", "scale", "image_size", "channels", "layers_per_block", "norm_groups", "blur_kernel")
         if cfg["degradation"] not in DEGRADATIONS:
             raise ValueError(f"upsampler.degradation must be one of {DEGRADATIONS} (got {cfg['degradation']!r})")
         if cfg["blur_kernel"] % 2 == 0:

@@ -16,7 +16,6 @@ appended); nothing else in the file changes. Not collected by pytest (bench_*.py
 from __future__ import annotations
 
 import argparse
-import io
 import multiprocessing as mp
 import os
 import platform
@@ -28,22 +27,14 @@ from collections import Counter
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-from PIL import Image, ImageFilter  # noqa: E402
 
 from model_code.data import shapes  # noqa: E402
 from model_code.data.oracle import match_objects, parse_image, scene_match  # noqa: E402
 from model_code.text.caption_parser import score_caption  # noqa: E402
+from tests.unit.data.test_oracle import blur_jpeg  # noqa: E402  (the degradation the oracle test uses)
 
 SECTION = "## Shapes-world oracle"
 TARGETS = {"clean": 0.995, "blur+JPEG": 0.95}
-
-
-def blur_jpeg(img: Image.Image) -> Image.Image:
-    img = img.filter(ImageFilter.GaussianBlur(0.8))
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=75)
-    buf.seek(0)
-    return Image.open(buf).convert("RGB")
 
 
 def one(job: tuple[int, int, int]) -> dict:

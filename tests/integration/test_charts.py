@@ -21,21 +21,20 @@ import runpy
 import signal
 import subprocess
 import sys
-import time
 from functools import lru_cache
 
 import jsonschema
 import kubernetes_validate
 import pytest
-import referencing
 import yaml
+
+from tests.k8s import K8S_VERSION, schema_validator, validate_builtin
 
 helm = pytest.importorskip("helm_python")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CHARTS = {"easel-platform": "easel", "easel-serving": "dalle"}  # chart -> release name
 NAMESPACE = {"easel-platform": "easel", "easel-serving": "easel-serving"}
-K8S_VERSION = "1.32"  # what kind/config and the pinned KServe 0.15 / Knative 1.17 target
 CUSTOM_GROUPS = ("serving.kserve.io/", "kubeflow.org/")
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob", "Pod",
                   "InferenceService", "PyTorchJob")
@@ -140,44 +139,6 @@ def pod_specs(obj: dict) -> list[tuple[str, dict]]:
 
 def containers(pod: dict) -> list[dict]:
     return list(pod.get("initContainers") or []) + list(pod["containers"])
-
-
-K8S_SCHEMAS = os.path.join(os.path.dirname(kubernetes_validate.__file__), "kubernetes-json-schema",
-                           f"v{K8S_VERSION}.0-local-strict")
-
-
-@lru_cache(maxsize=None)
-def _k8s_definitions() -> referencing.Registry:
-    with open(os.path.join(K8S_SCHEMAS, "_definitions.json")) as f:
-        return referencing.Resource.from_contents(json.load(f)) @ referencing.Registry()
-
-
-@lru_cache(maxsize=None)
-def k8s_validator(kind: str, api_version: str) -> jsonschema.Draft202012Validator:
-    """kubernetes-validate's strict schema for a built-in kind, built once per kind (its validate()
-    re-reads the multi-megabyte definitions for every object). Same file naming as the library:
-    rbac.authorization.k8s.io/v1 -> role-rbac-v1.json."""
-    group_version = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
-    path = os.path.join(K8S_SCHEMAS, f"{kind.lower()}-{group_version}.json")
-    assert os.path.exists(path), f"Kubernetes {K8S_VERSION} has no {kind} in {api_version}"
-    with open(path) as f:
-        schema = json.load(f)
-    return jsonschema.Draft202012Validator(
-        schema, registry=referencing.Resource.from_contents(schema) @ _k8s_definitions())
-
-
-def validate_builtin(obj: dict) -> None:
-    k8s_validator(obj["kind"], obj["apiVersion"]).validate(obj)
-
-
-@lru_cache(maxsize=None)
-def schema_validator(name: str) -> jsonschema.Draft202012Validator:
-    """A validator for tests/schemas/<name>.json whose core-type $refs resolve into the same strict
-    Kubernetes OpenAPI definitions."""
-    with open(os.path.join(ROOT, "tests", "schemas", f"{name}.json")) as f:
-        schema = json.load(f)
-    jsonschema.Draft202012Validator.check_schema(schema)
-    return jsonschema.Draft202012Validator(schema, registry=_k8s_definitions())
 
 
 CR_SCHEMA = {"InferenceService": "inferenceservice-v1beta1", "PyTorchJob": "pytorchjob-v1"}

@@ -3,35 +3,24 @@ object (valid against tests/schemas/, the chart's rules), the update of an exist
 (canary split, version switch, nothing else touched), and the create-or-update-then-wait logic
 against an in-memory stand-in for the Kubernetes custom-objects API."""
 import copy
-import json
-import os
-from functools import lru_cache
 
 import jsonschema
 import pytest
-import referencing
 import yaml
 from kubernetes.client.rest import ApiException
 
 from easel.cli import main
 from model_code.cluster import inferenceservice as isvc
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 URI = "s3://easel-mlflow/artifacts/1/models/m-0123abcd/artifacts"
 IMAGE = "registry.example/easel-cuda:0.1.0"
 
 
-@lru_cache(maxsize=None)
-def validator() -> jsonschema.Draft202012Validator:
-    """tests/schemas/inferenceservice-v1beta1.json with its core-type $refs resolved into
-    kubernetes-validate's strict Kubernetes 1.32 definitions (as tests/integration/test_charts.py)."""
-    kubernetes_validate = pytest.importorskip("kubernetes_validate")
-    defs = os.path.join(os.path.dirname(kubernetes_validate.__file__), "kubernetes-json-schema",
-                        "v1.32.0-local-strict", "_definitions.json")
-    with open(defs) as f:
-        registry = referencing.Resource.from_contents(json.load(f)) @ referencing.Registry()
-    with open(os.path.join(ROOT, "tests", "schemas", "inferenceservice-v1beta1.json")) as f:
-        return jsonschema.Draft202012Validator(json.load(f), registry=registry)
+def validator():
+    """tests/schemas/inferenceservice-v1beta1.json, core types resolved into Kubernetes 1.32's."""
+    pytest.importorskip("kubernetes_validate")
+    from tests.k8s import schema_validator
+    return schema_validator("inferenceservice-v1beta1")
 
 
 # ---------------------------------------------------------------- storageUri

@@ -1,7 +1,6 @@
 """The library steps behind the lifecycle's new parameters and components: the source (given or
 synthesized), the dataset-version pin, the gate configuration (and the recipe that selects
 recipe-specific gates), and the multi-node training job the train-multinode component submits."""
-import json
 import os
 
 import pytest
@@ -121,15 +120,9 @@ def test_multinode_job_for_a_part(monkeypatch):
 
 
 def test_multinode_job_validates_against_the_schema():
-    kubernetes_validate = pytest.importorskip("kubernetes_validate")
-    import jsonschema
-    import referencing
-    defs = os.path.join(os.path.dirname(kubernetes_validate.__file__), "kubernetes-json-schema",
-                        "v1.32.0-local-strict", "_definitions.json")
-    with open(defs) as f:
-        registry = referencing.Resource.from_contents(json.load(f)) @ referencing.Registry()
-    with open(os.path.join(ROOT, "tests", "schemas", "pytorchjob-v1.json")) as f:
-        validator = jsonschema.Draft202012Validator(json.load(f), registry=registry)
+    pytest.importorskip("kubernetes_validate")
+    from tests.k8s import schema_validator
+    validator = schema_validator("pytorchjob-v1")
     job = steps.pytorchjob_train_step("decoder", "s3://d", "s3://o/decoder", "img:1", deps={"tokenizer": "s3://t",
                                       "clip": "s3://c"}, overrides={"decoder": {"conditioning": "text"}},
                                       nodes=2, gpus_per_node=4, submit=False)
