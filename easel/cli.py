@@ -212,6 +212,20 @@ def _model_deploy(a) -> dict:
     return {k: v for k, v in res.items() if k != "object" or a.render}
 
 
+# -- easel job (model_code.cluster: multi-node training)
+def _job(a) -> dict | None:
+    from easel.steps import multinode_train_step
+    res = multinode_train_step(a.part, a.data, a.out, a.image, a.preset, _set_overrides(a),
+                               deps=_kv_pairs(a.dep, "--dep") or None, nodes=a.nodes,
+                               gpus_per_node=a.gpus_per_node, namespace=a.namespace, launcher=a.launcher,
+                               timeout=a.timeout, submit=a.action == "submit")
+    if a.action == "render" and not a.json:   # the manifest itself, for kubectl apply -f -
+        import yaml
+        sys.stdout.write(yaml.safe_dump(res["object"], sort_keys=False))
+        return None
+    return res
+
+
 # -- easel serve (model_code.serve)
 def _serve(a) -> dict:
     from model_code.serve import serve
@@ -430,6 +444,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="deploy a version without a passed gate record (recorded on the InferenceService)")
     s.add_argument("--render", action="store_true",
                    help="print the InferenceService a new deploy would create (YAML; no cluster)")
+
+    s = cmd(sub, "job", _job, "train one part on several GPU nodes: render or submit (and wait for) a "
+            "Kubeflow Trainer TrainJob, or a legacy Training Operator PyTorchJob")
+    s.add_argument("action", choices=["render", "submit"])
+    s.add_argument("part", choices=["tokenizer", "dvae", "transformer", "clip", "captioner", "prior", "decoder",
+                                    "upsampler"])
+    s.add_argument("--launcher", default="trainjob", choices=["trainjob", "pytorchjob"],
+                   help="trainjob: Kubeflow Trainer v2 (runtime easel-torch); pytorchjob: the Training Operator")
+    s.add_argument("--preset", default="base", help="a packaged preset (the pods have no local files)")
+    s.add_argument("--image", required=True, help="the training image, e.g. REGISTRY/easel-cuda:TAG")
+    s.add_argument("--nodes", type=int, default=2)
+    s.add_argument("--gpus-per-node", type=int, default=8)
+    s.add_argument("--data", required=True, help="s3:// URI of the ingested dataset")
+    s.add_argument("--out", required=True, help="s3:// URI for checkpoints and the trained part")
+    s.add_argument("--dep", action="append", metavar="PART=URI", help="a trained dependency, repeatable")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="preset override, repeatable")
+    s.add_argument("--namespace", default="kubeflow")
+    s.add_argument("--timeout", type=float, default=7 * 24 * 3600, help="submit: seconds to wait for the job")
 
     # easel serve; KServe appends --model_name, --predictor_host, --http_port and --workers to a
     # transformer's arguments, so the underscore spellings are accepted too (and charts/easel-serving

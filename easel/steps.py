@@ -309,28 +309,38 @@ def deploy_step(model: str, ref: str = "production", service: str = "", namespac
     return {k: v for k, v in res.items() if k != "object"}
 
 
+LAUNCHERS = ("trainjob", "pytorchjob")
+
+
 @_summary
-def pytorchjob_train_step(part: str, dataset: str, out: str, image: str, preset: str = "base",
-                          overrides: dict | str | None = None, deps: dict[str, str] | None = None,
-                          caption_policy: str = "", nodes: int = 2, gpus_per_node: int = 8,
-                          namespace: str = "kubeflow", timeout: float = 7 * 24 * 3600,
-                          submit: bool = True) -> dict[str, Any]:
-    """Train one part on several GPU nodes: render the Training Operator PyTorchJob (one pod per
-    node, torchrun starting `easel train` per GPU), submit it and wait until it succeeds
-    (PyTorchJobFailed / TimeoutError otherwise). dataset, out and deps are object-store URIs: the
-    pods share no file system. submit=False: only the rendered job (no cluster)."""
-    from model_code.cluster.pytorchjob import (job_name, job_state, render_pytorchjob, submit_pytorchjob,
-                                               train_args)
+def multinode_train_step(part: str, dataset: str, out: str, image: str, preset: str = "base",
+                         overrides: dict | str | None = None, deps: dict[str, str] | None = None,
+                         caption_policy: str = "", nodes: int = 2, gpus_per_node: int = 8,
+                         namespace: str = "kubeflow", launcher: str = "trainjob",
+                         timeout: float = 7 * 24 * 3600, submit: bool = True) -> dict[str, Any]:
+    """Train one part on several GPU nodes: render the job (one pod per node, torchrun starting
+    `easel train` per GPU), submit it and wait until it succeeds (JobFailed / TimeoutError
+    otherwise). launcher: trainjob (Kubeflow Trainer v2, the runtime `easel-torch`) or pytorchjob
+    (the legacy Training Operator). dataset, out and deps are object-store URIs: the pods share no
+    file system. submit=False: only the rendered job (no cluster)."""
+    from model_code.cluster.pytorchjob import job_name, job_state, train_args
+    if launcher not in LAUNCHERS:
+        raise ValueError(f"launcher must be one of {', '.join(LAUNCHERS)}, got {launcher!r}")
     over = _overrides(overrides)
     if caption_policy:
         over = deep_merge(over, {"train": {"caption_policy": caption_policy}})
-    job = render_pytorchjob(part, preset, image, nodes, gpus_per_node, dataset, out, namespace,
-                            name=job_name(part, preset, out), extra_args=train_args(deps, over))
-    summary = {"part": part, "preset": preset, "job": job["metadata"]["name"], "namespace": namespace,
-               "nodes": nodes, "gpus_per_node": gpus_per_node, "out": out}
+    if launcher == "trainjob":
+        from model_code.cluster.trainjob import render_trainjob as render, submit_trainjob as send
+    else:
+        from model_code.cluster.pytorchjob import render_pytorchjob as render, submit_pytorchjob as send
+    job = render(part, preset, image, nodes, gpus_per_node, dataset, out, namespace,
+                 name=job_name(part, preset, out), extra_args=train_args(deps, over))
+    summary = {"part": part, "preset": preset, "launcher": launcher, "kind": job["kind"],
+               "job": job["metadata"]["name"], "namespace": namespace, "nodes": nodes,
+               "gpus_per_node": gpus_per_node, "out": out}
     if not submit:
         return {**summary, "state": "Rendered", "object": job}
-    final = submit_pytorchjob(job, wait=True, timeout=timeout, exists_ok=True)
+    final = send(job, wait=True, timeout=timeout, exists_ok=True)
     state_file = storage.join(out, "train_state.json")
     trained = json.loads(storage.read_text(state_file)).get("summary", {}) if storage.exists(state_file) else {}
     return {**summary, "state": job_state(final)[0], "train": trained}

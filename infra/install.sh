@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Install the cluster stack Easel runs on, in dependency order, from the pinned kustomizations in
 # infra/kustomize/: cert-manager -> Knative Serving + Kourier -> KServe -> Kubeflow Pipelines ->
-# Training Operator. Idempotent: re-running re-applies. Needs kubectl >= 1.27 (built-in kustomize
-# with remote resources) and a kubeconfig pointing at the target cluster.
+# Kubeflow Trainer v2 (+ Easel's ClusterTrainingRuntime easel-torch). Idempotent: re-running
+# re-applies. Needs kubectl >= 1.27 (built-in kustomize with remote resources) and a kubeconfig
+# pointing at the target cluster.
 #
-#   bash infra/install.sh            # everything
-#   bash infra/install.sh kserve     # from one step on (cert-manager knative kserve kfp training)
+#   bash infra/install.sh                     # everything
+#   bash infra/install.sh kserve              # from one step on (cert-manager knative kserve kfp trainer)
+#   bash infra/install.sh training-operator   # only the legacy Training Operator (PyTorchJob launcher)
 set -euo pipefail
 cd "$(dirname "$0")/kustomize"
 
@@ -18,8 +20,13 @@ rollout() {  # rollout NAMESPACE DEPLOYMENT...
   for d in "$@"; do kubectl -n "$ns" rollout status "deploy/$d" --timeout=600s; done
 }
 
-steps=(cert-manager knative kserve kfp training)
+steps=(cert-manager knative kserve kfp trainer)
 start=${1:-cert-manager}
+if [[ $start == training-operator ]]; then  # legacy, not part of the default chain
+  apply training-operator
+  rollout kubeflow training-operator
+  exit 0
+fi
 run=false
 for step in "${steps[@]}"; do
   [[ $step == "$start" ]] && run=true
@@ -42,9 +49,12 @@ for step in "${steps[@]}"; do
       kubectl wait --for=condition=Established --timeout=120s crd/applications.app.k8s.io
       apply kubeflow-pipelines/env
       rollout kubeflow ml-pipeline ml-pipeline-ui ;;
-    training)
-      apply training-operator
-      rollout kubeflow training-operator ;;
+    trainer)
+      apply kubeflow-trainer
+      kubectl wait --for=condition=Established --timeout=120s crd/clustertrainingruntimes.trainer.kubeflow.org
+      rollout kubeflow-system kubeflow-trainer-controller-manager
+      # the runtime every Easel TrainJob names (model_code/cluster/trainjob.py)
+      kubectl apply --server-side -f ../../model_code/cluster/easel-torch-runtime.yaml ;;
   esac
 done
 $run || { echo "unknown step '$start': one of ${steps[*]}" >&2; exit 2; }

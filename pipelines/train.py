@@ -38,22 +38,26 @@ def train_pipeline(dataset_uri: str, dataset_version: str = "", recipe: str = "a
 
 
 @dsl.pipeline(name="easel-train-multinode",
-              description="One part of the base preset on several GPU nodes: a Training Operator PyTorchJob "
-                          "(torchrun, one `easel train` process per GPU), submitted and waited for")
+              description="One part of the base preset on several GPU nodes: a Kubeflow Trainer TrainJob (or "
+                          "a legacy Training Operator PyTorchJob; torchrun, one `easel train` process per GPU), "
+                          "submitted and waited for")
 @documented(dataset_uri="The dataset as an object-store URI (s3://...): the job's pods share no file system.",
             workdir="Object-store prefix; the trained part goes to WORKDIR/PART with its checkpoints, so a "
                     "resubmitted job resumes.",
             namespace="Kubernetes namespace of the training job.",
+            launcher="trainjob: a Kubeflow Trainer v2 TrainJob on the ClusterTrainingRuntime easel-torch "
+                     "(infra/kustomize/kubeflow-trainer); pytorchjob: the legacy Training Operator's PyTorchJob.",
             image="Training container image (the CUDA image).",
             preset="Model and data sizes: base (256 px on a GPU node pool) or paper; the smaller presets "
                    "fit on one GPU and need no multi-node job.")
 def train_multinode_pipeline(part: str, dataset_uri: str, workdir: str, deps: dict = {},  # noqa: B006 (KFP default)
                              preset: str = "base", caption_policy: str = "", overrides: str = "",
                              nodes: int = 2, gpus_per_node: int = 8, namespace: str = "kubeflow",
-                             image: str = GPU_IMAGE) -> dict:
+                             launcher: str = "trainjob", image: str = GPU_IMAGE) -> dict:
     # never cached: the trained part lives in the object store, outside what KFP's cache can see
     job = cluster.cpu(train_multinode(dataset=dataset_uri, part=part, preset=preset, overrides=overrides,
                                       caption_policy=caption_policy, deps=deps, image=image, nodes=nodes,
-                                      gpus_per_node=gpus_per_node, namespace=namespace, name=part,
+                                      gpus_per_node=gpus_per_node, namespace=namespace, launcher=launcher,
+                                      name=part,
                                       workdir=workdir), cache=False)
     return job.outputs["Output"]

@@ -50,3 +50,35 @@ def schema_validator(name: str) -> jsonschema.Draft202012Validator:
         schema = json.load(f)
     jsonschema.Draft202012Validator.check_schema(schema)
     return jsonschema.Draft202012Validator(schema, registry=_k8s_definitions())
+
+
+def _strip_none(x):
+    if isinstance(x, dict):
+        return {k: _strip_none(v) for k, v in x.items() if v is not None}
+    if isinstance(x, list):
+        return [_strip_none(v) for v in x]
+    return x
+
+
+def _diff(a, b, path: str = "") -> list[str]:
+    """Paths where b (what the model kept) differs from a (what was rendered)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = [f"{path}.{k}" for k in a if k not in b]
+        return out + [p for k in a if k in b for p in _diff(a[k], b[k], f"{path}.{k}")]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [p for i, (x, y) in enumerate(zip(a, b)) for p in _diff(x, y, f"{path}[{i}]")]
+    return [] if a == b else [path]
+
+
+def trainer_model(kind: str, obj: dict):
+    """Parse a Kubeflow Trainer object (TrainJob, ClusterTrainingRuntime) with kubeflow_trainer_api's
+    models (types and required fields checked) and fail on anything the model drops: its pydantic
+    models ignore unknown fields, which the API server would reject."""
+    import importlib
+    import re as _re
+    snake = _re.sub(r"(?<!^)(?=[A-Z])", "_", kind).lower()
+    mod = importlib.import_module(f"kubeflow_trainer_api.models.trainer_v1alpha1_{snake}")
+    model = getattr(mod, f"TrainerV1alpha1{kind}").from_dict(obj)
+    dropped = _diff(_strip_none(obj), _strip_none(model.to_dict()))
+    assert not dropped, f"{kind}: fields the Trainer API does not know: {dropped}"
+    return model

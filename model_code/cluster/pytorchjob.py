@@ -1,4 +1,7 @@
-"""Multi-node training on a GPU node pool: a Kubeflow Training Operator v1 PyTorchJob.
+"""Multi-node training on a GPU node pool: a Kubeflow Training Operator v1 PyTorchJob (the legacy
+launcher; Kubeflow Trainer v2's TrainJob, trainjob.py, is the default), and what both launchers
+share: the argument checks, job names, `easel train` arguments, resource scaling, job states and
+the create-and-wait loop.
 
 `render_pytorchjob()` fills the template next to this file (pytorchjob.yaml, itself a complete job
 for two 8-GPU nodes) for one part, preset and cluster shape, and returns the object as a dict;
@@ -9,7 +12,7 @@ for two 8-GPU nodes) for one part, preset and cluster shape, and returns the obj
                             out="s3://easel-checkpoints/transformer-base", namespace="kubeflow")
     submit_pytorchjob(obj, wait=True, timeout=3 * 24 * 3600)
 
-From a shell: `python -m model_code.cluster.pytorchjob render transformer --nodes 4 ... > job.yaml`.
+From a shell: `easel job render transformer --launcher pytorchjob --nodes 4 ... > job.yaml`.
 """
 from __future__ import annotations
 
@@ -38,8 +41,12 @@ _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _QUANTITY = re.compile(r"^([0-9]+)(Mi|Gi|Ti)?$")
 
 
-class PyTorchJobFailed(RuntimeError):
-    """The job reached the Failed condition; the message carries the operator's reason."""
+class JobFailed(RuntimeError):
+    """The training job reached its Failed condition; the message carries the controller's reason."""
+
+
+class PyTorchJobFailed(JobFailed):
+    """A PyTorchJob failed (kept for callers that catch this name)."""
 
 
 def _check_int(name: str, value: Any, low: int, high: int) -> int:
@@ -48,12 +55,25 @@ def _check_int(name: str, value: Any, low: int, high: int) -> int:
     return value
 
 
-def _scale_quantity(quantity: str | int, factor: float) -> str:
+def scale_quantity(quantity: str | int, factor: float) -> str:
     """'1400Gi' * 0.5 -> '700Gi'; '176' * 0.5 -> '88' (whole units, at least 1)."""
     m = _QUANTITY.match(str(quantity))
     if not m:
         raise ValueError(f"cannot scale resource quantity {quantity!r} from the template")
     return f"{max(1, round(int(m.group(1)) * factor))}{m.group(2) or ''}"
+
+
+def scale_resources(resources: dict, gpus_per_node: int) -> dict:
+    """A template's container resources (written for TEMPLATE_GPUS GPUs) for `gpus_per_node`:
+    cpu and memory scaled in proportion, the GPU count set."""
+    factor = gpus_per_node / TEMPLATE_GPUS
+    out = copy.deepcopy(resources)
+    for kind in ("requests", "limits"):
+        for key in ("cpu", "memory"):
+            if key in out.get(kind, {}):
+                out[kind][key] = scale_quantity(out[kind][key], factor)
+        out.setdefault(kind, {})["nvidia.com/gpu"] = gpus_per_node
+    return out
 
 
 def job_name(part: str, preset: str, out: str) -> str:
@@ -81,6 +101,32 @@ def train_args(deps: dict[str, str] | None = None, overrides: dict | None = None
     return args
 
 
+def check_job_args(part: str, preset: str, image: str, nodes: int, gpus_per_node: int, data: str,
+                   out: str, namespace: str, name: str) -> str:
+    """The arguments of a multi-node training job, checked (ValueError naming the bad one);
+    returns the job name."""
+    if part not in TRAIN_PARTS:
+        raise ValueError(f"part must be one of {', '.join(TRAIN_PARTS)}, got {part!r}")
+    if preset not in _config.PRESETS:
+        # a local YAML path would not exist inside the pods: only the packaged presets travel
+        raise ValueError(f"preset must be one of {', '.join(_config.PRESETS)}, got {preset!r}")
+    _config.preset_path(preset)  # the packaged file is there
+    if not isinstance(image, str) or not image or any(c.isspace() for c in image):
+        raise ValueError(f"image must be an image reference like REGISTRY/easel-cuda:TAG, got {image!r}")
+    nodes = _check_int("nodes", nodes, 1, 1024)
+    gpus_per_node = _check_int("gpus_per_node", gpus_per_node, 1, 16)
+    for arg, uri in (("data", data), ("out", out)):
+        if not isinstance(uri, str) or not storage.is_remote(uri):
+            raise ValueError(f"{arg} must be an object-store URI such as s3://bucket/path (the pods on "
+                             f"different nodes share no file system), got {uri!r}")
+    if not isinstance(namespace, str) or not _DNS1123.match(namespace) or len(namespace) > 63:
+        raise ValueError(f"namespace must be a DNS-1123 label, got {namespace!r}")
+    # pods are named <name>-worker-<index>, which must stay a valid 63-character label
+    if not _DNS1035.match(name) or len(name) > 48:
+        raise ValueError(f"name must be a DNS-1035 label of at most 48 characters, got {name!r}")
+    return name
+
+
 def render_pytorchjob(part: str, preset: str, image: str, nodes: int, gpus_per_node: int,
                       data: str, out: str, namespace: str, *, name: str | None = None,
                       s3_secret: str = "easel-s3", client_config: str = "easel-client",
@@ -93,27 +139,9 @@ def render_pytorchjob(part: str, preset: str, image: str, nodes: int, gpus_per_n
     data / out: object-store URIs (the pods share no file system). node_selector / tolerations
     replace the template's H100-pool ones when given. Raises ValueError naming the bad argument.
     """
-    if part not in TRAIN_PARTS:
-        raise ValueError(f"part must be one of {', '.join(TRAIN_PARTS)}, got {part!r}")
-    if preset not in _config.PRESETS:
-        # a local YAML path would not exist inside the pods: only the packaged presets travel
-        raise ValueError(f"preset must be one of {', '.join(_config.PRESETS)}, got {preset!r}")
-    _config.preset_path(preset)  # the packaged file is there
-    if not isinstance(image, str) or not image or any(c.isspace() for c in image):
-        raise ValueError(f"image must be an image reference like REGISTRY/easel-cuda:TAG, got {image!r}")
-    nodes = _check_int("nodes", nodes, 1, 1024)
-    gpus_per_node = _check_int("gpus_per_node", gpus_per_node, 1, 16)
+    name = check_job_args(part, preset, image, nodes, gpus_per_node, data, out, namespace,
+                          name or f"easel-train-{part}-{preset}")
     backoff_limit = _check_int("backoff_limit", backoff_limit, 0, 100)
-    for arg, uri in (("data", data), ("out", out)):
-        if not isinstance(uri, str) or not storage.is_remote(uri):
-            raise ValueError(f"{arg} must be an object-store URI such as s3://bucket/path (the pods on "
-                             f"different nodes share no file system), got {uri!r}")
-    if not isinstance(namespace, str) or not _DNS1123.match(namespace) or len(namespace) > 63:
-        raise ValueError(f"namespace must be a DNS-1123 label, got {namespace!r}")
-    name = name or f"easel-train-{part}-{preset}"
-    # pods are named <name>-worker-<index>, which must stay a valid 63-character label
-    if not _DNS1035.match(name) or len(name) > 48:
-        raise ValueError(f"name must be a DNS-1035 label of at most 48 characters, got {name!r}")
     extra_args = [str(a) for a in extra_args]
 
     with open(TEMPLATE) as f:
@@ -143,15 +171,10 @@ def render_pytorchjob(part: str, preset: str, image: str, nodes: int, gpus_per_n
 
     # resources: the template's figures are for 8 GPUs per pod
     factor = gpus_per_node / TEMPLATE_GPUS
-    res = container["resources"]
-    for kind in ("requests", "limits"):
-        for key in ("cpu", "memory"):
-            if key in res[kind]:
-                res[kind][key] = _scale_quantity(res[kind][key], factor)
-        res[kind]["nvidia.com/gpu"] = gpus_per_node
+    container["resources"] = scale_resources(container["resources"], gpus_per_node)
     for vol in spec["volumes"]:
         if vol["name"] == "dshm":
-            vol["emptyDir"]["sizeLimit"] = _scale_quantity(vol["emptyDir"]["sizeLimit"], factor)
+            vol["emptyDir"]["sizeLimit"] = scale_quantity(vol["emptyDir"]["sizeLimit"], factor)
 
     replicas = job["spec"]["pytorchReplicaSpecs"]
     if nodes == 1:
@@ -163,16 +186,16 @@ def render_pytorchjob(part: str, preset: str, image: str, nodes: int, gpus_per_n
 
 
 def job_state(obj: dict) -> tuple[str, str]:
-    """(state, message) of a PyTorchJob from its status conditions.
+    """(state, message) of a training job (PyTorchJob or TrainJob) from its status conditions.
 
-    state is Succeeded or Failed once the job is finished, else the latest true condition
-    (Created, Running, Restarting), or Pending before the operator has written any.
-    """
+    state is Succeeded (a PyTorchJob's Succeeded, a TrainJob's Complete) or Failed once the job is
+    finished, else the latest true condition (Created, Running, Restarting, Suspended), or Pending
+    before the controller has written any."""
     conditions = [c for c in (obj.get("status") or {}).get("conditions") or []
                   if str(c.get("status")) == "True"]
-    for terminal in ("Failed", "Succeeded"):
+    for terminal, types in (("Failed", ("Failed",)), ("Succeeded", ("Succeeded", "Complete"))):
         for c in conditions:
-            if c.get("type") == terminal:
+            if c.get("type") in types:
                 return terminal, c.get("message") or c.get("reason") or ""
     if conditions:
         last = conditions[-1]
@@ -180,17 +203,19 @@ def job_state(obj: dict) -> tuple[str, str]:
     return "Pending", ""
 
 
-def submit_pytorchjob(obj: dict, wait: bool = True, timeout: float = 7 * 24 * 3600,
-                      poll_seconds: float = 15.0, exists_ok: bool = False) -> dict:
-    """Create the job (in-cluster credentials, else ~/.kube/config) and, with wait, poll its
-    conditions until it succeeds (returns the final object), fails (PyTorchJobFailed) or the
-    timeout passes (TimeoutError; the job keeps running). exists_ok: a job of the same name is
-    taken as this one (a retried pipeline step waits for the job it submitted before)."""
+def submit_custom_object(obj: dict, group: str, version: str, plural: str, wait: bool = True,
+                         timeout: float = 7 * 24 * 3600, poll_seconds: float = 15.0,
+                         exists_ok: bool = False) -> dict:
+    """Create a training job (in-cluster credentials, else ~/.kube/config) and, with wait, poll
+    its conditions until it succeeds (returns the final object), fails (JobFailed; PyTorchJobFailed
+    for a PyTorchJob) or the timeout passes (TimeoutError; the job keeps running). exists_ok: a job
+    of the same name is taken as this one (a retried pipeline step waits for the job it submitted
+    before)."""
     from kubernetes import client, config
     from kubernetes.client.rest import ApiException
 
-    if obj.get("kind") != "PyTorchJob" or not (obj.get("metadata") or {}).get("namespace"):
-        raise ValueError("obj must be a PyTorchJob with metadata.namespace (use render_pytorchjob)")
+    kind = obj.get("kind", "job")
+    failed = PyTorchJobFailed if kind == "PyTorchJob" else JobFailed
     try:
         config.load_incluster_config()
     except config.ConfigException:
@@ -198,65 +223,36 @@ def submit_pytorchjob(obj: dict, wait: bool = True, timeout: float = 7 * 24 * 36
     api = client.CustomObjectsApi()
     ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
     try:
-        created = api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, obj)
+        created = api.create_namespaced_custom_object(group, version, ns, plural, obj)
     except ApiException as e:
         if e.status == 409 and exists_ok:
-            created = api.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+            created = api.get_namespaced_custom_object(group, version, ns, plural, name)
             if wait and job_state(created)[0] == "Failed":
-                raise PyTorchJobFailed(f"PyTorchJob {ns}/{name} exists and has failed: "
-                                       f"{job_state(created)[1] or 'no message'}; delete it to train again "
-                                       f"(kubectl -n {ns} delete pytorchjob {name})") from None
+                raise failed(f"{kind} {ns}/{name} exists and has failed: "
+                             f"{job_state(created)[1] or 'no message'}; delete it to train again "
+                             f"(kubectl -n {ns} delete {kind.lower()} {name})") from None
         else:
-            raise RuntimeError(f"creating PyTorchJob {ns}/{name} failed: {e.status} {e.reason}: "
+            raise RuntimeError(f"creating {kind} {ns}/{name} failed: {e.status} {e.reason}: "
                                f"{(e.body or '')[:500]}") from e
     if not wait:
         return created
     deadline = time.monotonic() + timeout
-    state = "Pending"
     while True:
-        current = api.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+        current = api.get_namespaced_custom_object(group, version, ns, plural, name)
         state, message = job_state(current)
         if state == "Succeeded":
             return current
         if state == "Failed":
-            raise PyTorchJobFailed(f"PyTorchJob {ns}/{name} failed: {message or 'no message'}")
+            raise failed(f"{kind} {ns}/{name} failed: {message or 'no message'}")
         if time.monotonic() >= deadline:
-            raise TimeoutError(f"PyTorchJob {ns}/{name} still {state} after {timeout:.0f}s")
+            raise TimeoutError(f"{kind} {ns}/{name} still {state} after {timeout:.0f}s")
         time.sleep(poll_seconds)
 
 
-def _main(argv: list[str] | None = None) -> int:
-    import argparse
-    import json
-    import sys
-
-    p = argparse.ArgumentParser(prog="python -m model_code.cluster.pytorchjob",
-                                description="Render or submit the multi-node training PyTorchJob.")
-    p.add_argument("action", choices=["render", "submit"])
-    p.add_argument("part", choices=TRAIN_PARTS)
-    p.add_argument("--preset", default="base", choices=_config.PRESETS)
-    p.add_argument("--image", required=True)
-    p.add_argument("--nodes", type=int, default=2)
-    p.add_argument("--gpus-per-node", type=int, default=8)
-    p.add_argument("--data", required=True, help="s3:// URI of the ingested dataset")
-    p.add_argument("--out", required=True, help="s3:// URI for checkpoints and the trained part")
-    p.add_argument("--namespace", default="kubeflow")
-    p.add_argument("--name", default=None)
-    p.add_argument("--no-wait", action="store_true", help="submit: return once created")
-    args = p.parse_args(argv)
-    try:
-        obj = render_pytorchjob(args.part, args.preset, args.image, args.nodes, args.gpus_per_node,
-                                args.data, args.out, args.namespace, name=args.name)
-        if args.action == "render":
-            sys.stdout.write(yaml.safe_dump(obj, sort_keys=False))
-            return 0
-        final = submit_pytorchjob(obj, wait=not args.no_wait)
-        print(json.dumps({"name": obj["metadata"]["name"], "state": job_state(final)[0]}))
-        return 0
-    except (ValueError, RuntimeError, TimeoutError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main())
+def submit_pytorchjob(obj: dict, wait: bool = True, timeout: float = 7 * 24 * 3600,
+                      poll_seconds: float = 15.0, exists_ok: bool = False) -> dict:
+    """submit_custom_object for a PyTorchJob (render_pytorchjob's output)."""
+    if obj.get("kind") != "PyTorchJob" or not (obj.get("metadata") or {}).get("namespace"):
+        raise ValueError("obj must be a PyTorchJob with metadata.namespace (use render_pytorchjob)")
+    return submit_custom_object(obj, GROUP, VERSION, PLURAL, wait=wait, timeout=timeout,
+                                poll_seconds=poll_seconds, exists_ok=exists_ok)

@@ -117,8 +117,10 @@ def sample_pytorchjobs() -> list[dict]:
 
 
 def every_object() -> list[tuple[str, dict]]:
+    from model_code.cluster.trainjob import runtime
     objs = [(f"{c}:{os.path.basename(v)}", d) for c, v in all_renders() for d in _rendered(c, v)]
-    return objs + [(f"pytorchjob-{i}", j) for i, j in enumerate(sample_pytorchjobs())]
+    # the TrainJob's pods are its ClusterTrainingRuntime's (the job sets image, command, resources)
+    return objs + [(f"pytorchjob-{i}", j) for i, j in enumerate(sample_pytorchjobs())] + [("easel-torch", runtime())]
 
 
 def pod_specs(obj: dict) -> list[tuple[str, dict]]:
@@ -134,6 +136,9 @@ def pod_specs(obj: dict) -> list[tuple[str, dict]]:
         return [(c, spec[c]) for c in ("predictor", "transformer", "explainer") if c in spec]
     if kind == "PyTorchJob":
         return [(r, s["template"]["spec"]) for r, s in spec["pytorchReplicaSpecs"].items()]
+    if kind == "ClusterTrainingRuntime":   # Kubeflow Trainer v2: a JobSet template
+        return [(r["name"], r["template"]["spec"]["template"]["spec"])
+                for r in spec["template"]["spec"]["replicatedJobs"]]
     return []
 
 
@@ -406,7 +411,7 @@ def test_pipeline_rbac_is_least_privilege():
         for role in roles:
             for rule in role["rules"]:
                 assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], rule
-                assert "delete" not in rule["verbs"] or rule["resources"] == ["pytorchjobs"], rule
+                assert "delete" not in rule["verbs"] or rule["resources"] in (["pytorchjobs"], ["trainjobs"]), rule
                 if "secrets" in rule["resources"] or "configmaps" in rule["resources"]:
                     assert rule.get("resourceNames") and rule["verbs"] == ["get"], rule
         isvc_rules = [(r["metadata"]["namespace"], rule) for r in roles for rule in r["rules"]
@@ -608,6 +613,10 @@ def test_job_state_reads_operator_conditions():
                          ("Succeeded", "True", "done"))) == ("Succeeded", "done")
     assert job_state(job(("Running", "False", ""), ("Restarting", "True", "preempted")))[0] == "Restarting"
     assert job_state(job(("Running", "False", ""), ("Failed", "True", "OOMKilled"))) == ("Failed", "OOMKilled")
+    # a Kubeflow Trainer TrainJob ends Complete (or Failed); Suspended is a state in between
+    assert job_state(job(("Created", "True", ""), ("Complete", "True", "jobset completed"))) == \
+        ("Succeeded", "jobset completed")
+    assert job_state(job(("Suspended", "True", "queued")))[0] == "Suspended"
 
 
 # ------------------------------------------------- the bucket hook against a real S3 server

@@ -91,3 +91,19 @@ def test_data_commands_take_unset_options_from_the_preset(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["size"] == 48
     assert main(["data", "synth", "--out", str(tmp_path / "x"), "--preset", "nope"]) != 0
     assert "unknown preset 'nope'" in capsys.readouterr().err
+
+
+def test_job_render_prints_a_trainjob_or_the_legacy_pytorchjob(capsys):
+    import yaml
+    common = ["job", "render", "dvae", "--image", "reg/easel-cuda:1", "--nodes", "2", "--gpus-per-node", "4",
+              "--data", "s3://d/shapes", "--out", "s3://w/dvae", "--set", "train.lr=0.001"]
+    assert main(common) == 0
+    job = yaml.safe_load(capsys.readouterr().out)
+    assert job["kind"] == "TrainJob" and job["spec"]["trainer"]["numNodes"] == 2
+    assert "train.lr=0.001" in job["spec"]["trainer"]["command"]
+    assert main(common + ["--launcher", "pytorchjob"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["kind"] == "PyTorchJob"
+    # the pods share no file system: a local path is a one-line error, nothing rendered
+    assert main(["job", "render", "dvae", "--image", "i:1", "--data", "/tmp/local", "--out", "s3://w/dvae"]) == 1
+    out = capsys.readouterr()
+    assert out.out == "" and "object-store URI" in out.err

@@ -86,12 +86,12 @@ def test_gate_step_uses_the_recipe_and_the_gate_config(tmp_path, monkeypatch):
 
 
 def test_multinode_job_for_a_part(monkeypatch):
-    job = steps.pytorchjob_train_step(
+    job = steps.multinode_train_step(
         "transformer", "s3://easel-data/shapes-256", "s3://easel-checkpoints/run-1/transformer",
         "registry.example/easel-cuda:0.1.0", overrides='{"train": {"lr": 0.0003, "max_steps": 100}}',
         deps={"tokenizer": "s3://w/tokenizer", "dvae": "s3://w/dvae", "clip": ""}, caption_policy="blend",
-        nodes=4, gpus_per_node=8, namespace="kubeflow", submit=False)
-    assert job["state"] == "Rendered" and job["nodes"] == 4
+        nodes=4, gpus_per_node=8, namespace="kubeflow", launcher="pytorchjob", submit=False)
+    assert job["state"] == "Rendered" and job["nodes"] == 4 and job["kind"] == "PyTorchJob"
     obj = job["object"]
     assert obj["metadata"]["name"] == job["job"] == job_name("transformer", "base", job["out"])
     assert len(obj["metadata"]["name"]) <= 48
@@ -113,7 +113,9 @@ def test_multinode_job_for_a_part(monkeypatch):
                                                "caption_policy": "blend"}
     # the pods share no file system: local paths are refused before anything is submitted
     with pytest.raises(ValueError, match="object-store URI"):
-        steps.pytorchjob_train_step("transformer", "/data/local", "s3://o", "img:1", submit=False)
+        steps.multinode_train_step("transformer", "/data/local", "s3://o", "img:1", submit=False)
+    with pytest.raises(ValueError, match="launcher must be one of trainjob, pytorchjob"):
+        steps.multinode_train_step("transformer", "s3://d", "s3://o", "img:1", launcher="mpijob", submit=False)
     # the name stays fixed per output (a retried step finds its job) and differs between outputs
     assert job_name("dvae", "base", "s3://a") == job_name("dvae", "base", "s3://a")
     assert job_name("dvae", "base", "s3://a") != job_name("dvae", "base", "s3://b")
@@ -123,10 +125,57 @@ def test_multinode_job_validates_against_the_schema():
     pytest.importorskip("kubernetes_validate")
     from tests.k8s import schema_validator
     validator = schema_validator("pytorchjob-v1")
-    job = steps.pytorchjob_train_step("decoder", "s3://d", "s3://o/decoder", "img:1", deps={"tokenizer": "s3://t",
-                                      "clip": "s3://c"}, overrides={"decoder": {"conditioning": "text"}},
-                                      nodes=2, gpus_per_node=4, submit=False)
+    job = steps.multinode_train_step("decoder", "s3://d", "s3://o/decoder", "img:1", deps={"tokenizer": "s3://t",
+                                     "clip": "s3://c"}, overrides={"decoder": {"conditioning": "text"}},
+                                     nodes=2, gpus_per_node=4, launcher="pytorchjob", submit=False)
     validator.validate(job["object"])
+
+
+def test_trainjob_is_the_default_launcher_and_validates_against_the_trainer_api():
+    """The default multi-node job is a Kubeflow Trainer v2 TrainJob on the runtime easel-torch:
+    it and the runtime parse as kubeflow_trainer_api's models with nothing dropped (an unknown or
+    misspelt field would be), the pods run `torchrun --no-python easel train` with the same
+    arguments a PyTorchJob's do, and a node pool given is a runtime patch."""
+    from tests.k8s import trainer_model
+    from model_code.cluster.trainjob import runtime
+    job = steps.multinode_train_step("transformer", "s3://easel-data/shapes-256", "s3://w/transformer", "img:1",
+                                     deps={"tokenizer": "s3://w/tokenizer", "dvae": "s3://w/dvae"},
+                                     overrides={"train": {"lr": 0.0003}}, nodes=4, gpus_per_node=2, submit=False)
+    assert job["launcher"] == "trainjob" and job["kind"] == "TrainJob"
+    obj = job["object"]
+    trainer_model("TrainJob", obj)
+    trainer_model("ClusterTrainingRuntime", runtime())
+    assert obj["spec"]["runtimeRef"] == {"apiGroup": "trainer.kubeflow.org", "kind": "ClusterTrainingRuntime",
+                                         "name": runtime()["metadata"]["name"]}
+    t = obj["spec"]["trainer"]
+    assert t["numNodes"] == 4 and t["numProcPerNode"] == 2
+    assert t["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == t["resourcesPerNode"]["requests"]["nvidia.com/gpu"] == 2
+    assert t["command"][:3] == ["torchrun", "--no-python", "easel"]
+    legacy = steps.multinode_train_step("transformer", "s3://easel-data/shapes-256", "s3://w/transformer", "img:1",
+                                        deps={"tokenizer": "s3://w/tokenizer", "dvae": "s3://w/dvae"},
+                                        overrides={"train": {"lr": 0.0003}}, nodes=4, gpus_per_node=2,
+                                        launcher="pytorchjob", submit=False)["object"]
+    args = legacy["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["args"]
+    assert t["command"][2:] == args[args.index("easel"):]          # the same `easel train` for both launchers
+    from easel.cli import build_parser
+    a = build_parser().parse_args(t["command"][3:])
+    assert a.part == "transformer" and a.dep == ["dvae=s3://w/dvae", "tokenizer=s3://w/tokenizer"]
+    assert job["job"] == obj["metadata"]["name"] == legacy["metadata"]["name"]   # a retried step finds its job
+    # the runtime's pod: the trainer writes into the container named "node" of the job named "node"
+    (rj,) = runtime()["spec"]["template"]["spec"]["replicatedJobs"]
+    assert rj["name"] == "node" and rj["template"]["spec"]["template"]["spec"]["containers"][0]["name"] == "node"
+    # another node pool: a runtime patch, owned by Easel's renderer
+    from model_code.cluster.trainjob import render_trainjob
+    pooled = render_trainjob("dvae", "base", "img:1", 1, 8, "s3://d", "s3://o", "kubeflow",
+                             node_selector={"pool": "a100"}, tolerations=[{"key": "gpu", "operator": "Exists"}])
+    trainer_model("TrainJob", pooled)
+    (patch,) = pooled["spec"]["runtimePatches"]
+    pod = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
+    assert patch["manager"] == "easel.ai/render" and pod["nodeSelector"] == {"pool": "a100"}
+    # a misspelt field is caught
+    bad = {**obj, "spec": {**obj["spec"], "trainer": {**t, "numProcsPerNode": 2}}}
+    with pytest.raises(AssertionError, match="numProcsPerNode"):
+        trainer_model("TrainJob", bad)
 
 
 def test_table_step_writes_its_markdown_artifact_not_the_repo_docs(tmp_path, monkeypatch):

@@ -118,14 +118,15 @@ def test_caching_where_pure_and_cluster_settings_everywhere(name):
     assert not any("secret" in p.lower() or "password" in p.lower() or "token" in p.lower() for p in params)
 
 
-def test_multinode_training_submits_a_pytorchjob_from_a_cpu_pod():
+def test_multinode_training_submits_its_job_from_a_cpu_pod():
     spec, _ = load("train-multinode")
     (label,) = spec["deploymentSpec"]["executors"]
     container = spec["deploymentSpec"]["executors"][label]["container"]
     assert container["image"].startswith("easel/easel-cpu") and "accelerator" not in container["resources"]
-    assert "pytorchjob_train_step" in " ".join(container["command"])
+    assert "multinode_train_step" in " ".join(container["command"])
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert params["preset"]["defaultValue"] == "base"
+    assert params["launcher"]["defaultValue"] == "trainjob" and "pytorchjob" in params["launcher"]["description"]
     assert {"part", "dataset_uri", "workdir"} <= {n for n, p in params.items() if not p.get("isOptional")}
 
 
