@@ -312,15 +312,11 @@ def ready_state(obj: dict) -> tuple[bool, str]:
 
 # ---------------------------------------------------------------- the cluster
 def _api():
-    from kubernetes import client, config
+    from model_code.cluster.kube import NoClusterAccess, custom_objects_api
     try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        try:
-            config.load_kube_config()
-        except (config.ConfigException, OSError) as e:
-            raise DeployError(f"no Kubernetes access: not in a cluster and no usable kubeconfig ({e})") from None
-    return client.CustomObjectsApi()
+        return custom_objects_api()
+    except NoClusterAccess as e:
+        raise DeployError(str(e)) from None
 
 
 def _api_error(e, what: str) -> DeployError:

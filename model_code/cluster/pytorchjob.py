@@ -205,22 +205,18 @@ def job_state(obj: dict) -> tuple[str, str]:
 
 def submit_custom_object(obj: dict, group: str, version: str, plural: str, wait: bool = True,
                          timeout: float = 7 * 24 * 3600, poll_seconds: float = 15.0,
-                         exists_ok: bool = False) -> dict:
+                         exists_ok: bool = False, api=None) -> dict:
     """Create a training job (in-cluster credentials, else ~/.kube/config) and, with wait, poll
     its conditions until it succeeds (returns the final object), fails (JobFailed; PyTorchJobFailed
     for a PyTorchJob) or the timeout passes (TimeoutError; the job keeps running). exists_ok: a job
     of the same name is taken as this one (a retried pipeline step waits for the job it submitted
-    before)."""
-    from kubernetes import client, config
+    before). api: a CustomObjectsApi (default: kube.custom_objects_api())."""
     from kubernetes.client.rest import ApiException
 
+    from model_code.cluster.kube import custom_objects_api
     kind = obj.get("kind", "job")
     failed = PyTorchJobFailed if kind == "PyTorchJob" else JobFailed
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    api = client.CustomObjectsApi()
+    api = api or custom_objects_api()
     ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
     try:
         created = api.create_namespaced_custom_object(group, version, ns, plural, obj)
@@ -250,9 +246,9 @@ def submit_custom_object(obj: dict, group: str, version: str, plural: str, wait:
 
 
 def submit_pytorchjob(obj: dict, wait: bool = True, timeout: float = 7 * 24 * 3600,
-                      poll_seconds: float = 15.0, exists_ok: bool = False) -> dict:
+                      poll_seconds: float = 15.0, exists_ok: bool = False, api=None) -> dict:
     """submit_custom_object for a PyTorchJob (render_pytorchjob's output)."""
     if obj.get("kind") != "PyTorchJob" or not (obj.get("metadata") or {}).get("namespace"):
         raise ValueError("obj must be a PyTorchJob with metadata.namespace (use render_pytorchjob)")
     return submit_custom_object(obj, GROUP, VERSION, PLURAL, wait=wait, timeout=timeout,
-                                poll_seconds=poll_seconds, exists_ok=exists_ok)
+                                poll_seconds=poll_seconds, exists_ok=exists_ok, api=api)

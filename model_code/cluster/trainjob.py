@@ -81,11 +81,11 @@ def render_trainjob(part: str, preset: str, image: str, nodes: int, gpus_per_nod
 
 
 def submit_trainjob(obj: dict, wait: bool = True, timeout: float = 7 * 24 * 3600,
-                    poll_seconds: float = 15.0, exists_ok: bool = False) -> dict:
+                    poll_seconds: float = 15.0, exists_ok: bool = False, api=None) -> dict:
     """Create the TrainJob and, with wait, poll its conditions until it completes (returns the
     final object), fails (JobFailed) or the timeout passes (TimeoutError; the job keeps running).
     exists_ok: a job of the same name is taken as this one (a retried pipeline step)."""
     if obj.get("kind") != "TrainJob" or not (obj.get("metadata") or {}).get("namespace"):
         raise ValueError("obj must be a TrainJob with metadata.namespace (use render_trainjob)")
     return submit_custom_object(obj, GROUP, VERSION, PLURAL, wait=wait, timeout=timeout,
-                                poll_seconds=poll_seconds, exists_ok=exists_ok)
+                                poll_seconds=poll_seconds, exists_ok=exists_ok, api=api)

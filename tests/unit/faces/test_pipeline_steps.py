@@ -209,3 +209,56 @@ def test_publish_puts_numbers_on_metrics_and_scalars_on_the_artifact(tmp_path):
     assert steps.publish(summary, metrics, model, ("part", "steps", "mlflow_run_id", "out", "absent")) is summary
     assert metrics.metadata == {"train/loss": 0.5, "perf/steps_per_s": 3.0}
     assert model.metadata == {"part": "dvae", "steps": 40, "mlflow_run_id": "abc"}
+
+
+class FakeJobs:
+    """The CustomObjectsApi calls submit_custom_object makes, over a dict, and a training
+    controller that writes `conditions` one per read after the job is created."""
+
+    def __init__(self, conditions: list[tuple[str, str]], existing: dict | None = None):
+        self.objects, self.conditions, self.reads, self.created = {}, conditions, 0, []
+        if existing is not None:
+            self.objects[existing["metadata"]["name"]] = existing
+
+    def create_namespaced_custom_object(self, group, version, ns, plural, body):
+        from kubernetes.client.rest import ApiException
+        if body["metadata"]["name"] in self.objects:
+            raise ApiException(status=409, reason="AlreadyExists")
+        self.created.append((group, version, plural))
+        self.objects[body["metadata"]["name"]] = {**body, "status": {}}
+        return body
+
+    def get_namespaced_custom_object(self, group, version, ns, plural, name):
+        obj = self.objects[name]
+        if self.reads < len(self.conditions):
+            t, msg = self.conditions[self.reads]
+            obj["status"] = {"conditions": [{"type": t, "status": "True", "message": msg}]}
+        self.reads += 1
+        return obj
+
+
+def test_submit_waits_for_the_trainjob_and_reports_failure():
+    from model_code.cluster import JobFailed, PyTorchJobFailed, submit_pytorchjob, submit_trainjob
+    from model_code.cluster.trainjob import render_trainjob
+    from model_code.cluster.pytorchjob import render_pytorchjob
+    job = render_trainjob("dvae", "base", "img:1", 2, 8, "s3://d", "s3://o", "kubeflow", name="easel-dvae-x")
+    api = FakeJobs([("Created", ""), ("Running", ""), ("Complete", "jobset completed")])
+    final = submit_trainjob(job, api=api, poll_seconds=0)
+    assert api.created == [("trainer.kubeflow.org", "v1alpha1", "trainjobs")] and api.reads == 3
+    assert final["status"]["conditions"][0]["type"] == "Complete"
+    with pytest.raises(JobFailed, match="TrainJob kubeflow/easel-dvae-x failed: OOMKilled"):
+        submit_trainjob(job, api=FakeJobs([("Running", ""), ("Failed", "OOMKilled")]), poll_seconds=0)
+    with pytest.raises(TimeoutError, match="still Running"):
+        submit_trainjob(job, api=FakeJobs([("Running", "")] * 100), poll_seconds=0, timeout=0)
+    # a retried step finds its own job (exists_ok); one that failed before is not waited for again
+    done = FakeJobs([("Complete", "")], existing={**job, "status": {}})
+    assert submit_trainjob(job, api=done, exists_ok=True, poll_seconds=0)["status"]["conditions"][0]["type"] == "Complete"
+    failed = {**job, "status": {"conditions": [{"type": "Failed", "status": "True", "message": "bad image"}]}}
+    with pytest.raises(JobFailed, match="exists and has failed: bad image; delete it"):
+        submit_trainjob(job, api=FakeJobs([], existing=failed), exists_ok=True, poll_seconds=0)
+    # the legacy launcher takes the same loop, and keeps its own exception type
+    legacy = render_pytorchjob("dvae", "base", "img:1", 1, 8, "s3://d", "s3://o", "kubeflow")
+    with pytest.raises(PyTorchJobFailed):
+        submit_pytorchjob(legacy, api=FakeJobs([("Failed", "x")]), poll_seconds=0)
+    with pytest.raises(ValueError, match="must be a TrainJob"):
+        submit_trainjob(legacy, api=FakeJobs([]))
