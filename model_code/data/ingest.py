@@ -380,9 +380,12 @@ def _ordered(ex: ProcessPoolExecutor, records: Iterator[dict], chunk: int, depth
         try:
             results = fut.result()
         except BrokenProcessPool as e:
+            # a dead worker breaks the whole pool: every chunk in flight fails alike, so the one
+            # that killed it is somewhere among them, not necessarily the first
+            last = pending[-1][0][-1] if pending else keys[-1]
             raise RuntimeError(
-                f"an ingest worker died while processing records {keys[0]} .. {keys[-1]} (killed for "
-                f"memory, or a crash inside an image decoder); finished shards are kept, a rerun "
+                f"an ingest worker died while processing records among {keys[0]} .. {last} (killed "
+                f"for memory, or a crash inside an image decoder); finished shards are kept, a rerun "
                 f"resumes after them") from e
         submit()
         yield from results

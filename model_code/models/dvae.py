@@ -16,7 +16,8 @@ Paper details kept here (each marked "paper" at the place it is used):
   around the relaxation helps it transfer to the true categorical at test time);
 - residual branches are multiplied by post_gain = 1 / n_layers^2 (stable training at init);
 - schedules (`dvae_schedule`): beta 0 -> 6.6 over 5000 updates, tau 1 -> 1/16 over 150000 updates,
-  lr 1e-4 -> 1.25e-6 over 1.2M updates, all cosine; AdamW (0.9, 0.999), weight decay 1e-4.
+  both cosine (the optimiser's, lr 1e-4 -> 1.25e-6 over 1.2M updates with AdamW (0.9, 0.999) and
+  weight decay 1e-4, are training settings: the dvae part's defaults in model_code/train/parts.py).
 From OpenAI's released code: conv weights N(0, 1/fan_in) with zero bias (see `_init_conv`).
 
 Small-scale note: at 32 px the run is short and the images are mostly background; a KL weight that
@@ -26,10 +27,10 @@ every position onto one code. The tiny preset ramps beta over half of its run at
 Config keys (the `dvae:` preset section; missing keys take the paper's values in DEFAULTS):
     image_size, channels, downsample (a power of 2: number of groups = log2(downsample) + 1),
     codebook_size, n_hid, n_blk_per_group, n_init, logit_laplace_eps,
-    beta_max, beta_warmup_steps, tau_start, tau_end, tau_anneal_steps, lr, lr_end, lr_anneal_steps,
-    lr_warmup_steps, straight_through, and the small-scale settings center_input, logit_norm, b_min
-    (docs/results.md, "The dVAE": why each exists and what it measured), and training knobs read by
-    model_code.train (TRAIN_KEYS).
+    beta_max, beta_warmup_steps, tau_start, tau_end, tau_anneal_steps, straight_through, and the
+    small-scale settings center_input, logit_norm, b_min (docs/results.md, "The dVAE": why each
+    exists and what it measured). Training settings (lr and its anneal, optimiser, steps) are not
+    model config: model_code.train reads them, and a saved config.json holds none.
 """
 from __future__ import annotations
 
@@ -61,20 +62,12 @@ DEFAULTS: dict = {
     "tau_start": 1.0,
     "tau_end": 1.0 / 16,
     "tau_anneal_steps": 150_000,
-    "lr": 1e-4,
-    "lr_end": 1.25e-6,
-    "lr_anneal_steps": 1_200_000,
-    "lr_warmup_steps": 0,        # linear lr warm-up (not in the paper; small presets use it)
     # small-scale settings (docs/results.md, "The dVAE"); the defaults are the paper's model
     "center_input": False,       # feed the encoder (x - 0.5) * 2.5 instead of x in [eps, 1-eps]
     "logit_norm": 0.0,           # > 0: standardise each code's logit over the batch (BatchNorm,
                                  # no affine) times a learned gain starting here; 0: off (paper)
     "b_min": 1e-3,               # floor on the logit-Laplace scale b
 }
-# Training knobs that live beside the model keys in the preset section; the model keeps them in
-# its config untouched so the trainer reads one dict.
-TRAIN_KEYS = {"weight_decay", "adam_betas", "adam_eps", "max_steps", "batch_size", "grad_clip",
-              "warmup_steps", "log_every", "val_every", "ckpt_every", "precision"}
 # Floor on the logit-Laplace scale b: 8-bit pixels are 1/255 apart, about 0.012 in logit space
 # after the eps squash, so a smaller b only rewards memorising quantisation noise (and diverges).
 LOG_B_MIN = math.log(1e-3)   # the default floor (config b_min)
@@ -83,7 +76,7 @@ LOG_B_MIN = math.log(1e-3)   # the default floor (config b_min)
 def resolve_config(cfg: dict | None) -> dict:
     """Fill defaults and validate a `dvae` config; ValueError naming the bad field."""
     cfg = dict(cfg or {})
-    known_keys(cfg, "dvae", set(DEFAULTS) | TRAIN_KEYS)
+    known_keys(cfg, "dvae", set(DEFAULTS))
     out = {**DEFAULTS, **cfg}
     positive_ints(out, "dvae", *("image_size", "channels", "downsample", "codebook_size", "n_hid", "n_blk_per_group",
                   "n_init"))
@@ -109,14 +102,14 @@ def resolve_config(cfg: dict | None) -> dict:
         raise ValueError(f"dvae.logit_norm must be a number >= 0, got {out['logit_norm']!r}")
     if isinstance(out["b_min"], bool) or not isinstance(out["b_min"], (int, float)) or not 0 < out["b_min"] < 10:
         raise ValueError(f"dvae.b_min must be a number in (0, 10), got {out['b_min']!r}")
-    for k in ("beta_warmup_steps", "tau_anneal_steps", "lr_anneal_steps", "lr_warmup_steps"):
+    for k in ("beta_warmup_steps", "tau_anneal_steps"):
         if out[k] < 0:
             raise ValueError(f"dvae.{k} must be >= 0, got {out[k]}")
     return out
 
 
 # ---------------------------------------------------------------- schedules
-def _cosine(step: int, total: int, start: float, end: float) -> float:
+def cosine_ramp(step: int, total: int, start: float, end: float) -> float:
     """Cosine from `start` (step 0) to `end` (step >= total)."""
     if total <= 0:
         return end
@@ -125,19 +118,17 @@ def _cosine(step: int, total: int, start: float, end: float) -> float:
 
 
 def dvae_schedule(step: int, cfg: dict) -> dict:
-    """The paper's schedules at update `step`: {"tau", "beta", "lr_scale"}.
+    """The paper's loss schedules at update `step`: {"tau", "beta"}.
 
     beta rises 0 -> beta_max over beta_warmup_steps, tau falls tau_start -> tau_end over
-    tau_anneal_steps, the learning rate falls lr -> lr_end over lr_anneal_steps; all cosine
-    ramps, flat after their end. lr_scale multiplies cfg["lr"] (LambdaLR)."""
+    tau_anneal_steps; cosine ramps, flat after their end. (The paper's learning-rate anneal is a
+    training setting: train.module.lr_lambda, schedule "dvae".)"""
     if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
         raise ValueError(f"step must be an int >= 0, got {step!r}")
     step, c = int(step), resolve_config(cfg)
-    beta = _cosine(step, c["beta_warmup_steps"], 0.0, c["beta_max"])
-    tau = _cosine(step, c["tau_anneal_steps"], c["tau_start"], c["tau_end"])
-    lr = _cosine(step, c["lr_anneal_steps"], c["lr"], c["lr_end"])
-    warm = min(1.0, (step + 1) / c["lr_warmup_steps"]) if c["lr_warmup_steps"] else 1.0
-    return {"tau": tau, "beta": beta, "lr_scale": warm * lr / c["lr"]}
+    beta = cosine_ramp(step, c["beta_warmup_steps"], 0.0, c["beta_max"])
+    tau = cosine_ramp(step, c["tau_anneal_steps"], c["tau_start"], c["tau_end"])
+    return {"tau": tau, "beta": beta}
 
 
 # ---------------------------------------------------------------- metrics

@@ -26,7 +26,7 @@ where a LogitsProcessor confines every image position to image codes.
 Config keys (the `transformer:` preset section; missing keys take the defaults in DEFAULTS):
     text_vocab_size, text_len, image_grid, codebook_size, n_layer, n_head, d_model, n_inner,
     dropout, attn_dropout, activation, layer_norm_eps, initializer_range, text_loss_weight,
-    image_loss_weight, attn_implementation, and training knobs read by model_code.train (TRAIN_KEYS).
+    image_loss_weight, attn_implementation. Training settings are not model config (model_code.train).
 """
 from __future__ import annotations
 
@@ -60,15 +60,12 @@ DEFAULTS: dict = {
     "image_loss_weight": 7.0 / 8,
     "attn_implementation": "sdpa",
 }
-TRAIN_KEYS = {"lr", "lr_end", "weight_decay", "adam_betas", "adam_eps", "warmup_steps", "max_steps",
-              "batch_size", "grad_clip", "log_every", "val_every", "ckpt_every", "precision",
-              "gradient_checkpointing"}
 
 
 def resolve_config(cfg: dict | None) -> dict:
     """Fill defaults and validate a `transformer` config; ValueError naming the bad field."""
     cfg = dict(cfg or {})
-    known_keys(cfg, "transformer", set(DEFAULTS) | TRAIN_KEYS)
+    known_keys(cfg, "transformer", set(DEFAULTS))
     out = {**DEFAULTS, **cfg}
     positive_ints(out, "transformer", *("text_vocab_size", "text_len", "image_grid", "codebook_size", "n_layer", "n_head",
                   "d_model"))
@@ -128,10 +125,7 @@ class DalleTransformer(PretrainedMixin, nn.Module):
             initializer_range=c["initializer_range"],
             bos_token_id=None, eos_token_id=None, pad_token_id=None, tie_word_embeddings=True)
         gpt_cfg._attn_implementation = c["attn_implementation"]
-        self.gpt = GPT2LMHeadModel(gpt_cfg)
-        if c.get("gradient_checkpointing"):  # recompute activations in backward (large presets)
-            enable = getattr(self.gpt, "activation_checkpointing_enable", None)  # transformers >= 5.2x
-            (enable or self.gpt.gradient_checkpointing_enable)()
+        self.gpt = GPT2LMHeadModel(gpt_cfg)   # (train.gradient_checkpointing: train/module.py)
 
     # -------------------------------------------------------------- construction / io
     @property

@@ -138,6 +138,9 @@ def _validate(t: dict, part: str) -> dict:
         pos_int(k)
     for k in ("warmup_steps", "ckpt_every", "sample_every", "num_workers", "seed"):
         pos_int(k, 0)
+    for k in ("lr_anneal_steps", "lr_warmup_steps"):   # the dvae schedule's
+        if k in t:
+            pos_int(k, 0)
     for k in ("lr", "adam_eps"):
         if not isinstance(t[k], (int, float)) or not t[k] > 0:
             raise ValueError(f"train.{part}.{k} must be a number > 0, got {t[k]!r}")
@@ -162,10 +165,14 @@ def _validate(t: dict, part: str) -> dict:
 
 def lr_lambda(t: dict, model: nn.Module) -> Callable[[int], float]:
     """Multiplier of the base lr at optimizer step s (LambdaLR)."""
-    if t["lr_schedule"] == "dvae":  # DALL-E 1: the dVAE anneals its own lr (dvae_schedule)
-        from model_code.models.dvae import dvae_schedule
-        mcfg = model.config
-        return lambda s: dvae_schedule(int(s), mcfg)["lr_scale"]
+    if t["lr_schedule"] == "dvae":
+        # DALL-E 1 appendix A.2: lr -> lr_end by a cosine over lr_anneal_steps (1.2M updates there),
+        # flat after; a linear warm-up of lr_warmup_steps (not in the paper; small presets use it)
+        from model_code.models.dvae import cosine_ramp
+        lr = float(t["lr"])
+        end = float(t["lr_end"]) if t["lr_end"] is not None else lr
+        n, w = int(t.get("lr_anneal_steps") or t["max_steps"]), int(t.get("lr_warmup_steps") or 0)
+        return lambda s: (min(1.0, (s + 1) / w) if w else 1.0) * cosine_ramp(int(s), n, lr, end) / lr
     total = int(t["max_steps"])
     warm = min(int(t["warmup_steps"]), total // 10)
     if t["lr_schedule"] == "constant":

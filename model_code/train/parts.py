@@ -85,11 +85,21 @@ def get_part(name: str) -> PartSpec:
     return PARTS[name]
 
 
+def training_keys() -> set[str]:
+    """Keys that are training settings wherever they are written (module.TRAIN_DEFAULTS and every
+    part's train_defaults): a model's config never holds them."""
+    from model_code.train.module import TRAIN_DEFAULTS
+    return set(TRAIN_DEFAULTS) | {k for p in PARTS.values() for k in p.train_defaults}
+
+
 def section(cfg: dict, name: str) -> dict:
+    """A part's preset section as model config: training settings written there (lr, warm-up,
+    ...; resolve_train_config reads them) are left out, so a saved config.json holds the model."""
     sec = cfg.get(name) or {}
     if not isinstance(sec, dict):
         raise ValueError(f"preset section {name!r} must be a mapping, got {type(sec).__name__}")
-    return dict(sec)
+    drop = training_keys()
+    return {k: v for k, v in sec.items() if k not in drop}
 
 
 def _derived(sec: dict, part: str, **values: Any) -> dict:
@@ -166,8 +176,9 @@ def _sample_dvae(model, batch: Batch, ctx: Context, n: int, seed: int):
 register_part(PartSpec(
     "dvae", _build_dvae, _load_dvae, _prepare_dvae, caption_policy=None,
     # DALL-E 1 appendix A.2: AdamW beta (0.9, 0.999), eps 1e-8, weight decay 1e-4; lr 1e-4 cosine
-    # annealed to 1.25e-6 -- the decay is the dVAE's own schedule (dvae_schedule), see module.py
-    train_defaults={"lr": 1e-4, "adam_betas": (0.9, 0.999), "adam_eps": 1e-8, "weight_decay": 1e-4,
+    # annealed to 1.25e-6 over 1.2M updates (module.lr_lambda, schedule "dvae")
+    train_defaults={"lr": 1e-4, "lr_end": 1.25e-6, "lr_anneal_steps": 1_200_000, "lr_warmup_steps": 0,
+                    "adam_betas": (0.9, 0.999), "adam_eps": 1e-8, "weight_decay": 1e-4,
                     "lr_schedule": "dvae"},
     sample_fn=_sample_dvae))
 

@@ -26,7 +26,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from model_code.config import load_preset, load_yaml  # noqa: E402
 from model_code.data.shapes import render, sample_scene  # noqa: E402
-from model_code.models.dvae import DVAE, TRAIN_KEYS, codebook_usage, dvae_schedule, psnr  # noqa: E402
+from model_code.models.dvae import DVAE, codebook_usage, psnr  # noqa: E402
+from model_code.train.module import lr_lambda, resolve_train_config  # noqa: E402
+from model_code.train.parts import section, training_keys  # noqa: E402
 
 
 def images(n: int, size: int, seed: int) -> torch.Tensor:
@@ -50,17 +52,18 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     preset = load_preset(a.preset)
-    cfg = {k: v for k, v in preset["dvae"].items() if k not in TRAIN_KEYS}
-    for item in a.set:
+    cfg, train_over = section(preset, "dvae"), {}
+    for item in a.set:   # a model key goes to the model, a training key (lr_anneal_steps...) to training
         k, v = item.split("=", 1)
-        cfg[k] = load_yaml(v)
+        (train_over if k in training_keys() else cfg)[k] = load_yaml(v)
     steps = a.steps or int(preset["train"]["steps"]["dvae"])
+    tcfg = {**resolve_train_config({**preset, "dvae": {**preset["dvae"], **train_over}}, "dvae"), "max_steps": steps}
     size = int(cfg.get("image_size", preset["data"]["size"]))
     train, held = images(a.n, size, 0), images(a.heldout, size, 99)
     model = DVAE(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=model.config["lr"], betas=(0.9, 0.999),
-                            weight_decay=float(preset["dvae"].get("weight_decay", 1e-4)))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: dvae_schedule(int(s), model.config)["lr_scale"])
+    opt = torch.optim.AdamW(model.parameters(), lr=tcfg["lr"], betas=tcfg["adam_betas"],
+                            weight_decay=tcfg["weight_decay"])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tcfg, model))
     g = torch.Generator().manual_seed(0)
     t0, relaxed = time.time(), []
     for step in range(steps):

@@ -95,8 +95,9 @@ def test_diversity():
 def test_dvae_metrics_on_a_tiny_untrained_dvae():
     from model_code.config import load_preset
     from model_code.models.dvae import DVAE
+    from model_code.train.parts import section
     torch.manual_seed(0)
-    dvae = DVAE.from_config(load_preset("tiny")["dvae"]).eval()
+    dvae = DVAE.from_config(section(load_preset("tiny"), "dvae")).eval()
     imgs = [shapes.render(p["scene"]) for p in prompt_set(1, seed=0, size=32)]
     m = M.dvae_metrics(dvae, imgs, batch_size=4)
     k = dvae.codebook_size

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from model_code.models.dvae import DVAE, codebook_usage, dvae_schedule, psnr
 
 CFG = dict(image_size=32, downsample=4, codebook_size=64, n_hid=16, n_blk_per_group=1, n_init=16,
-           beta_warmup_steps=50, tau_anneal_steps=500, lr_anneal_steps=1000)
+           beta_warmup_steps=50, tau_anneal_steps=500)
 
 
 def blocky_images(n=8, seed=0):
@@ -20,9 +20,8 @@ def blocky_images(n=8, seed=0):
 def test_schedule_endpoints_are_the_papers():
     paper = {}  # the defaults are the paper's numbers
     s0, s_end = dvae_schedule(0, paper), dvae_schedule(3_000_000, paper)
-    assert s0 == {"tau": 1.0, "beta": 0.0, "lr_scale": 1.0}
+    assert s0 == {"tau": 1.0, "beta": 0.0}
     assert s_end["beta"] == pytest.approx(6.6) and s_end["tau"] == pytest.approx(1 / 16)
-    assert s_end["lr_scale"] * 1e-4 == pytest.approx(1.25e-6)
     assert dvae_schedule(5000, paper)["beta"] == pytest.approx(6.6)
     assert dvae_schedule(2500, paper)["beta"] == pytest.approx(3.3)       # cosine midpoint
     assert dvae_schedule(150_000, paper)["tau"] == pytest.approx(1 / 16)

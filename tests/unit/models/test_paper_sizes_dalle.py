@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from model_code.config import load_preset
+from model_code.train.parts import section   # a preset section as model config (no training keys)
 from model_code.models.dvae import DVAE
 from model_code.models.transformer import DalleTransformer
 
@@ -15,7 +16,7 @@ def paper():
 
 def test_paper_transformer_is_12b_with_the_papers_shapes(paper):
     with torch.device("meta"):
-        m = DalleTransformer.from_config(paper["transformer"])
+        m = DalleTransformer.from_config(section(paper, "transformer"))
     assert all(p.is_meta for p in m.parameters())
     n = m.num_params()
     assert abs(n - 12e9) / 12e9 < 0.05, f"{n / 1e9:.2f}B parameters"
@@ -27,7 +28,7 @@ def test_paper_transformer_is_12b_with_the_papers_shapes(paper):
 
 def test_paper_dvae_maps_256px_to_32x32_of_8192_codes(paper):
     with torch.device("meta"):
-        m = DVAE.from_config(paper["dvae"])
+        m = DVAE.from_config(section(paper, "dvae"))
         logits = m.encoder(torch.empty(2, 3, 256, 256))
         out = m.decoder(torch.empty(2, 8192, 32, 32))
     assert logits.shape == (2, 8192, 32, 32) and logits.is_meta
@@ -39,8 +40,8 @@ def test_paper_dvae_maps_256px_to_32x32_of_8192_codes(paper):
 def test_base_preset_fits_a_gpu_pool():
     base = load_preset("base")
     with torch.device("meta"):
-        t = DalleTransformer.from_config(base["transformer"])
-        d = DVAE.from_config(base["dvae"])
+        t = DalleTransformer.from_config(section(base, "transformer"))
+        d = DVAE.from_config(section(base, "dvae"))
     assert 3e8 <= t.num_params() <= 1e9
     assert t.seq_len == 1280 and t.gpt.config.vocab_size == 16384 + 256 + 8192
     assert (d.grid_size, d.codebook_size) == (32, 8192)

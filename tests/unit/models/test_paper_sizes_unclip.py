@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from model_code.config import load_preset
+from model_code.train.parts import section   # a preset section as model config (no training keys)
 from model_code.models.clip import CLIP
 from model_code.models.decoder import UnCLIPDecoder
 from model_code.models.diffusion import count_params
@@ -14,17 +15,17 @@ from model_code.models.upsampler import Upsampler
 @pytest.fixture(scope="module")
 def paper():
     cfg = load_preset("paper")
-    clip_sec = {**cfg["clip"], "vocab_size": cfg["tokenizer"]["vocab_size"]}
+    clip_sec = {**section(cfg, "clip"), "vocab_size": cfg["tokenizer"]["vocab_size"]}
     clip_sec.setdefault("max_text_tokens", cfg["tokenizer"]["max_text_tokens"])
     with torch.device("meta"):
         clip = CLIP.from_config(clip_sec)
         dims = clip_dims(clip.config)
         models = {
             "clip": clip,
-            "prior": DiffusionPrior.from_config({**cfg["prior"], **dims}),
-            "decoder": UnCLIPDecoder.from_config({**cfg["decoder"], **dims}),
-            "upsampler": Upsampler.from_config(cfg["upsampler"]),
-            "upsampler2": Upsampler.from_config(cfg["upsampler2"]),
+            "prior": DiffusionPrior.from_config({**section(cfg, "prior"), **dims}),
+            "decoder": UnCLIPDecoder.from_config({**section(cfg, "decoder"), **dims}),
+            "upsampler": Upsampler.from_config(section(cfg, "upsampler")),
+            "upsampler2": Upsampler.from_config(section(cfg, "upsampler2")),
         }
     return cfg, models
 
@@ -44,13 +45,13 @@ def test_paper_shapes(paper):
     # seed: ViT-H/16 over 256x256 images, width 1280, 32 blocks; text encoder width 1024, 24 blocks
     assert (clip["image_size"], clip["patch_size"], clip["width"], clip["layers"]) == (256, 16, 1280, 32)
     assert (clip["text_width"], clip["text_layers"]) == (1024, 24)
-    assert cfg["prior"]["sample_steps"] == 64 and cfg["decoder"]["sample_steps"] == 250
-    assert cfg["upsampler"]["sample_steps"] == 27 and cfg["upsampler2"]["sample_steps"] == 15
-    assert cfg["decoder"]["image_size"] == 64
-    assert (cfg["upsampler"]["image_size"], cfg["upsampler2"]["image_size"]) == (256, 1024)
+    assert section(cfg, "prior")["sample_steps"] == 64 and section(cfg, "decoder")["sample_steps"] == 250
+    assert section(cfg, "upsampler")["sample_steps"] == 27 and section(cfg, "upsampler2")["sample_steps"] == 15
+    assert section(cfg, "decoder")["image_size"] == 64
+    assert (section(cfg, "upsampler")["image_size"], section(cfg, "upsampler2")["image_size"]) == (256, 1024)
     assert models["prior"].config["cond_drop_prob"] == 0.1
     assert (models["decoder"].config["emb_drop_prob"], models["decoder"].config["text_drop_prob"]) == (0.1, 0.5)
-    assert (cfg["upsampler"]["degradation"], cfg["upsampler2"]["degradation"]) == ("blur", "bsr")
+    assert (section(cfg, "upsampler")["degradation"], section(cfg, "upsampler2")["degradation"]) == ("blur", "bsr")
 
 
 def test_schedules_stay_real_under_meta(paper):
@@ -62,12 +63,12 @@ def test_schedules_stay_real_under_meta(paper):
 def test_every_preset_builds(preset):
     cfg = load_preset(preset)
     with torch.device("meta"):
-        clip = CLIP.from_config({**cfg["clip"], "vocab_size": cfg["tokenizer"]["vocab_size"],
+        clip = CLIP.from_config({**section(cfg, "clip"), "vocab_size": cfg["tokenizer"]["vocab_size"],
                                  "max_text_tokens": cfg["tokenizer"]["max_text_tokens"]})
         dims = clip_dims(clip.config)
-        prior = DiffusionPrior.from_config({**cfg["prior"], **dims})
-        decoder = UnCLIPDecoder.from_config({**cfg["decoder"], **dims})
-        upsampler = Upsampler.from_config(cfg["upsampler"])
+        prior = DiffusionPrior.from_config({**section(cfg, "prior"), **dims})
+        decoder = UnCLIPDecoder.from_config({**section(cfg, "decoder"), **dims})
+        upsampler = Upsampler.from_config(section(cfg, "upsampler"))
     assert clip.config["image_size"] == cfg["data"]["size"]
     # the upsampler multiplies the decoder's resolution by its scale (paper: 64 -> 256)
     assert upsampler.config["scale"] == 4 and decoder.config["image_size"] <= cfg["data"]["size"]

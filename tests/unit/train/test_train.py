@@ -80,10 +80,36 @@ def test_lr_schedules():
     # a paper's 5000-step warm-up on a 100-step run is capped at a tenth of the run
     assert lr_lambda({**t, "warmup_steps": 5000}, model)(9) == pytest.approx(1.0)
     assert lr_lambda({**t, "lr_schedule": "constant", "warmup_steps": 0}, model)(77) == 1.0
-    from model_code.models.dvae import DVAE, dvae_schedule
-    dv = DVAE.from_config(DVAE_CFG := {**SMALL_DVAE["dvae"], "image_size": 32, "lr_anneal_steps": 50})
-    g = lr_lambda({**t, "lr_schedule": "dvae"}, dv)
-    assert g(25) == pytest.approx(dvae_schedule(25, DVAE_CFG)["lr_scale"]) and g(50) < g(0)
+    # the dVAE's (DALL-E 1): cosine lr -> lr_end over lr_anneal_steps, flat after, optional warm-up;
+    # the paper's endpoints are the dvae part's training defaults
+    paper = resolve_train_config({}, "dvae")
+    g = lr_lambda({**paper, "max_steps": 100}, model)
+    assert g(0) == pytest.approx(1.0) and g(1_200_000) * paper["lr"] == pytest.approx(1.25e-6)
+    assert g(600_000) == pytest.approx((1 + 1.25e-6 / 1e-4) / 2) and g(5_000_000) == g(1_200_000)
+    short = lr_lambda({**paper, "lr_anneal_steps": 50, "lr_warmup_steps": 10}, model)
+    assert short(0) == pytest.approx(0.1 * 1.0, rel=0.01) and short(50) == pytest.approx(1.25e-2)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small"])
+def test_a_models_config_holds_no_training_settings(preset, tokenizer_dir):
+    """config.json is the model (one convention for all seven): training settings written in a
+    part's preset section (lr, warm-up, EMA, ...) are read by the trainer, never saved with the model."""
+    from model_code.text.tokenizer import TextTokenizer
+    from model_code.train.parts import training_keys
+    cfg = load_preset(preset)
+    deps = {"tokenizer": TextTokenizer.load(tokenizer_dir)}
+    with torch.device("meta"):
+        for name in ("dvae", "clip", "transformer", "captioner", "prior", "decoder", "upsampler"):
+            spec = get_part(name)
+            if "clip" in spec.deps and "clip" not in deps:
+                deps["clip"] = get_part("clip").build(cfg, deps)
+            if "dvae" in spec.deps and "dvae" not in deps:
+                deps["dvae"] = get_part("dvae").build(cfg, deps)
+            model = spec.build(cfg, {d: deps[d] for d in spec.deps})
+            leaked = set(model.config) & training_keys()
+            assert not leaked, f"{name}: training settings in its config: {sorted(leaked)}"
+            if "lr" in (cfg.get(name) or {}):   # ...while training still reads them from the section
+                assert resolve_train_config(cfg, name, spec)["lr"] == float(cfg[name]["lr"])
 
 
 def test_optimizer_is_fused_on_a_gpu_only_without_gradient_clipping():
