@@ -26,7 +26,6 @@ from __future__ import annotations
 import copy
 import os
 import re
-import time
 from typing import Any
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
@@ -362,15 +361,11 @@ def apply_inferenceservice(new: dict, *, model: str = "", version: str = "",
               "ready": False}
     if not wait:
         return result
-    deadline = time.monotonic() + timeout
-    while True:
-        current = api.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
-        ready, message = ready_state(current)
-        if ready:
-            return {**result, "object": current, "url": (current.get("status") or {}).get("url"), "ready": True}
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"InferenceService {ns}/{name} not ready after {timeout:.0f}s: {message}")
-        time.sleep(poll_seconds)
+    from model_code.cluster.kube import wait_for
+    current = wait_for(lambda: api.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name),
+                       lambda obj: (ready_state(obj)[0], "not ready {after}: " + ready_state(obj)[1]),
+                       timeout, poll_seconds, f"InferenceService {ns}/{name}")
+    return {**result, "object": current, "url": (current.get("status") or {}).get("url"), "ready": True}
 
 
 def deploy_model(model: str, ref: str | int = "production", *, service: str, namespace: str, image: str,

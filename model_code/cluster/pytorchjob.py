@@ -20,7 +20,6 @@ import copy
 import json
 import os
 import re
-import time
 from typing import Any, Iterable
 
 import yaml
@@ -213,7 +212,7 @@ def submit_custom_object(obj: dict, group: str, version: str, plural: str, wait:
     before). api: a CustomObjectsApi (default: kube.custom_objects_api())."""
     from kubernetes.client.rest import ApiException
 
-    from model_code.cluster.kube import custom_objects_api
+    from model_code.cluster.kube import custom_objects_api, wait_for
     kind = obj.get("kind", "job")
     failed = PyTorchJobFailed if kind == "PyTorchJob" else JobFailed
     api = api or custom_objects_api()
@@ -232,17 +231,13 @@ def submit_custom_object(obj: dict, group: str, version: str, plural: str, wait:
                                f"{(e.body or '')[:500]}") from e
     if not wait:
         return created
-    deadline = time.monotonic() + timeout
-    while True:
-        current = api.get_namespaced_custom_object(group, version, ns, plural, name)
-        state, message = job_state(current)
-        if state == "Succeeded":
-            return current
+    def check(obj: dict) -> tuple[bool, str]:
+        state, message = job_state(obj)
         if state == "Failed":
             raise failed(f"{kind} {ns}/{name} failed: {message or 'no message'}")
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"{kind} {ns}/{name} still {state} after {timeout:.0f}s")
-        time.sleep(poll_seconds)
+        return state == "Succeeded", f"still {state}"
+    return wait_for(lambda: api.get_namespaced_custom_object(group, version, ns, plural, name), check,
+                    timeout, poll_seconds, f"{kind} {ns}/{name}")
 
 
 def submit_pytorchjob(obj: dict, wait: bool = True, timeout: float = 7 * 24 * 3600,
