@@ -43,7 +43,6 @@ import os
 import re
 import shutil
 import sys
-import tarfile
 import tempfile
 import time
 import warnings
@@ -413,14 +412,6 @@ def _results(records: Iterator[dict], cfg: dict, workers: int) -> Iterator[Itera
 
 
 # ---------------------------------------------------------------- output
-def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
-    ti = tarfile.TarInfo(name)
-    ti.size, ti.mtime, ti.mode = size, 0, 0o644  # fixed metadata: byte-identical reruns
-    ti.uid = ti.gid = 0
-    ti.uname = ti.gname = ""
-    return ti
-
-
 class _Out:
     """Where files go: straight into a local OUT (temp name + rename), or a local staging
     directory uploaded through storage for s3:// (an S3 PUT is atomic)."""
@@ -485,18 +476,20 @@ class _Part:
         self.quarantine: list[dict] = []
         self.duplicates: list[dict] = []
         self.tmp = out.tmp_path(f"shards/{self.name}")
-        self.tar: tarfile.TarFile | None = None
+        self.tar = None   # a webdataset.TarWriter once the first record arrives
 
     def add(self, row: dict, png: bytes, meta: dict | None) -> None:
         if self.tar is None:
-            self.tar = tarfile.open(self.tmp, "w", format=tarfile.PAX_FORMAT)
+            # WebDataset's writer (imported here: the package takes ~1 s to import); fixed metadata
+            # (mtime 0, no owner names) keeps reruns byte-identical
+            from webdataset import TarWriter
+            self.tar = TarWriter(self.tmp, user="", group="", mode=0o644, mtime=0.0, encoder=False)
         row["shard"] = f"shards/{self.name}"
         doc = {k: row[k] for k in MANIFEST_COLUMNS}
         if meta:
             doc["meta"] = meta
         js = json.dumps(doc, ensure_ascii=False, default=str).encode("utf-8")
-        self.tar.addfile(_tarinfo(f"{row['key']}.png", len(png)), io.BytesIO(png))
-        self.tar.addfile(_tarinfo(f"{row['key']}.json", len(js)), io.BytesIO(js))
+        self.tar.write({"__key__": row["key"], "png": png, "json": js})   # KEY.json, KEY.png
         self.manifest.append(row)
 
     def commit(self, input_end: int) -> dict:

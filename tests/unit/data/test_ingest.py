@@ -342,6 +342,9 @@ def test_dead_worker_fails_loudly_then_resumes(tmp_path, monkeypatch):
 
     def dies_on_17(rec, cfg):  # forked workers inherit this patch
         if rec["key"].endswith("0000017"):
+            # the other worker's chunk finishes first (a dead worker fails every chunk in flight,
+            # so without the pause the first shard may not be complete yet, load permitting)
+            time.sleep(1.0)
             os._exit(137)
         return real(rec, cfg)
     monkeypatch.setattr(ingest_mod, "process_record", dies_on_17)
