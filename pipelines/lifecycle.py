@@ -109,7 +109,7 @@ def unclip_stage(dataset, tokenizer, clip, preset, overrides, caption_policy, wo
     return prior, dec, up
 
 
-def release_stage(bundle, dataset, preset, overrides, model_name, workdir, recipe: str, gate_config="",
+def release_stage(bundle, dataset, preset, overrides, model_name, workdir, recipe: str, gate_config=None,
                   after_promote=None):
     """evaluate -> register (lineage) -> gate (thresholds + relative rule) -> promote, only when
     the gate passed: a rejected model is registered with its failed gate record and the run
@@ -119,7 +119,7 @@ def release_stage(bundle, dataset, preset, overrides, model_name, workdir, recip
                               name="evaluation-" + recipe, workdir=workdir))
     reg = cluster.cpu(register(bundle=bundle, name=model_name, evaluation=ev.outputs["Output"]), cache=False)
     gt = cluster.cpu(gate(registered=reg.output, evaluation=ev.outputs["Output"], preset=preset, overrides=overrides,
-                          gate_config=gate_config), cache=False)
+                          gate_config=gate_config if gate_config is not None else {}), cache=False)
     verdict = cluster.cpu(gate_verdict(record=gt.outputs["Output"]), cache=False)
     with dsl.If(verdict.output == "passed", name="gate-passed-" + recipe):
         pro = cluster.cpu(promote(registered=reg.output, alias="production").after(gt), cache=False)
@@ -141,7 +141,8 @@ def deploy_stage(model_name, ref, service, namespace, image, canary_traffic_perc
                           "DALL-E 1 and unCLIP -> evaluate -> register -> gate -> promote -> deploy (optional)")
 @documented()
 def lifecycle_pipeline(source: str = "", dataset_version: str = "", recipe: str = "all", preset: str = "tiny",
-                       caption_policy: str = "blend", gate_config: str = "", deploy: bool = False,
+                       caption_policy: str = "blend", gate_config: dict = {},  # noqa: B006 (KFP default)
+                       deploy: bool = False,
                        overrides: str = "", seed: int = 0, recaption_groups: int = 2,
                        dalle_model: str = "easel-dalle", unclip_model: str = "easel-unclip",
                        serving_namespace: str = "easel-serving", serving_image: str = GPU_IMAGE,

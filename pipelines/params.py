@@ -23,7 +23,7 @@ PARAMS: dict[str, str] = {
     "gate_config": ('Gate settings merged over the preset\'s evaluate: section, as a JSON object: '
                     '{"gates": {METRIC: {"min": X} | {"max": Y} | {"better": "higher"}}, "margin": M, '
                     '"tolerance": T}; a rule may add "relative": false and "recipes": ["dalle"]. '
-                    '"" keeps the preset\'s gates.'),
+                    '{} keeps the preset\'s gates.'),
     "source": ('Raw data to ingest: an image folder with captions, WebDataset tars, a parquet/CSV '
                'manifest (s3:// or a path the pods can read), or shapes://n=...,size=...; "" '
                'synthesizes the preset\'s Shapes world.'),

@@ -13,7 +13,7 @@ from pipelines.params import documented
 @documented()
 def evaluate_promote_pipeline(bundle_uri: str, dataset_uri: str, model_name: str = "easel-dalle",
                               recipe: str = "dalle", preset: str = "tiny", overrides: str = "",
-                              gate_config: str = "", workdir: str = ""):
+                              gate_config: dict = {}, workdir: str = ""):  # noqa: B006 (a KFP default)
     bundle = dsl.importer(artifact_uri=bundle_uri, artifact_class=Model, reimport=False)
     dataset = dsl.importer(artifact_uri=dataset_uri, artifact_class=Dataset, reimport=False)
     release_stage(bundle.output, dataset.output, preset, overrides, model_name, workdir, "candidate", gate_config)

@@ -6,9 +6,9 @@ from components.images import CPU_IMAGE
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def gate(registered: dict, evaluation: dict, preset: str, overrides: str, metrics: Output[Metrics],
-         gate_config: str = "") -> dict:
+         gate_config: dict = {}) -> dict:  # noqa: B006 (a KFP default, never mutated)
     """Thresholds and the relative rule against production; the record goes onto the version.
-    gate_config (JSON) is merged over the preset's gates. Its Metrics artifact: the gated metrics
+    gate_config (a JSON object: {"gates": {...}, "margin", "tolerance"}) is merged over the preset's gates. Its Metrics artifact: the gated metrics
     and gate.passed (1 or 0)."""
     from easel.steps import gate_step, publish
     record = gate_step(registered, evaluation, preset, overrides, gate_config)

@@ -170,7 +170,8 @@ def test_declared_parameters_of_the_lifecycle():
 def test_arguments_are_typed_as_declared():
     req = build_request(package("lifecycle"), {"deploy": "true", "seed": "7", "recipe": "dalle",
                                                "canary_traffic_percent": 10, "gate_config": '{"margin": 0.2}'})
-    assert req.arguments == {"canary_traffic_percent": 10, "deploy": True, "gate_config": '{"margin": 0.2}',
+    # gate_config is typed (a struct): the JSON given on the command line arrives as an object
+    assert req.arguments == {"canary_traffic_percent": 10, "deploy": True, "gate_config": {"margin": 0.2},
                              "recipe": "dalle", "seed": 7}
     assert req.package_path == package("lifecycle") and req.pipeline == "lifecycle" and req.cron is None
     tables = build_request(package("table-rerank"), {"dataset_uri": "s3://easel-data/x", "budgets": "[1, 4]"})
@@ -186,6 +187,7 @@ def test_arguments_are_typed_as_declared():
     ({"seed": True}, "parameter seed: expected an integer"),
     ({"deploy": "maybe"}, "parameter deploy: expected true or false"),
     ({"preset": 3}, "parameter preset: expected a string"),
+    ({"gate_config": "[0.2]"}, "parameter gate_config: expected a JSON object"),
 ])
 def test_bad_arguments_are_named(args, message):
     with pytest.raises(ValueError) as e:
