@@ -13,7 +13,7 @@ OpenAI route directly (openai_route.py). Split in two (`--role transformer` in f
 prompts to the predictor (which only generates), then runs image safety and provenance on what
 comes back.
 
-The wire formats are in protocol.py; a model URI is resolved by registry/resolve.py.
+The records and errors are in records.py, the wire formats in protocol.py; a model URI is resolved by registry/resolve.py.
 """
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ from kserve.protocol.infer_type import InferRequest
 from model_code.registry.resolve import ResolvedModel, resolve_model
 from model_code.serve import batching, provenance, rewrite as rewrite_mod
 from model_code.serve.config import parse_size, serve_config
-from model_code.serve.protocol import (Envelope, ImageOut, ImageRequest, ImageResult, ServeError, decode_v1,
-                                       decode_v2, encode, parse_v1, parse_v2, png_bytes, resize)
+from model_code.serve.protocol import decode_v1, decode_v2, encode, parse_v1, parse_v2
+from model_code.serve.records import Envelope, ImageOut, ImageRequest, ImageResult, ServeError, png_bytes, resize
 from model_code.serve.safety import ClipEmbedder, Safety
 
 log = logging.getLogger(__name__)

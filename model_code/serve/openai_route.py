@@ -33,8 +33,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, ValidationError
 
-from model_code.serve.protocol import (ImageRequest, ServeError, b64, check_n, check_prompt, check_seed, check_size,
-                                       rewrite_opt_out)
+from model_code.serve.records import (ImageRequest, ServeError, b64, check_n, check_prompt, check_seed, check_size,
+                                      rewrite_opt_out)
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from kserve.protocol.rest.v2_endpoints import register_v2_endpoints
 
 from model_code.serve.metrics import MetricsMiddleware, ServeMetrics
 from model_code.serve.model import EaselModel, EaselTransformer
-from model_code.serve.protocol import ServeError
+from model_code.serve.records import ServeError
 from model_code.serve.openai_route import ROUTE as OPENAI_ROUTE, register_openai_route
 
 log = logging.getLogger(__name__)

@@ -123,7 +123,7 @@ def stage_costs(bundle: str, work: str, k: int = 20) -> dict[str, float]:
     import asyncio
 
     from model_code.serve.model import EaselModel
-    from model_code.serve.protocol import ImageRequest, png_bytes
+    from model_code.serve.records import ImageRequest, png_bytes
     from model_code.serve.provenance import ProvenanceInfo
     m = EaselModel("easel", bundle, config={"provenance": {"dev_dir": os.path.join(work, "c2pa")}})
     m.load()
