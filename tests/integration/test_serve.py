@@ -18,7 +18,6 @@ import time
 import httpx
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from model_code.serve import batching, provenance

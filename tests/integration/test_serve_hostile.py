@@ -125,7 +125,7 @@ CASES = [
     ("v1 text/plain", V1, _raw(b"a red circle", "text/plain"), 415, "JSON"),
     ("oai form data", OAI, {"data": {"prompt": "a red circle"}}, 415, "JSON"),
     ("v2 text/plain", V2, _raw(b"a red circle", "text/plain"), 400, ""),
-    ("v1 unknown model", f"/v1/models/other:predict", _json({"instances": ["a"]}), 404, "other"),
+    ("v1 unknown model", "/v1/models/other:predict", _json({"instances": ["a"]}), 404, "other"),
 ]
 
 

@@ -4,7 +4,6 @@ Everything was green while no model learned anything (issue "models that draw");
 hole. Each floor sits between what an untrained or collapsed model scores and what the run reaches
 (docs/results.md, "The dVAE"), with a margin for the noise of a short run.
 """
-import os
 
 import numpy as np
 import pytest
