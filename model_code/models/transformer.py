@@ -153,10 +153,11 @@ class DalleTransformer(PretrainedMixin, nn.Module):
                              f"encode with max_len={self.text_len}")
         mask = text_mask.bool()
         ids = text_ids.long()
-        real = ids[mask] if on_host(ids) else ids[:0]   # no host sync on an accelerator (models.on_host)
-        if real.numel() and (int(real.min()) < 0 or int(real.max()) >= self.text_vocab_size):
-            raise ValueError(f"text_ids must lie in [0, text_vocab_size={self.text_vocab_size}) "
-                             f"where text_mask is True, got [{int(real.min())}, {int(real.max())}]")
+        if on_host(ids):   # value checks read no accelerator tensor (models.on_host)
+            real = ids[mask]
+            if real.numel() and (int(real.min()) < 0 or int(real.max()) >= self.text_vocab_size):
+                raise ValueError(f"text_ids must lie in [0, text_vocab_size={self.text_vocab_size}) "
+                                 f"where text_mask is True, got [{int(real.min())}, {int(real.max())}]")
         pads = self.pad_offset + torch.arange(self.text_len, device=ids.device).expand(B, -1)
         out = pads.clone()                                           # (B, T)
         out[:, :L] = torch.where(mask, ids, pads[:, :L])

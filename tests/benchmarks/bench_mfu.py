@@ -61,8 +61,8 @@ def matmul_peak(dtype: torch.dtype = torch.float32, repeats: int = 7) -> float:
     return 2 * n ** 3 / best
 
 
-def step_flops(spec, cfg: dict, tcfg: dict, deps: dict, dataset) -> float:
-    """FLOPs of one training step (3 x one counted forward pass) on one batch."""
+def step_flops(spec, cfg: dict, tcfg: dict, deps: dict, dataset) -> tuple[float, int]:
+    """(FLOPs of one training step (3 x one counted forward pass) on one batch, parameters)."""
     from torch.utils.flop_counter import FlopCounterMode
     from model_code.train.factory import resolve_precision
     dev = device()
@@ -79,7 +79,7 @@ def step_flops(spec, cfg: dict, tcfg: dict, deps: dict, dataset) -> float:
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter, torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
         model.forward_loss(**spec.prepare(batch, ctx))
-    return 3.0 * counter.get_total_flops()
+    return 3.0 * counter.get_total_flops(), sum(p.numel() for p in model.parameters())
 
 
 def measure(parts, cfg: dict, warmup: int, steps: int, log=print) -> list[dict]:
@@ -96,7 +96,7 @@ def measure(parts, cfg: dict, warmup: int, steps: int, log=print) -> list[dict]:
             dtype = torch.bfloat16 if bf16 else torch.float32
             dataset = make_dataset(data, caption_policy=spec.caption_policy and tcfg["caption_policy"],
                                    seed=0, with_scene=spec.with_scene)
-            flops = step_flops(spec, cfg, tcfg, deps, dataset)
+            flops, params = step_flops(spec, cfg, tcfg, deps, dataset)
             peak_before = matmul_peak(dtype)
             wall, _ = run_plain(spec, cfg, tcfg, deps, dataset, warmup, steps)
             peak = max(peak_before, matmul_peak(dtype))   # the peak on both sides of the timed window
@@ -105,8 +105,7 @@ def measure(parts, cfg: dict, warmup: int, steps: int, log=print) -> list[dict]:
                    "steps_per_s": steps / wall, "achieved_gflops": achieved / 1e9,
                    "peak_gflops": peak / 1e9, "efficiency": achieved / peak,
                    "peak_dtype": str(dtype).replace("torch.", ""),
-                   "params_m": sum(p.numel() for p in spec.build(cfg, {d: deps[d] for d in spec.deps})
-                                   .parameters()) / 1e6}
+                   "params_m": params / 1e6}
             rows.append(row)
             log(f"{name:12s} {row['gflop_per_step']:9.3f} GFLOP/step  {row['steps_per_s']:7.2f} steps/s  "
                 f"{row['achieved_gflops']:9.1f} / {row['peak_gflops']:9.1f} GFLOP/s = {row['efficiency']:.1%}")
