@@ -260,29 +260,3 @@ def get_dir(uri: str, local_dir: str) -> str:
             os.makedirs(os.path.dirname(dst), exist_ok=True)
             fs.get_file(p, dst)
     return local_dir
-
-
-def wds_url(uri: str) -> str:
-    """A URL webdataset can stream: local paths as they are, s3 through a `pipe:` reader
-    that uses this module (so the same endpoint/credentials apply)."""
-    if not is_remote(uri):
-        return local_path(uri)
-    import shlex
-    import sys
-    return f"pipe:{shlex.quote(sys.executable)} -m model_code.storage cat {shlex.quote(uri)}"
-
-
-def _main(argv: list[str]) -> int:
-    # `python -m model_code.storage cat URI`: stream an object to stdout (webdataset pipe:)
-    import sys
-    if len(argv) == 2 and argv[0] == "cat":
-        with open_uri(argv[1], "rb") as f:
-            shutil.copyfileobj(f, sys.stdout.buffer, 1 << 20)
-        return 0
-    print("usage: python -m model_code.storage cat URI", file=sys.stderr)
-    return 2
-
-
-if __name__ == "__main__":
-    import sys
-    raise SystemExit(_main(sys.argv[1:]))

@@ -123,9 +123,9 @@ def steps_for(rate: float | None, seconds: float, lo: int = 100, hi: int = 50000
 
 
 def dvae_schedule(steps: int) -> dict:
-    """The tiny preset's proportions (500 steps: beta warm-up 100, tau 350, lr 500, lr warm-up 50)."""
-    return {"beta_warmup_steps": max(1, steps // 5), "tau_anneal_steps": max(1, int(0.7 * steps)),
-            "lr_anneal_steps": steps, "lr_warmup_steps": steps // 10}
+    """Overrides: the tiny preset's proportions (500 steps: beta warm-up 100, tau 350, lr 500, lr warm-up 50)."""
+    return {"dvae": {"beta_warmup_steps": max(1, steps // 5), "tau_anneal_steps": max(1, int(0.7 * steps))},
+            "train": {"dvae": {"lr_anneal_steps": steps, "lr_warmup_steps": steps // 10}}}
 
 
 def train(ck: Check, part: str, cfg: dict, data: str, work: str, steps: int, deps: dict,
@@ -161,7 +161,7 @@ def recipe(ck: Check, recipe_name: str, cfg: dict, data: str, work: str, rates: 
         steps = steps_for(rates.get(part), seconds[part])
         extra = {}
         if part == "dvae":
-            extra = {"dvae": dvae_schedule(steps)}
+            extra = dvae_schedule(steps)
         if part == "decoder":
             # x0 prediction learns in hundreds of steps; eps needs far more (tiny, docs/results.md)
             extra = {"decoder": {"prediction_type": "sample"}}

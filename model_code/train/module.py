@@ -14,8 +14,9 @@ training run needs around them:
 
 Training configuration (`resolve_train_config`), lowest precedence first:
   TRAIN_DEFAULTS < the part's paper defaults (parts.PartSpec.train_defaults)
-  < the preset's `train:` scalars < training keys in the part's own section (e.g. `dvae.lr`)
-  < `train.steps.<part>` (max_steps) < `train.<part>: {...}` (any key, for that part only).
+  < the preset's `train:` scalars < `train.steps.<part>` (max_steps)
+  < `train.<part>: {...}` (any key, for that part only; e.g. `train.dvae.lr`).
+A part's own section (`dvae:`) is its model config and holds no training key (parts.section).
 """
 from __future__ import annotations
 
@@ -81,7 +82,7 @@ LR_SCHEDULES = ("cosine", "constant", "dvae")
 
 def resolve_train_config(cfg: dict, part: str, spec: PartSpec | None = None) -> dict:
     """The training settings of one part (see the module docstring for the precedence)."""
-    from model_code.train.parts import PARTS, get_part
+    from model_code.train.parts import PARTS, get_part, section
     spec = spec or get_part(part)
     top = cfg.get("train") or {}
     if not isinstance(top, dict):
@@ -96,10 +97,10 @@ def resolve_train_config(cfg: dict, part: str, spec: PartSpec | None = None) -> 
     bad_steps = sorted(set(top.get("steps") or {}) - set(PARTS))
     if bad_steps:
         raise ValueError(f"train.steps names unknown parts {bad_steps}; parts: {', '.join(PARTS)}")
+    for name in PARTS:  # a training key misplaced in any part's section fails every part's run
+        section(cfg, name)
     out = {**TRAIN_DEFAULTS, **spec.train_defaults}
     out.update({k: v for k, v in top.items() if not isinstance(v, dict)})
-    sec = cfg.get(part) or {}
-    out.update({k: v for k, v in sec.items() if k in TRAIN_DEFAULTS or k in spec.train_defaults})
     steps = top.get("steps") or {}
     if part in steps:
         out["max_steps"] = steps[part]

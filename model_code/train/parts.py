@@ -93,13 +93,17 @@ def training_keys() -> set[str]:
 
 
 def section(cfg: dict, name: str) -> dict:
-    """A part's preset section as model config: training settings written there (lr, warm-up,
-    ...; resolve_train_config reads them) are left out, so a saved config.json holds the model."""
+    """A part's preset section: its model config, which a bundle saves as config.json. Training
+    settings live under `train.<part>` (resolve_train_config); one written here is an error that
+    names where it goes, not a key silently read or dropped."""
     sec = cfg.get(name) or {}
     if not isinstance(sec, dict):
         raise ValueError(f"preset section {name!r} must be a mapping, got {type(sec).__name__}")
-    drop = training_keys()
-    return {k: v for k, v in sec.items() if k not in drop}
+    misplaced = sorted(set(sec) & training_keys())
+    if misplaced:
+        raise ValueError(f"{', '.join(f'{name}.{k}' for k in misplaced)}: training settings go under "
+                         f"train.{name} (e.g. train.{name}.{misplaced[0]}), not in the model's section")
+    return dict(sec)
 
 
 def _derived(sec: dict, part: str, **values: Any) -> dict:

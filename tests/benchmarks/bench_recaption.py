@@ -30,7 +30,7 @@ from model_code.recaption.captioner import images_to_tensor  # noqa: E402
 def build(preset: str, vocab: int, device: str) -> CoCa:
     cfg = load_preset(preset)
     sec = dict(cfg.get("captioner") or {})
-    clip = {k: v for k, v in (cfg.get("clip") or {}).items() if k not in ("lr", "warmup_steps")}
+    clip = dict(cfg.get("clip") or {})
     clip.setdefault("image_size", cfg["data"]["size"])
     torch.manual_seed(0)
     return CoCa.from_config({**sec, "clip": clip, "vocab_size": vocab}).to(device).eval()

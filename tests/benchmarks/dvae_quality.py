@@ -57,7 +57,8 @@ def main() -> None:
         k, v = item.split("=", 1)
         (train_over if k in training_keys() else cfg)[k] = load_yaml(v)
     steps = a.steps or int(preset["train"]["steps"]["dvae"])
-    tcfg = {**resolve_train_config({**preset, "dvae": {**preset["dvae"], **train_over}}, "dvae"), "max_steps": steps}
+    train_sec = {**preset["train"], "dvae": {**preset["train"].get("dvae", {}), **train_over}}
+    tcfg = {**resolve_train_config({**preset, "train": train_sec}, "dvae"), "max_steps": steps}
     size = int(cfg.get("image_size", preset["data"]["size"]))
     train, held = images(a.n, size, 0), images(a.heldout, size, 99)
     model = DVAE(cfg)

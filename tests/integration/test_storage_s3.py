@@ -1,11 +1,9 @@
 """model_code.storage against a real S3 server (SeaweedFS on 127.0.0.1, standing in for MinIO):
-the same API as the file:// tests, multipart objects, auth failures, WebDataset streaming,
+the same API as the file:// tests, multipart objects, auth failures,
 a dataset validated in place on S3, and an MLflow server keeping its artifacts in S3."""
 import hashlib
-import io
 import json
 import os
-import tarfile
 import uuid
 
 import pytest
@@ -106,32 +104,6 @@ def test_wrong_credentials_say_so(bucket, monkeypatch, var, value):
         msg = str(ei.value)
         assert "credentials rejected by the object store" in msg and "AWS_SECRET_ACCESS_KEY" in msg, msg
         assert bucket in msg  # names the URI
-
-
-def _tar(samples):
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for key, payload in samples.items():
-            for ext, data in payload.items():
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
-def test_webdataset_streams_shards_from_s3(bucket):
-    import webdataset as wds
-    shards = []
-    for s in range(2):
-        samples = {f"k{s}{i:02d}": {"txt": f"caption {s}-{i}".encode(), "json": json.dumps({"i": i}).encode()}
-                   for i in range(4)}
-        uri = f"{bucket}/shards/shard-{s:05d}.tar"
-        storage.write_bytes(uri, _tar(samples))
-        shards.append(uri)
-    urls = [storage.wds_url(u) for u in shards]
-    assert all(u.startswith("pipe:") and "model_code.storage cat" in u for u in urls)
-    got = [(s["__key__"], s["txt"].decode()) for s in wds.WebDataset(urls, shardshuffle=False)]
-    assert got == [(f"k{s}{i:02d}", f"caption {s}-{i}") for s in range(2) for i in range(4)]
 
 
 def test_dataset_validates_in_place_on_s3(bucket, tmp_path):

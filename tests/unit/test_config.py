@@ -18,11 +18,11 @@ def test_strings_stay_strings():
 
 def test_override_without_a_dot_is_a_float():
     # was a TypeError deep inside the optimizer: PyYAML 1.1 reads 2e-3 as a string
-    cfg = load_preset("tiny", parse_overrides(["dvae.lr=2e-3", "train.steps.dvae=10"]))
-    assert cfg["dvae"]["lr"] == 0.002 and cfg["train"]["steps"]["dvae"] == 10
+    cfg = load_preset("tiny", parse_overrides(["train.dvae.lr=2e-3", "train.steps.dvae=10"]))
+    assert cfg["train"]["dvae"]["lr"] == 0.002 and cfg["train"]["steps"]["dvae"] == 10
 
 
-@pytest.mark.parametrize("item, key", [("dvae.lr=fast", "dvae.lr"), ("train.batch_size=true", "train.batch_size"),
+@pytest.mark.parametrize("item, key", [("train.dvae.lr=fast", "train.dvae.lr"), ("train.batch_size=true", "train.batch_size"),
                                        ("dvae=3", "dvae"), ("train.steps.dvae=[1]", "train.steps.dvae")])
 def test_bad_override_value_names_the_key(item, key):
     with pytest.raises(ConfigError, match=rf"^{key}: expected"):
@@ -44,3 +44,21 @@ def test_an_extending_preset_keeps_its_own_name():
 def test_the_library_takes_overrides_as_dicts_only():
     with pytest.raises(ConfigError, match="nested mapping"):
         load_preset("tiny", ["dvae.lr=2e-3"])
+
+
+def test_training_settings_live_under_train_part_only():
+    """A model's section is its config.json; `dvae.lr` is refused with the key it belongs under,
+    whichever part is being trained (issue 13: training settings only under train.<part>)."""
+    from model_code.train.module import resolve_train_config
+    from model_code.train.parts import PARTS, section, training_keys
+    for name in ("tiny", "laptop", "small", "base", "paper"):
+        cfg = load_preset(name)
+        for part in PARTS:
+            assert not set(cfg.get(part) or {}) & training_keys(), (name, part)
+            section(cfg, part)
+    cfg = load_preset("tiny", parse_overrides(["dvae.lr=2e-3"]))
+    with pytest.raises(ValueError, match=r"dvae.lr: training settings go under train.dvae \(e.g. train.dvae.lr\)"):
+        section(cfg, "dvae")
+    with pytest.raises(ValueError, match="train.dvae"):
+        resolve_train_config(cfg, "transformer")
+    assert resolve_train_config(load_preset("tiny", parse_overrides(["train.dvae.lr=2e-3"])), "dvae")["lr"] == 0.002

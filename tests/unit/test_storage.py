@@ -1,10 +1,5 @@
 """model_code.storage on the default store: plain paths and file:// URIs, same API as s3://."""
-import hashlib
-import io
 import os
-import subprocess
-import sys
-import tarfile
 
 import pytest
 
@@ -95,31 +90,3 @@ def test_put_get_file_and_dir(root, tmp_path):
     same = storage.join(root, "one", "top.bin")
     storage.put_file(_plain(same), same)
     assert storage.get_file(same, _plain(same)) == _plain(same)
-
-
-def _tar(samples):
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for key, payload in samples.items():
-            for ext, data in payload.items():
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
-def test_wds_url_and_cat_local(root):
-    import webdataset as wds
-    samples = {f"k{i:03d}": {"txt": f"caption {i}".encode(), "cls": str(i).encode()} for i in range(5)}
-    uri = storage.join(root, "shard-00000.tar")
-    storage.write_bytes(uri, _tar(samples))
-    url = storage.wds_url(uri)
-    assert url == _plain(uri)  # local shards are read directly, no pipe
-    got = {s["__key__"]: s["txt"].decode() for s in wds.WebDataset(url, shardshuffle=False)}
-    assert got == {k: v["txt"].decode() for k, v in samples.items()}
-    # the `cat` entry point webdataset's pipe: uses for remote shards, run on a local file
-    out = subprocess.run([sys.executable, "-m", "model_code.storage", "cat", uri],
-                         capture_output=True, check=True).stdout
-    assert hashlib.sha256(out).hexdigest() == hashlib.sha256(storage.read_bytes(uri)).hexdigest()
-    bad = subprocess.run([sys.executable, "-m", "model_code.storage", "cp"], capture_output=True)
-    assert bad.returncode == 2 and b"usage" in bad.stderr

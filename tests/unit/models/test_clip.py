@@ -5,6 +5,7 @@ import torch
 from model_code.models.clip import CLIP
 from model_code.text.tokenizer import TextTokenizer
 from tests.numerics import assert_close_computed
+from tests.unit.models.helpers import fit, reload_exact
 
 CAPTIONS = ["a red circle at the top left", "two blue squares on a white background",
             "a small green star below a yellow triangle", "a black cross in the center",
@@ -29,13 +30,8 @@ def batch(tok, n=8):
 def test_overfits_one_batch(tok):
     model = CLIP.from_config({**CFG, "vocab_size": tok.vocab_size})
     images, ids, mask = batch(tok)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     first = model.forward_loss(images, ids, mask)
-    for _ in range(40):
-        out = model.forward_loss(images, ids, mask)
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
+    fit(model, images, ids, mask, steps=40, lr=2e-3)
     out = model.forward_loss(images, ids, mask)
     assert first["loss"].item() > 1.5  # ~log(8) at init
     assert out["loss"].item() < 0.3 * first["loss"].item()
@@ -80,12 +76,8 @@ def test_text_embedding_ignores_padding(tok):
 def test_save_load_exact(tmp_path, tok):
     model = CLIP.from_config({**CFG, "vocab_size": tok.vocab_size}).eval()
     images, ids, mask = batch(tok, 4)
-    model.save_pretrained(str(tmp_path / "clip"))
+    loaded = reload_exact(model, tmp_path / "clip").eval()
     assert (tmp_path / "clip" / "config.json").exists() and (tmp_path / "clip" / "model.safetensors").exists()
-    loaded = CLIP.from_pretrained(str(tmp_path / "clip")).eval()
-    assert loaded.config == model.config
-    for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
-        assert torch.equal(a, b), k
     assert torch.equal(model.encode_image(images), loaded.encode_image(images))
     assert torch.equal(model.encode_text(ids, mask), loaded.encode_text(ids, mask))
 

@@ -8,6 +8,7 @@ from model_code.models.decoder import (UnCLIPDecoder, interpolate, interpolation
                                        variations)
 from model_code.models.prior import clip_dims
 from tests.numerics import assert_close_computed
+from tests.unit.models.helpers import overfit, reload_exact
 
 CFG = {**clip_dims({"embed_dim": 32, "text_width": 24, "max_text_tokens": 12}),
        "image_size": 8, "channels": 32, "channel_mult": [1, 2], "layers_per_block": 1,
@@ -24,22 +25,10 @@ def data(B=4, L=6):
     return images, emb, tokens, mask
 
 
-def eval_loss(model, *args, reps=4):
-    torch.manual_seed(123)
-    return sum(model.forward_loss(*args)["loss"].item() for _ in range(reps)) / reps
-
-
 def test_overfits_one_batch():
     model = UnCLIPDecoder.from_config(CFG)
     args = data()
-    before = eval_loss(model, *args)
-    opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
-    for _ in range(20):
-        loss = model.forward_loss(*args)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    after = eval_loss(model, *args)
+    before, after = overfit(model, *args, steps=20, lr=5e-3)
     assert after < 0.6 * before, (before, after)  # ~1.1 -> ~0.47 in 20 steps
 
 
@@ -87,11 +76,7 @@ def test_padding_is_ignored_and_caption_matters():
 def test_save_load_exact(tmp_path):
     model = UnCLIPDecoder.from_config(CFG).eval()
     _, emb, tokens, mask = data(2)
-    model.save_pretrained(str(tmp_path / "dec"))
-    loaded = UnCLIPDecoder.from_pretrained(str(tmp_path / "dec")).eval()
-    assert loaded.config == model.config
-    sd1, sd2 = model.state_dict(), loaded.state_dict()
-    assert sd1.keys() == sd2.keys() and all(torch.equal(sd1[k], sd2[k]) for k in sd1)
+    loaded = reload_exact(model, tmp_path / "dec").eval()
     kw = dict(steps=2, guidance_scale=2.0)
     assert torch.equal(model.sample(emb, tokens, mask, generator=torch.Generator().manual_seed(1), **kw),
                        loaded.sample(emb, tokens, mask, generator=torch.Generator().manual_seed(1), **kw))

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from model_code.models.dvae import DVAE, codebook_usage, dvae_schedule, psnr
+from tests.unit.models.helpers import fit, reload_exact
 
 CFG = dict(image_size=32, downsample=4, codebook_size=64, n_hid=16, n_blk_per_group=1, n_init=16,
            beta_warmup_steps=50, tau_anneal_steps=500)
@@ -72,27 +73,17 @@ def test_loss_is_the_negative_elbo():
 def test_overfits_one_batch():
     m = DVAE.from_config(CFG)
     x = blocky_images()
-    opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
     psnr_before = float(psnr(m.reconstruct(x), x))
-    first = None
-    for step in range(100):
-        out = m.forward_loss(x, step)
-        first = first if first is not None else out["loss"].item()
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-    assert out["loss"].item() < first - 0.4          # nats per sub-pixel
+    losses = []
+    out = fit(m, x, steps=100, lr=1e-2, with_step=True, losses=losses)  # forward_loss(x, step): tau, beta follow it
+    assert out["loss"].item() < losses[0] - 0.4      # nats per sub-pixel
     assert float(psnr(m.reconstruct(x), x)) > psnr_before + 3
     assert codebook_usage(m.encode(x), 64)["used_fraction"] > 2 / 64
 
 
 def test_save_load_is_exact(tmp_path):
     m = DVAE.from_config(CFG)
-    m.save_pretrained(str(tmp_path / "d"))
-    back = DVAE.from_pretrained(str(tmp_path / "d"))
-    assert back.config == m.config
-    sa, sb = m.state_dict(), back.state_dict()
-    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    back = reload_exact(m, tmp_path / "d")
     x = blocky_images(2)
     assert torch.equal(m.encode(x), back.encode(x))
 

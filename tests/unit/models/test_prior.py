@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from model_code.models.diffusion import make_scheduler, sample_loop, slerp
 from model_code.models.prior import DiffusionPrior, clip_dims
 from tests.numerics import assert_close_computed
+from tests.unit.models.helpers import overfit, reload_exact
 
 CLIP_CFG = {"embed_dim": 32, "text_width": 24, "max_text_tokens": 12}
 CFG = {**clip_dims(CLIP_CFG), "width": 64, "layers": 2, "heads": 4}
@@ -22,22 +23,10 @@ def data(B=8, L=7):
     return text_emb, tokens, mask, image_emb
 
 
-def eval_loss(model, *args, reps=4):
-    torch.manual_seed(123)  # the same timesteps, noise and drops before and after training
-    return sum(model.forward_loss(*args)["loss"].item() for _ in range(reps)) / reps
-
-
 def test_overfits_one_batch_and_samples_the_targets():
     model = DiffusionPrior.from_config(CFG)
     args = data()
-    before = eval_loss(model, *args)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    for _ in range(80):
-        loss = model.forward_loss(*args)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    after = eval_loss(model, *args)
+    before, after = overfit(model, *args, steps=80, lr=2e-3)
     assert after < 0.2 * before, (before, after)
     # the prior predicts x0 directly: sampling from the captions gives back their image embeddings
     model.eval()
@@ -81,11 +70,7 @@ def test_cfg_is_one_batched_forward_per_step():
 def test_save_load_exact(tmp_path):
     model = DiffusionPrior.from_config({**CFG, "cond_drop_prob": 0.2}).eval()
     text_emb, tokens, mask, image_emb = data(3)
-    model.save_pretrained(str(tmp_path / "prior"))
-    loaded = DiffusionPrior.from_pretrained(str(tmp_path / "prior")).eval()
-    assert loaded.config == model.config
-    sd1, sd2 = model.state_dict(), loaded.state_dict()
-    assert sd1.keys() == sd2.keys() and all(torch.equal(sd1[k], sd2[k]) for k in sd1)
+    loaded = reload_exact(model, tmp_path / "prior").eval()
     kw = dict(steps=3, guidance_scale=2.0)
     assert torch.equal(model.sample(text_emb, tokens, mask, generator=torch.Generator().manual_seed(1), **kw),
                        loaded.sample(text_emb, tokens, mask, generator=torch.Generator().manual_seed(1), **kw))

@@ -4,6 +4,7 @@ import torch
 
 from model_code.config import load_preset
 from model_code.models.transformer import DalleTransformer
+from tests.unit.models.helpers import fit, reload_exact
 
 CFG = dict(text_vocab_size=40, text_len=8, image_grid=4, codebook_size=16, n_layer=2, n_head=2,
            d_model=32)
@@ -38,15 +39,9 @@ def test_loss_is_the_paper_weighting_and_ignores_padding():
 def test_overfits_one_batch():
     m = DalleTransformer.from_config(CFG)
     ids, mask, codes = batch()
-    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
-    first = None
-    for _ in range(60):
-        out = m.forward_loss(ids, mask, codes)
-        first = first if first is not None else out["loss"].item()
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-    assert out["loss"].item() < 0.25 * first
+    losses = []
+    out = fit(m, ids, mask, codes, steps=60, lr=3e-3, losses=losses)
+    assert out["loss"].item() < 0.25 * losses[0]
     assert float(out["image_loss"]) < 0.5 and float(out["text_loss"]) < 1.5
     # greedy sampling now reproduces the memorised codes of each (mixed-length) prompt
     assert torch.equal(m.generate(ids, mask, temperature=0), codes)
@@ -54,11 +49,7 @@ def test_overfits_one_batch():
 
 def test_save_load_is_exact(tmp_path):
     m = DalleTransformer.from_config(CFG)
-    m.save_pretrained(str(tmp_path / "t"))
-    back = DalleTransformer.from_pretrained(str(tmp_path / "t"))
-    assert back.config == m.config
-    sa, sb = m.state_dict(), back.state_dict()
-    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    back = reload_exact(m, tmp_path / "t")
     ids, mask, codes = batch()
     assert torch.equal(m.eval().forward_loss(ids, mask, codes)["loss"],
                        back.eval().forward_loss(ids, mask, codes)["loss"])

@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 
 from model_code.models.upsampler import Upsampler, gaussian_blur
+from tests.unit.models.helpers import overfit, reload_exact
 
 CFG = {"image_size": 16, "scale": 4, "channels": 16, "channel_mult": [1, 2], "layers_per_block": 1,
        "norm_groups": 8, "sample_steps": 3}
@@ -15,22 +16,10 @@ def hi_res(B=4, size=16):
     return F.interpolate(torch.rand(B, 3, size // 4, size // 4, generator=g), size=size, mode="nearest") * 2 - 1
 
 
-def eval_loss(model, x, reps=4):
-    torch.manual_seed(123)
-    return sum(model.forward_loss(x)["loss"].item() for _ in range(reps)) / reps
-
-
 def test_overfits_one_batch():
     model = Upsampler.from_config(CFG)
     x = hi_res()
-    before = eval_loss(model, x)
-    opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
-    for _ in range(25):
-        loss = model.forward_loss(x)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    after = eval_loss(model, x)
+    before, after = overfit(model, x, steps=25, lr=5e-3)
     assert after < 0.6 * before, (before, after)
 
 
@@ -71,11 +60,7 @@ def test_degradations_and_crops():
 
 def test_save_load_exact(tmp_path):
     model = Upsampler.from_config({**CFG, "degradation": "bsr", "noise_schedule": "linear"}).eval()
-    model.save_pretrained(str(tmp_path / "up"))
-    loaded = Upsampler.from_pretrained(str(tmp_path / "up")).eval()
-    assert loaded.config == model.config
-    sd1, sd2 = model.state_dict(), loaded.state_dict()
-    assert sd1.keys() == sd2.keys() and all(torch.equal(sd1[k], sd2[k]) for k in sd1)
+    loaded = reload_exact(model, tmp_path / "up").eval()
     low = torch.rand(1, 3, 4, 4) * 2 - 1
     assert torch.equal(model.sample(low, generator=torch.Generator().manual_seed(0)),
                        loaded.sample(low, generator=torch.Generator().manual_seed(0)))

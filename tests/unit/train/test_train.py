@@ -36,20 +36,22 @@ def tokenizer_dir(data, tmp_path_factory):
 
 # --------------------------------------------------------------------------- configuration
 def test_train_config_precedence():
-    cfg = {"train": {"lr": 0.5, "batch_size": 4, "steps": {"dvae": 7}, "dvae": {"warmup_steps": 3}},
-           "dvae": {"weight_decay": 0.25}}
+    cfg = {"train": {"lr": 0.5, "batch_size": 4, "steps": {"dvae": 7},
+                     "dvae": {"warmup_steps": 3, "weight_decay": 0.25}}}
     t = resolve_train_config(cfg, "dvae")
     assert t["adam_betas"] == (0.9, 0.999) and t["lr_schedule"] == "dvae"   # the part's paper defaults
     assert t["lr"] == 0.5 and t["batch_size"] == 4                         # train: scalars
-    assert t["weight_decay"] == 0.25                                       # the part's own section
     assert t["max_steps"] == 7 and t["warmup_steps"] == 3                  # train.steps / train.<part>
+    assert t["weight_decay"] == 0.25 and resolve_train_config(cfg, "clip")["weight_decay"] != 0.25
     assert t["caption_policy"] is None and resolve_train_config(cfg, "clip")["caption_policy"] == "blend"
     assert resolve_train_config(cfg, "captioner")["caption_policy"] == "curated"
     orig = {"train": {"caption_policy": "original"}}  # the DALL-E 3 ablation: generators only
     assert resolve_train_config(orig, "transformer")["caption_policy"] == "original"
     assert resolve_train_config(orig, "captioner")["caption_policy"] == "curated"
     assert resolve_train_config({"train": {"dvae": {"lr": "3e-3"}}}, "dvae")["lr"] == 3e-3
-    assert resolve_train_config({"train": {"lr": 0.5}, "dvae": {"lr": 0.1}}, "dvae")["lr"] == 0.1
+    assert resolve_train_config({"train": {"lr": 0.5, "dvae": {"lr": 0.1}}}, "dvae")["lr"] == 0.1
+    with pytest.raises(ValueError, match="train.dvae"):  # the model's section holds no training key
+        resolve_train_config({"dvae": {"lr": 0.1}}, "dvae")
 
 
 @pytest.mark.parametrize("over, match", [
