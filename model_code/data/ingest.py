@@ -438,7 +438,7 @@ class _Out:
 
     def publish(self, tmp: str, rel: str) -> None:
         if self.remote:
-            sources.upload(tmp, self.uri(rel))
+            storage.put_file(tmp, self.uri(rel))
             os.remove(tmp)
         else:
             os.replace(tmp, os.path.join(storage.local_path(self.out), rel))
@@ -456,10 +456,10 @@ class _Out:
 
     def read_json(self, rel: str) -> dict | None:
         uri = self.uri(rel)
-        return json.loads(sources.read_uri(uri)) if sources.uri_exists(uri) else None
+        return json.loads(storage.read_bytes(uri)) if storage.exists(uri) else None
 
     def read_table(self, rel: str) -> pa.Table:
-        return pq.read_table(io.BytesIO(sources.read_uri(self.uri(rel))))
+        return pq.read_table(io.BytesIO(storage.read_bytes(self.uri(rel))))
 
     def close(self) -> None:
         if self.stage:
@@ -640,7 +640,7 @@ def _load_parts(o: _Out) -> list[dict]:
     """Finished parts' markers, in order; only a gap-free prefix counts."""
     markers = []
     for uri in storage.ls(o.uri("_parts"), "[0-9]*.done.json"):  # not .tmp-* files
-        markers.append(json.loads(sources.read_uri(uri)))
+        markers.append(json.loads(storage.read_bytes(uri)))
     markers.sort(key=lambda m: m["index"])
     good = []
     for i, m in enumerate(markers):

@@ -54,63 +54,6 @@ ORPHAN_CAPTION = "caption without an image"      # KEY.txt / KEY.json with no KE
 NOT_A_FILE = "not a file"                        # a directory named like an image (x.png/)
 
 
-# ---------------------------------------------------------------- object-store access
-# storage.filesystem() builds a fresh S3 client on every call (0.5-1 s each here), which is
-# right for one-off calls but not for thousands of images. Per-object reads and writes on s3://
-# go through one client per process (and per credentials); on any failure the call is repeated
-# through the plain storage function, which raises its StorageError that names the cause.
-_FS: dict[tuple, Any] = {}
-
-
-def _client(uri: str):
-    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(("AWS_", "EASEL_S3", "MLFLOW_S3"))))
-    key = (os.getpid(), storage.scheme(uri), env)  # a forked worker builds its own
-    if key not in _FS:
-        _FS.clear()
-        _FS[key] = storage.filesystem(uri)
-    return _FS[key]
-
-
-def _bucket_path(uri: str) -> str:
-    return uri.split("://", 1)[1]
-
-
-def read_uri(uri: str) -> bytes:
-    if not storage.is_remote(uri):
-        return storage.read_bytes(uri)
-    try:
-        return _client(uri).cat_file(_bucket_path(uri))
-    except Exception:
-        return storage.read_bytes(uri)
-
-
-def write_uri(uri: str, data: bytes) -> None:
-    if not storage.is_remote(uri):
-        return storage.write_bytes(uri, data)
-    try:
-        _client(uri).pipe_file(_bucket_path(uri), data)
-    except Exception:
-        storage.write_bytes(uri, data)
-
-
-def upload(local: str, uri: str) -> None:
-    if not storage.is_remote(uri):
-        return storage.put_file(local, uri)
-    try:
-        _client(uri).put_file(local, _bucket_path(uri))
-    except Exception:
-        storage.put_file(local, uri)
-
-
-def uri_exists(uri: str) -> bool:
-    if not storage.is_remote(uri):
-        return storage.exists(uri)
-    try:
-        return _client(uri).exists(_bucket_path(uri))
-    except Exception:
-        return storage.exists(uri)
-
-
 # ---------------------------------------------------------------- records
 def sanitize_key(text: str) -> str:
     """A key that survives tar member names and WebDataset's first-dot split."""
@@ -173,7 +116,7 @@ def load_image(rec: dict) -> dict:
         rec["image"] = render_png(arg)
     elif what == "uri":
         try:
-            rec["image"] = read_uri(arg)
+            rec["image"] = storage.read_bytes(arg)
         except (storage.StorageError, OSError) as e:
             missing = isinstance(e.__cause__ or e, FileNotFoundError) and not os.path.islink(arg)
             rec["error"] = (MISSING_IMAGE if missing else UNREADABLE, f"{arg}: {e}")
@@ -241,7 +184,7 @@ def _list_files(root: str) -> list[str]:
     """Relative paths ('/'-separated) of all files under root, sorted. Local walks do not
     follow directory symlinks (no loops); a file symlink that loops is listed and fails on read."""
     if storage.is_remote(root):
-        fs = _client(root)
+        fs = storage.filesystem(root)   # one client per process (storage caches it)
         base = root.split("://", 1)[1].rstrip("/")
         return sorted(p[len(base) + 1:] for p in fs.find(base))
     base = storage.local_path(root)
@@ -334,7 +277,7 @@ def read_folder(src: str) -> Iterator[dict]:
         if f"{stem}.txt" in sidecars and error is None:
             where = storage.join(src, f"{stem}.txt")
             try:
-                text, error = _decode_caption(read_uri(where), where)
+                text, error = _decode_caption(storage.read_bytes(where), where)
             except storage.StorageError as e:
                 text, error = None, (UNREADABLE, str(e))
             if text is not None:
@@ -356,7 +299,7 @@ def read_folder(src: str) -> Iterator[dict]:
 
 def _read_json_sidecar(uri: str) -> tuple[dict, tuple[str, str] | None]:
     try:
-        obj = json.loads(read_uri(uri).decode("utf-8"))
+        obj = json.loads(storage.read_bytes(uri).decode("utf-8"))
     except UnicodeDecodeError as e:
         return {}, (CAPTION_NOT_UTF8, f"{uri}: {e}")
     except (ValueError, storage.StorageError) as e:
@@ -415,7 +358,7 @@ def _read_jsonl(src: str, jl: str, claimed: set[str], files: set[str]) -> Iterat
             uri = storage.join(src, rel)
             rec = make_record(str(key) if key is not None else _split_ext(rel)[0], uri,
                               ref=("uri", uri), fields=obj, error=error)
-            if error is None and rec["error"] is None and rel not in files and not uri_exists(uri):
+            if error is None and rec["error"] is None and rel not in files and not storage.exists(uri):
                 rec["error"] = (MISSING_IMAGE, f"{where} names {uri}, which does not exist")
             yield rec
 

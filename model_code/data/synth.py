@@ -27,7 +27,6 @@ from typing import Any, Iterator
 
 from model_code import storage
 from model_code.data import shapes
-from model_code.data.sources import upload, write_uri
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +100,7 @@ def _render_chunk(job: tuple[str, int, int, float, list[int]]) -> int:
         uri = storage.join(images_uri, f"{row['key']}.png")
         data = render_png(row["scene"])
         if storage.is_remote(uri):
-            write_uri(uri, data)  # an S3 PUT is atomic
+            storage.write_bytes(uri, data)  # an S3 PUT is atomic
         else:
             _write_atomic_local(storage.local_path(uri), data)
     return len(indices)
@@ -184,7 +183,7 @@ def synthesize(out: str, n: int = 1000, size: int = 64, seed: int = 0, curated_f
                 for row in _rows(n, size, seed, curated_fraction):
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
             if storage.is_remote(out):
-                upload(tmp, captions_uri)
+                storage.put_file(tmp, captions_uri)
             else:
                 os.replace(tmp, storage.local_path(captions_uri))
         finally:

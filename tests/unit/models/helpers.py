@@ -53,3 +53,10 @@ def reload_exact(model, path):
     for k in sa:
         assert torch.equal(sa[k], sb[k]), k
     return back
+
+
+def assert_same_samples(a, b, *args, seed: int = 1, **kw) -> None:
+    """`a.sample(*args, **kw)` and `b.sample(...)` give identical tensors from the same seeded
+    generator (a reloaded diffusion model samples exactly as the saved one did)."""
+    assert torch.equal(a.sample(*args, generator=torch.Generator().manual_seed(seed), **kw),
+                       b.sample(*args, generator=torch.Generator().manual_seed(seed), **kw))

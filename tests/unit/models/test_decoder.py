@@ -8,7 +8,7 @@ from model_code.models.decoder import (UnCLIPDecoder, interpolate, interpolation
                                        variations)
 from model_code.models.prior import clip_dims
 from tests.numerics import assert_close_computed
-from tests.unit.models.helpers import overfit, reload_exact
+from tests.unit.models.helpers import assert_same_samples, overfit, reload_exact
 
 CFG = {**clip_dims({"embed_dim": 32, "text_width": 24, "max_text_tokens": 12}),
        "image_size": 8, "channels": 32, "channel_mult": [1, 2], "layers_per_block": 1,
@@ -77,9 +77,7 @@ def test_save_load_exact(tmp_path):
     model = UnCLIPDecoder.from_config(CFG).eval()
     _, emb, tokens, mask = data(2)
     loaded = reload_exact(model, tmp_path / "dec").eval()
-    kw = dict(steps=2, guidance_scale=2.0)
-    assert torch.equal(model.sample(emb, tokens, mask, generator=torch.Generator().manual_seed(1), **kw),
-                       loaded.sample(emb, tokens, mask, generator=torch.Generator().manual_seed(1), **kw))
+    assert_same_samples(model, loaded, emb, tokens, mask, steps=2, guidance_scale=2.0)
 
 
 def test_text_conditioned_variant():

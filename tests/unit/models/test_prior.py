@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from model_code.models.diffusion import make_scheduler, sample_loop, slerp
 from model_code.models.prior import DiffusionPrior, clip_dims
 from tests.numerics import assert_close_computed
-from tests.unit.models.helpers import overfit, reload_exact
+from tests.unit.models.helpers import assert_same_samples, overfit, reload_exact
 
 CLIP_CFG = {"embed_dim": 32, "text_width": 24, "max_text_tokens": 12}
 CFG = {**clip_dims(CLIP_CFG), "width": 64, "layers": 2, "heads": 4}
@@ -71,9 +71,7 @@ def test_save_load_exact(tmp_path):
     model = DiffusionPrior.from_config({**CFG, "cond_drop_prob": 0.2}).eval()
     text_emb, tokens, mask, image_emb = data(3)
     loaded = reload_exact(model, tmp_path / "prior").eval()
-    kw = dict(steps=3, guidance_scale=2.0)
-    assert torch.equal(model.sample(text_emb, tokens, mask, generator=torch.Generator().manual_seed(1), **kw),
-                       loaded.sample(text_emb, tokens, mask, generator=torch.Generator().manual_seed(1), **kw))
+    assert_same_samples(model, loaded, text_emb, tokens, mask, steps=3, guidance_scale=2.0)
 
 
 def test_bad_input_errors():

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 
 from model_code.models.upsampler import Upsampler, gaussian_blur
-from tests.unit.models.helpers import overfit, reload_exact
+from tests.unit.models.helpers import assert_same_samples, overfit, reload_exact
 
 CFG = {"image_size": 16, "scale": 4, "channels": 16, "channel_mult": [1, 2], "layers_per_block": 1,
        "norm_groups": 8, "sample_steps": 3}
@@ -62,8 +62,7 @@ def test_save_load_exact(tmp_path):
     model = Upsampler.from_config({**CFG, "degradation": "bsr", "noise_schedule": "linear"}).eval()
     loaded = reload_exact(model, tmp_path / "up").eval()
     low = torch.rand(1, 3, 4, 4) * 2 - 1
-    assert torch.equal(model.sample(low, generator=torch.Generator().manual_seed(0)),
-                       loaded.sample(low, generator=torch.Generator().manual_seed(0)))
+    assert_same_samples(model, loaded, low, seed=0)
 
 
 def test_bad_input_errors():
