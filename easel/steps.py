@@ -176,6 +176,15 @@ def train_step(part: str, dataset: str, out: str, preset: str = "tiny",
                                           "mlflow_run_id", "preempted"))
 
 
+def train_task(part: str, dataset, model, metrics, preset: str, overrides: str, caption_policy: str,
+               name: str, workdir: str, **deps) -> dict[str, Any]:
+    """train_step for a KFP train_* component: the dataset and the trained dependencies (tokenizer=,
+    clip=, dvae=) are its input artifacts, the model its output artifact (output_location)."""
+    return train_step(part, input_location(dataset.path), output_location(model.path, workdir, name), preset,
+                      overrides, deps={k: input_location(a.path) for k, a in deps.items()},
+                      caption_policy=caption_policy, metrics=metrics, model=model)
+
+
 @_summary
 def shard_groups_step(dataset: str, groups: int) -> list[list[str]]:
     """Split a dataset's shards into at most `groups` groups (the recaption fan-out)."""

@@ -5,10 +5,10 @@ from components.images import GPU_IMAGE
 
 
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
-def train_decoder(dataset: Input[Dataset], tokenizer: Input[Model], clip: Input[Model], preset: str, overrides: str, caption_policy: str,
-          name: str, workdir: str, model: Output[Model], metrics: Output[Metrics]) -> dict:
+def train_decoder(dataset: Input[Dataset], tokenizer: Input[Model], clip: Input[Model], preset: str,
+                  overrides: str, caption_policy: str, name: str, workdir: str, model: Output[Model],
+                  metrics: Output[Metrics]) -> dict:
     """Train the unCLIP diffusion decoder (CLIP image embedding -> image)."""
-    from easel.steps import input_location, output_location, train_step
-    return train_step("decoder", input_location(dataset.path), output_location(model.path, workdir, name),
-                      preset, overrides, deps={"tokenizer": input_location(tokenizer.path), "clip": input_location(clip.path)}, caption_policy=caption_policy,
-                      metrics=metrics, model=model)
+    from easel.steps import train_task
+    return train_task("decoder", dataset, model, metrics, preset, overrides, caption_policy, name, workdir,
+                      tokenizer=tokenizer, clip=clip)

@@ -5,10 +5,8 @@ from components.images import GPU_IMAGE
 
 
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
-def train_upsampler(dataset: Input[Dataset], preset: str, overrides: str, caption_policy: str,
-          name: str, workdir: str, model: Output[Model], metrics: Output[Metrics]) -> dict:
+def train_upsampler(dataset: Input[Dataset], preset: str, overrides: str, caption_policy: str, name: str,
+                    workdir: str, model: Output[Model], metrics: Output[Metrics]) -> dict:
     """Train the conv-only diffusion upsampler (4x, blur corruption)."""
-    from easel.steps import input_location, output_location, train_step
-    return train_step("upsampler", input_location(dataset.path), output_location(model.path, workdir, name),
-                      preset, overrides, deps={}, caption_policy=caption_policy,
-                      metrics=metrics, model=model)
+    from easel.steps import train_task
+    return train_task("upsampler", dataset, model, metrics, preset, overrides, caption_policy, name, workdir)
