@@ -22,7 +22,7 @@ def test_override_without_a_dot_is_a_float():
     assert cfg["train"]["dvae"]["lr"] == 0.002 and cfg["train"]["steps"]["dvae"] == 10
 
 
-@pytest.mark.parametrize("item, key", [("train.dvae.lr=fast", "train.dvae.lr"), ("train.batch_size=true", "train.batch_size"),
+@pytest.mark.parametrize("item, key", [("train.dvae.lr=fast", "train.dvae.lr"), ("train.log_every=true", "train.log_every"),
                                        ("dvae=3", "dvae"), ("train.steps.dvae=[1]", "train.steps.dvae")])
 def test_bad_override_value_names_the_key(item, key):
     with pytest.raises(ConfigError, match=rf"^{key}: expected"):
