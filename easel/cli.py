@@ -172,6 +172,13 @@ def _kv_pairs(items: list[str] | None, flag: str) -> dict:
     return out
 
 
+def _model_bundle(a) -> dict:
+    from easel.steps import bundle_step, version_step
+    dataset = version_step(a.dataset) if a.dataset else None   # the bundle's lineage names its version
+    return bundle_step(a.recipe, _kv_pairs(a.part, "--part"), a.out, preset=a.preset, dataset=dataset,
+                       overrides=_set_overrides(a))
+
+
 def _model_register(a) -> dict:
     from model_code.registry import register_bundle
     return register_bundle(a.bundle, a.name, _kv_pairs(a.lineage, "--lineage"), run_id=a.run_id)
@@ -408,6 +415,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = sub.add_parser("model", help="the model registry: register, list, promote, roll back")
     msub = model.add_subparsers(dest="model_cmd", metavar="ACTION")
+    s = cmd(msub, "bundle", _model_bundle, "assemble trained parts into one generation bundle (what "
+            "register, evaluate and serve take)")
+    s.add_argument("recipe", choices=["dalle", "unclip"])
+    s.add_argument("--part", action="append", metavar="PART=URI", required=True,
+                   help="a trained part, repeatable: dalle needs tokenizer, clip, dvae, transformer; "
+                        "unclip needs tokenizer, clip, prior, decoder (upsampler optional)")
+    s.add_argument("--out", required=True, help="the bundle directory or URI")
+    s.add_argument("--preset", default="tiny", help="the preset the parts were trained with (its sampling: "
+                   "section and resolved config go into the bundle)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="preset override, repeatable")
+    s.add_argument("--dataset", default=None, help="the dataset the parts were trained on (its version id "
+                   "goes into the bundle's lineage)")
     s = cmd(msub, "register", _model_register, "register a generation bundle as a new model version")
     s.add_argument("bundle", help="bundle directory or URI (bundle.json inside)")
     s.add_argument("--name", required=True, help="registered model name")

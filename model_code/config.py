@@ -39,9 +39,14 @@ def load_yaml(text_or_stream) -> Any:
     return yaml.load(text_or_stream, Loader=_Loader)
 
 
-def preset_path(name: str) -> str:
+def preset_path(name: str, near: str | None = None) -> str:
+    """A preset file: `name` itself if it is a file, else `<near>/<name>.yaml` (the directory of
+    the preset that extends it: a copy of the presets, e.g. a DVC experiment's, extends its own
+    siblings), else the built-in model_code/presets/<name>.yaml."""
     if os.path.isfile(name):
         return name
+    if near and os.path.isfile(os.path.join(near, f"{name}.yaml")):
+        return os.path.join(near, f"{name}.yaml")
     path = os.path.join(PRESET_DIR, f"{name}.yaml")
     if not os.path.isfile(path):
         raise ConfigError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)} or give a YAML path")
@@ -99,12 +104,13 @@ def _check_types(base: dict, over: dict, path: str = "") -> None:
             raise ConfigError(f"{key}: expected true or false, got {v!r}")
 
 
-def _load_raw(name: str) -> dict[str, Any]:
-    with open(preset_path(name)) as f:
+def _load_raw(name: str, near: str | None = None) -> dict[str, Any]:
+    path = preset_path(name, near)
+    with open(path) as f:
         cfg = load_yaml(f) or {}
-    if "extends" in cfg:  # a user preset may extend a built-in one
+    if "extends" in cfg:  # a user preset may extend a built-in one (or a sibling file)
         parent = cfg.pop("extends")
-        cfg = deep_merge(_load_raw(parent), cfg)
+        cfg = deep_merge(_load_raw(parent, os.path.dirname(os.path.abspath(path))), cfg)
     return cfg
 
 

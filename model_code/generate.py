@@ -94,12 +94,12 @@ def save_bundle(out: str, recipe: str, parts: dict[str, str], preset: str = "",
             continue
         if name not in RECIPE_PARTS[recipe] + OPTIONAL_PARTS[recipe]:
             raise ValueError(f"part {name!r} does not belong in a {recipe} bundle")
-        dst = storage.join(out, name)
-        if storage.is_remote(src):
-            with tempfile.TemporaryDirectory() as tmp:
-                storage.put_dir(storage.get_dir(src, tmp), dst)
-        else:
-            storage.put_dir(storage.local_path(src), dst)
+        marker = "tokenizer.json" if name == "tokenizer" else "model.safetensors"
+        if not storage.exists(storage.join(src, marker)):
+            raise ValueError(f"part {name}: {src} holds no trained {name} (no {marker}): train it first, "
+                             f"or point at its output directory")
+        # the weights and their config, not the training checkpoints (optimizer state: 2-3x the model)
+        storage.copy_dir(src, storage.join(out, name), skip=("checkpoints",))
         names[name] = name
     meta = {"format": BUNDLE_FORMAT, "recipe": recipe, "preset": preset, "parts": names,
             "sampling": {**DEFAULT_SAMPLING[recipe], **check_sampling(recipe, sampling)}, "lineage": lineage or {}}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import posixpath
 import shutil
+import tempfile
 from contextlib import contextmanager
 from typing import IO, Iterator
 
@@ -242,6 +243,26 @@ def put_dir(local_dir: str, uri: str) -> None:
             src = os.path.join(root, name)
             rel = os.path.relpath(src, local_dir).replace(os.sep, "/")
             put_file(src, join(uri, rel))
+
+
+def copy_dir(src: str, dst: str, skip: tuple[str, ...] = ()) -> int:
+    """Copy every file under `src` (a directory or URI prefix) to `dst`, leaving out the top-level
+    entries named in `skip` (e.g. a trained part's checkpoints/); returns the files copied."""
+    fs, base = filesystem(src), _strip(src).rstrip("/")
+    with _errors(src, "list"):
+        found = fs.find(base)
+    n = 0
+    for path in found:
+        rel = path[len(base):].lstrip("/")
+        if not rel or rel.split("/", 1)[0] in skip:
+            continue
+        if is_remote(src):
+            with tempfile.TemporaryDirectory() as tmp:
+                put_file(get_file(_with_scheme(src, path), os.path.join(tmp, "f")), join(dst, rel))
+        else:
+            put_file(path, join(dst, rel))
+        n += 1
+    return n
 
 
 def get_dir(uri: str, local_dir: str) -> str:

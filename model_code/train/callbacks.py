@@ -296,3 +296,68 @@ class LogLine(Callback):
         if "perf/mfu" in perf:
             parts.append(f"MFU {100 * perf['perf/mfu']:.1f}%")
         print(" ".join(parts), file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- history file
+class History(Callback):
+    """Every `log_every` steps (and the last) on rank 0: one row of `step` and the logged training
+    metrics (train/*, perf/*) appended to `uri`, a CSV beside the trained part (`history.csv`),
+    which DVC plots and a person can read without MLflow.
+
+    Not Lightning's CSVLogger: it deletes an existing metrics.csv when a run starts in a non-empty
+    directory, so a resumed run would lose the curve before the kill. Here a resumed run keeps the
+    rows up to the restored step and drops any later ones (written after the last checkpoint), so
+    the file matches an uninterrupted run's. Rows are buffered and the file rewritten at most every
+    `flush_every` rows and at the end, which suits an object store (no append)."""
+
+    def __init__(self, uri: str, log_every: int, throughput: Throughput | None = None, flush_every: int = 20):
+        self.uri, self.every, self.throughput, self.flush_every = uri, int(log_every), throughput, int(flush_every)
+        self.rows: list[dict[str, float]] = []
+        self.pending = 0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.rows, self.pending = [], 0
+        if trainer.is_global_zero and storage.exists(self.uri):
+            import csv
+            import io
+            start = trainer.global_step
+            for row in csv.DictReader(io.StringIO(storage.read_text(self.uri))):
+                if int(float(row["step"])) <= start:
+                    self.rows.append({k: float(v) for k, v in row.items() if v != ""})
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        if not (_at_step_boundary(trainer, batch_idx) and trainer.is_global_zero):
+            return
+        step = trainer.global_step
+        if step % self.every and step != trainer.max_steps:
+            return
+        row = {"step": float(step), **{k: float(v) for k, v in trainer.callback_metrics.items()
+                                        if k.startswith("train/") and v.numel() == 1}}
+        row.update(self.throughput.latest if self.throughput else {})
+        self.rows.append(row)
+        self.pending += 1
+        if self.pending >= self.flush_every:
+            self.flush()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self.flush()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if trainer.is_global_zero:
+            self.flush()
+
+    def flush(self) -> None:
+        import csv
+        import io
+        if not self.rows:
+            return
+        keys = ["step"] + sorted({k for r in self.rows for k in r} - {"step"})
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+        w.writeheader()
+        for r in self.rows:
+            w.writerow({k: (int(v) if k == "step" else f"{v:.6g}") for k, v in r.items()})
+        storage.write_text(self.uri, buf.getvalue())
+        self.pending = 0

@@ -256,7 +256,9 @@ def _fit(spec: PartSpec, cfg: dict, tcfg: dict, preset_name: str, model: torch.n
                                     meta=lambda: {"config_hash": chash, "mlflow_run_id": run_id})
     grids = cb.SampleGrid(tcfg["sample_every"], tcfg["sample_n"], tcfg["seed"],
                           out_dir=None if mlflow else storage.join(out, "samples"))
-    callbacks = [throughput, ckpt, grids]
+    # after Throughput: the history row of a log step carries that step's perf/* numbers
+    history = cb.History(storage.join(out, "history.csv"), tcfg["log_every"], throughput)
+    callbacks = [throughput, ckpt, grids, history]
     if progress_mode(tcfg) == "log":
         callbacks.append(cb.LogLine(spec.name, tcfg["log_every"], throughput))
     trainer = make_trainer(tcfg, callbacks, logger, model=model)

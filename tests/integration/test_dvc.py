@@ -41,12 +41,17 @@ def _scratch_clone(tmp_path, files=SETUP_FILES, with_code=True):
     src = tmp_path / "origin"
     src.mkdir()
     paths = list(files)
-    if with_code:
+    if with_code:  # the code dvc.yaml depends on, and the presets it reads its settings from
         stages = yaml.safe_load(open(os.path.join(REPO, "dvc.yaml")))["stages"]
         paths += sorted({d for s in stages.values() for d in s.get("deps", []) if d.startswith("model_code/")})
+        paths.append("model_code/presets")
     for rel in paths:
         os.makedirs(os.path.dirname(src / rel) or src, exist_ok=True)
-        shutil.copyfile(os.path.join(REPO, rel), src / rel)
+        if os.path.isdir(os.path.join(REPO, rel)):
+            shutil.copytree(os.path.join(REPO, rel), src / rel, dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copyfile(os.path.join(REPO, rel), src / rel)
     _run(["git", "init", "-q"], src)
     _run(["git", "add", "-A"], src)
     _run(["git", "commit", "-qm", "scratch"], src)
@@ -64,16 +69,25 @@ def _wipe(repo):
         shutil.rmtree(os.path.join(repo, rel), ignore_errors=True)
 
 
+DATA = ["data/raw/shapes", "data/shapes"]   # what `dvc repro validate` made (the models were not trained)
+
+
+def _edit_preset(repo, **sections):
+    """Merge `sections` into the scratch repo's tiny preset (the file dvc.yaml reads settings from)."""
+    from model_code.config import deep_merge
+    path = os.path.join(repo, "model_code", "presets", "tiny.yaml")
+    cfg = deep_merge(yaml.safe_load(open(path)), sections)
+    yaml.safe_dump(cfg, open(path, "w"))
+
+
 def test_repro_push_pull_local_and_s3(tmp_path, s3_server, monkeypatch):
     repo = _scratch_clone(tmp_path)
-    params = yaml.safe_load(open(os.path.join(repo, "params.yaml")))
-    params["data"].update(n=40, shard_size=16)  # 3 shards, seconds not minutes
-    yaml.safe_dump(params, open(os.path.join(repo, "params.yaml"), "w"))
+    _edit_preset(repo, data={"n": 40, "shard_size": 16})  # 3 shards, seconds not minutes
 
-    _run(["dvc", "repro"], repo)
+    _run(["dvc", "repro", "validate"], repo)   # the data stages
     # dvc.yaml's outputs are already git-ignored (data/.gitignore): repro adds only the lock
     # file and the validation metrics to commit
-    assert _git_changes(repo) == ["data/validation/", "dvc.lock", "params.yaml"]
+    assert _git_changes(repo) == ["data/validation/", "dvc.lock", "model_code/presets/tiny.yaml"]
     lock = yaml.safe_load(open(os.path.join(repo, "dvc.lock")))
     recorded = {o["path"]: o["md5"] for s in lock["stages"].values() for o in s.get("outs", [])}
     shapes = os.path.join(repo, "data", "shapes")
@@ -92,7 +106,7 @@ def test_repro_push_pull_local_and_s3(tmp_path, s3_server, monkeypatch):
     with open(os.path.join(shapes, "validation.json"), "w") as f:
         f.write('{"success": true}')
     assert V.dataset_version(shapes) == version
-    assert json.loads(_run(["dvc", "status", "--json"], repo).stdout or "{}") == {}
+    assert json.loads(_run(["dvc", "status", "--with-deps", "validate", "--json"], repo).stdout or "{}") == {}
 
     # the default remote is <clone>/.easel/dvc-remote (relative in .dvc/config), git-ignored
     n_files = V.push(repo)
@@ -118,18 +132,18 @@ def test_repro_push_pull_local_and_s3(tmp_path, s3_server, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
     _wipe(repo)
     with pytest.raises(V.VersionError, match="dvc pull from remote minio failed"):
-        V.pull(repo, remote="minio")
+        V.pull(repo, remote="minio", targets=DATA)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
 
     # wipe cache and data, pull from S3: the same bytes
     _wipe(repo)
-    stats = V.pull(repo, remote="minio")
+    stats = V.pull(repo, remote="minio", targets=DATA)
     assert stats["fetched"] == n_files
     assert V.dataset_version(shapes) == version
     assert V.dir_md5(os.path.join(repo, "data", "raw", "shapes")) == recorded["data/raw/shapes"]
     # ... and from the default local remote
     _wipe(repo)
-    V.pull(repo)
+    V.pull(repo, targets=DATA)
     assert V.dataset_version(shapes) == version
 
     # credentials can be kept in .dvc/config.local, which git ignores
@@ -191,3 +205,57 @@ def test_bad_arguments_are_clear_errors(tmp_path):
         V.dir_md5(str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="not a dataset version id"):
         V.parse_version("abc")
+
+
+@pytest.mark.timeout(900)
+def test_the_tiny_lifecycle_as_dvc_stages(tmp_path):
+    """dvc.yaml's training and evaluation stages, as a user drives them in a fresh clone: `dvc
+    repro` trains every part and evaluates both recipes (steps cut to seconds in the preset file,
+    the one place dvc.yaml reads settings from), `dvc metrics show` and `dvc plots show` read the
+    evaluations and the training curves, and `dvc exp run -S <preset>:KEY=VALUE` re-runs only the
+    stages that key feeds."""
+    repo = _scratch_clone(tmp_path)
+    steps = {p: 4 for p in ("dvae", "transformer", "clip", "captioner", "prior", "decoder", "upsampler")}
+    _edit_preset(repo, data={"n": 96, "shard_size": 48, "heldout_fraction": 0.25},
+                 train={"steps": steps, "log_every": 2, "ckpt_every": 1000},
+                 evaluate={"n_per_category": 1, "samples_per_prompt": 2, "heldout_images": 16, "grid_prompts": 1})
+    _run(["git", "commit", "-qam", "seconds, not minutes"], repo)
+    home = tmp_path / "home"
+    home.mkdir()
+    env = _env({"OMP_NUM_THREADS": "1", "EASEL_HOME": str(home), "PYTHONPATH": REPO,
+                "MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow.db"})
+
+    _run(["dvc", "repro"], repo, env=env)
+    for out in ("models/tokenizer", "models/clip", "models/captioner", "data/recaptioned", "models/dvae",
+                "models/transformer", "models/prior", "models/decoder", "models/upsampler"):
+        assert os.path.isdir(os.path.join(repo, out)), out
+    for recipe in ("dalle", "unclip"):
+        assert json.load(open(os.path.join(repo, "models", recipe, "bundle.json")))["recipe"] == recipe
+    # nothing but the lock and the validation metrics for git to commit
+    assert _git_changes(repo) == ["data/validation/", "dvc.lock"]
+    lock = yaml.safe_load(open(os.path.join(repo, "dvc.lock")))["stages"]
+    assert lock["transformer"]["params"]["model_code/presets/tiny.yaml"]["train.steps.transformer"] == 4
+
+    metrics = json.loads(_run(["dvc", "metrics", "show", "--json"], repo, env=env).stdout)
+    flat = json.dumps(metrics)
+    assert "eval/dalle/metrics.json" in flat and "eval/unclip/metrics.json" in flat and "pf.geneval" in flat
+    plots = json.loads(_run(["dvc", "plots", "show", "--json", "-o", str(tmp_path / "plots")], repo,
+                            env=env).stdout)["data"]
+    loss = plots["Training loss"][0]["content"]["data"]["values"]   # a vega-lite spec with its rows
+    assert {r["filename"] for r in loss} == {f"{p}/history.csv" for p in steps}
+    assert {(r["filename"], r["step"]) for r in loss} >= {("transformer/history.csv", "2"),
+                                                          ("transformer/history.csv", "4")}
+    assert {r["category"] for r in plots["Shapes-GenEval by category (exact)"][0]["content"]["data"]["values"]} \
+        >= {"single_object", "two_object", "counting", "colors", "position", "color_attr"}
+    assert plots["eval/dalle/samples-single_object.png"][0]["type"] == "image"
+    _run(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], repo, env=env)
+    assert (tmp_path / "plots" / "index.html").exists()
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "commit", "-qm", "the tiny lifecycle, reproduced"], repo)
+
+    # an experiment: one preset key; only the stages that read it (and what depends on them) run
+    res = _run(["dvc", "exp", "run", "-S", "model_code/presets/tiny.yaml:train.steps.transformer=6"], repo, env=env)
+    ran = {line.split("'")[1] for line in res.stdout.splitlines() if line.startswith("Running stage")}
+    assert ran == {"transformer", "bundle-dalle", "evaluate-dalle"}, res.stdout[-3000:]
+    history = open(os.path.join(repo, "models", "transformer", "history.csv")).read().splitlines()
+    assert history[-1].split(",")[0] == "6"

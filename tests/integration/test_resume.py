@@ -96,6 +96,17 @@ def test_sigterm_checkpoints_and_the_same_command_resumes_exactly(tmp_path_facto
     differ = [k for k in a if not torch.equal(a[k], b[k])]
     assert not differ, f"resumed weights differ from the uninterrupted run's: {differ[:5]}"
     assert reference["metrics"]["train/loss"] == resumed["metrics"]["train/loss"]
+    # the curve beside the model (history.csv) is the uninterrupted run's: every step once, the
+    # rows before the kill kept, none written past the checkpoint repeated
+    ref_rows, rows = _history(ref_out), _history(out)
+    assert [r["step"] for r in rows] == [str(i) for i in range(1, STEPS + 1)]
+    assert [r["train/loss"] for r in rows] == [r["train/loss"] for r in ref_rows]
+
+
+def _history(out: str) -> list[dict]:
+    import csv
+    with open(os.path.join(out, "history.csv")) as f:
+        return list(csv.DictReader(f))
 
 
 def test_data_checkpoints_and_model_live_in_s3(s3_env, tmp_path_factory, tmp_path, monkeypatch):
@@ -126,5 +137,7 @@ def test_data_checkpoints_and_model_live_in_s3(s3_env, tmp_path_factory, tmp_pat
                           overrides=parse_overrides([*over, "train.steps.dvae=8"]), mlflow=False)
         assert more["resumed_from_step"] == 6 and more["steps"] == 8
         assert DVAE.from_pretrained(f"{prefix}/dvae").config["n_hid"] == 16
+        history = storage.read_text(f"{prefix}/dvae/history.csv").splitlines()
+        assert history[0].startswith("step,") and [r.split(",")[0] for r in history[1:]] == ["3", "6", "8"]
     finally:
         torch.set_num_threads(n)

@@ -64,6 +64,11 @@ def test_put_get_file_and_dir(bucket, tmp_path):
     out = storage.get_dir(f"{bucket}/tree", str(tmp_path / "back"))
     for rel, data in files.items():
         assert open(os.path.join(out, rel), "rb").read() == data
+    # copy_dir between prefixes and down to disk, leaving out a top-level entry (a part's checkpoints/)
+    assert storage.copy_dir(f"{bucket}/tree", f"{bucket}/copy", skip=("nested",)) == 1
+    assert storage.ls(f"{bucket}/copy") == [f"{bucket}/copy/top.bin"]
+    assert storage.copy_dir(f"{bucket}/tree", str(tmp_path / "copy")) == len(files)
+    assert (tmp_path / "copy" / "nested" / "deeper" / "b.txt").read_bytes() == b"bb"
 
 
 def test_large_object_is_multipart_and_intact(bucket, s3_env, tmp_path):

@@ -62,3 +62,13 @@ def test_training_settings_live_under_train_part_only():
     with pytest.raises(ValueError, match="train.dvae"):
         resolve_train_config(cfg, "transformer")
     assert resolve_train_config(load_preset("tiny", parse_overrides(["train.dvae.lr=2e-3"])), "dvae")["lr"] == 0.002
+
+
+def test_a_preset_file_extends_its_sibling_before_the_built_in(tmp_path):
+    """A copy of the presets (a DVC experiment edits its own) resolves `extends` beside itself."""
+    (tmp_path / "tiny.yaml").write_text("data: {n: 7, size: 32}\n")
+    (tmp_path / "mine.yaml").write_text("extends: tiny\ndata: {size: 64}\n")
+    cfg = load_preset(str(tmp_path / "mine.yaml"))
+    assert cfg["data"] == {"n": 7, "size": 64} and cfg["name"] == "mine"
+    (tmp_path / "other.yaml").write_text("extends: small\n")   # no sibling: the built-in one
+    assert load_preset(str(tmp_path / "other.yaml"))["data"] == load_preset("small")["data"]

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -72,6 +74,22 @@ def test_bundle_validation(tmp_path):
         save_bundle(str(tmp_path / "b"), "gan", {})
     with pytest.raises(FileNotFoundError, match="not an Easel bundle"):
         read_bundle_meta(str(tmp_path))
+    missing = {p: str(tmp_path / "never-trained" / p) for p in ("tokenizer", "clip", "dvae", "transformer")}
+    with pytest.raises(ValueError, match=r"part tokenizer: .* holds no trained tokenizer \(no tokenizer.json\)"):
+        save_bundle(str(tmp_path / "b"), "dalle", missing)
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_bundle_holds_the_weights_not_the_training_checkpoints(tmp_path):
+    parts = build_parts(str(tmp_path / "parts"), "dalle")
+    for src in parts.values():   # what a training run leaves beside the model
+        os.makedirs(os.path.join(src, "checkpoints"), exist_ok=True)
+        open(os.path.join(src, "checkpoints", "step-00000010.ckpt"), "wb").write(b"optimizer state")
+    out = save_bundle(str(tmp_path / "b"), "dalle", parts)
+    for name, src in parts.items():
+        kept = sorted(os.listdir(os.path.join(out, name)))
+        assert "checkpoints" not in kept and kept == sorted(set(os.listdir(src)) - {"checkpoints"})
+    assert Generator.load(out).recipe == "dalle"
 
 
 def test_pil_round_trip():
