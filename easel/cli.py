@@ -51,8 +51,10 @@ def _data_validate(a) -> dict:
         thresholds["max_quarantine_ratio"] = a.max_quarantine_ratio
     if a.max_duplicate_ratio is not None:
         thresholds["max_duplicate_ratio"] = a.max_duplicate_ratio
-    res = validate(a.dataset, thresholds=thresholds or None, report_path=a.report)
+    res = validate(a.dataset, thresholds=thresholds or None, report_path=a.report, html_report=a.data_docs)
     print(summary_text(res), file=sys.stderr)
+    if res.get("data_docs"):
+        print(f"Data Docs: {res['data_docs']}", file=sys.stderr)
     if not res["success"]:
         # the summary still goes to stdout for scripts; the exit status says it failed
         _emit(a, res)
@@ -316,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--report", default=None, help="report path (default DATASET/validation.json)")
     s.add_argument("--max-quarantine-ratio", type=float, default=None)
     s.add_argument("--max-duplicate-ratio", type=float, default=None)
+    s.add_argument("--data-docs", action="store_true",
+                   help="also build Great Expectations' Data Docs site beside the report (every run listed)")
 
     s = cmd(dsub, "version", _data_version, "the dataset's version id (DVC hash + git revision) and lineage")
     s.add_argument("dataset")

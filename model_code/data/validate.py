@@ -1,7 +1,6 @@
-"""The data-quality gate: a Great Expectations suite over an ingested dataset.
+"""The data-quality gate: Great Expectations suites over an ingested dataset.
 
-`validate(dataset_dir)` checks four tables with GX 1.x (an ephemeral context: nothing is
-written but our own report):
+`validate(dataset_dir)` checks four tables with GX 1.x, one saved suite each:
 
 - manifest: schema (columns present, types), nulls, image sizes (width == height == the
   ingest size), caption lengths (per record and their distribution: mean and quantiles),
@@ -13,10 +12,25 @@ written but our own report):
 - quarantine: every record has a known reason;
 - duplicates: every duplicate points at a record that was kept.
 
-The result is {"success", "failed_expectations", "report", "statistics", ...}; a JSON report
-(and optionally HTML) is written to DIR/validation.json unless report_path says otherwise.
-DVC ignores validation.json/validation.html (.dvcignore), so validating does not change the
-dataset's version. `require_valid` raises ValidationFailed for pipelines.
+The suites are saved, versioned JSON beside this module: model_code/data/expectations/
+easel_<table>.json, in GX's ExpectationSuite format (meta.easel: version, note, parameters). They
+are the only definition of the expectations: no code builds them. What depends on the
+thresholds, on the dataset or on other code (ratios, sizes, the shard files found, known reasons)
+is a suite parameter, {"$PARAMETER": name} in the JSON, whose values suite_parameters() computes
+and the Checkpoint run passes to GX (expectation_parameters).
+
+They run through a GX Checkpoint, one ValidationDefinition per table (each table a parquet
+batch of a pandas filesystem data source). With html_report the context is file-backed: a GX
+project beside the report (project_dir: DIR/validation_gx for DIR/validation.json; for an
+s3:// report it runs in a temporary directory and is synced to that URI) whose Checkpoint runs
+UpdateDataDocsAction, so the Data Docs site at validation_gx/gx/uncommitted/data_docs/local_site/
+index.html lists every run; without it the context is ephemeral and only the report is written.
+
+The result is {"success", "failed_expectations", "report", "statistics", "data_docs", ...}; a
+JSON report is written to DIR/validation.json unless report_path says otherwise. DVC ignores
+validation.json/validation.html and validation_gx/ (.dvcignore, version.IGNORED_NAMES), so
+validating does not change the dataset's version. `require_valid` raises ValidationFailed for
+pipelines.
 
 Thresholds (DEFAULT_THRESHOLDS; a preset's `data.validate` overrides them through steps.py):
     max_quarantine_ratio, max_duplicate_ratio   quarantined / input, duplicates / input
@@ -31,10 +45,10 @@ Thresholds (DEFAULT_THRESHOLDS; a preset's `data.validate` overrides them throug
 from __future__ import annotations
 
 import copy
-import html
 import json
 import math
 import os
+import tempfile
 from datetime import datetime, timezone
 from typing import Any
 
@@ -59,23 +73,12 @@ DEFAULT_THRESHOLDS: dict[str, Any] = {
 }
 FALLBACK_MAX_CAPTION_LEN = 20_000  # ingest's default max_caption_chars
 
-# Column -> kind; the manifest schema of docs/architecture.md ("Data on disk").
-MANIFEST_TYPES: dict[str, str] = {
-    "key": "str", "shard": "str", "sha256": "str", "phash": "str",
-    "width": "int", "height": "int", "orig_width": "int", "orig_height": "int",
-    "orig_mode": "str", "orig_format": "str", "caption": "str", "curated_caption": "str",
-    "scene": "str", "source": "str", "license": "str", "opt_out": "bool", "split": "str",
-    "caption_len": "int",
-}
-NULLABLE = ("curated_caption", "scene", "license")
-SPLITS = ("train", "heldout")
-# GX type names: numeric/bool columns are checked by dtype, object columns value by value
-TYPE_LISTS = {
-    "int": ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "Int32", "Int64"],
-    "str": ["str"],
-    "bool": ["bool", "boolean"],
-}
-DUPLICATE_KINDS = ("exact", "near")
+TABLES = ("manifest", "dataset", "quarantine", "duplicates")
+# the saved suites, one per table: easel_<table>.json (GX's ExpectationSuite JSON)
+SUITES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "expectations")
+CHECKPOINT = "easel_validation"
+DATA_DOCS_SITE = "local_site"  # the site a file-backed GX project gets by default
+GX_SUFFIX = "_gx"              # DIR/validation.json -> the GX project DIR/validation_gx
 REPORT_NAME = "validation.json"
 
 
@@ -157,115 +160,63 @@ def _load(dataset_dir: str) -> tuple[dict, str, dict[str, pd.DataFrame]]:
 
 
 # ---------------------------------------------------------------- the suites
-def _expectations(meta: dict, th: dict, shard_names: list[str], tables: dict[str, pd.DataFrame]
-                  ) -> dict[str, list]:
-    """{table: [GX expectation, ...]} for the four tables."""
-    import great_expectations.expectations as gxe
+def load_suites() -> dict[str, dict]:
+    """{table: the saved suite, as GX's JSON (ExpectationSuite.to_json_dict())}, read from
+    model_code/data/expectations/easel_<table>.json: the suites live there, nothing builds them."""
+    out = {}
+    for table in TABLES:
+        with open(os.path.join(SUITES_DIR, f"easel_{table}.json"), encoding="utf-8") as f:
+            out[table] = json.load(f)
+    return out
 
+
+def suite_parameter_names(suite: dict) -> set[str]:
+    """The names of the {"$PARAMETER": name} values in a suite's expectation kwargs."""
+    def walk(x: Any) -> set[str]:
+        if isinstance(x, dict):
+            if set(x) == {"$PARAMETER"}:
+                return {x["$PARAMETER"]}
+            return set().union(*(walk(v) for v in x.values())) if x else set()
+        if isinstance(x, list):
+            return set().union(*(walk(v) for v in x)) if x else set()
+        return set()
+    return set().union(*(walk(e["kwargs"]) for e in suite["expectations"])) if suite["expectations"] else set()
+
+
+def suite_parameters(meta: dict, th: dict, shard_names: list[str]) -> dict[str, Any]:
+    """The value of every suite parameter: what depends on the thresholds, on the dataset
+    (dataset.json, the shard files found) or on other code (source kinds, quarantine reasons).
+    GX substitutes them at validation time; the saved suites say {"$PARAMETER": name}."""
+    from model_code.data import ingest, sources
     params = meta.get("parameters") or {}
-    size = th["size"] or meta.get("size") or params.get("size")
-    max_cap = th["max_caption_len"] or params.get("max_caption_chars") or FALLBACK_MAX_CAPTION_LEN
     allow_opt = th["allow_opted_out"]
     if allow_opt is None:
         allow_opt = bool(params.get("keep_opted_out", False))
-    m = tables["manifest"]
-    present = [c for c in MANIFEST_TYPES if c in m.columns]  # a missing column fails once, below
-
-    man: list = [
-        gxe.ExpectTableColumnsToMatchSet(column_set=list(MANIFEST_TYPES), exact_match=False,
-                                         description="every manifest column is present"),
-        gxe.ExpectTableRowCountToBeBetween(min_value=th["min_rows"], description="enough records"),
-    ]
-    for col in present:
-        kind = MANIFEST_TYPES[col]
-        man.append(gxe.ExpectColumnValuesToBeInTypeList(
-            column=col, type_list=TYPE_LISTS[kind], description=f"{col} is {kind}"))
-        # int and bool columns are checked by dtype, and a null turns an int column into float64
-        # and a bool one into object: only text columns need their own null check
-        if kind == "str" and col not in NULLABLE:
-            man.append(gxe.ExpectColumnValuesToNotBeNull(column=col, description=f"{col} has no nulls"))
-    has = set(present)
-    if size and {"width", "height"} <= has:
-        for col in ("width", "height"):
-            man.append(gxe.ExpectColumnValuesToBeBetween(
-                column=col, min_value=size, max_value=size, description=f"{col} == ingest size {size}"))
-    if "caption_len" in has:
-        man += [
-            gxe.ExpectColumnValuesToBeBetween(column="caption_len", min_value=th["min_caption_len"],
-                                              max_value=max_cap, description="caption length in bounds"),
-            gxe.ExpectColumnMeanToBeBetween(column="caption_len", min_value=th["caption_len_mean"][0],
-                                            max_value=th["caption_len_mean"][1],
-                                            description="mean caption length in bounds"),
-            gxe.ExpectColumnQuantileValuesToBeBetween(
-                column="caption_len",
-                quantile_ranges={"quantiles": [float(q) for q in th["caption_len_quantiles"]],
-                                 "value_ranges": list(th["caption_len_quantiles"].values())},
-                description="caption length distribution (quantiles) in bounds"),
-        ]
-    if "caption" in has:  # caption_len could lie; the text itself must also be in bounds
-        man.append(gxe.ExpectColumnValueLengthsToBeBetween(
-            column="caption", min_value=th["min_caption_len"], max_value=max_cap,
-            description="caption text length in bounds"))
-    for col in ("key", "sha256"):
-        if col in has:
-            man.append(gxe.ExpectColumnValuesToBeUnique(column=col, description=f"{col} is unique"))
-    if "sha256" in has:
-        man.append(gxe.ExpectColumnValuesToMatchRegex(column="sha256", regex=r"^[0-9a-f]{64}$",
-                                                      description="sha256 is 64 hex digits"))
-    if "phash" in has:
-        man.append(gxe.ExpectColumnValuesToMatchRegex(column="phash", regex=r"^[0-9a-f]{16}$",
-                                                      description="phash is 16 hex digits (64 bits)"))
-    if "split" in has:
-        man += [gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS),
-                                                description="split is train or heldout"),
-                gxe.ExpectColumnDistinctValuesToContainSet(column="split", value_set=["train"],
-                                                           description="there is training data")]
-    if "shard" in has:
-        man.append(gxe.ExpectColumnValuesToBeInSet(column="shard", value_set=shard_names,
-                                                   description="every record's shard file exists"))
-    if "scene" in has:
-        man.append(gxe.ExpectColumnValuesToBeJsonParseable(column="scene",
-                                                           description="scene graphs are JSON"))
-    if "opt_out" in has and not allow_opt:
-        man.append(gxe.ExpectColumnValuesToBeInSet(column="opt_out", value_set=[False],
-                                                   description="no opted-out record is kept"))
-    for col in ("orig_width", "orig_height"):
-        if col in has:
-            man.append(gxe.ExpectColumnValuesToBeBetween(column=col, min_value=params.get("min_side", 1),
-                                                         description=f"{col} >= ingest min_side"))
-
-    from model_code.data import sources
-    ds_exp = [
-        gxe.ExpectColumnValuesToBeBetween(column="quarantine_ratio", min_value=0,
-                                          max_value=th["max_quarantine_ratio"],
-                                          description="quarantined / input within max_quarantine_ratio"),
-        gxe.ExpectColumnValuesToBeBetween(column="duplicate_ratio", min_value=0,
-                                          max_value=th["max_duplicate_ratio"],
-                                          description="duplicates / input within max_duplicate_ratio"),
-        gxe.ExpectColumnValuesToBeBetween(column="unaccounted", min_value=0, max_value=0,
-                                          description="input = accepted + quarantined + duplicates"),
-        gxe.ExpectColumnValuesToBeBetween(column="heldout_fraction", min_value=0,
-                                          max_value=th["max_heldout_fraction"],
-                                          description="held-out share within max_heldout_fraction"),
-        gxe.ExpectColumnValuesToBeInSet(column="kind", value_set=list(sources.KINDS),
-                                        description="a known source kind"),
-    ]
-    for a, b in (("manifest_rows", "accepted"), ("quarantine_rows", "quarantined"),
-                 ("duplicate_rows", "duplicates"), ("shards_found", "shards")):
-        ds_exp.append(gxe.ExpectColumnPairValuesToBeEqual(column_A=a, column_B=b,
-                                                          description=f"{a} == dataset.json {b}"))
-
-    from model_code.data import ingest
-    quar = [gxe.ExpectColumnValuesToNotBeNull(column="reason", description="every quarantined record has a reason"),
-            gxe.ExpectColumnValuesToBeInSet(column="reason", value_set=list(ingest.REASONS),
-                                            description="quarantine reasons are known ones")]
-    dup = [gxe.ExpectColumnValuesToBeInSet(column="kind", value_set=list(DUPLICATE_KINDS),
-                                           description="duplicate kind is exact or near"),
-           # kept_key_missing (see _duplicates_frame) rather than kept_key in a value_set of
-           # every key: GX serialises a value_set per metric, 3 minutes for 200k keys
-           gxe.ExpectColumnValuesToBeNull(column="kept_key_missing",
-                                          description="every duplicate points at a kept record")]
-    return {"manifest": man, "dataset": ds_exp, "quarantine": quar, "duplicates": dup}
+    quantiles = th["caption_len_quantiles"]
+    return {
+        # easel_manifest
+        "min_rows": th["min_rows"],
+        # None when dataset.json has no size: the width/height expectations then fail with GX's
+        # "min_value and max_value cannot both be None" (ingest always records the size)
+        "size": th["size"] or meta.get("size") or params.get("size"),
+        "min_caption_len": th["min_caption_len"],
+        "max_caption_len": th["max_caption_len"] or params.get("max_caption_chars") or FALLBACK_MAX_CAPTION_LEN,
+        "caption_len_mean_min": th["caption_len_mean"][0],
+        "caption_len_mean_max": th["caption_len_mean"][1],
+        "caption_len_quantiles": {"quantiles": [float(q) for q in quantiles],
+                                  "value_ranges": [list(r) for r in quantiles.values()]},
+        # a list whose length varies with the dataset is a parameter like any other value
+        "shard_names": list(shard_names),
+        "opt_out_values": [False, True] if allow_opt else [False],
+        "min_side": params.get("min_side", 1),
+        # easel_dataset
+        "max_quarantine_ratio": th["max_quarantine_ratio"],
+        "max_duplicate_ratio": th["max_duplicate_ratio"],
+        "max_heldout_fraction": th["max_heldout_fraction"],
+        "source_kinds": list(sources.KINDS),
+        # easel_quarantine
+        "quarantine_reasons": list(ingest.REASONS),
+    }
 
 
 def _duplicates_frame(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -296,37 +247,111 @@ def _dataset_row(meta: dict, tables: dict[str, pd.DataFrame], shards_found: int)
     }])
 
 
-def _run_gx(frames: dict[str, pd.DataFrame], expectations: dict[str, list]) -> list[dict]:
-    """Validate each frame with its expectations; one plain dict per expectation result."""
+def _plain_success(store: Any) -> None:
+    """Let this result store (one context's instance; nothing global) take numpy bools.
+
+    GX 1.24's expect_column_quantile_values_to_be_between returns success=np.all(...), a numpy
+    bool whatever the data's dtypes, and under marshmallow 4 the result schema's Boolean field
+    passes it on to json.dumps, which rejects it: every ValidationDefinition run stores its result
+    (file or in-memory store alike), so the run would fail. Converting the frames cannot help;
+    each result's success becomes a Python bool just before GX serializes the suite result."""
+    serialize = store.serialize
+
+    def _serialize(value):
+        for r in value.results:
+            if r.success is not None and not isinstance(r.success, bool):
+                r.success = bool(r.success)
+        return serialize(value)
+
+    store.serialize = _serialize
+
+
+def _exception_message(r: Any) -> str | None:
+    """The error of a result that raised: GX 1.x gives {"exception_message": ...} or, when a
+    metric failed, {metric id: {"exception_message": ...}}."""
+    info = r.exception_info or {}
+    if info.get("exception_message"):
+        return info["exception_message"]
+    for v in info.values():
+        if isinstance(v, dict) and v.get("exception_message"):
+            return v["exception_message"]
+    return None
+
+
+def _run_gx(frames: dict[str, pd.DataFrame], suites: dict[str, dict], params: dict[str, Any],
+            dataset: str, project: str | None) -> tuple[list[dict], dict | None]:
+    """Run the suites through a GX Checkpoint: one ValidationDefinition per table.
+
+    project: a local directory, the root of a file-backed GX project, whose Checkpoint also
+    runs UpdateDataDocsAction; None: an ephemeral context and no Data Docs. Returns (one plain
+    dict per expectation result, {"index": site index.html, "pages": {table: its page}} or None)."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    ctx = gx.get_context(mode="ephemeral")
-    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
-    source = ctx.data_sources.add_pandas("easel")
-    out = []
-    for table, exps in expectations.items():
-        batch = (source.add_dataframe_asset(table).add_batch_definition_whole_dataframe("all")
-                 .get_batch(batch_parameters={"dataframe": frames[table]}))
-        # batch.validate (not a ValidationDefinition): nothing goes through GX's result store,
-        # whose JSON encoder chokes on numpy bools in quantile results
-        res = batch.validate(gx.ExpectationSuite(name=f"easel_{table}", expectations=exps))
+    with tempfile.TemporaryDirectory(prefix="easel-gx-") as scratch:
+        # A Checkpoint hands every ValidationDefinition the same batch_parameters, so four
+        # in-memory frames cannot be passed to one run: each table is a parquet file of a
+        # pandas filesystem data source instead (scratch files: the Data Docs name the dataset
+        # in each batch's metadata, and the path of a file that is gone after the run)
+        for table, frame in frames.items():
+            frame.to_parquet(os.path.join(scratch, f"{table}.parquet"), index=False)
+        ctx = (gx.get_context(mode="file", project_root_dir=project) if project
+               else gx.get_context(mode="ephemeral"))
+        ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+        _plain_success(ctx.validation_results_store)
+        source = ctx.data_sources.add_or_update_pandas_filesystem("easel", base_directory=scratch)
+        vds = []
+        for table in TABLES:
+            saved = suites[table]
+            suite = gx.ExpectationSuite(name=saved["name"], expectations=saved["expectations"],
+                                        meta=saved["meta"], notes=saved.get("notes"))
+            batch = (source.add_parquet_asset(table, batch_metadata={"dataset": dataset, "table": table})
+                     .add_batch_definition_path("all", path=f"{table}.parquet"))
+            vds.append(gx.ValidationDefinition(name=saved["name"], data=batch, suite=suite))
+        actions = [gx.checkpoint.UpdateDataDocsAction(name="update_data_docs")] if project else []
+        # add_or_update saves the ValidationDefinitions and their suites with it (a file-backed
+        # project keeps them, replaced by the saved JSON's on each run)
+        checkpoint = ctx.checkpoints.add_or_update(gx.Checkpoint(
+            name=CHECKPOINT, validation_definitions=vds, actions=actions, result_format="SUMMARY"))
+        run = checkpoint.run(expectation_parameters=params)
+
+    by_suite = {res.suite_name: (key, res) for key, res in run.run_results.items()}
+    out, pages = [], {}
+    for table in TABLES:
+        key, res = by_suite[suites[table]["name"]]
+        if project:
+            url = ctx.get_docs_sites_urls(resource_identifier=key, site_name=DATA_DOCS_SITE)[0]["site_url"]
+            pages[table] = _file_url_path(url)
         for r in res.results:
             cfg = r.expectation_config
-            kw = {k: v for k, v in cfg.kwargs.items() if k not in ("batch_id",)}
+            kw = {k: v for k, v in cfg.kwargs.items() if k not in ("batch_id",)}  # parameters filled in
             cols = [kw[c] for c in ("column", "column_A", "column_B") if c in kw]
             name = f"{cfg.type}({', '.join(cols)})" if cols else cfg.type
             if table != "manifest":
                 name = f"{table}.{name}"
-            err = (r.exception_info or {}).get("exception_message") if not r.success else None
+            err = _exception_message(r) if not r.success else None
+            absent = [c for c in cols if c not in frames[table].columns]
+            # the saved suite runs as it is: each expectation on a column the table lacks fails
+            # (besides expect_table_columns_to_match_set), and GX's words for it vary
+            if err and absent:
+                err = f"no column {absent[0]!r} in the {table} table"
             observed = _observed(r.result)
             if table == "dataset" and "column" in kw:  # one row: the value itself says it all
                 observed = {"observed_value": _jsonable(frames[table][kw["column"]].iloc[0])}
             out.append({"name": name, "table": table, "success": bool(r.success),
                         "description": cfg.description, "kwargs": _brief(_jsonable(kw)),
                         "observed": observed, **({"error": err} if err else {})})
-    return out
+    docs = None
+    if project:
+        index = ctx.get_docs_sites_urls(site_name=DATA_DOCS_SITE)[0]["site_url"]
+        docs = {"index": _file_url_path(index), "pages": pages}
+    return out, docs
+
+
+def _file_url_path(url: str) -> str:
+    from urllib.parse import unquote, urlparse
+    return unquote(urlparse(url).path) if url.startswith("file:") else url
 
 
 def _observed(result: dict) -> dict:
@@ -391,33 +416,61 @@ def _statistics(meta: dict, tables: dict[str, pd.DataFrame], row: pd.DataFrame) 
     return _jsonable(st)
 
 
-def _html(report: dict) -> str:
-    rows = "\n".join(
-        f"<tr class={'ok' if e['success'] else 'fail'}><td>{'pass' if e['success'] else 'FAIL'}</td>"
-        f"<td>{html.escape(e['name'])}</td><td>{html.escape(e.get('description') or '')}</td>"
-        f"<td><code>{html.escape(json.dumps(e['observed'])[:400])}</code></td></tr>"
-        for e in report["expectations"])
-    stats = html.escape(json.dumps(report["statistics"], indent=1))
-    verdict = "passed" if report["success"] else "FAILED"
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Validation: {html.escape(report['dataset'])}</title>
-<style>body{{font-family:sans-serif}} td{{padding:2px 8px;vertical-align:top}} .fail{{background:#fdd}}
-.ok{{background:#efe}}</style></head><body>
-<h1>Validation {verdict}: {html.escape(report['dataset'])}</h1>
-<p>{len(report['failed_expectations'])} of {len(report['expectations'])} expectations failed;
-Great Expectations {html.escape(report['great_expectations_version'])}, {html.escape(report['created'])}</p>
-<table><tr><th></th><th>expectation</th><th>meaning</th><th>observed</th></tr>
-{rows}</table><h2>Statistics</h2><pre>{stats}</pre></body></html>
-"""
+def project_dir(report_path: str) -> str:
+    """The GX project beside a report: DIR/validation.json -> DIR/validation_gx (DVC ignores it
+    inside a dataset, like the report: .dvcignore, version.IGNORED_NAMES)."""
+    base = report_path[:-5] if report_path.endswith(".json") else report_path
+    return base + GX_SUFFIX
+
+
+def _snapshot(root: str) -> dict[str, tuple[int, int]]:
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            st = os.stat(os.path.join(dirpath, name))
+            out[os.path.relpath(os.path.join(dirpath, name), root)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def _run_with_docs(frames: dict[str, pd.DataFrame], suites: dict[str, dict], params: dict[str, Any],
+                   dataset: str, gx_dir: str, page_copy: str | None) -> tuple[list[dict], dict]:
+    """_run_gx in the file-backed project gx_dir, a local directory or a URI. A remote project is
+    downloaded into a temporary directory (so its Data Docs keep earlier runs), run there, and what
+    the run added or changed is uploaded. page_copy: a path that also gets the Data Docs page of the
+    first table that failed (else the manifest's), for viewers that show one HTML file."""
+    remote = storage.is_remote(gx_dir)
+    with tempfile.TemporaryDirectory(prefix="easel-gx-project-") as tmp:
+        local = tmp if remote else storage.local_path(gx_dir)
+        if remote and storage.exists(storage.join(gx_dir, "gx", "great_expectations.yml")):
+            storage.get_dir(gx_dir, local)
+        before = _snapshot(local) if remote else {}
+        results, docs = _run_gx(frames, suites, params, dataset, local)
+        if page_copy:
+            failed = [e["table"] for e in results if not e["success"]]
+            with open(docs["pages"][failed[0] if failed else "manifest"], encoding="utf-8") as f:
+                storage.write_text(page_copy, f.read())
+        if remote:
+            for rel, stamp in _snapshot(local).items():
+                if before.get(rel) != stamp:
+                    storage.put_file(os.path.join(local, rel), storage.join(gx_dir, *rel.split(os.sep)))
+
+            def to_uri(path: str) -> str:
+                return storage.join(gx_dir, *os.path.relpath(path, local).split(os.sep))
+            docs = {"index": to_uri(docs["index"]), "pages": {t: to_uri(p) for t, p in docs["pages"].items()}}
+    return results, docs
 
 
 def validate(dataset_dir: str, thresholds: dict | None = None, report_path: str | None = None,
              html_report: bool | str = False) -> dict:
-    """Run the suite on an ingested dataset (a directory or URI).
+    """Run the suites on an ingested dataset (a directory or URI).
 
     Returns {"success", "failed_expectations" (names), "report" (path), "statistics",
-    "dataset", "failures" (name, description, observed of each failed expectation)}.
-    Writes the full report to report_path (default DIR/validation.json) and, with
-    html_report, an HTML page beside it (same name, .html), or at html_report when that is a path."""
+    "dataset", "failures" (name, description, observed of each failed expectation),
+    "data_docs" (the Data Docs site's index.html, or None)}.
+    Writes the full report to report_path (default DIR/validation.json). html_report: also build
+    the GX Data Docs site, in the GX project beside the report (project_dir: DIR/validation_gx,
+    site at gx/uncommitted/data_docs/local_site/index.html); when html_report is a path, that
+    path also gets the Data Docs page of the first failing table (else the manifest's)."""
     import great_expectations as gx
 
     th = resolve_thresholds(thresholds)
@@ -427,22 +480,31 @@ def validate(dataset_dir: str, thresholds: dict | None = None, report_path: str 
     row = _dataset_row(meta, tables, len(shard_names))
     frames = {"manifest": tables["manifest"], "dataset": row,
               "quarantine": tables["quarantine"], "duplicates": _duplicates_frame(tables)}
-    results = _run_gx(frames, _expectations(meta, th, shard_names, tables))
+    suites = load_suites()
+    params = suite_parameters(meta, th, shard_names)
+    report_path = report_path or storage.join(dataset_dir, REPORT_NAME)
+    if html_report:
+        results, docs = _run_with_docs(frames, suites, params, dataset_dir, project_dir(report_path),
+                                       html_report if isinstance(html_report, str) else None)
+    else:
+        results, docs = _run_gx(frames, suites, params, dataset_dir, None)
 
     failed = [e for e in results if not e["success"]]
-    report_path = report_path or storage.join(dataset_dir, REPORT_NAME)
     report = {"dataset": dataset_dir, "success": not failed,
               "failed_expectations": [e["name"] for e in failed],
               "statistics": _statistics(meta, tables, row), "thresholds": th,
               "expectations": results, "great_expectations_version": gx.__version__,
-              "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+              "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "suites": {t: {"name": s["name"], "version": s["meta"]["easel"]["version"],
+                             "file": f"model_code/data/expectations/{s['name']}.json"} for t, s in suites.items()},
+              "suite_parameters": _brief(_jsonable(params)),
+              "data_docs": docs["index"] if docs else None,
+              "data_docs_pages": docs["pages"] if docs else None}
     storage.write_text(report_path, json.dumps(report, indent=1, sort_keys=False) + "\n")
-    if html_report:
-        base = report_path[:-5] if report_path.endswith(".json") else report_path
-        storage.write_text(html_report if isinstance(html_report, str) else base + ".html", _html(report))
     return {"success": report["success"], "failed_expectations": report["failed_expectations"],
             "report": report_path, "statistics": report["statistics"], "dataset": dataset_dir,
-            "failures": [{k: e.get(k) for k in ("name", "description", "observed", "error")} for e in failed]}
+            "failures": [{k: e.get(k) for k in ("name", "description", "observed", "error")} for e in failed],
+            "data_docs": report["data_docs"]}
 
 
 def summary_text(result: dict) -> str:

@@ -27,7 +27,7 @@ from typing import Any, Iterator
 from model_code import storage
 from model_code.tracking import git_dirty, git_head
 
-IGNORED_NAMES = ("validation.json", "validation.html")  # keep in sync with /.dvcignore
+IGNORED_NAMES = ("validation.json", "validation.html", "validation_gx")  # keep in sync with /.dvcignore
 SKIPPED_DIRS = (".git", ".dvc")                         # DVC never hashes these
 CHUNK = 1 << 20
 
@@ -53,7 +53,7 @@ def _files(dataset_dir: str) -> list[str]:
             raise ValueError(f"dataset_dir={dataset_dir}: not a directory")
         out = []
         for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = [d for d in dirnames if d not in SKIPPED_DIRS]
+            dirnames[:] = [d for d in dirnames if d not in SKIPPED_DIRS + IGNORED_NAMES]
             for name in filenames:
                 if name not in IGNORED_NAMES:
                     out.append(os.path.relpath(os.path.join(dirpath, name), root).replace(os.sep, "/"))
@@ -64,7 +64,7 @@ def _files(dataset_dir: str) -> list[str]:
     if not found:
         raise ValueError(f"dataset_dir={dataset_dir}: no objects under this prefix")
     return [p for p in found if posixpath.basename(p) not in IGNORED_NAMES
-            and not set(p.split("/")[:-1]) & set(SKIPPED_DIRS)]
+            and not set(p.split("/")[:-1]) & set(SKIPPED_DIRS + IGNORED_NAMES)]
 
 
 def dir_md5(dataset_dir: str) -> str:

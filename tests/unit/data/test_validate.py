@@ -1,18 +1,38 @@
 """The Great Expectations gate on real ingested datasets (synth -> ingest, 48 images of 32 px),
-and on copies corrupted in known ways: each corruption must be named, nothing else."""
+and on copies corrupted in known ways: each corruption must be named, nothing else. The suites
+are the saved JSON in model_code/data/expectations/; with html_report a GX Checkpoint builds the
+Data Docs site beside the report."""
+import html
 import json
 import os
+import re
 import shutil
 
 import pandas as pd
 import pytest
 
+from model_code.data import ingest as ingest_mod
 from model_code.data.ingest import ingest
 from model_code.data.synth import synthesize
-from model_code.data.validate import (ValidationFailed, require_valid, resolve_thresholds,
-                                      summary_text, validate)
+from model_code.data.validate import (DEFAULT_THRESHOLDS, SUITES_DIR, TABLES, ValidationFailed,
+                                      load_suites, require_valid, resolve_thresholds,
+                                      suite_parameter_names, suite_parameters, summary_text, validate)
+from model_code.data.version import dir_md5
 
 N, SIZE = 48, 32
+SITE = os.path.join("gx", "uncommitted", "data_docs", "local_site")
+
+
+def _text(path):
+    """A Data Docs page as plain text (tags dropped, entities decoded)."""
+    page = open(path, encoding="utf-8").read()
+    page = re.sub(r"<(script|style).*?</\1>", " ", page, flags=re.S)
+    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", page)))
+
+
+def _expectations(suite):
+    """What a suite checks (type, kwargs, description), without the ids a GX store adds."""
+    return [(e["type"], e["kwargs"], e.get("description")) for e in suite["expectations"]]
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +57,7 @@ def _copy(src, tmp_path, name="ds"):
 
 def test_clean_dataset_passes_with_report_and_statistics(clean, tmp_path):
     ds = _copy(clean, tmp_path)
+    version = dir_md5(ds)
     res = require_valid(ds, html_report=True)
     assert res["success"] and res["failed_expectations"] == []
     assert res["report"] == os.path.join(ds, "validation.json")
@@ -50,10 +71,39 @@ def test_clean_dataset_passes_with_report_and_statistics(clean, tmp_path):
     assert st["splits"]["heldout"] > 0 and st["curated"] == man["curated_caption"].notna().sum()
     assert st["caption_len"]["mean"] == pytest.approx(man["caption_len"].mean(), abs=1e-3)
     assert st["shards_found"] == st["shards"] == 3
-    html = open(os.path.join(ds, "validation.html")).read()
-    assert "Validation passed" in html and "expect_column_values_to_be_unique(key)" in html
     text = summary_text(res)
     assert "passed" in text and f"{len(man)} records" in text
+
+    # the Data Docs site (no hand-made page) in the GX project beside the report
+    project = os.path.join(ds, "validation_gx")
+    assert res["data_docs"] == report["data_docs"] == os.path.join(project, SITE, "index.html")
+    assert os.path.isfile(res["data_docs"]) and not os.path.exists(os.path.join(ds, "validation.html"))
+    index = open(res["data_docs"]).read()
+    assert all(f"easel_{t}" in index for t in TABLES)
+    pages = report["data_docs_pages"]
+    assert sorted(pages) == sorted(TABLES) and all(os.path.isfile(p) for p in pages.values())
+    assert "key is unique" in _text(pages["manifest"]) and "Status: Succeeded" in _text(pages["manifest"])
+
+    # what ran is the saved JSON: the suites in the GX project are the files', and so is every result
+    saved = load_suites()
+    for table in TABLES:
+        name = saved[table]["name"]
+        assert report["suites"][table] == {"name": name, "version": saved[table]["meta"]["easel"]["version"],
+                                           "file": f"model_code/data/expectations/{name}.json"}
+        ran = json.load(open(os.path.join(project, "gx", "expectations", f"{name}.json")))
+        assert _expectations(ran) == _expectations(saved[table])
+        assert sorted(e["description"] for e in report["expectations"] if e["table"] == table) == sorted(
+            e["description"] for e in saved[table]["expectations"])
+    # the shard names are a suite parameter, filled in at validation time
+    shard_exp = next(e for e in report["expectations"] if e["name"] == "expect_column_values_to_be_in_set(shard)")
+    assert shard_exp["kwargs"]["value_set"] == [f"shards/shard-{i:05d}.tar" for i in range(3)]
+
+    # the report and the GX project are not content: DVC's hash (our version id) is unchanged
+    assert dir_md5(ds) == version
+    # a second run keeps the first in the site's history
+    validate(ds, html_report=True)
+    runs = os.listdir(os.path.join(project, SITE, "validations", "easel_manifest", "__none__"))
+    assert len(runs) == 2 and dir_md5(ds) == version
 
 
 def test_corrupted_manifest_names_each_failure(clean, tmp_path):
@@ -70,7 +120,8 @@ def test_corrupted_manifest_names_each_failure(clean, tmp_path):
     m.loc[7, "license"] = None                   # nullable: must NOT fail
     m.to_parquet(path, index=False)
     report = str(tmp_path / "elsewhere" / "report.json")
-    res = validate(ds, report_path=report)
+    artifact = str(tmp_path / "artifact.html")  # e.g. the KFP component's HTML artifact
+    res = validate(ds, report_path=report, html_report=artifact)
     assert not res["success"]
     assert sorted(res["failed_expectations"]) == sorted([
         "expect_column_values_to_be_unique(key)",
@@ -89,6 +140,17 @@ def test_corrupted_manifest_names_each_failure(clean, tmp_path):
     assert "shard-00099.tar" in text and "validation" in text  # what was seen, not just names
     # require_valid raises with the same summary (message lists the failed expectations)
     assert str(ValidationFailed(res)) == text
+
+    # Data Docs: the GX project is beside the report, not in the dataset
+    assert res["data_docs"] == str(tmp_path / "elsewhere" / "report_gx" / SITE / "index.html")
+    assert os.path.isfile(res["data_docs"]) and not os.path.exists(os.path.join(ds, "validation_gx"))
+    page = _text(json.load(open(report))["data_docs_pages"]["manifest"])
+    assert "Status: Failed" in page and "Unsuccessful Expectations 7" in page
+    for f in res["failures"]:  # each failing expectation is listed (by its description)...
+        assert f["description"] in page, f["name"]
+    assert "shards/shard-00099.tar" in page and "not-a-hash" in page  # ... with what was seen
+    # html_report=PATH: that path gets the failing table's Data Docs page too
+    assert _text(artifact) == page
 
 
 def test_schema_and_counts(clean, tmp_path):
@@ -163,3 +225,35 @@ def test_bad_thresholds_and_inputs_are_clear_errors(tmp_path):
         "0.5": [1, None]}
     with pytest.raises(ValueError, match="not an ingested dataset"):
         validate(str(tmp_path))
+
+
+def test_suites_are_saved_gx_json_with_parameters(clean):
+    import great_expectations as gx
+    suites = load_suites()
+    assert sorted(os.listdir(SUITES_DIR)) == sorted(f"easel_{t}.json" for t in TABLES)
+    params = suite_parameters(json.load(open(os.path.join(clean, "dataset.json"))),
+                              resolve_thresholds(None), ["shards/shard-00000.tar"])
+    used = set()
+    for table, suite in suites.items():
+        # GX's own format: the file is what ExpectationSuite.to_json_dict() writes for it
+        loaded = gx.ExpectationSuite(name=suite["name"], expectations=suite["expectations"],
+                                     meta=suite["meta"], notes=suite["notes"])
+        assert loaded.to_json_dict() == suite and suite["name"] == f"easel_{table}"
+        easel = suite["meta"]["easel"]
+        assert isinstance(easel["version"], int) and easel["note"] and easel["table"] == table
+        # the parameters it uses are the ones its meta documents
+        assert suite_parameter_names(suite) == set(easel["parameters"]), table
+        used |= suite_parameter_names(suite)
+    # validate() supplies exactly the parameters the suites use
+    assert used == set(params)
+    # every threshold reaches the suites as a parameter (nothing threshold-dependent is hard-coded)
+    for k in ("max_quarantine_ratio", "max_duplicate_ratio", "min_rows", "min_caption_len",
+              "max_heldout_fraction"):
+        assert k in used and params[k] == DEFAULT_THRESHOLDS[k]
+    assert params["caption_len_quantiles"] == {"quantiles": [0.05, 0.5, 0.95],
+                                               "value_ranges": [[1, None], [3, 2000], [None, 10000]]}
+    assert params["quarantine_reasons"] == list(ingest_mod.REASONS)
+    # the manifest suite's columns are ingest's
+    column_set = next(e["kwargs"]["column_set"] for e in suites["manifest"]["expectations"]
+                      if e["type"] == "expect_table_columns_to_match_set")
+    assert set(column_set) <= set(ingest_mod.MANIFEST_COLUMNS)
