@@ -20,6 +20,29 @@ class ConfigError(ValueError):
     pass
 
 
+# A preset's top-level sections (each owner module checks the keys inside its own: the models
+# their config, train/module.py `train:`, serve/config.py `serve:`, evaluate.py `evaluate:`,
+# recaption/job.py `recaption:`, generate.py `sampling:`), and the data: section's keys, which the
+# data faces (easel data, the KFP data steps, dvc.yaml) read.
+SECTIONS = ("name", "data", "tokenizer", "dvae", "transformer", "clip", "captioner", "prior", "decoder",
+            "upsampler", "upsampler2", "train", "recaption", "evaluate", "serve", "sampling")
+DATA_KEYS = ("n", "size", "seed", "curated_fraction", "shard_size", "heldout_fraction", "validate",
+             "allow_roots", "caption_control")
+TOKENIZER_KEYS = ("vocab_size", "max_text_tokens")
+
+
+def check_sections(cfg: dict) -> dict:
+    """An unknown section, data: key or tokenizer: key is an error naming the known ones (a typo
+    is never silently ignored)."""
+    for key, known, where in ((set(cfg), SECTIONS, "preset section"),
+                              (set(cfg.get("data") or {}), DATA_KEYS, "data: key"),
+                              (set(cfg.get("tokenizer") or {}), TOKENIZER_KEYS, "tokenizer: key")):
+        unknown = sorted(key - set(known))
+        if unknown:
+            raise ConfigError(f"unknown {where} {', '.join(map(repr, unknown))}; known: {', '.join(known)}")
+    return cfg
+
+
 class _Loader(yaml.SafeLoader):
     """PyYAML is YAML 1.1, where `2e-3` (no dot) is a string; YAML 1.2 and every user read it as a
     number. This loader adds the 1.2 float forms, so presets and `a.b=2e-3` overrides agree."""
@@ -142,4 +165,4 @@ def load_preset(name: str = "tiny", overrides: dict | None = None) -> dict[str, 
                               f"{type(overrides).__name__} (parse KEY=VALUE strings with parse_overrides)")
         _check_types(cfg, overrides)
         cfg = deep_merge(cfg, overrides)
-    return derive(cfg)
+    return derive(check_sections(cfg))

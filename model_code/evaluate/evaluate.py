@@ -63,6 +63,8 @@ def eval_config(preset: str | dict = "tiny", **overrides) -> dict[str, Any]:
         from model_code.config import load_preset
         preset = load_preset(preset)
     section = preset.get("evaluate") or {}
+    from model_code.models.pretrained import known_keys
+    known_keys(section, "evaluate", set(DEFAULTS) | {"gates", "margin", "tolerance"})   # the gates' keys
     cfg = {**DEFAULTS, **{k: v for k, v in section.items() if k not in ("gates", "margin")},
            **{k: v for k, v in overrides.items() if v is not None}}
     cfg["name"] = preset.get("name", "custom")

@@ -224,6 +224,9 @@ def _recaption_shard(shard_uri: str, out: str, captioner: Captioner, filters: Ca
 # ---------------------------------------------------------------- the job
 def _resolve(preset: str | dict, overrides: dict) -> dict:
     pcfg = preset if isinstance(preset, dict) else load_preset(preset)
+    from model_code.models.pretrained import known_keys
+    from model_code.recaption.filters import DEFAULTS as FILTER_DEFAULTS
+    known_keys(pcfg.get("recaption") or {}, "recaption", set(DEFAULTS) | set(FILTER_DEFAULTS))
     cfg = {**DEFAULTS, **(pcfg.get("recaption") or {})}
     cfg.update({k: v for k, v in overrides.items() if v is not None})
     if not 0 < float(cfg["top_p"]) <= 1:

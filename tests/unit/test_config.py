@@ -72,3 +72,26 @@ def test_a_preset_file_extends_its_sibling_before_the_built_in(tmp_path):
     assert cfg["data"] == {"n": 7, "size": 64} and cfg["name"] == "mine"
     (tmp_path / "other.yaml").write_text("extends: small\n")   # no sibling: the built-in one
     assert load_preset(str(tmp_path / "other.yaml"))["data"] == load_preset("small")["data"]
+
+
+@pytest.mark.parametrize("over, match", [
+    ({"evalute": {"n_per_category": 2}}, r"unknown preset section 'evalute'; known: name, data, "),
+    ({"data": {"shard": 8}}, r"unknown data: key 'shard'; known: n, size"),
+    ({"tokenizer": {"vocab": 8}}, r"unknown tokenizer: key 'vocab'; known: vocab_size"),
+])
+def test_an_unknown_section_or_key_is_an_error_naming_the_known_ones(over, match):
+    with pytest.raises(ConfigError, match=match):
+        load_preset("tiny", over)
+
+
+def test_the_owners_refuse_unknown_keys_in_their_sections():
+    """evaluate: and recaption: are checked where they are read (their keys are their owners')."""
+    from model_code.evaluate.evaluate import eval_config
+    from model_code.recaption.job import _resolve
+    for name in ("tiny", "laptop", "small", "base", "paper"):
+        cfg = load_preset(name)
+        eval_config(cfg), _resolve(cfg, {})
+    with pytest.raises(ValueError, match=r"unknown evaluate config keys \['n_per_categry'\]; known: .*'n_per_category'"):
+        eval_config(load_preset("tiny", {"evaluate": {"n_per_categry": 2}}))
+    with pytest.raises(ValueError, match=r"unknown recaption config keys \['topp'\]; known: .*'top_p'"):
+        _resolve(load_preset("tiny", {"recaption": {"topp": 0.5}}), {})
