@@ -209,65 +209,51 @@ def make_optimizer(model: nn.Module, t: dict, device: torch.device) -> torch.opt
 
 
 class EMA:
-    """Exponential moving average of a model's trainable weights (fp32 shadow copies).
-
-    The effective decay warms up as min(decay, (1 + n) / (10 + n)) over the n updates so far, so a
-    short run is not dominated by its random initialisation (a 0.9999 EMA needs ~10^4 updates)."""
+    """An exponential moving average of a model's trainable weights: diffusers' EMAModel, whose
+    default decay warms up as min(decay, (1 + n) / (10 + n)) over the n updates so far, so a short
+    run is not dominated by its random initialisation (a 0.9999 EMA needs ~10^4 updates). This
+    wrapper only chooses the weights (trainable ones, in a fixed order, also after activation
+    checkpointing wraps blocks) and swaps the average in for sampling and the final save."""
 
     def __init__(self, model: nn.Module, decay: float):
+        from diffusers.training_utils import EMAModel
         self.decay = float(decay)
-        self.names = [n for n, p in self._named(model) if p.requires_grad]
-        self.shadow = [p.detach().float().clone() for _, p in self._params(model)]
-        self.updates = 0
+        self.ema = EMAModel(self._weights(model), decay=self.decay, foreach=True)
 
     @staticmethod
-    def _named(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-        # activation checkpointing wraps blocks after the EMA is made: names without the wrapper
-        for n, p in model.named_parameters():
-            yield n.replace("_checkpoint_wrapped_module.", ""), p
-
-    def _params(self, model: nn.Module) -> list[tuple[str, torch.Tensor]]:
-        named = dict(self._named(model))
-        return [(n, named[n]) for n in self.names]
+    def _weights(model: nn.Module) -> list[torch.nn.Parameter]:
+        return [p for p in model.parameters() if p.requires_grad]
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        self.updates += 1
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        params = [p.detach() for _, p in self._params(model)]
-        if self.shadow and self.shadow[0].device != params[0].device:
-            self.shadow = [s.to(params[0].device) for s in self.shadow]
-        if all(p.dtype == torch.float32 for p in params):
-            torch._foreach_lerp_(self.shadow, params, 1.0 - d)   # shadow += (1-d) (p - shadow)
-        else:
-            for s, p in zip(self.shadow, params):
-                s.lerp_(p.float(), 1.0 - d)
+        params = self._weights(model)
+        if self.ema.shadow_params and self.ema.shadow_params[0].device != params[0].device:
+            self.ema.to(device=params[0].device)   # the model moved to its device after the EMA was made
+        self.ema.step(params)
 
     @contextlib.contextmanager
     def swapped(self, model: nn.Module) -> Iterator[nn.Module]:
         """Temporarily load the EMA weights into `model` (for sampling and the final save)."""
-        params = [p for _, p in self._params(model)]
-        backup = [p.detach().clone() for p in params]
-        with torch.no_grad():
-            for p, s in zip(params, self.shadow):
-                p.copy_(s.to(p.device, p.dtype))
+        params = self._weights(model)
+        self.ema.store(params)
+        self.ema.copy_to(params)
         try:
             yield model
         finally:
-            with torch.no_grad():
-                for p, b in zip(params, backup):
-                    p.copy_(b)
+            self.ema.restore(params)
 
     def state_dict(self) -> dict:
-        return {"decay": self.decay, "updates": self.updates,
-                "shadow": dict(zip(self.names, [s.cpu() for s in self.shadow]))}
+        state = self.ema.state_dict()
+        return {**state, "shadow_params": [t.cpu() for t in state["shadow_params"]]}
 
     def load_state_dict(self, state: dict) -> None:
-        missing = [n for n in self.names if n not in state["shadow"]]
-        if missing:
-            raise ValueError(f"EMA state lacks weights {missing[:3]}")
-        self.updates = int(state["updates"])
-        self.shadow = [state["shadow"][n].float().clone() for n in self.names]
+        if len(state.get("shadow_params") or []) != len(self.ema.shadow_params):
+            raise ValueError(f"EMA state holds {len(state.get('shadow_params') or [])} weights, the model "
+                             f"{len(self.ema.shadow_params)} (a checkpoint of another model or Easel version)")
+        device = self.ema.shadow_params[0].device if self.ema.shadow_params else None
+        self.ema.load_state_dict(state)
+        if device is not None:
+            self.ema.to(device=device)
 
 
 def step_seed(seed: int, samples_seen: int, rank: int) -> int:

@@ -1,6 +1,6 @@
 """Preemption: a training process (`easel train`) that gets SIGTERM part-way writes a checkpoint
 and exits 143 (never 0); the same command run again resumes at the same step and data position, and ends with
-exactly the weights of a run that was never interrupted (same seed). And the same machinery
+exactly the weights (an EMA's) of a run that was never interrupted (same seed). And the same machinery
 with the data, the checkpoints and the model in an S3 object store."""
 import json
 import os
@@ -23,6 +23,7 @@ SETTINGS = [  # a small real dVAE; the paper's schedules squeezed into the run
     "dvae.beta_warmup_steps=10", "dvae.tau_anneal_steps=12",
     f"train.steps.dvae={STEPS}", "train.batch_size=8", "train.log_every=1", "train.ckpt_every=1000",
     "train.progress=log", "train.num_workers=0", "train.seed=3",
+    "train.dvae.ema_decay=0.9",   # the EMA (diffusers' EMAModel) is checkpointed and resumed too
 ]
 
 

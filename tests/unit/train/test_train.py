@@ -132,22 +132,28 @@ def test_optimizer_is_fused_on_a_gpu_only_without_gradient_clipping():
 
 
 def test_ema_tracks_swaps_and_round_trips():
+    """diffusers' EMAModel under Easel's EMA: the first update copies the weights, later ones
+    average with the warm-up decay min(decay, (1 + n) / (10 + n)); swapping in and back is exact."""
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 1)
     ema = EMA(model, decay=0.5)
     start = model.weight.detach().clone()
+    ema.update(model)   # n = 0: the average starts at the weights
     with torch.no_grad():
         model.weight.add_(1.0)
-    ema.update(model)  # warm-up: decay min(0.5, 2/11)
+    ema.update(model)   # n = 1: decay min(0.5, 2/11)
     d = 2 / 11
-    assert torch.allclose(ema.shadow[0], d * start + (1 - d) * (start + 1))
+    shadow = ema.ema.shadow_params[0]
+    assert torch.allclose(shadow, d * start + (1 - d) * (start + 1))
     raw = model.weight.detach().clone()
     with ema.swapped(model):
-        assert torch.allclose(model.weight, ema.shadow[0])
+        assert torch.allclose(model.weight, shadow)
     assert torch.equal(model.weight, raw)
     other = EMA(model, decay=0.5)
     other.load_state_dict(ema.state_dict())
-    assert other.updates == 1 and torch.equal(other.shadow[0], ema.shadow[0])
+    assert other.ema.optimization_step == 2 and torch.equal(other.ema.shadow_params[0], shadow)
+    with pytest.raises(ValueError, match="EMA state holds 2 weights, the model 4"):
+        EMA(torch.nn.Sequential(torch.nn.Linear(3, 1), torch.nn.Linear(1, 1)), 0.5).load_state_dict(ema.state_dict())
 
 
 def test_gradient_checkpointing_changes_memory_not_results():
@@ -289,5 +295,7 @@ def test_clip_with_ema_saves_ema_weights_and_reports_mfu(data, tokenizer_dir, tm
     ckpt = torch.load(os.path.join(out, "checkpoints", "step-00000012.ckpt"), weights_only=False)
     saved = load_file(os.path.join(out, "model.safetensors"))
     name = "model.text_projection.weight"
-    assert torch.allclose(saved[name], ckpt["easel"]["ema"]["shadow"][name])
+    index = [n for n, p in clip.named_parameters() if p.requires_grad].index(name)   # the EMA's order
+    assert torch.allclose(saved[name], ckpt["easel"]["ema"]["shadow_params"][index])
     assert not torch.allclose(saved[name], ckpt["state_dict"]["model." + name])
+
