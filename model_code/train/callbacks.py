@@ -61,6 +61,14 @@ def _at_step_boundary(trainer: pl.Trainer, batch_idx: int) -> bool:
 
 # --------------------------------------------------------------------------- checkpoints
 class ObjectStoreCheckpoint(Callback):
+    """Periodic, final and SIGTERM checkpoints under `uri` (the module docstring has the layout).
+
+    Not Lightning's ModelCheckpoint: a resume needs latest.json written only after its checkpoint
+    is complete in the object store (with samples_seen, the config hash and the MLflow run), the
+    store reached through model_code.storage (EASEL_S3_ENDPOINT_URL and the credentials serving
+    and DVC use, not a second fsspec set-up), and the SIGTERM stop at an optimizer-step boundary,
+    which ModelCheckpoint does not do; keeping the `keep` newest is the rest of what it would add."""
+
     def __init__(self, uri: str, every_n_steps: int, keep: int = 2,
                  meta: Callable[[], dict] | None = None):
         self.uri, self.every, self.keep = uri, int(every_n_steps), int(keep)
@@ -156,7 +164,13 @@ class Throughput(Callback):
 
     FLOPs per sample are measured once, on the first batch, by counting one forward pass with
     torch's FlopCounterMode (x3 for forward + backward). The clock is read at log steps only
-    (after a device synchronise), so the measurement adds no per-step host-device sync."""
+    (after a device synchronise), so the measurement adds no per-step host-device sync.
+
+    Not Lightning's ThroughputMonitor, whose MFU needs its own GPU peak table
+    (lightning_fabric get_available_flops): it has no CPU peak (Easel's CPU MFU takes
+    `train.peak_flops`, measured by tests/benchmarks/bench_mfu.py) and does not know the H200 by
+    the name it reports ("NVIDIA H200", 2026-12-04); and it logs straight to the loggers, where the
+    log line and history.csv could not read its numbers. Easel's own peak table is PEAK_BF16_FLOPS."""
 
     def __init__(self, log_every: int, peak: float | None = None):
         self.log_every, self.peak_cfg = int(log_every), peak
