@@ -248,12 +248,14 @@ def put_dir(local_dir: str, uri: str) -> None:
 def copy_dir(src: str, dst: str, skip: tuple[str, ...] = ()) -> int:
     """Copy every file under `src` (a directory or URI prefix) to `dst`, leaving out the top-level
     entries named in `skip` (e.g. a trained part's checkpoints/); returns the files copied."""
-    fs, base = filesystem(src), _strip(src).rstrip("/")
+    fs = filesystem(src)
+    # fsspec's local find returns absolute paths whatever it was given: compare like with like
+    base = _strip(src).rstrip("/") if is_remote(src) else os.path.abspath(local_path(src))
     with _errors(src, "list"):
         found = fs.find(base)
     n = 0
     for path in found:
-        rel = path[len(base):].lstrip("/")
+        rel = path[len(base):].lstrip("/") if is_remote(src) else os.path.relpath(path, base).replace(os.sep, "/")
         if not rel or rel.split("/", 1)[0] in skip:
             continue
         if is_remote(src):

@@ -90,3 +90,16 @@ def test_put_get_file_and_dir(root, tmp_path):
     same = storage.join(root, "one", "top.bin")
     storage.put_file(_plain(same), same)
     assert storage.get_file(same, _plain(same)) == _plain(same)
+
+
+def test_copy_dir_from_a_relative_path_leaves_out_skipped_entries(tmp_path, monkeypatch):
+    """A trained part named relatively (dvc.yaml's `--part tokenizer=models/tokenizer`) is copied
+    whole, file names intact, its checkpoints/ left out."""
+    src = tmp_path / "models" / "tokenizer"
+    (src / "checkpoints").mkdir(parents=True)
+    (src / "tokenizer.json").write_text("t")
+    (src / "easel_tokenizer.json").write_text("e")
+    (src / "checkpoints" / "step-1.ckpt").write_text("c")
+    monkeypatch.chdir(tmp_path)
+    assert storage.copy_dir("models/tokenizer", "bundle/tokenizer", skip=("checkpoints",)) == 2
+    assert sorted(os.listdir(tmp_path / "bundle" / "tokenizer")) == ["easel_tokenizer.json", "tokenizer.json"]
