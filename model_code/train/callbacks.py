@@ -59,6 +59,15 @@ def _at_step_boundary(trainer: pl.Trainer, batch_idx: int) -> bool:
     return (batch_idx + 1) % trainer.accumulate_grad_batches == 0
 
 
+def _log_step(trainer: pl.Trainer, batch_idx: int, every: int) -> int | None:
+    """The optimizer step just finished when it is one to log on rank 0 (every `every` steps and
+    the last one), else None: the log line and history.csv write the same rows."""
+    if not (_at_step_boundary(trainer, batch_idx) and trainer.is_global_zero):
+        return None
+    step = trainer.global_step
+    return step if step % every == 0 or step == trainer.max_steps else None
+
+
 # --------------------------------------------------------------------------- checkpoints
 class ObjectStoreCheckpoint(Callback):
     """Periodic, final and SIGTERM checkpoints under `uri` (the module docstring has the layout).
@@ -295,10 +304,8 @@ class LogLine(Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
-        if not (_at_step_boundary(trainer, batch_idx) and trainer.is_global_zero):
-            return
-        step = trainer.global_step
-        if step % self.every and step != trainer.max_steps:
+        step = _log_step(trainer, batch_idx, self.every)
+        if step is None:
             return
         metrics = {k[len("train/"):]: float(v) for k, v in trainer.callback_metrics.items()
                    if k.startswith("train/") and k != "train/lr"}
@@ -341,10 +348,8 @@ class History(Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
-        if not (_at_step_boundary(trainer, batch_idx) and trainer.is_global_zero):
-            return
-        step = trainer.global_step
-        if step % self.every and step != trainer.max_steps:
+        step = _log_step(trainer, batch_idx, self.every)
+        if step is None:
             return
         row = {"step": float(step), **{k: float(v) for k, v in trainer.callback_metrics.items()
                                         if k.startswith("train/") and v.numel() == 1}}
