@@ -88,16 +88,16 @@ def save_bundle(out: str, recipe: str, parts: dict[str, str], preset: str = "",
     missing = [p for p in RECIPE_PARTS[recipe] if not parts.get(p)]
     if missing:
         raise ValueError(f"a {recipe} bundle needs parts {', '.join(missing)}")
-    names = {}
-    for name, src in parts.items():
-        if not src:
-            continue
+    parts = {name: src for name, src in parts.items() if src}
+    for name, src in parts.items():   # every part checked before anything is copied
         if name not in RECIPE_PARTS[recipe] + OPTIONAL_PARTS[recipe]:
             raise ValueError(f"part {name!r} does not belong in a {recipe} bundle")
         marker = "tokenizer.json" if name == "tokenizer" else "model.safetensors"
         if not storage.exists(storage.join(src, marker)):
             raise ValueError(f"part {name}: {src} holds no trained {name} (no {marker}): train it first, "
                              f"or point at its output directory")
+    names = {}
+    for name, src in parts.items():
         # the weights and their config, not the training checkpoints (optimizer state: 2-3x the model)
         storage.copy_dir(src, storage.join(out, name), skip=("checkpoints",))
         names[name] = name

@@ -78,6 +78,10 @@ def test_bundle_validation(tmp_path):
     with pytest.raises(ValueError, match=r"part tokenizer: .* holds no trained tokenizer \(no tokenizer.json\)"):
         save_bundle(str(tmp_path / "b"), "dalle", missing)
     assert not (tmp_path / "b").exists()
+    trained = build_parts(str(tmp_path / "parts"), "dalle")
+    with pytest.raises(ValueError, match="part transformer: .* holds no trained transformer"):
+        save_bundle(str(tmp_path / "b"), "dalle", {**trained, "transformer": missing["transformer"]})
+    assert not (tmp_path / "b").exists()   # checked before anything was copied
 
 
 def test_a_bundle_holds_the_weights_not_the_training_checkpoints(tmp_path):
