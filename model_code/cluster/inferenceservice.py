@@ -8,14 +8,16 @@ in the object store (KServe's storage initializer downloads it to /mnt/models, w
 finds the bundle), and the version is recorded as annotations, so a served image's lineage reaches
 the registry.
 
-- A new service is created as charts/easel-serving renders it with the same settings
-  (`render_inferenceservice`; a test keeps the two identical). The chart also makes the
-  predictor's ServiceAccount (`<service>-s3`, S3 endpoint annotations) and a NetworkPolicy: install
-  the chart once per service, or name an existing account with `service_account`.
+- A new service is the InferenceService charts/easel-serving renders (`render_inferenceservice`:
+  the chart is the one renderer of the serving manifest, run offline by Helm's engine). The chart
+  also makes the predictor's ServiceAccount (`<service>-s3`, S3 endpoint annotations) and a
+  NetworkPolicy: install the chart once per service, or name an existing account in
+  values.serviceAccount.name.
 - An existing service (made by the chart or by an earlier deploy) keeps everything it has; only the
   model (STORAGE_URI, annotations), the canary split and, when given, the image change
-  (`update_inferenceservice`). KServe keeps the previous revision serving the rest of the traffic
-  while a canary percentage is set; a deploy without one sends all traffic to the new version.
+  (`update_inferenceservice`). Create, replace and the wait go through KServe's client
+  (KServeClient). KServe keeps the previous revision serving the rest of the traffic while a
+  canary percentage is set; a deploy without one sends all traffic to the new version.
 
 The pipeline's service account may create, get and update InferenceServices in the serving
 namespace and nothing else (charts/easel-platform pipelines-rbac.yaml): no delete, so a rollback is
@@ -26,16 +28,11 @@ from __future__ import annotations
 import copy
 import os
 import re
+from types import SimpleNamespace
 from typing import Any
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 CONTAINER = "kserve-container"
-MODEL_MOUNT = "/mnt/models"
-# C2PA signing material (the chart's provenance.*): a Secret mounted read-only, by convention named
-# easel-c2pa (keys chain.pem, signer.key; docs/deploy.md), or a development chain in an emptyDir
-C2PA_SECRET = "easel-c2pa"
-C2PA_MOUNT = "/etc/easel/c2pa"
-C2PA_DEV_MOUNT = "/var/run/easel/c2pa-dev"
 # Where MLflow's proxied artifacts live (charts/easel-platform: MLFLOW_ARTIFACTS_DESTINATION is
 # s3://<mlflow bucket>/artifacts); a registered version's `mlflow-artifacts:/` source maps there.
 DEFAULT_ARTIFACTS_URI = "s3://easel-mlflow/artifacts"
@@ -43,18 +40,15 @@ ANNOTATION_STORAGE = "easel.ai/storage-uri"
 ANNOTATION_MODEL = "easel.ai/registered-model"
 ANNOTATION_VERSION = "easel.ai/model-version"
 KNATIVE_MODES = ("Serverless", "Knative")
-RAW_MODES = ("RawDeployment", "Standard")
 # what KServe's storage initializer can download (the chart accepts the same)
 FETCHABLE = re.compile(r"^(s3|gs|pvc|https?)://.+")
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-
-# charts/easel-serving/values.yaml, the parts a deploy sets
-DEFAULT_RESOURCES = {"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"cpu": "4", "memory": "16Gi"}}
-SECURITY_CONTEXT = {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
-                    "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "privileged": False,
-                    "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
-# the label infra/terraform/gke gives the H100 pool, and its taint
+SERVING_CHART = "easel-serving"
+# C2PA signing material: a Secret named easel-c2pa by convention (keys chain.pem, signer.key; docs/deploy.md)
+C2PA_SECRET = "easel-c2pa"
+# The deploy step's choices where it differs from the chart's values.yaml (the chart is generic;
+# a deploy with gpus lands on the GPU pool): the label infra/terraform/gke gives the H100 pool, and its taint
 GPU_NODE_SELECTOR = {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
 GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 
@@ -153,102 +147,84 @@ def _annotations(storage_uri: str, model: str, version: str) -> dict[str, str]:
     return out
 
 
+def chart_dir(chart: str = SERVING_CHART) -> str:
+    """The Helm chart's folder: $EASEL_CHARTS_DIR/<chart> (the images set it: components/docker),
+    else the repository's charts/<chart> beside the package (a source checkout)."""
+    root = os.environ.get("EASEL_CHARTS_DIR") or os.path.join(
+        os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "charts")
+    path = os.path.join(root, chart)
+    if not os.path.isfile(os.path.join(path, "Chart.yaml")):
+        raise DeployError(f"the {chart} Helm chart is not at {path}: set EASEL_CHARTS_DIR to the folder "
+                          "holding Easel's charts/ (the images set it)")
+    return path
+
+
+def _split_image(image: str) -> tuple[str, str]:
+    """REGISTRY/NAME:TAG -> (REGISTRY/NAME, TAG), the chart's image.repository and image.tag."""
+    if not isinstance(image, str) or not image or any(ch.isspace() for ch in image) or "@" in image:
+        raise ValueError(f"image must be an image reference like REGISTRY/easel-cuda:TAG (the chart takes a "
+                         f"repository and a tag, no digest), got {image!r}")
+    repo, sep, tag = image.rpartition(":")
+    if not sep or not repo or "/" in tag:  # no tag, or the colon was a registry port
+        raise ValueError(f"image must name a tag, like REGISTRY/easel-cuda:0.1.0, got {image!r}")
+    return repo, tag
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def render_inferenceservice(service: str, namespace: str, storage_uri: str, image: str, *,
                             model: str = "", version: str = "", canary_traffic_percent: int | None = None,
-                            deployment_mode: str = "Serverless", gpus: int = 0,
-                            min_replicas: int = 1, max_replicas: int = 3, scale_metric: str | None = None,
-                            scale_target: int = 2, container_concurrency: int = 4, timeout: int = 600,
-                            resources: dict | None = None, node_selector: dict[str, str] | None = None,
-                            tolerations: list[dict] | None = None, service_account: str | None = None,
-                            image_pull_policy: str = "IfNotPresent", c2pa_secret: str | None = C2PA_SECRET,
-                            c2pa_dev_chain: bool = False) -> dict:
-    """The InferenceService charts/easel-serving renders for a release named `service` with these
-    values (defaults: the chart's values.yaml). gpus > 0 puts the predictor on the GPU pool (its
-    node selector and toleration) unless node_selector / tolerations are given. ValueError names
-    the bad argument."""
+                            gpus: int = 0, values: dict | None = None) -> dict:
+    """The InferenceService of charts/easel-serving for a release named `service` in `namespace`.
+
+    The chart is the one renderer of the serving manifest, rendered offline by Helm's own engine
+    (helm-python-sdk): a deploy step and a `helm install` make the same object, and the chart's
+    values schema and checks are the only ones. The arguments set the chart's model.*, image.*,
+    predictor.canaryTrafficPercent and predictor.gpus; gpus > 0 also puts the predictor on the
+    GPU pool (GPU_NODE_SELECTOR, GPU_TOLERATIONS) unless `values` says otherwise. `values` is any
+    other chart value (values.yaml documents them), e.g. {"deploymentMode": "RawDeployment"} (the
+    HPA then scales on cpu unless predictor.scaleMetric is given). The C2PA Secret is the
+    convention's easel-c2pa (docs/deploy.md) unless values.provenance says otherwise.
+    ValueError: the argument or the chart's own message."""
+    import helm_python
+    import yaml
+    values = values or {}
     _check_common(service, namespace, storage_uri)
-    if not isinstance(image, str) or not image or any(ch.isspace() for ch in image):
-        raise ValueError(f"image must be an image reference like REGISTRY/easel-cuda:TAG, got {image!r}")
-    if deployment_mode not in KNATIVE_MODES + RAW_MODES:
-        raise ValueError(f"deployment_mode must be one of {', '.join(KNATIVE_MODES + RAW_MODES)}, "
-                         f"got {deployment_mode!r}")
-    knative = deployment_mode in KNATIVE_MODES
-    canary = _check_canary(canary_traffic_percent, deployment_mode)
-    metric = scale_metric or ("concurrency" if knative else "cpu")
-    allowed = ("concurrency", "rps") if knative else ("cpu", "memory")
-    if metric not in allowed:
-        raise ValueError(f"scale_metric={metric}: with deployment_mode={deployment_mode} use "
-                         f"{' or '.join(allowed)}")
-    for arg, value, low in (("gpus", gpus, 0), ("min_replicas", min_replicas, 0 if knative else 1),
-                            ("max_replicas", max_replicas, 1), ("scale_target", scale_target, 1),
-                            ("container_concurrency", container_concurrency, 0), ("timeout", timeout, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{arg} must be an integer >= {low}, got {value!r}")
-    if min_replicas > max_replicas:
-        raise ValueError(f"min_replicas ({min_replicas}) is larger than max_replicas ({max_replicas})")
-
-    if not c2pa_secret and not c2pa_dev_chain:
-        raise ValueError("c2pa_secret: name the Secret holding the C2PA signing chain (chain.pem) and key "
-                         "(signer.key), or set c2pa_dev_chain for a development chain no verifier trusts")
-    res = copy.deepcopy(resources or DEFAULT_RESOURCES)
+    repository, tag = _split_image(image)
+    mode = values.get("deploymentMode", "Serverless")
+    canary = _check_canary(canary_traffic_percent, mode)
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
+        raise ValueError(f"gpus must be an integer >= 0, got {gpus!r}")
+    ours: dict[str, Any] = {
+        "image": {"repository": repository, "tag": tag},
+        "model": {"storageUri": storage_uri, "registeredName": model or "", "version": str(version or "")},
+        "predictor": {"canaryTrafficPercent": canary, "gpus": gpus},
+        "provenance": {"secretName": "" if (values.get("provenance") or {}).get("devChain") else C2PA_SECRET}}
     if gpus:
-        res.setdefault("limits", {})["nvidia.com/gpu"] = gpus
-        node_selector = GPU_NODE_SELECTOR if node_selector is None else node_selector
-        tolerations = GPU_TOLERATIONS if tolerations is None else tolerations
-    annotations = {"serving.kserve.io/deploymentMode": deployment_mode}
-    if not knative:
-        annotations["serving.kserve.io/autoscalerClass"] = "hpa"
-    annotations.update(_annotations(storage_uri, model, version))
-    predictor: dict[str, Any] = {
-        "serviceAccountName": service_account or f"{service}-s3",
-        "minReplicas": min_replicas, "maxReplicas": max_replicas,
-        "scaleMetric": metric, "scaleTarget": scale_target, "timeout": timeout}
-    if container_concurrency:
-        predictor["containerConcurrency"] = container_concurrency
-    if canary is not None:
-        predictor["canaryTrafficPercent"] = canary
-    if node_selector:
-        predictor["nodeSelector"] = dict(node_selector)
-    if tolerations:
-        predictor["tolerations"] = [dict(t) for t in tolerations]
-    predictor["containers"] = [{
-        "name": CONTAINER, "image": image, "imagePullPolicy": image_pull_policy,
-        "args": ["serve", "--model", MODEL_MOUNT, "--model-name", service, "--host", "0.0.0.0",
-                 "--port", "8080"],
-        # STORAGE_URI is how a custom container asks KServe's storage initializer for the model
-        "env": [{"name": "STORAGE_URI", "value": storage_uri},
-                # the root file system is read-only: caches and temporary files go to /tmp
-                {"name": "HOME", "value": "/tmp"}, {"name": "XDG_CACHE_HOME", "value": "/tmp/.cache"},
-                # weights come from /mnt/models only, never from a hub
-                {"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
-                *_c2pa_env(c2pa_secret)],
-        "resources": res,
-        "ports": [{"name": "http1", "containerPort": 8080, "protocol": "TCP"}],
-        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": 8080}, "periodSeconds": 10,
-                           "failureThreshold": 3},
-        "securityContext": copy.deepcopy(SECURITY_CONTEXT),
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"},
-                         {"name": "c2pa", "mountPath": C2PA_MOUNT, "readOnly": True} if c2pa_secret
-                         else {"name": "c2pa-dev", "mountPath": C2PA_DEV_MOUNT}]}]
-    predictor["volumes"] = [{"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}},
-                            {"name": "c2pa", "secret": {"secretName": c2pa_secret, "defaultMode": 0o400}}
-                            if c2pa_secret else {"name": "c2pa-dev", "emptyDir": {"sizeLimit": "1Mi"}}]
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "InferenceService",
-            "metadata": {"name": service, "namespace": namespace,
-                         "labels": {"app.kubernetes.io/name": "easel-serving",
-                                    "app.kubernetes.io/instance": service,
-                                    "app.kubernetes.io/part-of": "easel",
-                                    "app.kubernetes.io/managed-by": "easel-deploy"},
-                         "annotations": annotations},
-            "spec": {"predictor": predictor}}
+        ours["predictor"].update(nodeSelector=GPU_NODE_SELECTOR, tolerations=GPU_TOLERATIONS)
+    if mode not in KNATIVE_MODES:
+        ours["predictor"]["scaleMetric"] = "cpu"  # the HPA's metric; values.yaml's default is Knative's
+    try:
+        out = helm_python.Chart.load(chart_dir()).render(_merge(ours, values), name=service, namespace=namespace)
+    except helm_python.HelmError as e:
+        raise ValueError(f"{SERVING_CHART} chart: {_helm_message(e)}") from None
+    (obj,) = [d for d in yaml.safe_load_all(out[f"{SERVING_CHART}/templates/inferenceservice.yaml"]) if d]
+    # what `helm install` would add: the release namespace; and who made it (no Helm release holds it)
+    obj["metadata"]["namespace"] = namespace
+    obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] = "easel-deploy"
+    return obj
 
 
-def _c2pa_env(secret: str | None) -> list[dict]:
-    """Where the server finds its signing material (charts/easel-serving/templates/_helpers.tpl)."""
-    if secret:
-        return [{"name": "EASEL_C2PA_CERT_CHAIN", "value": f"{C2PA_MOUNT}/chain.pem"},
-                {"name": "EASEL_C2PA_KEY", "value": f"{C2PA_MOUNT}/signer.key"}]
-    return [{"name": "EASEL_C2PA_DEV_DIR", "value": C2PA_DEV_MOUNT}]
+def _helm_message(e: Exception) -> str:
+    """Helm's error without its template position: "execution error at (file:line:col): msg" -> msg."""
+    text = str(e).strip()
+    m = re.search(r"execution error at \([^)]*\): (.*)", text, re.S)
+    return (m.group(1) if m else text).strip()
 
 
 def update_inferenceservice(existing: dict, storage_uri: str, *, model: str = "", version: str = "",
@@ -310,50 +286,75 @@ def ready_state(obj: dict) -> tuple[bool, str]:
 
 
 # ---------------------------------------------------------------- the cluster
-def _api():
-    from model_code.cluster.kube import NoClusterAccess, custom_objects_api
+def kserve_client():
+    """KServe's own client (create / get / replace / wait_isvc_ready): in-cluster credentials
+    inside a pod, else ~/.kube/config. DeployError when there is neither."""
+    from kserve import KServeClient
+    from kubernetes.config import ConfigException
     try:
-        return custom_objects_api()
-    except NoClusterAccess as e:
-        raise DeployError(str(e)) from None
+        return KServeClient()
+    except (ConfigException, OSError, TypeError) as e:
+        raise DeployError(f"no Kubernetes access: not in a cluster and no usable kubeconfig ({e})") from None
 
 
-def _api_error(e, what: str) -> DeployError:
-    body = (getattr(e, "body", None) or "")
-    return DeployError(f"{what} failed: {getattr(e, 'status', '')} {getattr(e, 'reason', '')}: "
-                       f"{str(body)[:500]}".strip())
+class _Manifest(dict):
+    """A rendered manifest (a dict, as Helm renders it) in the shape KServeClient reads.
+
+    KServeClient.create/replace read `.api_version` and `.metadata.namespace/.resource_version`
+    from their argument (written for kserve's generated V1beta1InferenceService models), and the
+    Kubernetes client sends a dict body as it is; converting Helm's YAML into those models and back
+    would only risk dropping fields the models do not know."""
+
+    def __init__(self, obj: dict):
+        super().__init__(obj)
+        meta = obj.get("metadata") or {}
+        self.api_version = obj["apiVersion"]
+        self.metadata = SimpleNamespace(name=meta.get("name"), namespace=meta.get("namespace"),
+                                        resource_version=meta.get("resourceVersion"))
+
+
+def _status(e: Exception) -> int | None:
+    """The HTTP status behind a KServeClient error (it wraps the ApiException in a RuntimeError)."""
+    cause = e if hasattr(e, "status") else (e.__cause__ or e.__context__)
+    return getattr(cause, "status", None)
+
+
+def _api_error(e: Exception, what: str) -> DeployError:
+    cause = e if hasattr(e, "status") else (e.__cause__ or e.__context__ or e)
+    body = getattr(cause, "body", None) or ""
+    return DeployError(f"{what} failed: {getattr(cause, 'status', '')} {getattr(cause, 'reason', '')}: "
+                       f"{str(body or cause)[:500]}".strip())
 
 
 def apply_inferenceservice(new: dict, *, model: str = "", version: str = "",
                            canary_traffic_percent: int | None = None, image: str | None = None,
                            wait: bool = True, timeout: float = 900.0, poll_seconds: float = 10.0,
-                           api=None) -> dict:
-    """Create `new` (render_inferenceservice's object) or, when the service exists, update it with
-    update_inferenceservice; with wait, poll until it is ready (TimeoutError otherwise: KServe's
-    last reason in the message). Returns {"action", "object", "url", "ready"}."""
-    from kubernetes.client.rest import ApiException
-    api = api or _api()
+                           client=None) -> dict:
+    """Create `new` (render_inferenceservice's object) or, when the service exists, replace it with
+    update_inferenceservice's copy, through KServe's client (`client`, default kserve_client());
+    with wait, KServe's wait_isvc_ready for this generation (TimeoutError otherwise, with KServe's
+    last reason). Returns {"action", "object", "url", "ready"}."""
+    client = client or kserve_client()
     ns, name = new["metadata"]["namespace"], new["metadata"]["name"]
     storage_uri = new["metadata"]["annotations"][ANNOTATION_STORAGE]
     for attempt in range(5):  # a concurrent writer changes resourceVersion: re-read and retry
         try:
-            existing = api.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
-        except ApiException as e:
-            if e.status != 404:
+            existing = client.get(name, namespace=ns)
+        except RuntimeError as e:
+            if _status(e) != 404:
                 raise _api_error(e, f"reading InferenceService {ns}/{name}") from None
             existing = None
         try:
             if existing is None:
-                action, applied = "created", api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, new)
+                action, applied = "created", client.create(_Manifest(new), namespace=ns)
             else:
                 obj = update_inferenceservice(existing, storage_uri, model=model, version=version,
                                               canary_traffic_percent=canary_traffic_percent, image=image)
                 obj.pop("status", None)
-                action = "updated"
-                applied = api.replace_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name, obj)
+                action, applied = "updated", client.replace(name, _Manifest(obj), namespace=ns)
             break
-        except ApiException as e:
-            if e.status == 409 and attempt < 4:
+        except RuntimeError as e:
+            if _status(e) == 409 and attempt < 4:
                 continue
             raise _api_error(e, f"{'creating' if existing is None else 'updating'} InferenceService "
                                 f"{ns}/{name}") from None
@@ -361,10 +362,15 @@ def apply_inferenceservice(new: dict, *, model: str = "", version: str = "",
               "ready": False}
     if not wait:
         return result
-    from model_code.cluster.kube import wait_for
-    current = wait_for(lambda: api.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name),
-                       lambda obj: (ready_state(obj)[0], "not ready {after}: " + ready_state(obj)[1]),
-                       timeout, poll_seconds, f"InferenceService {ns}/{name}")
+    try:
+        client.wait_isvc_ready(name, namespace=ns, timeout_seconds=timeout, polling_interval=poll_seconds,
+                               expected_generation=(applied.get("metadata") or {}).get("generation"))
+    except RuntimeError as e:
+        if _status(e) is not None:
+            raise _api_error(e, f"reading InferenceService {ns}/{name}") from None
+        reason = ready_state(client.get(name, namespace=ns))[1]  # KServe's timeout message is the whole object
+        raise TimeoutError(f"InferenceService {ns}/{name} not ready after {timeout:.0f}s: {reason}") from None
+    current = client.get(name, namespace=ns)
     return {**result, "object": current, "url": (current.get("status") or {}).get("url"), "ready": True}
 
 

@@ -197,7 +197,8 @@ def test_pytorchjobs_validate_and_template_is_applicable():
 @pytest.mark.parametrize("mode", ["Serverless", "RawDeployment"])
 def test_deploy_step_renders_what_the_chart_renders(mode):
     """A new service from the deploy step (model_code.cluster.inferenceservice) is the chart's
-    InferenceService for the same settings, so the two ways to serve never drift apart."""
+    InferenceService for the same settings: the deploy step renders the chart (one renderer) and
+    its arguments map onto the chart's values as a `helm install` user would write them."""
     from model_code.cluster.inferenceservice import GPU_NODE_SELECTOR, GPU_TOLERATIONS, render_inferenceservice
     uri = "s3://easel-mlflow/artifacts/1/models/m-0123abcd/artifacts"
     knative = mode == "Serverless"
@@ -210,7 +211,7 @@ def test_deploy_step_renders_what_the_chart_renders(mode):
               "provenance": {"secretName": "easel-c2pa"}}
     (chart,) = [d for d in render("easel-serving", values) if d["kind"] == "InferenceService"]
     ours = render_inferenceservice(CHARTS["easel-serving"], NAMESPACE["easel-serving"], uri, "easel/easel-cuda:0.1.0",
-                                   model="easel-dalle", version="4", deployment_mode=mode, gpus=1,
+                                   model="easel-dalle", version="4", values={"deploymentMode": mode}, gpus=1,
                                    canary_traffic_percent=10 if knative else None)
     schema_validator("inferenceservice-v1beta1").validate(ours)
     assert ours["spec"] == chart["spec"]
@@ -796,6 +797,9 @@ def test_dockerfiles_are_pinned_non_root_and_run_easel():
         user = re.findall(r"^USER (\S+)", final, re.M)
         assert user and not user[-1].startswith(("0", "root"))
         assert 'ENTRYPOINT ["easel"]' in final
+        # the deploy step renders the serving chart (model_code/cluster/inferenceservice.chart_dir)
+        assert "COPY charts/easel-serving /opt/easel/charts/easel-serving" in final
+        assert "EASEL_CHARTS_DIR=/opt/easel/charts" in final
     cpu = open(os.path.join(ROOT, "components", "docker", "Dockerfile.cpu")).read()
     assert "--index-url https://download.pytorch.org/whl/cpu torch==2.13.0" in cpu
     assert "python:3.11-slim" in cpu

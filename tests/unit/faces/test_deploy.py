@@ -1,16 +1,16 @@
 """The deploy step's InferenceService: the storageUri from the registered version, the rendered
 object (valid against tests/schemas/, the chart's rules), the update of an existing service
 (canary split, version switch, nothing else touched), and the create-or-update-then-wait logic
-against an in-memory stand-in for the Kubernetes custom-objects API."""
+through KServe's client against a stand-in API server over HTTP (tests/fake_apiserver.py)."""
 import copy
 
 import jsonschema
 import pytest
 import yaml
-from kubernetes.client.rest import ApiException
 
 from easel.cli import main
 from model_code.cluster import inferenceservice as isvc
+from tests.fake_apiserver import FakeApiServer
 
 URI = "s3://easel-mlflow/artifacts/1/models/m-0123abcd/artifacts"
 IMAGE = "registry.example/easel-cuda:0.1.0"
@@ -120,9 +120,24 @@ def test_render_validates_and_carries_the_version():
     # no canary: the field is absent (KServe sends everything to the latest revision)
     full = isvc.render_inferenceservice("dalle", "easel-serving", URI, IMAGE, canary_traffic_percent=100)
     assert "canaryTrafficPercent" not in full["spec"]["predictor"]
-    raw = isvc.render_inferenceservice("dalle", "easel-serving", URI, IMAGE, deployment_mode="RawDeployment")
+    raw = isvc.render_inferenceservice("dalle", "easel-serving", URI, IMAGE, values={"deploymentMode": "RawDeployment"})
     validator().validate(raw)
     assert raw["spec"]["predictor"]["scaleMetric"] == "cpu"
+    # a deploy makes the object, not a Helm release: the label says so; the rest is the chart's
+    assert meta["labels"]["app.kubernetes.io/managed-by"] == "easel-deploy" and meta["namespace"] == "easel-serving"
+    dev = isvc.render_inferenceservice("dalle", "easel-serving", URI, IMAGE, values={"provenance": {"devChain": True}})
+    assert {"name": "c2pa-dev", "emptyDir": {"sizeLimit": "1Mi"}} in dev["spec"]["predictor"]["volumes"]
+
+
+def test_the_chart_is_found_where_the_images_put_it(tmp_path, monkeypatch):
+    import shutil
+    shutil.copytree(isvc.chart_dir(), tmp_path / "charts" / "easel-serving")
+    monkeypatch.setenv("EASEL_CHARTS_DIR", str(tmp_path / "charts"))
+    assert isvc.chart_dir() == str(tmp_path / "charts" / "easel-serving")
+    assert isvc.render_inferenceservice("dalle", "easel-serving", URI, IMAGE)["kind"] == "InferenceService"
+    monkeypatch.setenv("EASEL_CHARTS_DIR", str(tmp_path / "elsewhere"))
+    with pytest.raises(isvc.DeployError, match="easel-serving Helm chart is not at .*EASEL_CHARTS_DIR"):
+        isvc.render_inferenceservice("dalle", "easel-serving", URI, IMAGE)
 
 
 def test_the_served_arguments_parse():
@@ -138,12 +153,17 @@ def test_the_served_arguments_parse():
     ({"namespace": "Easel"}, "namespace must be a DNS-1123 label"),
     ({"storage_uri": "/tmp/bundle"}, "storage_uri="),
     ({"image": "has space"}, "image must be"),
+    ({"image": "registry.example:5000/easel-cuda"}, "image must name a tag"),
     ({"canary_traffic_percent": 150}, "canary_traffic_percent must be an integer in [0, 100]"),
-    ({"canary_traffic_percent": 10, "deployment_mode": "RawDeployment"}, "needs deployment_mode Serverless"),
-    ({"deployment_mode": "Knativ"}, "deployment_mode must be one of"),
-    ({"scale_metric": "gpu"}, "scale_metric=gpu"),
-    ({"min_replicas": 4, "max_replicas": 2}, "min_replicas (4) is larger"),
-    ({"min_replicas": 0, "deployment_mode": "RawDeployment"}, "min_replicas must be an integer >= 1"),
+    ({"canary_traffic_percent": 10, "values": {"deploymentMode": "RawDeployment"}}, "needs deployment_mode Serverless"),
+    # the rest is the chart's own schema and checks, with its message
+    ({"values": {"deploymentMode": "Knativ"}}, "at '/deploymentMode': value must be one of"),
+    ({"values": {"predictor": {"scaleMetric": "gpu"}}}, "at '/predictor/scaleMetric'"),
+    ({"values": {"predictor": {"scaleMetric": "cpu"}}}, "predictor.scaleMetric=cpu: with deploymentMode=Serverless"),
+    ({"values": {"predictor": {"minReplicas": 4, "maxReplicas": 2}}}, "predictor.minReplicas (4) is larger"),
+    ({"values": {"deploymentMode": "RawDeployment", "predictor": {"minReplicas": 0}}}, "needs deploymentMode=Serverless"),
+    ({"values": {"provenance": {"secretName": ""}}}, "provenance.secretName is required"),
+    ({"values": {"replicas": 2}}, "additional properties 'replicas' not allowed"),
 ])
 def test_render_rejects_what_the_chart_rejects(kwargs, message):
     args = {"service": "dalle", "namespace": "easel-serving", "storage_uri": URI, "image": IMAGE, **kwargs}
@@ -208,76 +228,32 @@ def test_ready_state():
 
 
 # ---------------------------------------------------------------- create or update, then wait
-class FakeCustomObjects:
-    """The four CustomObjectsApi calls apply_inferenceservice makes, over a dict, with the API
-    server's rules that matter here (404, 409 on a stale resourceVersion, generation bumps) and a
-    KServe that reports Ready `ready_after` reads after a change (never, with None)."""
-
-    def __init__(self, existing: dict | None = None, conflicts: int = 0, ready_after: int | None = 1):
-        self.objects = {}
-        if existing is not None:
-            self.objects[(existing["metadata"]["namespace"], existing["metadata"]["name"])] = copy.deepcopy(existing)
-        self.conflicts, self.ready_after, self.reads_since_change, self.calls = conflicts, ready_after, 0, []
-
-    def get_namespaced_custom_object(self, group, version, ns, plural, name):
-        self.calls.append(("get", name))
-        obj = self.objects.get((ns, name))
-        if obj is None:
-            raise ApiException(status=404, reason="Not Found")
-        self.reads_since_change += 1
-        if self.ready_after is not None and self.reads_since_change > self.ready_after:
-            obj["status"] = {"observedGeneration": obj["metadata"]["generation"], "url": f"http://{name}.example",
-                             "conditions": [{"type": "Ready", "status": "True"}]}
-        return copy.deepcopy(obj)
-
-    def create_namespaced_custom_object(self, group, version, ns, plural, body):
-        assert (group, version, plural) == ("serving.kserve.io", "v1beta1", "inferenceservices")
-        self.calls.append(("create", body["metadata"]["name"]))
-        if (ns, body["metadata"]["name"]) in self.objects:
-            raise ApiException(status=409, reason="AlreadyExists")
-        obj = copy.deepcopy(body)
-        obj["metadata"].update(generation=1, resourceVersion="1")
-        self.objects[(ns, body["metadata"]["name"])] = obj
-        self.reads_since_change = 0
-        return copy.deepcopy(obj)
-
-    def replace_namespaced_custom_object(self, group, version, ns, plural, name, body):
-        self.calls.append(("replace", name))
-        current = self.objects[(ns, name)]
-        if self.conflicts or body["metadata"].get("resourceVersion") != current["metadata"]["resourceVersion"]:
-            self.conflicts = max(0, self.conflicts - 1)
-            current["metadata"]["resourceVersion"] = str(int(current["metadata"]["resourceVersion"]) + 1)
-            raise ApiException(status=409, reason="Conflict")
-        assert "status" not in body
-        obj = copy.deepcopy(body)
-        changed = obj["spec"] != current["spec"]
-        obj["metadata"]["generation"] = current["metadata"]["generation"] + (1 if changed else 0)
-        obj["metadata"]["resourceVersion"] = str(int(current["metadata"]["resourceVersion"]) + 1)
-        obj["status"] = current.get("status", {})
-        self.objects[(ns, name)] = obj
-        self.reads_since_change = 0
-        return copy.deepcopy(obj)
+def kserve(api: FakeApiServer):
+    """KServe's own client, pointed at the fake API server over HTTP."""
+    from kserve import KServeClient
+    return KServeClient(config_dict=api.kubeconfig(), persist_config=False)
 
 
 def test_apply_creates_a_new_service_and_waits():
     new = isvc.render_inferenceservice("dalle", "easel-serving", URI, IMAGE, model="easel-dalle", version="3")
-    api = FakeCustomObjects()
-    res = isvc.apply_inferenceservice(new, model="easel-dalle", version="3", image=IMAGE, api=api,
-                                      poll_seconds=0)
+    with FakeApiServer() as api:
+        res = isvc.apply_inferenceservice(new, model="easel-dalle", version="3", image=IMAGE, client=kserve(api),
+                                          poll_seconds=0.01)
     assert res["action"] == "created" and res["ready"] and res["url"] == "http://dalle.example"
     stored = api.objects[("easel-serving", "dalle")]
     assert stored["spec"] == new["spec"] and stored["metadata"]["annotations"] == new["metadata"]["annotations"]
+    assert [m for m, _ in api.calls][:2] == ["GET", "POST"]
 
 
 def test_apply_updates_an_existing_service_through_conflicts():
     existing = chart_like_existing()
     new = isvc.render_inferenceservice("dalle", "easel-serving", URI, IMAGE, model="easel-dalle", version="3",
                                        canary_traffic_percent=10, gpus=1)
-    api = FakeCustomObjects(existing, conflicts=2)
-    res = isvc.apply_inferenceservice(new, model="easel-dalle", version="3", canary_traffic_percent=10,
-                                      image=IMAGE, api=api, poll_seconds=0)
+    with FakeApiServer(existing, conflicts=2) as api:
+        res = isvc.apply_inferenceservice(new, model="easel-dalle", version="3", canary_traffic_percent=10,
+                                          image=IMAGE, client=kserve(api), poll_seconds=0.01)
     assert res["action"] == "updated" and res["ready"]
-    assert [c for c, _ in api.calls].count("replace") == 3  # two conflicts, then through
+    assert [m for m, _ in api.calls].count("PUT") == 3  # two conflicts, then through
     stored = api.objects[("easel-serving", "dalle")]
     assert stored["metadata"]["generation"] == 4 and stored["metadata"]["finalizers"] == ["inferenceservice.finalizers"]
     assert stored["spec"]["predictor"]["canaryTrafficPercent"] == 10
@@ -288,12 +264,19 @@ def test_apply_updates_an_existing_service_through_conflicts():
 
 def test_apply_times_out_with_kserve_reason():
     new = isvc.render_inferenceservice("dalle", "easel-serving", URI, IMAGE)
-    api = FakeCustomObjects(ready_after=None)
-    with pytest.raises(TimeoutError, match="not ready after 0s: KServe has not reconciled"):
-        isvc.apply_inferenceservice(new, api=api, timeout=0, poll_seconds=0)
-    api = FakeCustomObjects(chart_like_existing(), conflicts=10)
-    with pytest.raises(isvc.DeployError, match="updating InferenceService easel-serving/dalle failed: 409"):
-        isvc.apply_inferenceservice(new, api=api, poll_seconds=0)
+    with FakeApiServer(ready_after=None) as api:
+        with pytest.raises(TimeoutError, match="not ready after 0s: KServe has not reconciled the new spec yet"):
+            isvc.apply_inferenceservice(new, client=kserve(api), timeout=0.05, poll_seconds=0.01)
+    with FakeApiServer(chart_like_existing(), conflicts=10) as api:
+        with pytest.raises(isvc.DeployError, match="updating InferenceService easel-serving/dalle failed: 409"):
+            isvc.apply_inferenceservice(new, client=kserve(api), poll_seconds=0.01)
+
+
+def test_no_cluster_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "none"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(isvc.DeployError, match="no Kubernetes access"):
+        isvc.kserve_client()
 
 
 def test_dry_run_and_the_cli_render(capsys):
