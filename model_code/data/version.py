@@ -2,9 +2,8 @@
 
 A dataset's version id is "dvc:<md5>@git:<rev>":
 - <md5> is the hash DVC records for the directory in its .dvc file / dvc.lock ("<hex>.dir"),
-  computed here the way DVC 3 does it, so the id is known without running DVC and matches
-  what `dvc add` / `dvc repro` write: md5 of every file, then the md5 of the JSON list
-  [{"md5": ..., "relpath": ...}] sorted by relpath. Files named in IGNORED_NAMES are left out,
+  computed by dvc-data (DVC's own hashing library) without running a DVC command, so it matches
+  what `dvc add` / `dvc repro` write, for a local directory or an s3:// prefix. Files named in IGNORED_NAMES are left out,
   as the repo's .dvcignore leaves them out of DVC's hash: validation reports are derived from
   the data, so validating a dataset does not change its version.
 - <rev> is the git commit of the code that sees it (the repository holding the dataset
@@ -12,13 +11,11 @@ A dataset's version id is "dvc:<md5>@git:<rev>":
 
 The repo's DVC remote is a local directory by default (.dvc/config: `../.easel/dvc-remote`,
 i.e. <repo>/.easel/dvc-remote); `configure_s3_remote` adds a MinIO/S3 remote whose endpoint
-goes into .dvc/config and whose credentials stay in the environment (or .dvc/config.local,
-which git ignores), never in committed config.
+goes into .dvc/config (through DVC's config API) and whose credentials stay in the environment
+(or .dvc/config.local, which git ignores), never in committed config.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import posixpath
 from contextlib import contextmanager
@@ -29,7 +26,6 @@ from model_code.tracking import git_dirty, git_head
 
 IGNORED_NAMES = ("validation.json", "validation.html", "validation_gx")  # keep in sync with /.dvcignore
 SKIPPED_DIRS = (".git", ".dvc")                         # DVC never hashes these
-CHUNK = 1 << 20
 
 
 class VersionError(RuntimeError):
@@ -37,12 +33,20 @@ class VersionError(RuntimeError):
 
 
 # ---------------------------------------------------------------- content ids
+def _dvc_fs(dataset_dir: str):
+    """(dvc-objects FileSystem, its path) for a local directory or any fsspec URI (s3://...)."""
+    if not storage.is_remote(dataset_dir):
+        from dvc_objects.fs.local import LocalFileSystem
+        return LocalFileSystem(), storage.local_path(dataset_dir)
+    from dvc_objects.fs.base import FileSystem
+    return FileSystem(fs=storage.filesystem(dataset_dir)), dataset_dir.split("://", 1)[1].rstrip("/")
+
+
 def file_md5(uri: str) -> str:
-    h = hashlib.md5()
-    with storage.open_uri(uri, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+    """DVC's md5 of one file (dvc-data's hash_file)."""
+    from dvc_data.hashfile.hash import hash_file
+    fs, path = _dvc_fs(uri)
+    return hash_file(path, fs, "md5")[1].value
 
 
 def _files(dataset_dir: str) -> list[str]:
@@ -68,12 +72,20 @@ def _files(dataset_dir: str) -> list[str]:
 
 
 def dir_md5(dataset_dir: str) -> str:
-    """DVC 3's hash of a directory: "<md5 of the sorted [{md5, relpath}] JSON>.dir"."""
-    entries = [{"md5": file_md5(storage.join(dataset_dir, *rel.split("/"))), "relpath": rel}
-               for rel in _files(dataset_dir)]
-    entries.sort(key=lambda e: e["relpath"])
-    # the exact bytes DVC hashes (dvc_data Tree.as_bytes: json.dumps(..., sort_keys=True))
-    return hashlib.md5(json.dumps(entries, sort_keys=True).encode("utf-8")).hexdigest() + ".dir"
+    """DVC 3's hash of a directory ("<md5>.dir"), computed by dvc-data itself: each file's md5
+    (hash_file) into a Tree, whose digest is the md5 of its sorted [{md5, relpath}] JSON, exactly
+    what `dvc add` / `dvc repro` record. The file list is ours (_files): dvc-data applies a
+    .dvcignore only on local paths and only inside a DVC repository, and a dataset may be an
+    s3:// prefix outside any; IGNORED_NAMES is the repository's .dvcignore."""
+    from dvc_data.hashfile.hash import hash_file
+    from dvc_data.hashfile.tree import Tree
+    fs, root = _dvc_fs(dataset_dir)
+    tree = Tree()
+    for rel in _files(dataset_dir):
+        meta, oid = hash_file(fs.join(root, *rel.split("/")), fs, "md5")
+        tree.add(tuple(rel.split("/")), meta, oid)
+    tree.digest()
+    return tree.hash_info.value
 
 
 def _code_dir(dataset_dir: str) -> str:
