@@ -17,7 +17,12 @@ its position from the checkpoint (`samples_seen`) and continues at exactly the n
 buffered shuffle state, no worker-order dependence, no skipping by re-reading. Every record is
 seen once per epoch (a full permutation, not a shuffle buffer), and the global batch of step s is
 the same whatever the number of workers. Random access needs an index: the loader scans each tar
-once for its members' byte offsets (headers only) and reads a sample's PNG directly at its offset.
+once for its members' byte offsets (headers only, tarfile's offset_data) and reads a sample's PNG
+directly at its offset. Not wids (WebDataset's indexed datasets, the field's tool for this): its
+tar index (wids 0.1.11, MMIndexedTar) reads ustar header names only, so a member whose name needs
+a PAX or GNU long-name header (a key over 100 bytes, a non-ASCII key; Python's tarfile, which
+WebDataset's TarWriter uses, writes PAX) comes back truncated or mangled (checked 2026-12-04), and
+the manifest's keys would no longer find their images; tarfile reads those headers.
 Remote shards (s3://) are copied once to a local cache (`EASEL_DATA_CACHE`, default
 ~/.cache/easel/shards; shards are immutable, so a cached copy of the right size is reused), which
 also makes random reads as fast as local ones. Datasets that fit (`cache="auto"`: decoded pixels
