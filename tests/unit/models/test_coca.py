@@ -182,3 +182,25 @@ def test_frozen_towers_train_only_the_decoder(world, tmp_path):
     assert not any(p.requires_grad for p in again.clip.parameters())
     with pytest.raises(ValueError, match="freeze_towers"):
         _model(tok, freeze_towers="yes")
+
+
+def test_memory_positions_tell_the_decoder_where_each_token_is(world, tmp_path):
+    """memory_pos adds fixed 2D sin-cos positions to the cross-attention memory (DETR's spatial
+    encodings): the same weights without it give the memory minus exactly those positions, the CLS
+    token has none, every grid cell gets its own, and the setting survives save/load."""
+    torch.manual_seed(0)
+    tok = world["tok"]
+    with_pos = _model(tok, memory_pos=True)
+    plain = _model(tok)
+    plain.load_state_dict(with_pos.state_dict())  # the positions are a fixed buffer, not weights
+    mem, _ = with_pos.encode_image_tokens(world["images"])
+    ref, _ = plain.encode_image_tokens(world["images"])
+    grid = CLIP_CFG["image_size"] // CLIP_CFG["patch_size"]
+    assert mem.shape == ref.shape == (3, 1 + grid * grid, 48)
+    diff = (mem - ref)[0]
+    assert torch.allclose(diff[0], torch.zeros(48)) and torch.allclose(mem - ref, diff.expand_as(mem), atol=1e-6)
+    assert len({tuple(row.round(decimals=4).tolist()) for row in diff[1:]}) == grid * grid
+    back = reload_exact(with_pos, tmp_path / "m")
+    assert torch.equal(back.encode_image_tokens(world["images"])[0], mem)
+    with pytest.raises(ValueError, match="memory_pos must be true or false"):
+        _model(tok, memory_pos="yes")
