@@ -293,7 +293,7 @@ def kserve_client():
     from kubernetes.config import ConfigException
     try:
         return KServeClient()
-    except (ConfigException, OSError, TypeError) as e:
+    except (ConfigException, OSError) as e:
         raise DeployError(f"no Kubernetes access: not in a cluster and no usable kubeconfig ({e})") from None
 
 
@@ -313,14 +313,18 @@ class _Manifest(dict):
                                         resource_version=meta.get("resourceVersion"))
 
 
+def _api_exception(e: Exception) -> Exception:
+    """The ApiException behind a KServeClient error (it raises a RuntimeError while handling one),
+    or `e` itself."""
+    return e if hasattr(e, "status") else (e.__cause__ or e.__context__ or e)
+
+
 def _status(e: Exception) -> int | None:
-    """The HTTP status behind a KServeClient error (it wraps the ApiException in a RuntimeError)."""
-    cause = e if hasattr(e, "status") else (e.__cause__ or e.__context__)
-    return getattr(cause, "status", None)
+    return getattr(_api_exception(e), "status", None)
 
 
 def _api_error(e: Exception, what: str) -> DeployError:
-    cause = e if hasattr(e, "status") else (e.__cause__ or e.__context__ or e)
+    cause = _api_exception(e)
     body = getattr(cause, "body", None) or ""
     return DeployError(f"{what} failed: {getattr(cause, 'status', '')} {getattr(cause, 'reason', '')}: "
                        f"{str(body or cause)[:500]}".strip())

@@ -50,7 +50,8 @@ def file_md5(uri: str) -> str:
 
 
 def _files(dataset_dir: str) -> list[str]:
-    """Relative posix paths of the files DVC would hash under dataset_dir."""
+    """Relative posix paths of the files DVC would hash under dataset_dir (file_md5 of each, in
+    dir_md5, reads them through the same file system)."""
     if not storage.is_remote(dataset_dir):
         root = storage.local_path(dataset_dir)
         if not os.path.isdir(root):
@@ -62,8 +63,7 @@ def _files(dataset_dir: str) -> list[str]:
                 if name not in IGNORED_NAMES:
                     out.append(os.path.relpath(os.path.join(dirpath, name), root).replace(os.sep, "/"))
         return out
-    fs = storage.filesystem(dataset_dir)
-    base = dataset_dir.split("://", 1)[1].rstrip("/")
+    fs, base = _dvc_fs(dataset_dir)
     found = [p[len(base):].lstrip("/") for p in fs.find(base)]
     if not found:
         raise ValueError(f"dataset_dir={dataset_dir}: no objects under this prefix")
