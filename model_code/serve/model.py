@@ -126,7 +126,7 @@ class EaselModel(kserve.Model):
         for r in reqs:
             if r.rewrite and self.rewriter is not None:
                 rw = self.rewriter.rewrite(r.prompt, r.seed)
-                r.revised_prompt, r.rewrite_source = rw.text, rw.source
+                r.revised_prompt, r.rewrite_source, r.rewrite_note = rw.text, rw.source, rw.note
                 if self.metrics:
                     self.metrics.rewrites.labels(rw.source).inc()
             else:

@@ -7,7 +7,7 @@ Wire formats
   V1  POST /v1/models/NAME:predict
       {"instances": [{"prompt": str, "n": 1, "seed": int?, "size": "64x64"?, "rewrite": true?}]}
       (an instance may also be a bare prompt string)
-   -> {"predictions": [{"prompt", "revised_prompt", "seed", "size",
+   -> {"predictions": [{"prompt", "revised_prompt", "seed", "size", "rewrite_note"?,
                         "images": [{"b64_json", "clip_score"} |
                                    {"b64_json": null, "clip_score", "withheld": {"policy", "reason"}}]}],
        "model": {"name", "version", "recipe", "dataset_version"}}
@@ -18,6 +18,9 @@ Wire formats
       "revised_prompt" BYTES [B], "seed" INT64 [B]
   The OpenAI route (openai_route.py) parses its own format into the same ImageRequests and
   calls the same request path (EaselModel.serve) once.
+
+"rewrite_note" says why a prompt went to the model as written instead of rewritten (a word the
+Shapes world has no meaning for, a prompt it cannot satisfy); absent when the rewrite succeeded.
 
 Withheld images keep their place in the answer, with no image and the policy and reason, so a
 client always sees n entries per prompt and knows why one is missing.
@@ -165,8 +168,11 @@ def encode_v1(results: list[ImageResult], info: dict) -> dict:
             if o.withheld:
                 item["withheld"] = o.withheld
             items.append(item)
-        preds.append({"prompt": res.request.prompt, "revised_prompt": res.request.generation_prompt,
-                      "seed": res.seed, "size": f"{res.size}x{res.size}", "images": items})
+        pred = {"prompt": res.request.prompt, "revised_prompt": res.request.generation_prompt,
+                "seed": res.seed, "size": f"{res.size}x{res.size}", "images": items}
+        if res.request.rewrite_note:
+            pred["rewrite_note"] = res.request.rewrite_note
+        preds.append(pred)
     return {"predictions": preds, "model": dict(info)}
 
 

@@ -45,6 +45,7 @@ class ImageRequest:
     rewrite: bool = True
     revised_prompt: str | None = None
     rewrite_source: str = ""
+    rewrite_note: str = ""           # why a prompt was kept as written ("no word for: teal"), or ""
 
     @property
     def generation_prompt(self) -> str:

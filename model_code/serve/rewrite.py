@@ -192,6 +192,76 @@ def _place_unbound(objs: list[dict], unbound: dict[str, set[str]]) -> bool:
     return True
 
 
+# Words the parser skips that state nothing the world draws: a rewrite may drop them. Anything
+# else it skips inside a noun phrase may be a colour, size or shape it does not know.
+_FILLER = (cp._FRAME_NOUNS | cp._CELL_TAILS | {
+    "photo", "photograph", "drawing", "illustration", "painting", "sketch", "render", "rendering",
+    "view", "composition", "graphic", "diagram", "pic", "artwork", "poster", "clipart",
+    "flat", "plain", "solid", "filled", "simple", "lone", "bright", "vivid", "nice", "pretty",
+    "cute", "perfect", "regular", "colored", "coloured", "shaped", "sized", "painted", "very",
+    "really", "quite", "just", "only", "exactly", "also", "each", "other", "another", "same",
+    "draw", "show", "make", "create", "generate", "paint", "give", "depict", "me", "us", "please",
+    "i", "want", "would", "like", "can", "could", "you", "this", "that", "which", "one"})
+_COLOUR_NOUNS = {"color", "colour", "hue", "shade", "tint"}
+_ATTR_INTRO = {"in", "painted", "coloured", "colored"}   # "a star in crimson", "painted teal"
+
+
+def _word_class(t: list[str], i: int) -> tuple[str, int]:
+    """(class, end) of the word at t[i]: det (article, number), mod (size, colour), head (a noun
+    the world has: shape, "shape", background, colour noun), filler, unknown, or other."""
+    w = t[i]
+    shp = cp._match_shape(t, i)
+    if shp:
+        return "head", shp[2]
+    if w in cp._GENERIC_NOUNS or w in cp._BG_NOUNS or w in _COLOUR_NOUNS:
+        return "head", i + 1
+    if w in ("a", "an", "the") or cp._number(w) is not None:
+        return "det", i + 1
+    if w in cp._SIZE_WORDS or w in cp._COLOR_WORDS or w in cp._BG_BY_FIRST or w == "grey":
+        return "mod", i + 1
+    if w in _FILLER:
+        return "filler", i + 1
+    if w.isalpha() and w not in cp._KNOWN:
+        return "unknown", i + 1
+    return "other", i + 1
+
+
+def unknown_words(prompt: str) -> list[str]:
+    """Words the parser skipped where they may state an attribute or an object the world has no
+    word for: inside a noun phrase ("a crimson circle" before the synonym existed, "a teal
+    square", "a pink heart"), as an object's head ("a red circle and a heart"), or after "in" /
+    "painted" ("a star in mauve"). The parser (made for scoring) skips them; a rewrite that filled
+    the slot from the seed would silently replace what the user said (issue 11)."""
+    t = cp._tokens(prompt)
+    flagged: list[str] = []
+    start, unk = None, []   # the open noun phrase: what started it, its unknown words
+    prev_intro = False
+    i = 0
+    while i < len(t):
+        kind, j = _word_class(t, i)
+        if kind == "unknown":
+            if prev_intro:
+                flagged.append(t[i])
+            elif start is None:
+                start = "unknown"
+            unk.append(t[i])
+        elif kind in ("det", "mod"):
+            if start is None or (kind == "det" and start == "unknown"):
+                start, unk = kind, ([] if kind == "det" else unk)
+        elif kind == "head":
+            flagged += unk
+            start, unk = None, []
+        elif kind == "other":
+            if start == "det":
+                flagged += unk   # an object phrase without a noun the world knows: "a heart"
+            start, unk = None, []   # ("green next to": a colour word then a phrase it does not know)
+        prev_intro = t[i] in _ATTR_INTRO
+        i = j
+    if start == "det":
+        flagged += unk
+    return list(dict.fromkeys(flagged))
+
+
 def keeps_words(prompt: str, scene: dict) -> bool:
     """Every colour, shape and size the prompt names appears among the scene's objects."""
     have = {k: {o[k] for o in scene["objects"]} for k in ("color", "shape", "size")}
@@ -252,6 +322,10 @@ class BuiltinRewriter:
     """Shapes-world rewriting (module docstring); pure Python, ~1 ms."""
 
     def rewrite(self, prompt: str, seed: int | None = None) -> Rewrite:
+        unknown = unknown_words(prompt)
+        if unknown:
+            return Rewrite(prompt, "unchanged", "kept as written: the Shapes world has no word for: "
+                           + ", ".join(unknown))
         scene = expand(prompt, seed)
         if scene is None:
             loose = unbound_words(prompt)

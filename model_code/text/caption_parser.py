@@ -44,7 +44,12 @@ _GENERIC_NOUNS = {"shape", "shapes", "object", "objects", "figure", "figures", "
 _SIZE_WORDS = {w: s for s, ws in shapes.SIZE_SYNONYMS.items() for w in ws + (s,)}
 _SIZE_WORDS.update({"huge": "large"})
 _COLOR_WORDS = {c: c for c in shapes.COLORS}
-_COLOR_WORDS.update({"violet": "purple"})
+# common names for the palette's colours (a user's "crimson circle" is the world's red one); a
+# colour the palette has no near twin for ("pink", "teal", "brown") stays unknown, and the
+# rewriter keeps a prompt that uses one as written (serve/rewrite.unknown_words)
+_COLOR_WORDS.update({"violet": "purple", "crimson": "red", "scarlet": "red", "golden": "yellow",
+                     "gold": "yellow", "lime": "green", "turquoise": "cyan", "aqua": "cyan",
+                     "navy": "blue"})
 _BG_BY_FIRST = {"light": [(("light", "blue"), "light blue")], "white": [(("white",), "white")],
                 "beige": [(("beige",), "beige")], "gray": [(("gray",), "gray")],
                 "grey": [(("grey",), "gray")]}

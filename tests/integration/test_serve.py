@@ -134,7 +134,8 @@ def test_kserve_client_v1_and_v2(server):
         v2 = InferenceRESTClient(RESTConfig(protocol="v2", timeout=120))
         try:
             r1 = await v1.infer(server.base_url, {"instances": [{"prompt": "a green star", "n": 1, "seed": 3},
-                                                               "two yellow crosses"]}, model_name=MODEL)
+                                                               "two yellow crosses", "a teal star"]},
+                                model_name=MODEL)
             out = {}
             for binary in (False, True):
                 prompt = InferInput("prompt", [2], "BYTES")
@@ -153,8 +154,11 @@ def test_kserve_client_v1_and_v2(server):
 
     r1, out = asyncio.run(run())
     preds = r1["predictions"]
-    assert [len(p["images"]) for p in preds] == [1, 1] and preds[0]["seed"] == 3
+    assert [len(p["images"]) for p in preds] == [1, 1, 1] and preds[0]["seed"] == 3
     assert preds[1]["prompt"] == "two yellow crosses" and isinstance(preds[1]["seed"], int)
+    # a colour the world has no word for: the prompt goes to the model as written, and the answer says why
+    assert "rewrite_note" not in preds[0] and preds[0]["revised_prompt"] != "a green star"
+    assert preds[2]["revised_prompt"] == "a teal star" and "teal" in preds[2]["rewrite_note"]
     assert provenance.verify(base64.b64decode(preds[0]["images"][0]["b64_json"]))["valid"]
     for res in out.values():
         outs = {o.name: o for o in res.outputs}

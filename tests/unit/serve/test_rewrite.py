@@ -155,3 +155,50 @@ def test_rewrites_of_evaluation_prompts_keep_every_fact_and_word():
         assert out.source == "builtin", (p["text"], out)
         assert preserves(p["text"], out.text), (p["text"], out.text)
         assert keeps_words(p["text"], described_scene(out.text)), (p["text"], out.text)
+
+
+# ---------------------------------------------------------------- words the world has no meaning for
+@pytest.mark.parametrize("prompt, word", [
+    ("an orange star above a teal square", "teal"),      # a colour the palette has no near twin for
+    ("a pink circle", "pink"),
+    ("a shiny red circle", "shiny"),                     # a modifier the world cannot draw
+    ("a red circle and a heart", "heart"),               # an object the world has no shape for
+    ("a blue heart-shaped box", "heart"),                # "box" is a square, a heart-shaped one is not
+    ("three hexagons", "hexagons"),
+    ("a star in mauve", "mauve"),
+    ("mauve circle", "mauve"),
+    ("a star in front of a circle", "front"),            # depth: not a relation of a flat world
+    ("several red circles", "several"),                  # a count the parser cannot read
+])
+def test_a_word_the_world_does_not_know_keeps_the_prompt_as_written(prompt, word):
+    # was: "a crimson circle" -> "... a small yellow circle ...", "a teal square" -> "a large green square"
+    out = R.rewrite(prompt, 0)
+    assert out.text == prompt and out.source == "unchanged" and word in out.note, out
+
+
+@pytest.mark.parametrize("prompt, want", [
+    ("a crimson circle", [("red", "circle")]),           # common names of the palette's colours
+    ("a turquoise cross", [("cyan", "cross")]),
+    ("draw me a big yellow triangle please", [("yellow", "triangle")]),   # words that state nothing
+    ("a photo of a red circle", [("red", "circle")]),
+    ("On a plain white background there is a small red circle in the top left corner of the image.",
+     [("red", "circle")]),
+    ("two stars next to each other", [(None, "star"), (None, "star")]),
+])
+def test_words_that_state_nothing_or_name_a_palette_colour_still_rewrite(prompt, want):
+    for seed in range(3):
+        out = R.rewrite(prompt, seed)
+        assert out.source == "builtin" and preserves(prompt, out.text), out
+        got = [(o["color"], o["shape"]) for o in described_scene(out.text)["objects"]]
+        assert [(c if w is not None else None, s) for (c, s), (w, _) in zip(got, want)] == want, out.text
+
+
+def test_no_evaluation_prompt_or_training_caption_has_a_word_the_rewriter_refuses():
+    from model_code.evaluate.prompts import prompt_set
+    from model_code.serve.rewrite import unknown_words
+    rng = random.Random(0)
+    texts = [p["text"] for s in range(5) for p in prompt_set(12, seed=s)]
+    for _ in range(300):
+        scene = shapes.sample_scene(rng, 64)
+        texts += [shapes.short_caption(scene), shapes.curated_caption(scene, rng), shapes.long_caption(scene)]
+    assert [t for t in texts if unknown_words(t)] == []
