@@ -6,6 +6,7 @@ step trains in (bf16 under bf16-mixed), so the ratio is the usual model-FLOPs ut
     python tests/benchmarks/bench_mfu.py                          # every part, tiny preset
     python tests/benchmarks/bench_mfu.py --parts transformer --threads 2 --preset tiny
     python tests/benchmarks/bench_mfu.py --preset small --steps 30    # on a GPU: bf16
+    python tests/benchmarks/bench_mfu.py --preset laptop --parts transformer --set train.transformer.compile=true
 
 Peak: the best of several n x n x n matmuls (2 n^3 FLOP each; n = 1024 fp32 on the CPU with the
 training steps' thread count, n = 8192 in the training precision on a GPU). Achieved: FLOPs of
@@ -31,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_train import NETWORK_PARTS, build_deps, dataset_for, run_plain  # noqa: E402
 
-from model_code.config import load_preset  # noqa: E402
+from model_code.config import load_preset, parse_overrides  # noqa: E402
 from model_code.data.loader import make_dataset, make_loader  # noqa: E402
 from model_code.train.module import resolve_train_config  # noqa: E402
 from model_code.train.parts import Context, get_part  # noqa: E402
@@ -130,10 +131,12 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="preset override, as `easel train --set` (e.g. train.transformer.compile=true)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    cfg = load_preset(a.preset)
+    cfg = load_preset(a.preset, parse_overrides(a.set))
     rows = measure(a.parts.split(","), cfg, a.warmup, a.steps, log=lambda m: print(m, flush=True))
     where = (torch.cuda.get_device_name() if device().type == "cuda" else f"CPU, {torch.get_num_threads()} threads")
     print(f"\n({where}, preset {a.preset}, {a.steps} timed steps)")

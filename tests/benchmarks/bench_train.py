@@ -128,6 +128,8 @@ def run_plain(spec, cfg, tcfg, deps, dataset, warmup: int, steps: int) -> tuple[
     bf16 = resolve_precision(t["precision"]) == "bf16-mixed"
     loader = make_loader(dataset, t["batch_size"], warmup + steps, num_workers=t["num_workers"],
                          pin_memory=dev.type == "cuda", text=loader_text(spec, model, deps))
+    # train.compile: the same torch.compile of forward_loss the LightningModule does (train/module.py)
+    loss_fn = torch.compile(model.forward_loss) if t.get("compile") else model.forward_loss
     t0 = None
     for step, batch in enumerate(loader):
         if step == warmup:
@@ -137,7 +139,7 @@ def run_plain(spec, cfg, tcfg, deps, dataset, warmup: int, steps: int) -> tuple[
         batch = {k: (v.to(dev, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
         ctx.step = step
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = model.forward_loss(**spec.prepare(batch, ctx))["loss"]
+            loss = loss_fn(**spec.prepare(batch, ctx))["loss"]
         loss.backward()
         if t["grad_clip"]:
             torch.nn.utils.clip_grad_norm_(model.parameters(), t["grad_clip"])
