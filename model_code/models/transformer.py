@@ -15,8 +15,12 @@ and one sequence of fixed length T + N (N = image_grid^2 image tokens, raster or
 Because every sequence has the same length and the padding tokens are real tokens, no attention
 mask is needed: mixed-length prompts batch without left-padding, KV-cache generation and full
 recomputation see exactly the same inputs, and an image token always sits at the same position.
-GPT-2's learned absolute position embeddings cover both streams (the paper's row/column image
-embeddings and sparse attention masks are not reproduced; dense causal attention is used).
+GPT-2's learned absolute position embeddings cover both streams; `image_pos: rowcol` adds the
+paper's separate row and column embeddings for image positions (section 2.2 / appendix B.1), so
+that what the model learns about one place is shared by the row and the column it lies in. Each
+input position gets the row and column of the image token it predicts (the last text position
+predicts code 0). The paper's sparse attention masks are not reproduced; attention is dense and
+causal.
 
 Loss (paper): cross-entropies of text and image normalised separately, weighted 1/8 and 7/8.
 Text positions are scored over the text+padding part of the vocabulary and only where the target
@@ -26,7 +30,7 @@ where a LogitsProcessor confines every image position to image codes.
 Config keys (the `transformer:` preset section; missing keys take the defaults in DEFAULTS):
     text_vocab_size, text_len, image_grid, codebook_size, n_layer, n_head, d_model, n_inner,
     dropout, attn_dropout, activation, layer_norm_eps, initializer_range, text_loss_weight,
-    image_loss_weight, attn_implementation. Training settings are not model config (model_code.train).
+    image_loss_weight, attn_implementation, image_pos. Training settings are not model config (model_code.train).
 """
 from __future__ import annotations
 
@@ -59,6 +63,9 @@ DEFAULTS: dict = {
     "text_loss_weight": 1.0 / 8,
     "image_loss_weight": 7.0 / 8,
     "attn_implementation": "sdpa",
+    # "rowcol": the paper's row and column embeddings for image positions; "none" (GPT-2's 1D
+    # table only) is what transformers saved before the option load as
+    "image_pos": "none",
 }
 
 
@@ -80,6 +87,8 @@ def resolve_config(cfg: dict | None) -> dict:
     for k in ("text_loss_weight", "image_loss_weight"):
         if out[k] < 0:
             raise ValueError(f"transformer.{k} must be >= 0, got {out[k]}")
+    if out["image_pos"] not in ("none", "rowcol"):
+        raise ValueError(f"transformer.image_pos must be 'none' or 'rowcol', got {out['image_pos']!r}")
     if out["attn_implementation"] not in ("sdpa", "eager"):
         raise ValueError(f"transformer.attn_implementation must be 'sdpa' or 'eager', "
                          f"got {out['attn_implementation']!r}")
@@ -97,6 +106,28 @@ class ImageCodesOnly(LogitsProcessor):
         scores[:, :self.offset] = -float("inf")
         scores[:, self.offset + self.codebook_size:] = -float("inf")
         return scores
+
+
+class RowColPositions(nn.Embedding):
+    """GPT-2's position table (`wpe`) plus row and column embeddings at image positions.
+
+    An nn.Embedding subclass in wpe's place, so that GPT-2 (and its KV-cache generation, which
+    passes position ids) uses it unchanged and the 1D table keeps its name in saved weights.
+    Position p >= T-1 predicts image token k = p - T + 1, at row k // G and column k % G.
+    """
+
+    def __init__(self, n_positions: int, d_model: int, text_len: int, grid: int, std: float):
+        super().__init__(n_positions, d_model)
+        self.text_len, self.grid = text_len, grid
+        self.row = nn.Parameter(torch.randn(grid, d_model) * std)   # (G, d)
+        self.col = nn.Parameter(torch.randn(grid, d_model) * std)   # (G, d)
+
+    def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
+        emb = super().forward(position_ids)                          # (..., d)
+        k = position_ids - (self.text_len - 1)                       # image token predicted here
+        on_image = (k >= 0).unsqueeze(-1)
+        k = k.clamp(0, self.grid * self.grid - 1)
+        return emb + torch.where(on_image, self.row[k // self.grid] + self.col[k % self.grid], 0.0)
 
 
 class DalleTransformer(PretrainedMixin, nn.Module):
@@ -126,6 +157,12 @@ class DalleTransformer(PretrainedMixin, nn.Module):
             bos_token_id=None, eos_token_id=None, pad_token_id=None, tie_word_embeddings=True)
         gpt_cfg._attn_implementation = c["attn_implementation"]
         self.gpt = GPT2LMHeadModel(gpt_cfg)   # (train.gradient_checkpointing: train/module.py)
+        if c["image_pos"] == "rowcol":
+            old = self.gpt.transformer.wpe
+            wpe = RowColPositions(old.num_embeddings, old.embedding_dim, self.text_len, self.image_grid,
+                                  c["initializer_range"])
+            wpe.weight.data.copy_(old.weight.data)
+            self.gpt.transformer.wpe = wpe
 
     # -------------------------------------------------------------- construction / io
     @property

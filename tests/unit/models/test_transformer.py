@@ -111,6 +111,32 @@ def test_bad_inputs_are_rejected():
         DalleTransformer.from_config({**CFG, "n_layers": 3})
 
 
+def test_row_and_column_image_positions(tmp_path):
+    """image_pos: rowcol (the paper's row/column embeddings): image positions get the row and
+    column of the code they predict; saving, loading, cached sampling and overfitting still hold."""
+    torch.manual_seed(0)
+    m = DalleTransformer.from_config({**CFG, "image_pos": "rowcol"})
+    wpe = m.gpt.transformer.wpe
+    T, G = m.text_len, m.image_grid
+    pos = torch.arange(m.seq_len)
+    extra = wpe(pos) - wpe.weight[pos]                            # what the row/column tables add
+    assert torch.equal(extra[:T - 1], torch.zeros(T - 1, 32))     # text positions: GPT-2's table only
+    for k in range(G * G):                                        # position T-1+k predicts code k
+        assert torch.allclose(extra[T - 1 + k], wpe.row[k // G] + wpe.col[k % G])
+    ids, mask, codes = batch()
+    back = reload_exact(m, tmp_path / "t")
+    assert back.config["image_pos"] == "rowcol"
+    assert torch.equal(m.eval().forward_loss(ids, mask, codes)["loss"], back.eval().forward_loss(ids, mask, codes)["loss"])
+    assert torch.equal(m.generate(ids, mask, temperature=0, use_cache=True),
+                       m.generate(ids, mask, temperature=0, use_cache=False))
+    fit(m.train(), ids, mask, codes, steps=60, lr=3e-3)
+    assert torch.equal(m.generate(ids, mask, temperature=0), codes)
+    # a transformer saved without the option loads as before (no row/column tables)
+    assert not hasattr(DalleTransformer.from_config(CFG).gpt.transformer.wpe, "row")
+    with pytest.raises(ValueError, match="image_pos"):
+        DalleTransformer.from_config({**CFG, "image_pos": "2d"})
+
+
 @pytest.mark.parametrize("preset", ["tiny", "small", "base", "paper"])
 def test_presets_agree_with_the_tokenizer_and_dvae(preset):
     cfg = load_preset(preset)
