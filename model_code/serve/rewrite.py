@@ -12,7 +12,10 @@ or the prompt states nothing the parser knows, the prompt is returned unchanged.
 contradict words it could not bind: a colour, size or shape word that the parser read but did not
 attach to an object ("a circle coloured purple") goes to the one object whose attribute is open;
 when that is ambiguous (several open objects) or impossible, the prompt is returned unchanged with
-a note naming the words. DALL-E 3's upsampling adds detail; it never changes what the user said.
+a note naming the words. Words the parser does not know at all are not guessed either: one inside a
+noun phrase ("a teal square"), as an object's noun ("a heart") or after "in" ("a star in mauve")
+keeps the prompt as written, with a note (`unknown_words`; words that state nothing, like "please"
+or "a photo of", are dropped). DALL-E 3's upsampling adds detail; it never changes what the user said.
 
     BuiltinRewriter().rewrite("two red crosses", seed=0).text
     -> "Two shapes on a gray background: a small red cross in the top left and a large red cross
