@@ -220,7 +220,7 @@ def _word_class(t: list[str], i: int) -> tuple[str, int]:
         return "head", i + 1
     if w in ("a", "an", "the") or cp._number(w) is not None:
         return "det", i + 1
-    if w in cp._SIZE_WORDS or w in cp._COLOR_WORDS or w in cp._BG_BY_FIRST or w == "grey":
+    if w in cp._SIZE_WORDS or w in cp._COLOR_WORDS or w in cp._BG_BY_FIRST:
         return "mod", i + 1
     if w in _FILLER:
         return "filler", i + 1

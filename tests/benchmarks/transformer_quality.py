@@ -25,15 +25,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from model_code.data import shapes  # noqa: E402
 from model_code.data.oracle import parse_image  # noqa: E402
+from model_code.generate import to_pil, to_tensor  # noqa: E402
 from model_code.models.dvae import DVAE  # noqa: E402
 from model_code.models.transformer import DalleTransformer  # noqa: E402
 from model_code.text.caption_parser import parse_caption, score_image  # noqa: E402
 from model_code.text.tokenizer import TextTokenizer  # noqa: E402
-
-
-def images(scenes: list[dict]) -> torch.Tensor:
-    arr = np.stack([np.asarray(shapes.render(s)) for s in scenes])
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1   # (B, 3, S, S) in [-1, 1]
 
 
 @torch.no_grad()
@@ -42,7 +38,7 @@ def measure(model: DalleTransformer, tok: TextTokenizer, dvae: DVAE, size: int, 
     rng = random.Random(123)   # scenes no training run draws with its own seed
     scenes = [shapes.sample_scene(rng, size) for _ in range(256)]
     ids, mask = tok.encode_batch([shapes.long_caption(s) for s in scenes], max_len=text_len)
-    codes = dvae.encode(images(scenes))
+    codes = dvae.encode(to_tensor([shapes.render(s) for s in scenes]))
     out = {"image_loss_own": float(model.forward_loss(ids, mask, codes)["image_loss"]),
            "image_loss_other": float(model.forward_loss(ids.roll(1, 0), mask.roll(1, 0), codes)["image_loss"])}
     srng = random.Random(7)
@@ -50,11 +46,10 @@ def measure(model: DalleTransformer, tok: TextTokenizer, dvae: DVAE, size: int, 
     for name, group in (("single", singles), ("multi", scenes[:48])):
         caps = [shapes.long_caption(s) for s in group]
         i2, m2 = tok.encode_batch(caps, max_len=text_len)
-        drawn = dvae.decode(model.generate(i2, m2, temperature=1.0, seed=0))
-        px = ((drawn.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+        drawn = to_pil(dvae.decode(model.generate(i2, m2, temperature=1.0, seed=0)))
         met, bg, shape_drawn = [], [], []
-        for p, s, cap in zip(px, group, caps):
-            pred = parse_image(p)
+        for im, s, cap in zip(drawn, group, caps):
+            pred = parse_image(np.asarray(im))
             met.append(score_image(pred, parse_caption(cap))["fraction"])
             bg.append(pred.get("background") == s["background"])
             shape_drawn.append(any(o["shape"] == s["objects"][0]["shape"] for o in pred.get("objects", [])))
@@ -63,9 +58,8 @@ def measure(model: DalleTransformer, tok: TextTokenizer, dvae: DVAE, size: int, 
         if name == "single":
             out["single_shape_drawn"] = float(np.mean(shape_drawn))
             if png:
-                from PIL import Image
                 from model_code.viz import image_grid
-                image_grid([Image.fromarray(x) for x in px[:16]], cols=8).save(png)
+                image_grid(drawn[:16], cols=8).save(png)
     return out
 
 
