@@ -33,7 +33,8 @@ RECIPE_PARTS = {"dalle": ("tokenizer", "clip", "dvae", "transformer"),
 OPTIONAL_PARTS = {"unclip": ("upsampler",), "dalle": ()}
 DEFAULT_SAMPLING = {
     # DALL-E 1 samples at temperature 1 and reranks; the paper's N = 512 is far beyond CPU.
-    "dalle": {"temperature": 1.0, "top_k": None, "top_p": None, "candidates": 4},
+    # guidance_scale != 1: classifier-free guidance (a transformer trained with text_drop_prob)
+    "dalle": {"temperature": 1.0, "top_k": None, "top_p": None, "guidance_scale": 1.0, "candidates": 4},
     # DALL-E 2 samples the prior and decoder with guidance; steps come from the part configs.
     "unclip": {"prior_guidance": None, "decoder_guidance": None, "prior_steps": None,
                "decoder_steps": None, "upsample": True, "candidates": 2},
@@ -51,6 +52,10 @@ def check_sampling(recipe: str, sampling: dict | None) -> dict:
     if bad:
         raise ValueError(f"sampling: {bad} are not {recipe} settings (allowed: {', '.join(sorted(allowed))})")
     return sampling
+
+
+def _float_or(value, default: float) -> float:
+    return default if value is None else float(value)
 
 
 # ---------------------------------------------------------------- tensors <-> images
@@ -270,6 +275,7 @@ class DalleGenerator(Generator):
         ids, mask = self.encode_text(prompts)
         codes = self.transformer.generate(ids, mask, num_samples=num, temperature=settings["temperature"],
                                           top_k=settings.get("top_k"), top_p=settings.get("top_p"),
+                                          guidance_scale=_float_or(settings.get("guidance_scale"), 1.0),
                                           generator=generator)
         return self.dvae.decode(codes)
 

@@ -30,7 +30,7 @@ where a LogitsProcessor confines every image position to image codes.
 Config keys (the `transformer:` preset section; missing keys take the defaults in DEFAULTS):
     text_vocab_size, text_len, image_grid, codebook_size, n_layer, n_head, d_model, n_inner,
     dropout, attn_dropout, activation, layer_norm_eps, initializer_range, text_loss_weight,
-    image_loss_weight, attn_implementation, image_pos. Training settings are not model config (model_code.train).
+    image_loss_weight, attn_implementation, image_pos, text_drop_prob. Training settings are not model config (model_code.train).
 """
 from __future__ import annotations
 
@@ -66,6 +66,12 @@ DEFAULTS: dict = {
     # "rowcol": the paper's row and column embeddings for image positions; "none" (GPT-2's 1D
     # table only) is what transformers saved before the option load as
     "image_pos": "none",
+    # Share of training captions replaced by the empty caption (every text position its padding
+    # token), so that the model also learns p(image) and can be sampled with classifier-free
+    # guidance (generate's guidance_scale). Not in DALL-E 1 (which reranks instead); the standard
+    # for autoregressive text-to-image since Make-A-Scene (Gafni et al. 2022) and Parti (Yu et
+    # al. 2022), both dropping 10-20% of captions. 0 = the paper.
+    "text_drop_prob": 0.0,
 }
 
 
@@ -81,7 +87,7 @@ def resolve_config(cfg: dict | None) -> dict:
                          f"transformer.n_head ({out['n_head']})")
     if out["text_len"] < 2:
         raise ValueError(f"transformer.text_len must be >= 2, got {out['text_len']}")
-    for k in ("dropout", "attn_dropout"):
+    for k in ("dropout", "attn_dropout", "text_drop_prob"):
         if not 0 <= out[k] < 1:
             raise ValueError(f"transformer.{k} must be in [0, 1), got {out[k]}")
     for k in ("text_loss_weight", "image_loss_weight"):
@@ -217,6 +223,10 @@ class DalleTransformer(PretrainedMixin, nn.Module):
     def forward_loss(self, text_ids: torch.Tensor, text_mask: torch.Tensor,
                      image_codes: torch.Tensor) -> dict:
         """Weighted next-token cross-entropy: {"loss", "text_loss", "image_loss"} (nats/token)."""
+        p = self._config["text_drop_prob"]
+        if self.training and p > 0:   # classifier-free guidance: some rows see the empty caption
+            keep = torch.rand(text_mask.shape[0], 1, device=text_mask.device) >= p   # (B, 1)
+            text_mask = text_mask.bool() & keep
         text = self.text_tokens(text_ids, text_mask)                 # (B, T)
         B, T = text.shape
         image = self._image_tokens(image_codes, B)                   # (B, N)
@@ -249,11 +259,15 @@ class DalleTransformer(PretrainedMixin, nn.Module):
     def generate(self, text_ids: torch.Tensor, text_mask: torch.Tensor, num_samples: int = 1,
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                  seed: int | None = None, generator: torch.Generator | None = None,
-                 use_cache: bool = True) -> torch.Tensor:
+                 use_cache: bool = True, guidance_scale: float = 1.0) -> torch.Tensor:
         """Sample image codes for each prompt: LongTensor (B * num_samples, h, w), the samples of
         prompt b at rows b*num_samples ... (b+1)*num_samples-1.
 
-        temperature 0 means greedy decoding. The same seed (or a generator in the same state) gives
+        temperature 0 means greedy decoding. guidance_scale s != 1 samples with classifier-free
+        guidance: log p_uncond + s * (log p_cond - log p_uncond) at every image position, the
+        unconditional branch being the empty caption (train with text_drop_prob > 0; transformers'
+        UnbatchedClassifierFreeGuidanceLogitsProcessor runs it with its own KV cache, twice the
+        compute). The same seed (or a generator in the same state) gives
         the same codes; the global RNG is left untouched. use_cache=False recomputes the whole
         prefix at every step (the baseline of the KV-cache benchmark).
         """
@@ -267,6 +281,8 @@ class DalleTransformer(PretrainedMixin, nn.Module):
             raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
         if seed is not None and generator is not None:
             raise ValueError("give seed or generator, not both")
+        if not guidance_scale >= 0:
+            raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
         device = self.gpt.device
         prompt = self.text_tokens(text_ids, text_mask).to(device)   # (B, T); checked where the ids are (the CPU)
         prompt = prompt.repeat_interleave(num_samples, dim=0)                   # (B*n, T)
@@ -276,7 +292,12 @@ class DalleTransformer(PretrainedMixin, nn.Module):
             temperature=None if greedy else float(temperature),
             top_k=None if greedy else top_k, top_p=None if greedy else top_p,
             use_cache=use_cache, num_beams=1, bos_token_id=None, eos_token_id=None,
-            pad_token_id=self.pad_offset)  # no eos: exactly N image tokens are generated
+            pad_token_id=self.pad_offset,  # no eos: exactly N image tokens are generated
+            guidance_scale=None if guidance_scale == 1 else float(guidance_scale))
+        cfg_kwargs = {}
+        if guidance_scale != 1:   # the unconditional prompt: every text position its padding token
+            empty = self.pad_offset + torch.arange(self.text_len, device=device).expand(prompt.shape[0], -1)
+            cfg_kwargs = {"negative_prompt_ids": empty, "negative_prompt_attention_mask": torch.ones_like(empty)}
         if generator is not None:
             seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
         was_training = self.training
@@ -288,7 +309,7 @@ class DalleTransformer(PretrainedMixin, nn.Module):
                     torch.manual_seed(seed)
                 out = self.gpt.generate(
                     input_ids=prompt, attention_mask=torch.ones_like(prompt),
-                    generation_config=gen_cfg,
+                    generation_config=gen_cfg, **cfg_kwargs,
                     logits_processor=LogitsProcessorList([ImageCodesOnly(self.image_offset,
                                                                          self.codebook_size)]))
         finally:

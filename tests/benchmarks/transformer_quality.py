@@ -4,8 +4,8 @@ with, it reports
   * the image-token loss on 256 new scenes with each scene's own long caption and with another
     scene's (the gap is how much the model uses its caption: 0 for a model that ignores it);
   * 48 single-object and 48 multi-object scenes drawn from their long captions (temperature 1,
-    seed 0) and judged by the oracle: constraints met, background right, and for single objects
-    whether the asked shape is drawn at all (chance 0.2: five shapes);
+    seed 0, --guidance: classifier-free guidance) and judged by the oracle: constraints met,
+    background right, and for single objects whether the asked shape is drawn at all (chance 0.2: five shapes);
 and, with --png, a grid of the first 16 single-object samples.
 
     python tests/benchmarks/transformer_quality.py --transformer T --tokenizer TOK --dvae DVAE [--png singles.png]
@@ -33,7 +33,8 @@ from model_code.text.tokenizer import TextTokenizer  # noqa: E402
 
 
 @torch.no_grad()
-def measure(model: DalleTransformer, tok: TextTokenizer, dvae: DVAE, size: int, png: str | None = None) -> dict:
+def measure(model: DalleTransformer, tok: TextTokenizer, dvae: DVAE, size: int, png: str | None = None,
+            guidance_scale: float = 1.0) -> dict:
     text_len = model.config["text_len"]
     rng = random.Random(123)   # scenes no training run draws with its own seed
     scenes = [shapes.sample_scene(rng, size) for _ in range(256)]
@@ -46,7 +47,7 @@ def measure(model: DalleTransformer, tok: TextTokenizer, dvae: DVAE, size: int, 
     for name, group in (("single", singles), ("multi", scenes[:48])):
         caps = [shapes.long_caption(s) for s in group]
         i2, m2 = tok.encode_batch(caps, max_len=text_len)
-        drawn = to_pil(dvae.decode(model.generate(i2, m2, temperature=1.0, seed=0)))
+        drawn = to_pil(dvae.decode(model.generate(i2, m2, temperature=1.0, seed=0, guidance_scale=guidance_scale)))
         met, bg, shape_drawn = [], [], []
         for im, s, cap in zip(drawn, group, caps):
             pred = parse_image(np.asarray(im))
@@ -69,12 +70,13 @@ def main() -> None:
     ap.add_argument("--tokenizer", required=True)
     ap.add_argument("--dvae", required=True)
     ap.add_argument("--png", default=None)
+    ap.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
     a = ap.parse_args()
     torch.manual_seed(0)
     model = DalleTransformer.from_pretrained(a.transformer).eval()
     dvae = DVAE.from_pretrained(a.dvae).eval()
     size = dvae.config["image_size"]
-    print(json.dumps(measure(model, TextTokenizer.load(a.tokenizer), dvae, size, a.png)))
+    print(json.dumps(measure(model, TextTokenizer.load(a.tokenizer), dvae, size, a.png, a.guidance)))
 
 
 if __name__ == "__main__":

@@ -137,6 +137,40 @@ def test_row_and_column_image_positions(tmp_path):
         DalleTransformer.from_config({**CFG, "image_pos": "2d"})
 
 
+def test_classifier_free_guidance():
+    """text_drop_prob trains some rows on the empty caption; guidance_scale s samples from
+    log p(x|empty) + s (log p(x|text) - log p(x|empty)), computed here by hand without a cache."""
+    torch.manual_seed(0)
+    m = DalleTransformer.from_config({**CFG, "text_drop_prob": 0.5})
+    ids, mask, codes = batch()
+    m.eval()   # no caption is dropped outside training
+    assert torch.equal(m.forward_loss(ids, mask, codes)["loss"], m.forward_loss(ids, mask, codes)["loss"])
+    m.train()
+    torch.manual_seed(1)
+    dropped = m.forward_loss(ids, mask, codes)
+    torch.manual_seed(1)
+    keep = torch.rand(4, 1) >= 0.5                                # the rows forward_loss kept
+    assert 0 < int(keep.sum()) < 4
+    m.eval()                                                      # = those rows' captions emptied
+    assert torch.allclose(dropped["loss"], m.forward_loss(ids, mask & keep, codes)["loss"])
+    for s in (1.0, 0.0, 3.0):
+        got = m.generate(ids, mask, temperature=0, guidance_scale=s)
+        assert torch.equal(got, m.generate(ids, mask, temperature=0, guidance_scale=s, use_cache=False))
+        seq = m.text_tokens(ids, mask)
+        empty = m.pad_offset + torch.arange(m.text_len).expand(4, -1)
+        for _ in range(m.image_tokens):
+            cond = m.gpt(input_ids=seq).logits[:, -1].log_softmax(-1)
+            uncond = m.gpt(input_ids=empty).logits[:, -1].log_softmax(-1)
+            guided = (uncond + s * (cond - uncond))[:, m.image_offset:]
+            nxt = guided.argmax(-1, keepdim=True) + m.image_offset
+            seq, empty = torch.cat([seq, nxt], 1), torch.cat([empty, nxt], 1)
+        assert torch.equal(got.flatten(1), seq[:, m.text_len:] - m.image_offset), s
+    with pytest.raises(ValueError, match="text_drop_prob"):
+        DalleTransformer.from_config({**CFG, "text_drop_prob": 1.0})
+    with pytest.raises(ValueError, match="guidance_scale"):
+        m.generate(ids, mask, guidance_scale=-1)
+
+
 @pytest.mark.parametrize("preset", ["tiny", "small", "base", "paper"])
 def test_presets_agree_with_the_tokenizer_and_dvae(preset):
     cfg = load_preset(preset)
