@@ -54,10 +54,6 @@ def check_sampling(recipe: str, sampling: dict | None) -> dict:
     return sampling
 
 
-def _float_or(value, default: float) -> float:
-    return default if value is None else float(value)
-
-
 # ---------------------------------------------------------------- tensors <-> images
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
     """(B, 3, H, W) in [-1, 1] -> list of RGB images."""
@@ -275,7 +271,7 @@ class DalleGenerator(Generator):
         ids, mask = self.encode_text(prompts)
         codes = self.transformer.generate(ids, mask, num_samples=num, temperature=settings["temperature"],
                                           top_k=settings.get("top_k"), top_p=settings.get("top_p"),
-                                          guidance_scale=_float_or(settings.get("guidance_scale"), 1.0),
+                                          guidance_scale=settings["guidance_scale"],
                                           generator=generator)
         return self.dvae.decode(codes)
 
