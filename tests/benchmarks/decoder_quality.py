@@ -2,11 +2,13 @@
 
 The decoder is given the true CLIP image embeddings of 32 new single-object Shapes images (the
 prior bypassed, so only the decoder is judged) and samples each once per sampling setting; the
-oracle reports the share of images in which the asked shape is drawn (chance about 0.2) and the
-mean absolute pixel error against the real image. With --png, a grid: real images, then one row per
-setting.
+oracle reports the share of images in which the asked shape is drawn (chance about 0.2), the share
+with an object in the asked colour, and the mean absolute pixel error against the real image. With
+--prior, one more row: the bundle's prior samples the embedding from each image's long caption and
+the decoder (guidance 1) draws it, the whole unCLIP chain. With --png, a grid: real images, then
+one row per setting.
 
-    python tests/benchmarks/decoder_quality.py --bundle UNCLIP_BUNDLE [--decoder DECODER] [--png probe.png]
+    python tests/benchmarks/decoder_quality.py --bundle UNCLIP_BUNDLE [--decoder DECODER] [--prior] [--png probe.png]
 """
 from __future__ import annotations
 
@@ -31,19 +33,27 @@ SETTINGS = ({"guidance_scale": 1.0}, {"guidance_scale": 3.0},
 
 
 @torch.no_grad()
-def measure(gen: Generator, decoder: UnCLIPDecoder, png: str | None = None, n: int = 32) -> list[dict]:
+def measure(gen: Generator, decoder: UnCLIPDecoder, png: str | None = None, n: int = 32,
+            prior: bool = False) -> list[dict]:
     rng = random.Random(11)   # scenes no training run draws with its own seed
     scenes = [shapes.sample_scene(rng, int(decoder.config["image_size"]), n_objects=1) for _ in range(n)]
     real = to_tensor([shapes.render(s) for s in scenes])
     z = gen.clip.encode_image(real)                                  # (n, D) true image embeddings
-    _, tokens, mask = gen.text_condition([shapes.long_caption(s) for s in scenes])
+    emb, tokens, mask = gen.text_condition([shapes.long_caption(s) for s in scenes])
+    runs = [(kw, z) for kw in SETTINGS]
+    if prior:
+        zp = gen.prior.sample(emb, tokens, mask, generator=torch.Generator().manual_seed(1))
+        runs.append(({"guidance_scale": 1.0, "from": "prior"}, zp))
     rows, out = [to_pil(real)[:12]], []
-    for kw in SETTINGS:
-        x = decoder.sample(z, tokens, mask, generator=torch.Generator().manual_seed(1), **kw)
+    for kw, emb_in in runs:
+        x = decoder.sample(emb_in, tokens, mask, generator=torch.Generator().manual_seed(1),
+                           **{k: v for k, v in kw.items() if k != "from"})
         ims = to_pil(x)
-        drawn = [any(o["shape"] == s["objects"][0]["shape"] for o in parse_image(np.asarray(im)).get("objects", []))
-                 for im, s in zip(ims, scenes)]
-        out.append({**kw, "shape_drawn": float(np.mean(drawn)), "abs_error": float((x - real).abs().mean())})
+        found = [parse_image(np.asarray(im)).get("objects", []) for im in ims]
+        drawn = {a: float(np.mean([any(o[a] == s["objects"][0][a] for o in objs) for objs, s in zip(found, scenes)]))
+                 for a in ("shape", "color")}
+        out.append({**kw, "shape_drawn": drawn["shape"], "color_drawn": drawn["color"],
+                    "abs_error": float((x - real).abs().mean())})
         rows.append(ims[:12])
     if png:
         from model_code.viz import image_grid
@@ -55,12 +65,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bundle", required=True, help="an unCLIP bundle (its CLIP and tokenizer are used)")
     ap.add_argument("--decoder", default=None, help="another trained decoder to judge (default: the bundle's)")
+    ap.add_argument("--prior", action="store_true", help="also judge the whole chain: prior from the caption, then decoder")
     ap.add_argument("--png", default=None)
     a = ap.parse_args()
     torch.manual_seed(0)
     gen = Generator.load(a.bundle)
     decoder = UnCLIPDecoder.from_pretrained(a.decoder).eval() if a.decoder else gen.decoder
-    for row in measure(gen, decoder, a.png):
+    for row in measure(gen, decoder, a.png, prior=a.prior):
         print(json.dumps(row))
 
 
