@@ -75,7 +75,32 @@ def configure() -> str:
     # left to MLflow's own default (the tracking store, or MLFLOW_REGISTRY_URI when a user set
     # it): setting it here would export a stale MLFLOW_REGISTRY_URI when the tracking URI changes.
     mlflow.set_tracking_uri(uri)
+    if uri.startswith("sqlite:///"):
+        _create_sqlite_store(uri)
     return uri
+
+
+_CREATED: set[str] = set()   # SQLite stores this process has made sure exist and are migrated
+
+
+def _create_sqlite_store(uri: str) -> None:
+    """Create and migrate a SQLite store under a lock beside the database. MLflow does both on a
+    store's first use; two processes doing it at once on a new file (two `easel train` started
+    together on a fresh EASEL_HOME) collide in its alembic migration and one dies ("table
+    _alembic_tmp_metrics already exists"). Behind the lock the first one migrates, the others
+    find the schema current. Once per process and URI."""
+    if uri in _CREATED:
+        return
+    from filelock import FileLock
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    if path in ("", ":memory:"):
+        return   # nothing on disk to share
+    db = os.path.abspath(path)
+    os.makedirs(os.path.dirname(db), exist_ok=True)
+    with FileLock(db + ".lock"):
+        SqlAlchemyStore(uri, artifact_location())
+    _CREATED.add(uri)
 
 
 def client():
