@@ -40,19 +40,18 @@ def measure(gen: Generator, decoder: UnCLIPDecoder, png: str | None = None, n: i
     real = to_tensor([shapes.render(s) for s in scenes])
     z = gen.clip.encode_image(real)                                  # (n, D) true image embeddings
     emb, tokens, mask = gen.text_condition([shapes.long_caption(s) for s in scenes])
-    runs = [(kw, z) for kw in SETTINGS]
+    runs = [({}, kw, z) for kw in SETTINGS]   # (row label, sampling settings, embeddings)
     if prior:
         zp = gen.prior.sample(emb, tokens, mask, generator=torch.Generator().manual_seed(1))
-        runs.append(({"guidance_scale": 1.0, "from": "prior"}, zp))
+        runs.append(({"from": "prior"}, {"guidance_scale": 1.0}, zp))
     rows, out = [to_pil(real)[:12]], []
-    for kw, emb_in in runs:
-        x = decoder.sample(emb_in, tokens, mask, generator=torch.Generator().manual_seed(1),
-                           **{k: v for k, v in kw.items() if k != "from"})
+    for label, kw, emb_in in runs:
+        x = decoder.sample(emb_in, tokens, mask, generator=torch.Generator().manual_seed(1), **kw)
         ims = to_pil(x)
         found = [parse_image(np.asarray(im)).get("objects", []) for im in ims]
         drawn = {a: float(np.mean([any(o[a] == s["objects"][0][a] for o in objs) for objs, s in zip(found, scenes)]))
                  for a in ("shape", "color")}
-        out.append({**kw, "shape_drawn": drawn["shape"], "color_drawn": drawn["color"],
+        out.append({**kw, **label, "shape_drawn": drawn["shape"], "color_drawn": drawn["color"],
                     "abs_error": float((x - real).abs().mean())})
         rows.append(ims[:12])
     if png:

@@ -1,8 +1,8 @@
 """Single-object prompts through a bundle as served: the measurement behind docs/results.md
 ("Session 11"). The main job's evaluation judges its single-object category on 5 prompts x 4
 images; this asks 80 (the five shapes, each in four wordings: "a cross", "a red cross", "one cross",
-"a cross shape", 4 of each), rewrites each with the serving rewriter (seeded per prompt, as the
-evaluation does), samples one image per prompt and has the oracle judge it against the prompt as
+"a cross shape", 4 of each), rewrites each with the serving rewriter (seeded by the prompt's index, so the repeats of a
+wording get different fills), samples one image per prompt and has the oracle judge it against the prompt as
 written. Reports the exact rate (GenEval's single-object rule: the asked shape is in a valid
 Shapes scene) and the share of images that are no Shapes scene; with --png, a grid of 40.
 

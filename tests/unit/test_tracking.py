@@ -3,7 +3,7 @@ import subprocess
 import sys
 
 # Each process creates the store (MLflow migrates a new SQLite file on first use) and an experiment.
-_CHILD = ("import sys; from model_code import tracking; "
+_CHILD = ("from model_code import tracking; "
           "print(tracking.ensure_experiment('easel-concurrent'))")
 
 
