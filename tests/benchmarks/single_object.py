@@ -6,7 +6,7 @@ wording get different fills), samples one image per prompt and has the oracle ju
 written. Reports the exact rate (GenEval's single-object rule: the asked shape is in a valid
 Shapes scene) and the share of images that are no Shapes scene; with --png, a grid of 40.
 
-    python tests/benchmarks/single_object.py BUNDLE [--candidates N] [--set temperature=0.7 ...] [--png grid.png]
+    python tests/benchmarks/single_object.py BUNDLE [--candidates N] [--seed S] [--set temperature=0.7 ...] [--png grid.png]
 """
 from __future__ import annotations
 
@@ -35,16 +35,16 @@ def prompts(per_shape: int = 16) -> list[str]:
             for i, s in enumerate(shapes.SHAPES) for j in range(per_shape)]
 
 
-def measure(gen: Generator, candidates: int | None = 1, png: str | None = None, **sampling) -> dict:
+def measure(gen: Generator, candidates: int | None = 1, png: str | None = None, seed: int = 0, **sampling) -> dict:
     asked = prompts()
     rw = BuiltinRewriter()
     texts = [rw.rewrite(p, seed=k).text for k, p in enumerate(asked)]
-    out = gen.generate(texts, n=1, candidates=candidates, seed=0, **sampling)
+    out = gen.generate(texts, n=1, candidates=candidates, seed=seed, **sampling)
     scores = [score_image(parse_image(np.asarray(g.images[0])), parse_caption(p)) for p, g in zip(asked, out)]
     if png:
         from model_code.viz import image_grid
         image_grid([g.images[0] for g in out[::2]][:40], cols=10).save(png)
-    return {"n": len(scores), "candidates": candidates, "sampling": sampling,
+    return {"n": len(scores), "candidates": candidates, "seed": seed, "sampling": sampling,
             "exact": float(np.mean([s["exact"] for s in scores])),
             "invalid": float(np.mean([s["invalid"] is not None for s in scores]))}
 
@@ -54,9 +54,10 @@ def main() -> None:
     ap.add_argument("bundle")
     ap.add_argument("--candidates", type=int, default=1, help="CLIP rerank budget per image (1 = none)")
     ap.add_argument("--set", action="append", default=[], help="a sampling setting of the recipe, key=value")
+    ap.add_argument("--seed", type=int, default=0, help="sampling seed (the rewrites stay seeded by prompt index)")
     ap.add_argument("--png", default=None)
     a = ap.parse_args()
-    print(json.dumps(measure(Generator.load(a.bundle), a.candidates, a.png, **parse_overrides(a.set))))
+    print(json.dumps(measure(Generator.load(a.bundle), a.candidates, a.png, a.seed, **parse_overrides(a.set))))
 
 
 if __name__ == "__main__":
