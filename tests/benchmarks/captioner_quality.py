@@ -6,9 +6,10 @@ the captions get right: for 100 new single-object Shapes images, the caption (sa
 recaption job's settings, DALL-E 3's top-p 0.9 and temperature 0.7, as the training data sees it)
 is parsed and its first object compared with the drawn one: shape, colour, size, cell, and the
 background (long captions). For two-object scenes: both shapes (both colours) named. Chance for a
-shape is 0.2, for a colour 0.125. With --train-images RAW (a synthesized source directory, as
-`easel data synth` writes it), the same on the first 100 single-object images that carry a
-curated caption: what the captioner learned from its own training set.
+shape is 0.2, for a colour 0.125. With --train-images RAW (the synthesized source directory
+the captioner's dataset was ingested from, as `easel data synth` writes it), the same on its first
+100 single-object images that carry a curated caption: what the captioner learned from its own
+training set (all but the few the ingest held out).
 
     python tests/benchmarks/captioner_quality.py --captioner CAP --tokenizer TOK [--train-images RAW]
 """
