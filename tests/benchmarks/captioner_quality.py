@@ -65,10 +65,11 @@ def measure(cap: CoCaCaptioner, size: int, n: int = 100, train_raw: str | None =
     rng = random.Random(31)   # scenes no training run draws with its own seed
     single = [shapes.sample_scene(rng, size, n_objects=1) for _ in range(n)]
     pair = [shapes.sample_scene(rng, size, n_objects=2) for _ in range(n)]
+    single_ims, pair_ims = [shapes.render(s) for s in single], [shapes.render(s) for s in pair]
     out = {}
     for kind in ("short", "long"):
-        out[f"single_{kind}"] = read_single(cap.caption([shapes.render(s) for s in single], kind=kind, **kw), single)
-        out[f"pair_{kind}"] = read_pair(cap.caption([shapes.render(s) for s in pair], kind=kind, **kw), pair)
+        out[f"single_{kind}"] = read_single(cap.caption(single_ims, kind=kind, **kw), single)
+        out[f"pair_{kind}"] = read_pair(cap.caption(pair_ims, kind=kind, **kw), pair)
     if train_raw:
         from PIL import Image
         with open(os.path.join(train_raw, "captions.jsonl")) as f:
