@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from model_code.config import load_preset
+from model_code.train.factory import cpu_has_bf16
 from model_code.train.module import EMA, lr_lambda, make_optimizer, resolve_train_config
 from model_code.train.parts import PARTS, Context, get_part
 
@@ -131,6 +132,23 @@ def test_optimizer_is_fused_on_a_gpu_only_without_gradient_clipping():
     assert sorted(g["weight_decay"] for g in groups) == [0.0, 0.1]
 
 
+def test_bf16_mixed_runs_on_a_cpu_only_with_native_bf16(monkeypatch):
+    from model_code.train import factory
+    monkeypatch.setattr(factory, "has_gpu", lambda: False)
+    assert factory.resolve_precision("auto") == factory.resolve_precision(32) == "32-true"
+    monkeypatch.setattr(factory, "cpu_has_bf16", lambda: True)
+    assert factory.resolve_precision("bf16-mixed") == factory.resolve_precision("bf16") == "bf16-mixed"
+    # fp16 and bf16-true are not measured on a CPU: they fall back to 32
+    assert factory.resolve_precision("16-mixed") == factory.resolve_precision("bf16-true") == "32-true"
+    monkeypatch.setattr(factory, "cpu_has_bf16", lambda: False)
+    assert factory.resolve_precision("bf16-mixed") == "32-true"
+    with pytest.raises(ValueError, match="train.precision must be"):
+        factory.resolve_precision("fp8")
+    # a preset's number and a string override both pass the preset's type check
+    assert resolve_train_config(load_preset("tiny", {"train": {"precision": "bf16-mixed"}}), "clip")["precision"] == "bf16-mixed"
+    assert resolve_train_config(load_preset("laptop"), "transformer")["precision"] == "bf16-mixed"
+
+
 def test_ema_tracks_swaps_and_round_trips():
     """diffusers' EMAModel under Easel's EMA: the first update copies the weights, later ones
     average with the warm-up decay min(decay, (1 + n) / (10 + n)); swapping in and back is exact."""
@@ -222,6 +240,27 @@ def test_every_network_part_trains_a_step_on_real_data(data, tokenizer_dir):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters()), name
 
 
+def test_frozen_dependencies_run_in_full_precision_under_autocast(data, tokenizer_dir):
+    """The dVAE's codes and CLIP's embeddings a part learns from are the fp32 ones sampling uses,
+    also when the trainer autocasts to bf16 (there 48% of a trained dVAE's codes flipped)."""
+    from model_code.data.loader import make_dataset, make_loader
+    from model_code.text.tokenizer import TextTokenizer
+    cfg = load_preset("tiny", {**SMALL_DVAE, **SMALL_TRANSFORMER})
+    torch.manual_seed(0)
+    deps = {"tokenizer": TextTokenizer.load(tokenizer_dir)}
+    deps["dvae"] = get_part("dvae").build(cfg, deps).eval()
+    deps["clip"] = get_part("clip").build(cfg, deps).eval()
+    batch = next(iter(make_loader(make_dataset(data, caption_policy="original", seed=0), 8, 1)))
+    for name, key in (("transformer", "image_codes"), ("prior", "image_emb"), ("decoder", "image_emb")):
+        spec = get_part(name)
+        model = spec.build(cfg, {d: deps[d] for d in spec.deps})
+        ctx = Context(deps=deps, model_config=model.config, train=resolve_train_config(cfg, name))
+        ref = spec.prepare(batch, ctx)[key]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = spec.prepare(batch, ctx)[key]
+        assert got.dtype == ref.dtype and torch.equal(got, ref), name
+
+
 # --------------------------------------------------------------------------- whole runs
 def test_train_dvae_end_to_end(data, tmp_path, monkeypatch):
     """train_part on the real dVAE: the loss falls, the model is saved and loads back, MLflow
@@ -273,6 +312,20 @@ def test_train_dvae_end_to_end(data, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="another configuration"):
         train_part("dvae", "tiny", data=data, out=out,
                    overrides={**over, "train": {**over["train"], "dvae": {"lr": 1e-3}}})
+
+
+@pytest.mark.skipif(torch.cuda.is_available() or not cpu_has_bf16(),
+                    reason="CPU autocast to bf16 runs only on a CPU with native bf16")
+def test_bf16_mixed_trains_on_the_cpu_and_saves_fp32_weights(data, tokenizer_dir, tmp_path):
+    from model_code.models.clip import CLIP
+    from model_code.train.run import train_part
+    out = str(tmp_path / "clip")
+    over = {"train": {**FAST["train"], "steps": {"clip": 12}, "ckpt_every": 12, "precision": "bf16-mixed"}}
+    s = train_part("clip", "tiny", data=data, out=out, deps={"tokenizer": tokenizer_dir},
+                   overrides=over, mlflow=False)
+    assert s["steps"] == 12 and math.isfinite(s["metrics"]["train/loss"])
+    assert s["metrics"]["train/loss"] < s["first_metrics"]["train/loss"]
+    assert {p.dtype for p in CLIP.from_pretrained(out).parameters()} == {torch.float32}
 
 
 def test_clip_with_ema_saves_ema_weights_and_reports_mfu(data, tokenizer_dir, tmp_path):
