@@ -3,8 +3,8 @@
 with, it reports
   * the image-token loss on 256 new scenes with each scene's own long caption and with another
     scene's (the gap is how much the model uses its caption: 0 for a model that ignores it);
-  * 48 single-object and 48 multi-object scenes drawn from their long captions (temperature 1,
-    seed 0, --guidance: classifier-free guidance) and judged by the oracle: constraints met,
+  * 48 single-object (--singles) and 48 multi-object scenes drawn from their long captions
+    (temperature 1, --seed, --guidance: classifier-free guidance) and judged by the oracle: constraints met,
     background right, and for single objects whether the asked shape is drawn at all (chance 0.2: five shapes);
 and, with --png, a grid of the first 16 single-object samples.
 
@@ -34,7 +34,7 @@ from model_code.text.tokenizer import TextTokenizer  # noqa: E402
 
 @torch.no_grad()
 def measure(model: DalleTransformer, tok: TextTokenizer, dvae: DVAE, size: int, png: str | None = None,
-            guidance_scale: float = 1.0) -> dict:
+            guidance_scale: float = 1.0, n_singles: int = 48, seed: int = 0) -> dict:
     text_len = model.config["text_len"]
     rng = random.Random(123)   # scenes no training run draws with its own seed
     scenes = [shapes.sample_scene(rng, size) for _ in range(256)]
@@ -43,11 +43,11 @@ def measure(model: DalleTransformer, tok: TextTokenizer, dvae: DVAE, size: int, 
     out = {"image_loss_own": float(model.forward_loss(ids, mask, codes)["image_loss"]),
            "image_loss_other": float(model.forward_loss(ids.roll(1, 0), mask.roll(1, 0), codes)["image_loss"])}
     srng = random.Random(7)
-    singles = [shapes.sample_scene(srng, size, n_objects=1) for _ in range(48)]
+    singles = [shapes.sample_scene(srng, size, n_objects=1) for _ in range(n_singles)]
     for name, group in (("single", singles), ("multi", scenes[:48])):
         caps = [shapes.long_caption(s) for s in group]
         i2, m2 = tok.encode_batch(caps, max_len=text_len)
-        drawn = to_pil(dvae.decode(model.generate(i2, m2, temperature=1.0, seed=0, guidance_scale=guidance_scale)))
+        drawn = to_pil(dvae.decode(model.generate(i2, m2, temperature=1.0, seed=seed, guidance_scale=guidance_scale)))
         met, bg, shape_drawn = [], [], []
         for im, s, cap in zip(drawn, group, caps):
             pred = parse_image(np.asarray(im))
@@ -71,12 +71,14 @@ def main() -> None:
     ap.add_argument("--dvae", required=True)
     ap.add_argument("--png", default=None)
     ap.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
+    ap.add_argument("--singles", type=int, default=48, help="single-object scenes to draw (SE ~ 0.5/sqrt(n))")
+    ap.add_argument("--seed", type=int, default=0, help="sampling seed")
     a = ap.parse_args()
     torch.manual_seed(0)
     model = DalleTransformer.from_pretrained(a.transformer).eval()
     dvae = DVAE.from_pretrained(a.dvae).eval()
     size = dvae.config["image_size"]
-    print(json.dumps(measure(model, TextTokenizer.load(a.tokenizer), dvae, size, a.png, a.guidance)))
+    print(json.dumps(measure(model, TextTokenizer.load(a.tokenizer), dvae, size, a.png, a.guidance, a.singles, a.seed)))
 
 
 if __name__ == "__main__":
