@@ -144,7 +144,8 @@ def test_bf16_mixed_runs_on_a_cpu_only_with_native_bf16(monkeypatch):
     assert factory.resolve_precision("bf16-mixed") == "32-true"
     with pytest.raises(ValueError, match="train.precision must be"):
         factory.resolve_precision("fp8")
-    # a preset's number and a string override both pass the preset's type check
+    # tiny writes its precision as a string (32-true), so a `--set train.precision=bf16-mixed` passes
+    # the override type check (with `32`, a number, it was refused)
     assert resolve_train_config(load_preset("tiny", {"train": {"precision": "bf16-mixed"}}), "clip")["precision"] == "bf16-mixed"
     assert resolve_train_config(load_preset("laptop"), "transformer")["precision"] == "bf16-mixed"
 
