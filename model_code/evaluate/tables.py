@@ -91,7 +91,7 @@ def paired(a: Sequence[float] | Sequence[dict], b: Sequence[float] | Sequence[di
     """(mean of a - b, its standard error), each prompt paired with itself: the tables compare
     settings on the same prompts, so prompt difficulty cancels. a, b: per-image rows (with
     prompt_id) or per-prompt values in the same order."""
-    if a and isinstance(a[0], dict):
+    if len(a) and isinstance(a[0], dict):   # len: a may be a numpy array (per-prompt values)
         ma, mb = _prompt_means(a, key), _prompt_means(b, key)
         d = np.array([ma[k] - mb[k] for k in ma if k in mb])
     else:

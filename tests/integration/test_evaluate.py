@@ -108,7 +108,7 @@ def test_tables_at_tiny_size(env):
     unclip = tiny_bundle(str(root), "unclip")
     fast = {"prior_steps": 2, "decoder_steps": 2, "upsample": False}
     gd = T.table_guidance(unclip, text, env["ds"], str(root / "t-guidance"), scales=(1.0, 3.0), n_per_category=1,
-                          samples_per_prompt=2, categories=("short",), sampling=fast, results_md=md)
+                          samples_per_prompt=2, categories=("short", "long"), sampling=fast, results_md=md)
     assert [(r["model"], r["scale"]) for r in gd["rows"]] == [("unCLIP", 1.0), ("unCLIP", 3.0),
                                                               ("text decoder", 1.0), ("text decoder", 3.0)]
     assert all(r["diversity"] is not None and r["diversity"] >= 0 for r in gd["rows"])

@@ -149,3 +149,6 @@ def test_table_verdicts_respect_noise():
     diff, se = paired(better, [dict(r, constraint=r["constraint"] * 0.5) for r in rows])
     assert diff == pytest.approx(0.25) and se == pytest.approx(0.0)
     assert paired([0.3, 0.5], [0.1, 0.2]) == (pytest.approx(0.25), pytest.approx(0.05))
+    # per-prompt values as numpy arrays, as the guidance table passes its diversity losses (it
+    # failed on "the truth value of an array" once it had more than one prompt)
+    assert paired(np.array([0.3, 0.5, 0.4]), np.array([0.1, 0.2, 0.3]))[0] == pytest.approx(0.2)

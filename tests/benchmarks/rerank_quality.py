@@ -1,0 +1,79 @@
+"""How much a reranker can find among a bundle's candidates: the measurement behind
+docs/results.md ("Session 14").
+
+The 80 single-object prompts of `single_object.py` (rewritten as served) get K candidates each,
+sampled once; the oracle judges every candidate against the prompt as written. For each budget N,
+the best-of-N is taken in each of the K/N disjoint groups of N candidates and averaged, picked by
+(a) the oracle itself (an upper bound: what a perfect reranker would keep) and (b) the bundle's
+CLIP and any other CLIP given with --clip (DALL-E 1's reranking; the served pick). Reports exact and
+not-a-scene rates per N; the gap between (a) and (b) is what the reranker loses, the oracle row at
+N = 1 is the generator alone.
+
+    python tests/benchmarks/rerank_quality.py BUNDLE [--k 16] [--seed S] [--clip OTHER_CLIP ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from single_object import prompts  # noqa: E402
+
+from model_code.data.oracle import parse_image  # noqa: E402
+from model_code.generate import Generator, to_pil  # noqa: E402
+from model_code.models.clip import CLIP  # noqa: E402
+from model_code.serve.rewrite import BuiltinRewriter  # noqa: E402
+from model_code.text.caption_parser import parse_caption, score_image  # noqa: E402
+
+
+def best_of(values: np.ndarray, keys: np.ndarray, n: int) -> float:
+    """Mean over prompts and disjoint groups of n of `values` at each group's argmax of `keys`:
+    values, keys (P, K)."""
+    P, K = values.shape
+    picked = [values[np.arange(P), g * n + keys[:, g * n:(g + 1) * n].argmax(1)].mean() for g in range(K // n)]
+    return round(float(np.mean(picked)), 3)
+
+
+@torch.no_grad()
+def measure(gen: Generator, k: int = 16, seed: int = 0, clips: dict[str, CLIP] | None = None) -> dict:
+    asked = prompts()
+    rw = BuiltinRewriter()
+    texts = [rw.rewrite(p, seed=i).text for i, p in enumerate(asked)]
+    images = gen.sample(texts, k, torch.Generator().manual_seed(seed), gen.sampling)   # (P * k, 3, H, W)
+    pil = to_pil(images)
+    exact, invalid = np.zeros((len(asked), k)), np.zeros((len(asked), k))
+    for i, p in enumerate(asked):
+        want = parse_caption(p)
+        for j in range(k):
+            s = score_image(parse_image(np.asarray(pil[i * k + j])), want)
+            exact[i, j], invalid[i, j] = s["exact"], s["invalid"] is not None
+    budgets = [n for n in (1, 2, 4, 8, 16, 32, 64) if n <= k]
+    out = {"prompts": len(asked), "k": k, "seed": seed,
+           "oracle": {n: best_of(exact, exact - 0.5 * invalid, n) for n in budgets}}
+    for name, clip in {"bundle": gen.clip, **(clips or {})}.items():
+        gen.clip = clip.eval()
+        sc = gen.clip_scores(images, [t for t in texts for _ in range(k)]).view(len(asked), k).cpu().numpy()
+        out[name] = {n: {"exact": best_of(exact, sc, n), "invalid": best_of(invalid, sc, n)} for n in budgets}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("bundle")
+    ap.add_argument("--k", type=int, default=16, help="candidates sampled per prompt")
+    ap.add_argument("--seed", type=int, default=0, help="sampling seed (the rewrites stay seeded by prompt index)")
+    ap.add_argument("--clip", action="append", default=[], help="another trained CLIP to rerank with")
+    a = ap.parse_args()
+    gen = Generator.load(a.bundle)
+    print(json.dumps(measure(gen, a.k, a.seed, {c: CLIP.from_pretrained(c) for c in a.clip})))
+
+
+if __name__ == "__main__":
+    main()
