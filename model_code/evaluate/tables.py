@@ -282,6 +282,16 @@ def candidate_pool(gen, texts: Sequence[str], num: int, seed: int, batch_size: i
     return images, np.concatenate(scores)
 
 
+def best_of_groups(scores: np.ndarray, n: int) -> np.ndarray:
+    """Scores (P, K) -> (P, K // n) candidate indices: the best-scoring one in each of the K // n
+    disjoint groups of n (DALL-E 1's best-of-N, estimated from one pool without resampling)."""
+    P, K = scores.shape
+    if not 1 <= n <= K:
+        raise ValueError(f"best-of-{n} needs 1 <= n <= {K} candidates")
+    g = K // n
+    return scores[:, :g * n].reshape(P, g, n).argmax(2) + np.arange(g) * n
+
+
 def table_rerank(bundle: str, dataset: str, out: str = "runs/tables/rerank",
                  budgets: Sequence[int] = (1, 2, 4, 8, 16, 32), preset: str | dict = "tiny",
                  n_per_category: int | None = None, seed: int = 0,
@@ -312,10 +322,9 @@ def table_rerank(bundle: str, dataset: str, out: str = "runs/tables/rerank",
     rows, by_budget = [], {}
     for n in budgets:
         pf_rows, clip = [], []
-        for i in range(len(ps)):
-            for g in range(pool_n // n):
-                j = g * n + int(np.argmax(scores[i, g * n:(g + 1) * n]))
-                pf_rows.append(judged(i, j))
+        for i, picks in enumerate(best_of_groups(scores, n)):
+            for j in picks:
+                pf_rows.append(judged(i, int(j)))
                 clip.append(float(scores[i, j]))
         by_budget[n] = pf_rows
         s = M.summarize_following(pf_rows)

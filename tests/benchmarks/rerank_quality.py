@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from single_object import prompts  # noqa: E402
 
 from model_code.data.oracle import parse_image  # noqa: E402
+from model_code.evaluate.tables import best_of_groups  # noqa: E402
 from model_code.generate import Generator, to_pil  # noqa: E402
 from model_code.models.clip import CLIP  # noqa: E402
 from model_code.serve.rewrite import BuiltinRewriter  # noqa: E402
@@ -34,11 +35,8 @@ from model_code.text.caption_parser import parse_caption, score_image  # noqa: E
 
 
 def best_of(values: np.ndarray, keys: np.ndarray, n: int) -> float:
-    """Mean over prompts and disjoint groups of n of `values` at each group's argmax of `keys`:
-    values, keys (P, K)."""
-    P, K = values.shape
-    picked = [values[np.arange(P), g * n + keys[:, g * n:(g + 1) * n].argmax(1)].mean() for g in range(K // n)]
-    return round(float(np.mean(picked)), 3)
+    """Mean of `values` (P, K) at the best-of-n picks of `keys` (P, K), over prompts and groups."""
+    return round(float(np.take_along_axis(values, best_of_groups(keys, n), 1).mean()), 3)
 
 
 @torch.no_grad()

@@ -152,3 +152,15 @@ def test_table_verdicts_respect_noise():
     # per-prompt values as numpy arrays, as the guidance table passes its diversity losses (it
     # failed on "the truth value of an array" once it had more than one prompt)
     assert paired(np.array([0.3, 0.5, 0.4]), np.array([0.1, 0.2, 0.3]))[0] == pytest.approx(0.2)
+
+
+def test_best_of_groups_picks_the_best_in_each_disjoint_group():
+    from model_code.evaluate.tables import best_of_groups
+    scores = np.array([[0.1, 0.9, 0.5, 0.2, 0.3, 0.4],
+                       [0.7, 0.1, 0.2, 0.8, 0.6, 0.0]])
+    assert best_of_groups(scores, 1).tolist() == [list(range(6))] * 2       # N = 1: every candidate
+    assert best_of_groups(scores, 2).tolist() == [[1, 2, 5], [0, 3, 4]]
+    assert best_of_groups(scores, 4).tolist() == [[1], [3]]                  # a ragged tail is left out
+    assert best_of_groups(scores, 6).tolist() == [[1], [3]]
+    with pytest.raises(ValueError, match="best-of-7"):
+        best_of_groups(scores, 7)
