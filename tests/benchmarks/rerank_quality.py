@@ -26,12 +26,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from single_object import prompts  # noqa: E402
 
-from model_code.data.oracle import parse_image  # noqa: E402
+from model_code.evaluate import metrics as M  # noqa: E402
 from model_code.evaluate.tables import best_of_groups  # noqa: E402
 from model_code.generate import Generator, to_pil  # noqa: E402
 from model_code.models.clip import CLIP  # noqa: E402
 from model_code.serve.rewrite import BuiltinRewriter  # noqa: E402
-from model_code.text.caption_parser import parse_caption, score_image  # noqa: E402
 
 
 def best_of(values: np.ndarray, keys: np.ndarray, n: int) -> float:
@@ -46,12 +45,9 @@ def measure(gen: Generator, k: int = 16, seed: int = 0, clips: dict[str, CLIP] |
     texts = [rw.rewrite(p, seed=i).text for i, p in enumerate(asked)]
     images = gen.sample(texts, k, torch.Generator().manual_seed(seed), gen.sampling)   # (P * k, 3, H, W)
     pil = to_pil(images)
-    exact, invalid = np.zeros((len(asked), k)), np.zeros((len(asked), k))
-    for i, p in enumerate(asked):
-        want = parse_caption(p)
-        for j in range(k):
-            s = score_image(parse_image(np.asarray(pil[i * k + j])), want)
-            exact[i, j], invalid[i, j] = s["exact"], s["invalid"] is not None
+    rows = [M.score_images({"text": p}, pil[i * k:(i + 1) * k]) for i, p in enumerate(asked)]   # vs the prompt as written
+    exact = np.array([[r["exact"] for r in rs] for rs in rows])                   # (P, k)
+    invalid = np.array([[r["invalid"] is not None for r in rs] for rs in rows], dtype=float)
     budgets = [n for n in (1, 2, 4, 8, 16, 32, 64) if n <= k]
     out = {"prompts": len(asked), "k": k, "seed": seed,
            "oracle": {n: best_of(exact, exact - 0.5 * invalid, n) for n in budgets}}
