@@ -113,7 +113,10 @@ def _table(a) -> dict:
     missing = [k for k in need if k not in b]
     if missing or set(b) - set(need):
         raise UsageError(f"table {a.table} takes --bundle {' '.join(k + '=URI' for k in need)}")
-    common = {"dataset": a.dataset, "out": a.out, "preset": a.preset, "seed": a.seed,
+    from model_code.config import parse_overrides
+    # sampling settings of the bundles' recipe over each bundle's own; the table names a bad key
+    sampling = parse_overrides(a.sampling) if a.sampling else None
+    common = {"dataset": a.dataset, "out": a.out, "preset": a.preset, "seed": a.seed, "sampling": sampling,
               "n_per_category": a.n_per_category, "mlflow": not a.no_mlflow, "results_md": a.results_md}
     if a.table == "captions":
         return tables.table_captions(b, samples_per_prompt=a.samples_per_prompt, **common)
@@ -381,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--budgets", default=None, help="rerank: comma-separated N (default 1,2,4,8,16,32)")
     s.add_argument("--scales", default=None, help="guidance: comma-separated scales (default 1,2,3,4)")
+    s.add_argument("--sampling", action="append", metavar="KEY=VALUE",
+                   help="a sampling setting of the bundles' recipe (model_code/generate.py DEFAULT_SAMPLING, "
+                        "e.g. temperature=0.9), over each bundle's own; repeatable")
     s.add_argument("--no-mlflow", action="store_true")
 
     pipe = sub.add_parser("pipeline", help="Kubeflow Pipelines: compile for the UI, submit runs, schedule them")

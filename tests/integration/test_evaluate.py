@@ -83,7 +83,7 @@ def test_prompt_set_beside_the_dataset_is_reused(env):
         os.remove(os.path.join(env["ds"], "prompts.json"))
 
 
-def test_tables_at_tiny_size(env):
+def test_tables_at_tiny_size(env, capsys):
     from model_code.evaluate import tables as T
     md = str(env["root"] / "docs" / "results.md")
     cap = T.table_captions({"original": env["dalle"], "synthetic": env["dalle"], "blend": env["dalle"]},
@@ -100,6 +100,15 @@ def test_tables_at_tiny_size(env):
     assert [r["groups_per_prompt"] for r in rr["rows"]] == [4, 2, 1]
     clip = [r["clip_score"] for r in rr["rows"]]
     assert clip == sorted(clip)        # the mean CLIP-best of N can only rise with N
+
+    # the CLI face: --sampling reaches the table (its settings line), a bad key is named
+    from easel.cli import main
+    cli = ["table", "rerank", "--dataset", env["ds"], "--bundle", f"bundle={env['dalle']}", "--budgets", "1,2",
+           "--n-per-category", "1", "--no-mlflow", "--json"]
+    assert main(cli + ["--out", str(env["root"] / "t-cli"), "--sampling", "temperature=0.9"]) == 0
+    assert "'temperature': 0.9" in open(env["root"] / "t-cli" / "rerank.md").read()
+    assert main(cli + ["--out", str(env["root"] / "t-cli-bad"), "--sampling", "temprature=0.9"]) != 0
+    assert "temprature" in capsys.readouterr().err
 
     root = env["root"]
     text_parts = build_parts(str(root / "parts-text"), "unclip", overrides={"decoder": {"conditioning": "text"}})
