@@ -68,10 +68,12 @@ def _data_version(a) -> dict:
     return lineage(a.dataset)
 
 
-def _set_overrides(a) -> dict | None:
-    """--set KEY=VALUE ... -> an overrides dict: the CLI is where `a.b=c` strings end."""
+def _set_overrides(a, option: str = "set") -> dict | None:
+    """--set KEY=VALUE ... (or another repeatable KEY=VALUE option, e.g. --sampling) -> an overrides
+    dict: the CLI is where `a.b=c` strings end."""
     from model_code.config import parse_overrides
-    return parse_overrides(a.set) if a.set else None
+    given = getattr(a, option)
+    return parse_overrides(given) if given else None
 
 
 def _run_local(a) -> dict:
@@ -113,10 +115,9 @@ def _table(a) -> dict:
     missing = [k for k in need if k not in b]
     if missing or set(b) - set(need):
         raise UsageError(f"table {a.table} takes --bundle {' '.join(k + '=URI' for k in need)}")
-    from model_code.config import parse_overrides
     # sampling settings of the bundles' recipe over each bundle's own; the table names a bad key
-    sampling = parse_overrides(a.sampling) if a.sampling else None
-    common = {"dataset": a.dataset, "out": a.out, "preset": a.preset, "seed": a.seed, "sampling": sampling,
+    common = {"dataset": a.dataset, "out": a.out, "preset": a.preset, "seed": a.seed,
+              "sampling": _set_overrides(a, "sampling"),
               "n_per_category": a.n_per_category, "mlflow": not a.no_mlflow, "results_md": a.results_md}
     if a.table == "captions":
         return tables.table_captions(b, samples_per_prompt=a.samples_per_prompt, **common)

@@ -245,26 +245,39 @@ def put_dir(local_dir: str, uri: str) -> None:
             put_file(src, join(uri, rel))
 
 
-def copy_dir(src: str, dst: str, skip: tuple[str, ...] = ()) -> int:
-    """Copy every file under `src` (a directory or URI prefix) to `dst`, leaving out the top-level
-    entries named in `skip` (e.g. a trained part's checkpoints/); returns the files copied."""
+def files_under(src: str, skip: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """Every file under `src` (a directory or URI prefix) as (path relative to src, URI), sorted,
+    leaving out the top-level entries named in `skip` (e.g. a trained part's checkpoints/)."""
     fs = filesystem(src)
     # fsspec's local find returns absolute paths whatever it was given: compare like with like
     base = _strip(src).rstrip("/") if is_remote(src) else os.path.abspath(local_path(src))
     with _errors(src, "list"):
         found = fs.find(base)
-    n = 0
+    out = []
     for path in found:
         rel = path[len(base):].lstrip("/") if is_remote(src) else os.path.relpath(path, base).replace(os.sep, "/")
-        if not rel or rel.split("/", 1)[0] in skip:
-            continue
+        if rel and rel.split("/", 1)[0] not in skip:
+            out.append((rel, _with_scheme(src, path) if is_remote(src) else path))
+    return sorted(out)
+
+
+def copy_dir(src: str, dst: str, skip: tuple[str, ...] = ()) -> int:
+    """Copy every file under `src` (a directory or URI prefix) to `dst`, leaving out the top-level
+    entries named in `skip` (e.g. a trained part's checkpoints/); returns the files copied."""
+    found = files_under(src, skip)
+    for rel, uri in found:
         if is_remote(src):
             with tempfile.TemporaryDirectory() as tmp:
-                put_file(get_file(_with_scheme(src, path), os.path.join(tmp, "f")), join(dst, rel))
+                put_file(get_file(uri, os.path.join(tmp, "f")), join(dst, rel))
         else:
-            put_file(path, join(dst, rel))
-        n += 1
-    return n
+            put_file(uri, join(dst, rel))
+    return len(found)
+
+
+def move(src: str, dst: str) -> None:
+    """Rename a file (same store): a file written under a side name appears whole under `dst`."""
+    with _errors(src, "move"):
+        filesystem(src).mv(_strip(src), _strip(dst))
 
 
 def get_dir(uri: str, local_dir: str) -> str:

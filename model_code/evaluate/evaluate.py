@@ -36,6 +36,7 @@ import numpy as np
 
 from model_code import storage
 from model_code.evaluate import metrics as M
+from model_code.evaluate.sample_cache import SAMPLES_DIR, SampleCache, bundle_fingerprint
 from model_code.evaluate.prompts import (DEFAULT_CATEGORIES, PROMPTS_FILE, by_category, heldout_prompts,
                                          read_prompts, write_prompts)
 
@@ -101,10 +102,12 @@ def load_prompts(dataset: str, out: str, cfg: dict, prompts: str | list | None =
 
 
 def generate_images(generator, prompts: Sequence[dict], samples: int, seed: int, batch_size: int,
-                    candidates: int | None = None, sampling: dict | None = None, rewrite: bool = False) -> list:
+                    candidates: int | None = None, sampling: dict | None = None, rewrite: bool = False,
+                    cache: SampleCache | None = None) -> list:
     """Generator.generate over the prompt set in batches; batch b uses seed + b (deterministic).
     rewrite: each prompt is first rewritten by the serving rewriter (seeded), as a served request
-    is; the prompt dicts get the text that was drawn as "revised"."""
+    is; the prompt dicts get the text that was drawn as "revised". cache: each batch is written
+    there as it is drawn and read back on a re-run (a killed evaluation or table resumes)."""
     sampling = dict(sampling or {})
     candidates = candidates if candidates is not None else sampling.pop("candidates", None)
     sampling.pop("candidates", None)
@@ -118,8 +121,11 @@ def generate_images(generator, prompts: Sequence[dict], samples: int, seed: int,
             p["revised"] = t
     t0 = last = time.time()
     for b, i in enumerate(range(0, len(texts), batch_size)):
-        out += generator.generate(texts[i:i + batch_size], n=samples, candidates=candidates,
-                                  seed=seed + b, **sampling)
+        chunk = texts[i:i + batch_size]
+        key = {"kind": "generate", "texts": chunk, "n": samples, "candidates": candidates, "seed": seed + b,
+               "sampling": sampling}
+        out += (cache or SampleCache()).generated(key, lambda: generator.generate(
+            chunk, n=samples, candidates=candidates, seed=seed + b, **sampling))
         if time.time() - last > 20 or len(out) == len(texts):  # a line every ~20 s on long evaluations
             last = time.time()
             log.info("evaluate: generated %d/%d prompts x %d samples (%.0f s)", len(out), len(texts), samples,
@@ -267,18 +273,6 @@ def _save_png(img, uri: str) -> None:
 RESULT_FILE = "evaluation.json"
 
 
-def _bundle_fingerprint(bundle: str) -> list:
-    """What identifies a bundle's content cheaply: every file's path, size and modification
-    time (ETag on S3). A bundle rebuilt at the same place (a re-trained part) changes it."""
-    fs = storage.filesystem(bundle)
-    out = []
-    for path, info in sorted(fs.find(storage.local_path(bundle) if not storage.is_remote(bundle) else bundle,
-                                     detail=True).items()):
-        out.append([os.path.relpath(path, storage.local_path(bundle)) if not storage.is_remote(bundle) else path,
-                    info.get("size"), info.get("mtime") or info.get("ETag") or info.get("LastModified")])
-    return json.loads(json.dumps(out, default=str))
-
-
 def _finished(out: str, key: dict) -> dict | None:
     """The result of an evaluation already finished in `out` with exactly these inputs, or None."""
     path = storage.join(out, RESULT_FILE)
@@ -315,7 +309,7 @@ def evaluate(bundle: str, dataset: str, out: str, preset: str | dict = "tiny",
     if not storage.is_remote(out):
         os.makedirs(storage.local_path(out), exist_ok=True)
     # a re-run (the pipeline resumed after a kill) reuses a finished evaluation of the same inputs
-    key = json.loads(json.dumps({"bundle": bundle, "content": _bundle_fingerprint(bundle), "dataset": dataset,
+    key = json.loads(json.dumps({"bundle": bundle, "content": bundle_fingerprint(bundle), "dataset": dataset,
                                  "cfg": cfg, "candidates": candidates, "sampling": sampling, "prompts": prompts,
                                  "mlflow": mlflow}, sort_keys=True, default=str))
     done = _finished(out, key)
@@ -326,8 +320,9 @@ def evaluate(bundle: str, dataset: str, out: str, preset: str | dict = "tiny",
     if not ps:
         raise ValueError(f"dataset: no held-out prompts could be made from {dataset}")
     log.info("evaluate: %d prompts x %d samples with %s", len(ps), cfg["samples_per_prompt"], bundle)
+    samples = SampleCache(storage.join(out, SAMPLES_DIR), bundle)   # a killed evaluation resumes here
     generated = generate_images(gen, ps, cfg["samples_per_prompt"], cfg["seed"], cfg["batch_size"],
-                                candidates, sampling, rewrite=bool(cfg["rewrite"]))
+                                candidates, sampling, rewrite=bool(cfg["rewrite"]), cache=samples)
     records = M.heldout_records(dataset, cfg["heldout_images"], cfg["seed"])
     real = [im for _, im, _ in records]
     flat, per, pf = compute_metrics(gen, ps, generated, real)
@@ -350,6 +345,7 @@ def evaluate(bundle: str, dataset: str, out: str, preset: str | dict = "tiny",
     report, _ = write_report(out, f"Evaluation of {bundle}", settings, flat, per, ps, generated,
                              cfg["grid_prompts"])
     storage.write_text(storage.join(out, "rows.json"), json.dumps(pf["rows"], indent=0, default=str))
+    samples.clear()   # only a resume needs them; the report's grids keep what people look at
     run_id = None
     if mlflow:
         import pandas as pd

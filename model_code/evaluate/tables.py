@@ -24,6 +24,7 @@ import torch
 from model_code import storage
 from model_code.evaluate import metrics as M
 from model_code.evaluate.evaluate import eval_config, generate_images
+from model_code.evaluate.sample_cache import SAMPLES_DIR, SampleCache, array_to_images, images_to_array
 from model_code.tracking import log_run
 from model_code.generate import check_sampling
 from model_code.evaluate.prompts import DEFAULT_CATEGORIES, heldout_prompts
@@ -46,6 +47,11 @@ def _prompts(dataset: str, out: str, n: int, seed: int, categories: Sequence[str
     if not ps:
         raise ValueError(f"dataset: no held-out prompts of {list(categories)} could be made from {dataset}")
     return ps
+
+
+def _samples(out: str, bundle: str) -> SampleCache:
+    """Where a table keeps the batches it has drawn with `bundle`, so that a killed table resumes."""
+    return SampleCache(storage.join(out, SAMPLES_DIR), bundle)
 
 
 def _load(bundle: str, recipe: str | None = None):
@@ -162,6 +168,7 @@ def _finish(key: str, title: str, rows: list[dict], md: list[str], fig_png: byte
             out: str, mlflow: bool, results_md: str | None | bool, t0: float) -> dict[str, Any]:
     """Write table.json/csv, plot and markdown under out; MLflow run; docs/results.md section."""
     import pandas as pd
+    storage.remove(storage.join(out, SAMPLES_DIR), recursive=True)   # measured: no resume needs them
     df = pd.DataFrame(rows)
     storage.write_text(storage.join(out, f"{key}.csv"), df.to_csv(index=False))
     storage.write_text(storage.join(out, f"{key}.json"), json.dumps(rows, indent=1, default=float))
@@ -206,7 +213,8 @@ def table_captions(bundles: dict[str, str], dataset: str, out: str = "runs/table
     for policy in POLICIES:
         gen = _load(bundles[policy])
         generated = generate_images(gen, ps, cfg["samples_per_prompt"], seed, cfg["batch_size"],
-                                    sampling=check_sampling(gen.recipe, sampling))
+                                    sampling=check_sampling(gen.recipe, sampling),
+                                    cache=_samples(out, bundles[policy]))
         full = M.prompt_following(ps, [g.images for g in generated])
         pf = full["per_category"]
         imgs = [im for g in generated for im in g.images]
@@ -265,20 +273,27 @@ def table_captions(bundles: dict[str, str], dataset: str, out: str = "runs/table
 # ---------------------------------------------------------------- (2) DALL-E 1: rerank budget
 @torch.no_grad()
 def candidate_pool(gen, texts: Sequence[str], num: int, seed: int, batch_size: int = 8,
-                   **overrides) -> tuple[list, np.ndarray]:
+                   cache: SampleCache | None = None, **overrides) -> tuple[list, np.ndarray]:
     """`num` candidates per prompt in sampling order (no reranking) and their CLIP scores:
-    (list over prompts of lists of PIL images, scores (P, num))."""
+    (list over prompts of lists of PIL images, scores (P, num)). cache: each batch is written
+    there as it is drawn and read back on a re-run (a killed table resumes)."""
     from model_code.generate import to_pil
     settings = {**gen.sampling, **{k: v for k, v in overrides.items() if v is not None}}
+    cache = cache or SampleCache()
     images, scores = [], []
     for b, i in enumerate(range(0, len(texts), batch_size)):
         chunk = list(texts[i:i + batch_size])
-        g = torch.Generator().manual_seed(seed + b)
-        x = gen.sample(chunk, num, g, settings)                            # (len(chunk) * num, 3, H, W)
-        s = gen.clip_scores(x, [t for t in chunk for _ in range(num)]).view(len(chunk), num)
-        pil = to_pil(x)
-        images += [pil[j * num:(j + 1) * num] for j in range(len(chunk))]
-        scores.append(s.cpu().numpy())
+
+        def draw() -> dict[str, np.ndarray]:
+            g = torch.Generator().manual_seed(seed + b)
+            x = gen.sample(chunk, num, g, settings)                        # (len(chunk) * num, 3, H, W)
+            s = gen.clip_scores(x, [t for t in chunk for _ in range(num)]).view(len(chunk), num)
+            arr = images_to_array(to_pil(x))                               # (len(chunk) * num, H, W, 3)
+            return {"images": arr.reshape(len(chunk), num, *arr.shape[1:]), "scores": s.cpu().numpy()}
+
+        got = cache.arrays({"kind": "pool", "texts": chunk, "num": num, "seed": seed + b, "settings": settings}, draw)
+        images += [array_to_images(row) for row in got["images"]]
+        scores.append(got["scores"])
     return images, np.concatenate(scores)
 
 
@@ -311,7 +326,8 @@ def table_rerank(bundle: str, dataset: str, out: str = "runs/tables/rerank",
     ps = _prompts(dataset, out, cfg["n_per_category"], seed, categories)
     pool_n = budgets[-1]
     sampling = check_sampling(gen.recipe, sampling)
-    images, scores = candidate_pool(gen, [p["text"] for p in ps], pool_n, seed, cfg["batch_size"], **sampling)
+    images, scores = candidate_pool(gen, [p["text"] for p in ps], pool_n, seed, cfg["batch_size"],
+                                    cache=_samples(out, bundle), **sampling)
     cache: dict[tuple[int, int], dict] = {}
 
     def judged(i: int, j: int) -> dict:
@@ -391,7 +407,8 @@ def table_guidance(unclip_bundle: str, text_decoder_bundle: str, dataset: str,
     k = cfg["samples_per_prompt"]
     if k < 2:
         raise ValueError("samples_per_prompt: diversity needs at least 2 samples per prompt")
-    models = {"unCLIP": _load(unclip_bundle, "unclip"), "text decoder": _load(text_decoder_bundle, "unclip")}
+    paths = {"unCLIP": unclip_bundle, "text decoder": text_decoder_bundle}
+    models = {name: _load(path, "unclip") for name, path in paths.items()}
     if models["unCLIP"].decoder.conditioning != "image":
         raise ValueError(f"unclip_bundle: its decoder is conditioned on {models['unCLIP'].decoder.conditioning}, "
                          "not on the CLIP image embedding")
@@ -403,7 +420,8 @@ def table_guidance(unclip_bundle: str, text_decoder_bundle: str, dataset: str,
     for name, gen in models.items():
         for s in scales:
             settings = {**check_sampling(gen.recipe, sampling), "decoder_guidance": s}
-            generated = generate_images(gen, ps, k, seed, cfg["batch_size"], candidates=k, sampling=settings)
+            generated = generate_images(gen, ps, k, seed, cfg["batch_size"], candidates=k, sampling=settings,
+                                        cache=_samples(out, paths[name]))
             images = [g.images for g in generated]
             pf = M.prompt_following(ps, images)
             emb = M.embed_images(gen, [im for ims in images for im in ims])           # (P * k, D)

@@ -133,3 +133,55 @@ def test_tables_at_tiny_size(env, capsys):
     again = open(md).read()
     assert again.count("<!-- easel-table:rerank -->") == 1 and "## replaced" in again
     assert again.index("easel-table:captions") < again.index("easel-table:rerank") < again.index("easel-table:guidance")
+
+
+def test_a_killed_table_or_evaluation_resumes_at_its_next_batch(env, monkeypatch):
+    """Killed after its first batch, a re-run draws only the batches it had not written and measures
+    what an uninterrupted run measures; a finished run leaves no samples behind."""
+    from model_code.config import load_preset
+    from model_code.evaluate import tables as T
+    from model_code.evaluate.evaluate import evaluate
+    from model_code.generate import DalleGenerator
+    preset = load_preset("tiny", {"evaluate": {"batch_size": 2}})   # several batches from a few prompts
+    real_sample, drawn = DalleGenerator.sample, []
+
+    def killed_after(n):
+        def sample(self, *a, **kw):
+            if n is not None and len(drawn) >= n:
+                raise KeyboardInterrupt("preempted")
+            drawn.append(1)
+            return real_sample(self, *a, **kw)
+        return sample
+
+    kw = dict(budgets=(1, 2), n_per_category=1, categories=("short", "colors", "counting"), preset=preset,
+              mlflow=False, results_md=False)
+    whole = T.table_rerank(env["dalle"], env["ds"], str(env["root"] / "t-whole"), **kw)
+    out = str(env["root"] / "t-killed")
+    monkeypatch.setattr(DalleGenerator, "sample", killed_after(1))
+    drawn.clear()
+    with pytest.raises(KeyboardInterrupt):
+        T.table_rerank(env["dalle"], env["ds"], out, **kw)
+    assert len(os.listdir(os.path.join(out, "samples"))) == 1     # the batch drawn before the kill
+    monkeypatch.setattr(DalleGenerator, "sample", killed_after(None))
+    drawn.clear()
+    resumed = T.table_rerank(env["dalle"], env["ds"], out, **kw)
+    assert len(drawn) == 1                                        # 3 prompts in batches of 2: only the last
+    assert [r["clip_score"] for r in resumed["rows"]] == [r["clip_score"] for r in whole["rows"]]
+    assert [r["pf_constraint"] for r in resumed["rows"]] == [r["pf_constraint"] for r in whole["rows"]]
+    assert not os.path.exists(os.path.join(out, "samples"))
+
+    ekw = dict(n_per_category=1, samples_per_prompt=1, candidates=1, preset=preset, mlflow=False,
+               categories=("short", "colors", "counting", "position"))
+    full = evaluate(env["dalle"], env["ds"], str(env["root"] / "e-whole"), **ekw)
+    out = str(env["root"] / "e-killed")
+    monkeypatch.setattr(DalleGenerator, "sample", killed_after(1))
+    drawn.clear()
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(env["dalle"], env["ds"], out, **ekw)
+    monkeypatch.setattr(DalleGenerator, "sample", killed_after(None))
+    drawn.clear()
+    again = evaluate(env["dalle"], env["ds"], out, **ekw)
+    assert len(drawn) == 1 and again["metrics"]["n_images"] == full["metrics"]["n_images"] == 4
+    assert {k: v for k, v in again["metrics"].items() if k != "seconds"} == \
+        {k: v for k, v in full["metrics"].items() if k != "seconds"}
+    assert not os.path.exists(os.path.join(out, "samples"))

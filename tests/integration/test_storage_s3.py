@@ -69,6 +69,29 @@ def test_put_get_file_and_dir(bucket, tmp_path):
     assert storage.ls(f"{bucket}/copy") == [f"{bucket}/copy/top.bin"]
     assert storage.copy_dir(f"{bucket}/tree", str(tmp_path / "copy")) == len(files)
     assert (tmp_path / "copy" / "nested" / "deeper" / "b.txt").read_bytes() == b"bb"
+    assert [rel for rel, _ in storage.files_under(f"{bucket}/tree")] == sorted(files)
+    storage.move(f"{bucket}/copy/top.bin", f"{bucket}/copy/moved.bin")
+    assert storage.ls(f"{bucket}/copy") == [f"{bucket}/copy/moved.bin"]
+
+
+def test_sample_cache_in_the_object_store(bucket):
+    """A table's or evaluation's samples kept on S3 (a pod's `out`): keyed by the bundle's
+    listing, read back whole, gone when cleared."""
+    import numpy as np
+
+    from model_code.evaluate.sample_cache import SampleCache, bundle_fingerprint
+    storage.write_text(f"{bucket}/bundle/bundle.json", "{}")
+    storage.write_bytes(f"{bucket}/bundle/clip/model.safetensors", b"w")
+    fp = bundle_fingerprint(f"{bucket}/bundle")
+    cache = SampleCache(f"{bucket}/out/samples", f"{bucket}/bundle")
+    assert cache.arrays({"k": 1}, lambda: {"x": np.arange(3)})["x"].tolist() == [0, 1, 2]
+    assert SampleCache(f"{bucket}/out/samples", f"{bucket}/bundle").arrays(
+        {"k": 1}, lambda: {"x": np.arange(9)})["x"].tolist() == [0, 1, 2]
+    assert [u.rsplit(".", 1)[-1] for u in storage.ls(f"{bucket}/out/samples")] == ["npz"]
+    storage.write_bytes(f"{bucket}/bundle/clip/model.safetensors", b"retrained")
+    assert bundle_fingerprint(f"{bucket}/bundle") != fp
+    cache.clear()
+    assert not storage.exists(f"{bucket}/out/samples") or storage.glob(f"{bucket}/out/samples/*") == []
 
 
 def test_large_object_is_multipart_and_intact(bucket, s3_env, tmp_path):
