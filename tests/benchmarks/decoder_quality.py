@@ -8,7 +8,7 @@ with an object in the asked colour, and the mean absolute pixel error against th
 the decoder (guidance 1) draws it, the whole unCLIP chain. With --png, a grid: real images, then
 one row per setting.
 
-    python tests/benchmarks/decoder_quality.py --bundle UNCLIP_BUNDLE [--decoder DECODER] [--prior] [--png probe.png]
+    python tests/benchmarks/decoder_quality.py --bundle UNCLIP_BUNDLE [--decoder DECODER] [--prior] [--n 32] [--png probe.png]
 """
 from __future__ import annotations
 
@@ -66,11 +66,12 @@ def main() -> None:
     ap.add_argument("--decoder", default=None, help="another trained decoder to judge (default: the bundle's)")
     ap.add_argument("--prior", action="store_true", help="also judge the whole chain: prior from the caption, then decoder")
     ap.add_argument("--png", default=None)
+    ap.add_argument("--n", type=int, default=32, help="single-object images (SE of a rate ~0.5/sqrt(n))")
     a = ap.parse_args()
     torch.manual_seed(0)
     gen = Generator.load(a.bundle)
     decoder = UnCLIPDecoder.from_pretrained(a.decoder).eval() if a.decoder else gen.decoder
-    for row in measure(gen, decoder, a.png, prior=a.prior):
+    for row in measure(gen, decoder, a.png, n=a.n, prior=a.prior):
         print(json.dumps(row))
 
 
