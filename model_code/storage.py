@@ -245,20 +245,23 @@ def put_dir(local_dir: str, uri: str) -> None:
             put_file(src, join(uri, rel))
 
 
-def files_under(src: str, skip: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+def files_under(src: str, skip: tuple[str, ...] = (), detail: bool = False) -> list[tuple]:
     """Every file under `src` (a directory or URI prefix) as (path relative to src, URI), sorted,
-    leaving out the top-level entries named in `skip` (e.g. a trained part's checkpoints/)."""
+    leaving out the top-level entries named in `skip` (e.g. a trained part's checkpoints/).
+    detail=True adds each file's info (size, mtime or ETag) from the same listing: one request on
+    S3, not one per file."""
     fs = filesystem(src)
     # fsspec's local find returns absolute paths whatever it was given: compare like with like
     base = _strip(src).rstrip("/") if is_remote(src) else os.path.abspath(local_path(src))
     with _errors(src, "list"):
-        found = fs.find(base)
+        found = fs.find(base, detail=True)
     out = []
-    for path in found:
+    for path, info in found.items():
         rel = path[len(base):].lstrip("/") if is_remote(src) else os.path.relpath(path, base).replace(os.sep, "/")
         if rel and rel.split("/", 1)[0] not in skip:
-            out.append((rel, _with_scheme(src, path) if is_remote(src) else path))
-    return sorted(out)
+            uri = _with_scheme(src, path) if is_remote(src) else path
+            out.append((rel, uri, info) if detail else (rel, uri))
+    return sorted(out, key=lambda row: row[0])
 
 
 def copy_dir(src: str, dst: str, skip: tuple[str, ...] = ()) -> int:

@@ -309,7 +309,8 @@ def evaluate(bundle: str, dataset: str, out: str, preset: str | dict = "tiny",
     if not storage.is_remote(out):
         os.makedirs(storage.local_path(out), exist_ok=True)
     # a re-run (the pipeline resumed after a kill) reuses a finished evaluation of the same inputs
-    key = json.loads(json.dumps({"bundle": bundle, "content": bundle_fingerprint(bundle), "dataset": dataset,
+    content = bundle_fingerprint(bundle)
+    key = json.loads(json.dumps({"bundle": bundle, "content": content, "dataset": dataset,
                                  "cfg": cfg, "candidates": candidates, "sampling": sampling, "prompts": prompts,
                                  "mlflow": mlflow}, sort_keys=True, default=str))
     done = _finished(out, key)
@@ -320,7 +321,7 @@ def evaluate(bundle: str, dataset: str, out: str, preset: str | dict = "tiny",
     if not ps:
         raise ValueError(f"dataset: no held-out prompts could be made from {dataset}")
     log.info("evaluate: %d prompts x %d samples with %s", len(ps), cfg["samples_per_prompt"], bundle)
-    samples = SampleCache(storage.join(out, SAMPLES_DIR), bundle)   # a killed evaluation resumes here
+    samples = SampleCache(storage.join(out, SAMPLES_DIR), fingerprint=content)   # a killed evaluation resumes here
     generated = generate_images(gen, ps, cfg["samples_per_prompt"], cfg["seed"], cfg["batch_size"],
                                 candidates, sampling, rewrite=bool(cfg["rewrite"]), cache=samples)
     records = M.heldout_records(dataset, cfg["heldout_images"], cfg["seed"])

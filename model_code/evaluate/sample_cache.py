@@ -32,23 +32,20 @@ def bundle_fingerprint(bundle: str) -> str:
     """What identifies a bundle's content cheaply (no weights read): a hash of every file's path,
     size and modification time (ETag on S3). A bundle rebuilt at the same place (a re-trained
     part) changes it."""
-    fs = storage.filesystem(bundle)
-    rows = []
-    for rel, uri in storage.files_under(bundle):
-        info = fs.info(uri)
-        rows.append([rel, info.get("size"), info.get("mtime") or info.get("ETag") or info.get("LastModified")])
+    rows = [[rel, info.get("size"), info.get("mtime") or info.get("ETag") or info.get("LastModified")]
+            for rel, _, info in storage.files_under(bundle, detail=True)]
     return hashlib.sha256(json.dumps(rows, default=str).encode()).hexdigest()[:24]
 
 
 class SampleCache:
     """Batches of one bundle under `root`; SampleCache() (no root) keeps nothing and samples every
-    batch."""
+    batch. `fingerprint` is the bundle's bundle_fingerprint when the caller already computed it."""
 
-    def __init__(self, root: str | None = None, bundle: str | None = None):
-        if root is not None and bundle is None:
+    def __init__(self, root: str | None = None, bundle: str | None = None, fingerprint: str | None = None):
+        if root is not None and bundle is None and fingerprint is None:
             raise ValueError("a sample cache with a root needs the bundle it holds samples of")
         self.root = root
-        self.fingerprint = bundle_fingerprint(bundle) if root else ""
+        self.fingerprint = (fingerprint or bundle_fingerprint(bundle)) if root else ""
         self.hits = 0   # batches read back instead of sampled
 
     def _path(self, key: dict) -> str:

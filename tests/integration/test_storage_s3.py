@@ -70,6 +70,9 @@ def test_put_get_file_and_dir(bucket, tmp_path):
     assert storage.copy_dir(f"{bucket}/tree", str(tmp_path / "copy")) == len(files)
     assert (tmp_path / "copy" / "nested" / "deeper" / "b.txt").read_bytes() == b"bb"
     assert [rel for rel, _ in storage.files_under(f"{bucket}/tree")] == sorted(files)
+    # detail: each file's size (and ETag) from the one listing
+    assert {rel: info["size"] for rel, _, info in storage.files_under(f"{bucket}/tree", detail=True)} == \
+        {rel: len(d) for rel, d in files.items()}
     storage.move(f"{bucket}/copy/top.bin", f"{bucket}/copy/moved.bin")
     assert storage.ls(f"{bucket}/copy") == [f"{bucket}/copy/moved.bin"]
 

@@ -103,3 +103,8 @@ def test_copy_dir_from_a_relative_path_leaves_out_skipped_entries(tmp_path, monk
     monkeypatch.chdir(tmp_path)
     assert storage.copy_dir("models/tokenizer", "bundle/tokenizer", skip=("checkpoints",)) == 2
     assert sorted(os.listdir(tmp_path / "bundle" / "tokenizer")) == ["easel_tokenizer.json", "tokenizer.json"]
+    # the listing's details: each file's size and modification time, from the one find
+    rows = storage.files_under("models/tokenizer", detail=True)
+    assert [(rel, info["size"]) for rel, _, info in rows] == [
+        ("checkpoints/step-1.ckpt", 1), ("easel_tokenizer.json", 1), ("tokenizer.json", 1)]
+    assert all(info.get("mtime") for _, _, info in rows)
