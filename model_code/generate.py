@@ -284,7 +284,10 @@ class UnclipGenerator(Generator):
 
     def __init__(self, tokenizer, clip, prior, decoder, upsampler=None, sampling=None, meta=None):
         super().__init__(tokenizer, clip, sampling, meta)
-        self.prior, self.decoder = prior.eval(), decoder.eval()
+        # prior None: only the text-conditioned decoder (the paper's baseline) or given embeddings
+        # (decode_embeddings) can be sampled
+        self.prior = prior.eval() if prior is not None else None
+        self.decoder = decoder.eval()
         self.upsampler = upsampler.eval() if upsampler is not None else None
 
     @classmethod
@@ -320,6 +323,8 @@ class UnclipGenerator(Generator):
         if self.decoder.conditioning == "text":  # the DALL-E 2 table's text-conditioned baseline
             z = emb
         else:
+            if self.prior is None:
+                raise ValueError("unclip: this generator has no prior, and its decoder is image-conditioned")
             z = self.prior.sample(emb, tokens, mask, steps=settings.get("prior_steps"),
                                   guidance_scale=settings.get("prior_guidance"), generator=generator)
         images = self.decode_embeddings(z, tokens, mask, generator, settings)

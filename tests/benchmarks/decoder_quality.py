@@ -1,14 +1,16 @@
 """A trained unCLIP decoder on its own: the measurement behind docs/results.md ("Session 10").
 
 The decoder is given the true CLIP image embeddings of 32 new single-object Shapes images (the
-prior bypassed, so only the decoder is judged) and samples each once per sampling setting; the
-oracle reports the share of images in which the asked shape is drawn (chance about 0.2), the share
-with an object in the asked colour, and the mean absolute pixel error against the real image. With
+prior bypassed, so only the decoder is judged; a text-conditioned decoder gets their captions' z_t) and samples each once per sampling setting; the
+oracle reports the share of images in which the asked shape is drawn (chance about 0.2), the shares
+with an object in the asked colour, cell and size, and the mean absolute pixel error against the
+real image. With
 --prior, one more row: the bundle's prior samples the embedding from each image's long caption and
 the decoder (guidance 1) draws it, the whole unCLIP chain. With --png, a grid: real images, then
 one row per setting.
 
     python tests/benchmarks/decoder_quality.py --bundle UNCLIP_BUNDLE [--decoder DECODER] [--prior] [--n 32] [--png probe.png]
+    python tests/benchmarks/decoder_quality.py --clip CLIP --tokenizer TOKENIZER --decoder DECODER   (no bundle yet)
 """
 from __future__ import annotations
 
@@ -30,17 +32,20 @@ from model_code.models.decoder import UnCLIPDecoder  # noqa: E402
 
 SETTINGS = ({"guidance_scale": 1.0}, {"guidance_scale": 3.0},
             {"guidance_scale": 3.0, "sampler": "ddpm", "steps": 100}, {"guidance_scale": 1.0, "steps": 100})
+QUICK = SETTINGS[:1]   # --quick: the served setting only
 
 
 @torch.no_grad()
 def measure(gen: Generator, decoder: UnCLIPDecoder, png: str | None = None, n: int = 32,
-            prior: bool = False) -> list[dict]:
+            prior: bool = False, settings=SETTINGS) -> list[dict]:
     rng = random.Random(11)   # scenes no training run draws with its own seed
     scenes = [shapes.sample_scene(rng, int(decoder.config["image_size"]), n_objects=1) for _ in range(n)]
     real = to_tensor([shapes.render(s) for s in scenes])
     z = gen.clip.encode_image(real)                                  # (n, D) true image embeddings
     emb, tokens, mask = gen.text_condition([shapes.long_caption(s) for s in scenes])
-    runs = [({}, kw, z) for kw in SETTINGS]   # (row label, sampling settings, embeddings)
+    if decoder.conditioning == "text":   # the paper's text-conditioned baseline decodes z_t
+        z = emb
+    runs = [({}, kw, z) for kw in settings]   # (row label, sampling settings, embeddings)
     if prior:
         zp = gen.prior.sample(emb, tokens, mask, generator=torch.Generator().manual_seed(1))
         runs.append(({"from": "prior"}, {"guidance_scale": 1.0}, zp))
@@ -50,8 +55,8 @@ def measure(gen: Generator, decoder: UnCLIPDecoder, png: str | None = None, n: i
         ims = to_pil(x)
         found = [parse_image(np.asarray(im)).get("objects", []) for im in ims]
         drawn = {a: float(np.mean([any(o[a] == s["objects"][0][a] for o in objs) for objs, s in zip(found, scenes)]))
-                 for a in ("shape", "color")}
-        out.append({**kw, **label, "shape_drawn": drawn["shape"], "color_drawn": drawn["color"],
+                 for a in ("shape", "color", "cell", "size")}
+        out.append({**kw, **label, **{f"{a}_drawn": v for a, v in drawn.items()},
                     "abs_error": float((x - real).abs().mean())})
         rows.append(ims[:12])
     if png:
@@ -62,16 +67,28 @@ def measure(gen: Generator, decoder: UnCLIPDecoder, png: str | None = None, n: i
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--bundle", required=True, help="an unCLIP bundle (its CLIP and tokenizer are used)")
+    ap.add_argument("--bundle", default=None, help="an unCLIP bundle (its CLIP and tokenizer are used)")
+    ap.add_argument("--clip", default=None, help="without a bundle: a trained CLIP (with --tokenizer and --decoder)")
+    ap.add_argument("--tokenizer", default=None, help="without a bundle: the trained tokenizer")
     ap.add_argument("--decoder", default=None, help="another trained decoder to judge (default: the bundle's)")
     ap.add_argument("--prior", action="store_true", help="also judge the whole chain: prior from the caption, then decoder")
     ap.add_argument("--png", default=None)
+    ap.add_argument("--quick", action="store_true", help="only the served sampling setting (guidance 1)")
     ap.add_argument("--n", type=int, default=32, help="single-object images (SE of a rate ~0.5/sqrt(n))")
     a = ap.parse_args()
     torch.manual_seed(0)
-    gen = Generator.load(a.bundle)
+    if a.bundle:
+        gen = Generator.load(a.bundle)
+    elif a.clip and a.tokenizer and a.decoder and not a.prior:
+        from model_code.generate import UnclipGenerator
+        from model_code.models.clip import CLIP
+        from model_code.text.tokenizer import TextTokenizer
+        gen = UnclipGenerator(TextTokenizer.load(a.tokenizer), CLIP.from_pretrained(a.clip), None,
+                              UnCLIPDecoder.from_pretrained(a.decoder))
+    else:
+        ap.error("give --bundle, or --clip, --tokenizer and --decoder (and no --prior)")
     decoder = UnCLIPDecoder.from_pretrained(a.decoder).eval() if a.decoder else gen.decoder
-    for row in measure(gen, decoder, a.png, n=a.n, prior=a.prior):
+    for row in measure(gen, decoder, a.png, n=a.n, prior=a.prior, settings=QUICK if a.quick else SETTINGS):
         print(json.dumps(row))
 
 

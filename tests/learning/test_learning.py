@@ -114,6 +114,9 @@ def test_dalle_transformer_follows_the_caption(shapes, trained):
 
 DECODER_STEPS = 300
 DECODER_MSE_GAP_FLOOR = 0.10   # relative; untrained ~0, 300 steps (x0 prediction) 0.38, eps prediction 0.035
+# the caption alone (null CLIP embedding), own long caption vs another scene's: 300 steps 0.33
+# (own 0.045, other 0.068; seed 0, one thread, 2026-12-06); a decoder that ignores its caption ~0
+DECODER_CAPTION_GAP_FLOOR = 0.10
 
 
 @pytest.mark.timeout(600)
@@ -136,12 +139,26 @@ def test_unclip_decoder_uses_the_image_embedding(shapes, trained):
         other = float(np.mean([_seeded(model, held, emb.roll(1, 0), seed) for seed in range(4)]))
     print(f"decoder denoising error: own {own:.4f}, other {other:.4f}")
     assert (other - own) / other >= DECODER_MSE_GAP_FLOOR, f"denoising error {own:.4f} (own) vs {other:.4f} (other)"
+    # the caption alone (null CLIP embedding): own long caption vs another scene's. The served
+    # decoder gets the caption as well as the prior's embedding; a broken text path (masking,
+    # padding, the wrong token states) would leave no gap here while the embedding gap stays.
+    from model_code.data.shapes import long_caption
+    from model_code.text.tokenizer import TextTokenizer
+    tok = TextTokenizer.load(trained("tokenizer")[0])
+    ids, mask = tok.encode_batch([long_caption(sc) for sc in scenes], max_len=clip.config["max_text_tokens"])
+    null = model.null_emb.detach().expand(len(held), -1)
+    with torch.no_grad():
+        _, tokens = clip.encode_text_all(ids, mask)
+        own = float(np.mean([_seeded(model, held, null, seed, tokens, mask) for seed in range(4)]))
+        other = float(np.mean([_seeded(model, held, null, seed, tokens.roll(1, 0), mask.roll(1, 0)) for seed in range(4)]))
+    print(f"decoder denoising error from the caption alone: own {own:.4f}, other {other:.4f}")
+    assert (other - own) / other >= DECODER_CAPTION_GAP_FLOOR, f"denoising error {own:.4f} (own caption) vs {other:.4f}"
 
 
-def _seeded(model, images: torch.Tensor, emb: torch.Tensor, seed: int) -> float:
+def _seeded(model, images: torch.Tensor, emb: torch.Tensor, seed: int, tokens=None, mask=None) -> float:
     """The decoder's training loss with the noise and timesteps fixed by `seed`."""
     torch.manual_seed(seed)
-    return float(model.forward_loss(images, emb)["loss"])
+    return float(model.forward_loss(images, emb, tokens, mask)["loss"])
 
 
 PRIOR_STEPS = 300

@@ -116,3 +116,17 @@ def test_bundle_sampling_comes_from_the_preset_and_bad_keys_are_named(tmp_path):
     assert read_bundle_meta(str(tmp_path / "b2"))["sampling"]["candidates"] == 3
     with pytest.raises(ValueError, match=r"'temprature'.*not unclip settings"):
         bundle_step("unclip", parts, str(tmp_path / "b3"), "tiny", overrides={"sampling": {"unclip": {"temprature": 0.5}}})
+
+
+def test_an_unclip_generator_without_a_prior_decodes_embeddings_and_names_what_it_lacks(bundles):
+    """A prior-less generator (a decoder judged on true CLIP embeddings before any prior is
+    trained) decodes given embeddings; asked to sample from text with an image-conditioned
+    decoder it says so instead of failing on None."""
+    from model_code.generate import UnclipGenerator
+    g = Generator.load(bundles["unclip"], device="cpu")
+    bare = UnclipGenerator(g.tokenizer, g.clip, None, g.decoder)
+    emb, tokens, mask = bare.text_condition(["a red circle"])
+    x = bare.decode_embeddings(emb, tokens, mask, torch.Generator().manual_seed(0), {"decoder_steps": 2})
+    assert x.shape == (1, 3, g.decoder.config["image_size"], g.decoder.config["image_size"])
+    with pytest.raises(ValueError, match="no prior"):
+        bare.generate(["a red circle"], n=1, seed=0, decoder_steps=2)
