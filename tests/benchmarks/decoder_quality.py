@@ -87,7 +87,8 @@ def main() -> None:
                               UnCLIPDecoder.from_pretrained(a.decoder))
     else:
         ap.error("give --bundle, or --clip, --tokenizer and --decoder (and no --prior)")
-    decoder = UnCLIPDecoder.from_pretrained(a.decoder).eval() if a.decoder else gen.decoder
+    # the bundle-less generator already holds --decoder: load it once
+    decoder = UnCLIPDecoder.from_pretrained(a.decoder).eval() if a.decoder and a.bundle else gen.decoder
     for row in measure(gen, decoder, a.png, n=a.n, prior=a.prior, settings=QUICK if a.quick else SETTINGS):
         print(json.dumps(row))
 
