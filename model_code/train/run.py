@@ -357,6 +357,12 @@ def _train_tokenizer(cfg: dict, preset_name: str, data: str, out: str, resume: b
     metrics = {"vocab_size": float(tok.vocab_size), "texts": float(len(texts)),
                "mean_tokens": float(lengths.mean()), "p95_tokens": float(np.percentile(lengths, 95)),
                "truncated_fraction": float((lengths > max_len).mean())}
+    if metrics["truncated_fraction"] > 0.01:
+        # every text part reads at most max_len tokens: a cut caption's lost tail (the last objects,
+        # the relations) is a fact the image shows and its caption no longer states
+        print(f"tokenizer: {metrics['truncated_fraction']:.1%} of the training captions are longer than "
+              f"tokenizer.max_text_tokens={max_len} (95th percentile {metrics['p95_tokens']:.0f}, longest "
+              f"{lengths.max()}); every text part will cut them", file=sys.stderr)
     run_id = None
     if mlflow:
         _require_mlflow()

@@ -263,6 +263,18 @@ def test_frozen_dependencies_run_in_full_precision_under_autocast(data, tokenize
 
 
 # --------------------------------------------------------------------------- whole runs
+def test_the_tokenizer_says_when_captions_are_cut(data, tmp_path, capsys):
+    """The tiny preset's text length holds every Shapes caption (4-object long captions run to ~86
+    tokens); a shorter one cuts their tails in every text part, and training the tokenizer says so."""
+    from model_code.train.run import train_part
+    s = train_part("tokenizer", "tiny", data=data, out=str(tmp_path / "t96"), mlflow=False)
+    assert s["metrics"]["truncated_fraction"] == 0.0 and "are longer than" not in capsys.readouterr().err
+    s = train_part("tokenizer", "tiny", data=data, out=str(tmp_path / "t16"), mlflow=False,
+                   overrides={"tokenizer": {"max_text_tokens": 16}})
+    assert s["metrics"]["truncated_fraction"] > 0.2
+    assert "longer than tokenizer.max_text_tokens=16" in capsys.readouterr().err
+
+
 def test_train_dvae_end_to_end(data, tmp_path, monkeypatch):
     """train_part on the real dVAE: the loss falls, the model is saved and loads back, MLflow
     has the params, metrics and a sample grid, and a finished run is not retrained."""
