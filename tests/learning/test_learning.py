@@ -5,10 +5,22 @@ hole. Each floor sits between what an untrained or collapsed model scores and wh
 (docs/results.md, "The dVAE"), with a margin for the noise of a short run.
 """
 
+import random
+
 import numpy as np
 import pytest
 import torch
 
+from model_code.data.oracle import parse_image
+from model_code.data.shapes import long_caption, render, sample_scene
+from model_code.models.clip import CLIP
+from model_code.models.decoder import UnCLIPDecoder
+from model_code.models.dvae import DVAE, codebook_usage, psnr
+from model_code.models.prior import DiffusionPrior
+from model_code.models.transformer import DalleTransformer
+from model_code.text.tokenizer import TextTokenizer
+from model_code.train.parts import get_part
+from model_code.train.run import train_part
 from tests.unit.data.test_loader import shapes_data
 
 # measured (2 cores, one thread, seed 0): untrained 8.9 dB, collapsed onto the background ~15.7 dB,
@@ -20,8 +32,6 @@ DVAE_HARD_PSNR_FLOOR = 22.5
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
     """The Shapes data every learning test trains on, and held-out scenes no training image shows."""
-    import random
-    from model_code.data.shapes import render, sample_scene
     data = shapes_data(tmp_path_factory.getbasetemp(), n=1200)
     rng = random.Random(123)   # another seed than the training data's
     scenes = [sample_scene(rng, 32) for _ in range(128)]
@@ -38,8 +48,6 @@ SHORT = {"dvae": {"train": {"steps": {"dvae": 500}, "dvae": {"lr_anneal_steps": 
 @pytest.fixture(scope="module")
 def trained(shapes, tmp_path_factory):
     """Trained parts, by name, through the real training path (train_part), each once per module."""
-    from model_code.train.parts import get_part
-    from model_code.train.run import train_part
     data, root, done = shapes[0], tmp_path_factory.mktemp("learn"), {}
 
     def get(part: str, **overrides) -> tuple[str, dict]:
@@ -57,7 +65,6 @@ def test_dvae_learns_codes_that_carry_the_objects(shapes, trained):
     """The tiny preset's dVAE, trained through the real training path, reconstructs held-out
     Shapes images from hard codes (encode -> argmax -> decode) well above the background-only
     level, with more than a handful of codes in use."""
-    from model_code.models.dvae import DVAE, codebook_usage, psnr
     out, s = trained("dvae")
     assert s["steps"] == 500
     model = DVAE.from_pretrained(out).eval()
@@ -88,11 +95,6 @@ def test_dalle_transformer_follows_the_caption(shapes, trained):
     (a) predicts a held-out image's codes better from its own caption than from another image's
     caption (a model that ignores the text has no gap), and (b) draws the background a caption
     asks for, judged by the oracle on its decoded samples."""
-    from model_code.data.oracle import parse_image
-    from model_code.data.shapes import long_caption
-    from model_code.models.dvae import DVAE
-    from model_code.models.transformer import DalleTransformer
-    from model_code.text.tokenizer import TextTokenizer
     _, scenes, held = shapes
     out, s = trained("transformer", train={"steps": {"transformer": TRANSFORMER_STEPS}})
     assert s["steps"] == TRANSFORMER_STEPS
@@ -124,8 +126,6 @@ def test_unclip_decoder_uses_the_image_embedding(shapes, trained):
     """The unCLIP decoder, trained on a tiny CLIP's image embeddings, denoises a held-out image
     better given that image's own CLIP embedding than another image's (same noise, same steps):
     a decoder that ignores its conditioning has no gap."""
-    from model_code.models.clip import CLIP
-    from model_code.models.decoder import UnCLIPDecoder
     _, scenes, held = shapes
     out, s = trained("decoder", train={"steps": {"decoder": DECODER_STEPS}})
     assert s["steps"] == DECODER_STEPS
@@ -142,8 +142,6 @@ def test_unclip_decoder_uses_the_image_embedding(shapes, trained):
     # the caption alone (null CLIP embedding): own long caption vs another scene's. The served
     # decoder gets the caption as well as the prior's embedding; a broken text path (masking,
     # padding, the wrong token states) would leave no gap here while the embedding gap stays.
-    from model_code.data.shapes import long_caption
-    from model_code.text.tokenizer import TextTokenizer
     tok = TextTokenizer.load(trained("tokenizer")[0])
     ids, mask = tok.encode_batch([long_caption(sc) for sc in scenes], max_len=clip.config["max_text_tokens"])
     null = model.null_emb.detach().expand(len(held), -1)
@@ -172,10 +170,6 @@ def test_unclip_prior_maps_a_caption_to_its_image_embedding(shapes, trained):
     """The unCLIP prior, trained on a tiny CLIP's embeddings, samples for a held-out scene's
     caption an image embedding closer (cosine) to that scene's own CLIP image embedding than to
     another scene's: a prior that ignores its caption has no gap."""
-    from model_code.data.shapes import long_caption
-    from model_code.models.clip import CLIP
-    from model_code.models.prior import DiffusionPrior
-    from model_code.text.tokenizer import TextTokenizer
     _, scenes, held = shapes
     out, s = trained("prior", train={"steps": {"prior": PRIOR_STEPS}})
     assert s["steps"] == PRIOR_STEPS

@@ -189,3 +189,11 @@ def test_presets_agree_with_the_tokenizer_and_dvae(preset):
     # and they follow an override of what they derive from
     moved = load_preset(preset, {"dvae": {"codebook_size": 64}, "tokenizer": {"max_text_tokens": 32}})["transformer"]
     assert (moved["codebook_size"], moved["text_len"]) == (64, 32)
+
+
+def test_a_preset_may_give_the_transformer_fewer_text_tokens():
+    """laptop: the tokenizer (and CLIP, the captioner, prior and decoder) read 96 caption tokens,
+    the transformer 64 (its hour has no room for 1.2x steps): derive keeps the shorter length."""
+    cfg = load_preset("laptop")
+    assert cfg["tokenizer"]["max_text_tokens"] == 96 and cfg["transformer"]["text_len"] == 64
+    assert load_preset("tiny")["transformer"]["text_len"] == 96
