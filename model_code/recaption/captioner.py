@@ -141,8 +141,9 @@ class OracleCaptioner:
         out = []
         for i, im in enumerate(check_images(images)):
             scene = oracle.parse_image(im)
-            if not scene["objects"]:
-                out.append("")  # nothing to describe: the filters reject it, the original stays
+            if not scene["objects"] or any(o["shape"] not in shapes.SHAPES for o in scene["objects"]):
+                out.append("")  # nothing (or a blob of no shape) to describe: the filters reject it,
+                                # the original caption stays
             elif kind == "short":
                 out.append(shapes.short_caption(scene))
             else:

@@ -5,15 +5,17 @@ Gaussian blur (sigma 0.8 px) + JPEG quality 75 at 64 px. tests/benchmarks/bench_
 more scenes and all sizes (docs/benchmarks.md).
 """
 import io
+import math
 import random
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageFilter
+from PIL import Image, ImageDraw, ImageFilter
 
 from model_code.data import shapes
-from model_code.data.oracle import match_objects, parse_image, scene_match
+from model_code.data.oracle import BLOB, match_objects, parse_image, scene_match
+from model_code.recaption.captioner import OracleCaptioner
 
 N_SCENES = 300
 
@@ -123,6 +125,56 @@ def test_garbage_images_never_raise():
         assert isinstance(out["objects"], list) and out["background"] in shapes.BACKGROUNDS
     # pure noise is not a picture of shapes: every blob fits no shape and is dropped
     assert parse_image(cases[0])["objects"] == [] and parse_image(cases[1])["objects"] == []
+
+
+def soft_ellipse(rng: random.Random, S: int, aspect: float, sigma: float) -> tuple[Image.Image, str]:
+    """What a generator draws when it draws no shape: an ellipse of the world's colours, of a size
+    between the world's two, at any angle, anti-aliased like shapes.render and blurred."""
+    bg, col, k = rng.choice(list(shapes.BACKGROUNDS)), rng.choice(list(shapes.COLORS)), 4
+    im = Image.new("RGB", (S * k, S * k), shapes.BACKGROUNDS[bg])
+    area = math.pi / 4 * (rng.uniform(0.20, 0.27) * S) ** 2          # small 0.18 S, large 0.30 S
+    a, th = math.sqrt(area * aspect / math.pi), rng.uniform(0, math.pi)
+    b, cx, cy = a / aspect, rng.uniform(0.3, 0.7) * S, rng.uniform(0.3, 0.7) * S
+    pts = [((cx + a * math.cos(u) * math.cos(th) - b * math.sin(u) * math.sin(th)) * k,
+            (cy + a * math.cos(u) * math.sin(th) + b * math.sin(u) * math.cos(th)) * k)
+           for u in np.linspace(0, 2 * math.pi, 64, endpoint=False)]
+    ImageDraw.Draw(im).polygon(pts, fill=shapes.COLORS[col])
+    return im.resize((S, S), Image.BOX).filter(ImageFilter.GaussianBlur(sigma)), col
+
+
+@pytest.mark.parametrize("aspect,shape", [(1.0, "circle"), (1.7, BLOB), (2.4, BLOB)])
+def test_a_soft_blob_is_no_star(aspect, shape):
+    """A judge that names the best-fitting world shape for every blob reads stars, squares and
+    crosses into a generator's soft blobs and scores a blob drawer near a quarter on "the asked
+    shape" (docs/results.md, session 19). An elongated blob has no shape; a round one is a circle,
+    whatever its size. Both are still objects of their colour."""
+    rng = random.Random(0)
+    for _ in range(12):
+        img, col = soft_ellipse(rng, 32, aspect, rng.choice((0.8, 1.2)))
+        objs = parse_image(img)["objects"]
+        assert [(o["shape"], o["color"]) for o in objs] == [(shape, col)]
+    blob_scene = parse_image(soft_ellipse(rng, 32, 2.0, 1.0)[0])
+    assert shapes.invalid_reason(blob_scene) is None                # an object, in one cell
+    truth = {**blob_scene, "objects": [{**blob_scene["objects"][0], "shape": "star"}]}
+    assert not scene_match(blob_scene, truth)                       # ...that is no star
+    # the oracle captioner has no words for it: no caption, so recaptioning keeps the original
+    assert OracleCaptioner().caption([soft_ellipse(rng, 32, 2.0, 1.0)[0]]) == [""]
+
+
+def test_blurred_shapes_are_still_shapes_at_32px():
+    """The blob rule must not take honestly blurred renders: at 32 px with blur up to sigma 1 and
+    JPEG, nearly every object keeps its shape (bench_oracle.py measures 2000 scenes)."""
+    rng, objs, blobs, ok = random.Random(1), 0, 0, 0
+    for _ in range(60):
+        scene = shapes.sample_scene(rng, 32)
+        img = shapes.render(scene).filter(ImageFilter.GaussianBlur(rng.choice((0.6, 1.0))))
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=75)
+        pred = parse_image(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+        objs += len(pred["objects"])
+        blobs += sum(o["shape"] == BLOB for o in pred["objects"])
+        ok += scene_match(pred, scene)
+    assert blobs <= 0.02 * objs and ok >= 54
 
 
 def test_array_and_tensor_inputs_agree_with_pil():
