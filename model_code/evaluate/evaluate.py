@@ -10,6 +10,7 @@ Flat metric names (what gates and MLflow see):
     pf.exact, pf.constraint              prompt following, macro mean over categories
     pf.geneval                           Shapes-GenEval overall: mean of GenEval's six tasks (geneval.py)
     pf.invalid                           share of images that are not Shapes scenes (shapes.invalid_reason)
+    pf.blob, pf.<category>.blob          share of the drawn objects the oracle reads as blobs (no world shape)
     pf.<category>.exact_seen / _heldout  compositions seen in training / held out, apart (GenEval tasks)
     pf.<category>.exact / .constraint    per category; pf.<category>.<kind>_acc per constraint kind
     clip_score                           mean image-prompt cosine under the bundle's CLIP
@@ -243,12 +244,14 @@ def _geneval_section(per: dict, flat: dict) -> list[str]:
     md = ["", "## Shapes-GenEval", "",
           "GenEval's six tasks and rules (Ghosh et al. 2023), in the Shapes world, judged by the oracle. "
           "Seen = the prompt completely describes some training image; held out = no training image.", "",
-          "| task | score | seen | held out | not a Shapes scene |", "|---|---|---|---|---|"]
+          "| task | score | seen | held out | not a Shapes scene | objects drawn as blobs |",
+          "|---|---|---|---|---|---|"]
     for t in tasks:
         v = per[t]
         md.append(f"| {t} | {_fmt(v['exact'])} | {_fmt(v.get('exact_seen'))} ({v.get('images_seen', 0)}) | "
-                  f"{_fmt(v.get('exact_heldout'))} ({v.get('images_heldout', 0)}) | {_fmt(v.get('invalid'))} |")
-    md.append(f"| **overall** (mean of six) | {_fmt(flat.get('pf.geneval'))} | | | |")
+                  f"{_fmt(v.get('exact_heldout'))} ({v.get('images_heldout', 0)}) | {_fmt(v.get('invalid'))} | "
+                  f"{_fmt(v.get('blob'))} |")
+    md.append(f"| **overall** (mean of six) | {_fmt(flat.get('pf.geneval'))} | | | | |")
     md += ["", "Published GenEval overall (natural images, detector + CLIP judge; not comparable in value): "
            + ", ".join(f"{k} {v:.2f}" for k, v in geneval.PUBLISHED.items()) + "."]
     return md

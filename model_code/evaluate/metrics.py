@@ -44,12 +44,13 @@ def score_images(prompt: dict, images: Sequence[Image.Image], parse=oracle.parse
                          "n_constraints": 1, "failed": [reason] if reason else [],
                          "invalid": shapes.invalid_reason(scene),
                          "kinds": {"geneval": [int(ok), 1]}, "seen": prompt.get("seen"),
-                         "revised": prompt.get("revised")})
+                         "revised": prompt.get("revised"), **_object_counts(scene)})
         return rows
     constraints = parse_caption(prompt["text"])
     rows = []
     for k, img in enumerate(images):
-        s = score_image(parse(img), constraints)
+        scene = parse(img)
+        s = score_image(scene, constraints)
         kinds: dict[str, list[bool]] = {}
         for r in s["results"]:
             kinds.setdefault(r["kind"], []).append(bool(r["ok"]))
@@ -59,8 +60,15 @@ def score_images(prompt: dict, images: Sequence[Image.Image], parse=oracle.parse
                      "failed": [r["constraint"] for r in s["results"] if not r["ok"]],
                      "invalid": s["invalid"],
                      "kinds": {kd: [sum(v), len(v)] for kd, v in kinds.items()},
-                     "seen": prompt.get("seen"), "revised": prompt.get("revised")})
+                     "seen": prompt.get("seen"), "revised": prompt.get("revised"), **_object_counts(scene)})
     return rows
+
+
+def _object_counts(scene: dict) -> dict[str, int]:
+    """Objects the oracle found, and how many of them have no world shape (oracle.BLOB): a model
+    that draws soft blobs shows here before any prompt is met."""
+    objs = scene.get("objects") or []
+    return {"objects": len(objs), "blobs": sum(o.get("shape") == oracle.BLOB for o in objs)}
 
 
 def summarize_following(rows: Iterable[dict]) -> dict[str, Any]:
@@ -70,8 +78,10 @@ def summarize_following(rows: Iterable[dict]) -> dict[str, Any]:
     per: dict[str, dict[str, Any]] = {}
     for r in rows:
         c = per.setdefault(r["category"], {"exact": [], "constraint": [], "kinds": {}, "invalid": [],
-                                           "seen": [], "heldout": []})
+                                           "seen": [], "heldout": [], "objects": 0, "blobs": 0})
         c["exact"].append(r["exact"])
+        c["objects"] += r.get("objects", 0)
+        c["blobs"] += r.get("blobs", 0)
         c["invalid"].append(bool(r.get("invalid")))
         if r.get("seen") is not None:   # compositions seen in training vs held out, apart
             c["seen" if r["seen"] else "heldout"].append(r["exact"])
@@ -86,11 +96,15 @@ def summarize_following(rows: Iterable[dict]) -> dict[str, Any]:
                     "images": len(c["exact"]), "invalid": float(np.mean(c["invalid"])),
                     **{f"exact_{k}": float(np.mean(c[k])) for k in ("seen", "heldout") if c[k]},
                     **{f"images_{k}": len(c[k]) for k in ("seen", "heldout") if c[k]},
+                    **({"blob": c["blobs"] / c["objects"]} if c["objects"] else {}),
                     **{f"{kd}_acc": ok / n for kd, (ok, n) in sorted(c["kinds"].items()) if n}}
     overall = ({"exact": float(np.mean([v["exact"] for v in out.values()])),
                 "constraint": float(np.mean([v["constraint"] for v in out.values()]))} if out else {})
     if out:   # share of images that are not Shapes scenes at all (noise, blank, clutter)
         overall["invalid"] = float(np.mean([v["invalid"] for v in out.values()]))
+        objects = sum(c["objects"] for c in per.values())
+        if objects:   # share of all drawn objects that have no world shape (soft blobs)
+            overall["blob"] = sum(c["blobs"] for c in per.values()) / objects
     ge = geneval.overall({t: v["exact"] for t, v in out.items()})
     if ge is not None:   # Shapes-GenEval: the mean of GenEval's six tasks
         overall["geneval"] = ge

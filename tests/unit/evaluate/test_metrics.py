@@ -18,7 +18,7 @@ def prompts():
 def test_ground_truth_images_follow_their_prompts_exactly(prompts):
     images = [[shapes.render(p["scene"])] for p in prompts]
     pf = M.prompt_following(prompts, images)
-    assert pf["overall"] == {"exact": 1.0, "constraint": 1.0, "invalid": 0.0}
+    assert pf["overall"] == {"exact": 1.0, "constraint": 1.0, "invalid": 0.0, "blob": 0.0}
     for cat, v in pf["per_category"].items():
         assert v["exact"] == 1.0 and v["constraint"] == 1.0 and v["images"] == 2, cat
     assert pf["per_category"]["spatial"]["relation_acc"] == 1.0
@@ -45,6 +45,22 @@ def test_partial_credit_per_constraint():
     assert row["exact"] == 0.0 and row["constraint"] == 0.5 and row["failed"] == ["blue square"]
     with pytest.raises(ValueError, match="images"):
         M.prompt_following([p], [])
+
+
+def test_objects_drawn_as_blobs_are_counted():
+    """A soft elongated blob in the asked colour meets no shape, and the blob share says why."""
+    from PIL import ImageDraw, ImageFilter
+    img = Image.new("RGB", (128, 128), shapes.BACKGROUNDS["white"])
+    ImageDraw.Draw(img).ellipse((30, 48, 98, 80), fill=shapes.COLORS["red"])      # 2:1, at 4x
+    img = img.resize((32, 32), Image.BOX).filter(ImageFilter.GaussianBlur(1.0))
+    star = shapes.render(shapes.scene_from_objects(
+        [{"shape": "star", "color": "red", "size": "large", "cell": "center"}], 32))
+    p = {"id": "x", "category": "color", "text": "a red star"}
+    blob_row, star_row = M.score_images(p, [img, star])
+    assert (blob_row["exact"], blob_row["objects"], blob_row["blobs"]) == (0.0, 1, 1)
+    assert (star_row["exact"], star_row["objects"], star_row["blobs"]) == (1.0, 1, 0)
+    pf = M.prompt_following([p], [[img, star]])
+    assert pf["overall"]["blob"] == 0.5 and pf["per_category"]["color"]["blob"] == 0.5
 
 
 def test_chance_following_scores_real_scenes_against_the_prompts(prompts):
