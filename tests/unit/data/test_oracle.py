@@ -161,6 +161,17 @@ def test_a_soft_blob_is_no_star(aspect, shape):
     assert OracleCaptioner().caption([soft_ellipse(rng, 32, 2.0, 1.0)[0]]) == [""]
 
 
+def test_an_outline_no_shape_explains_is_a_blob():
+    """A blurred L (no world shape, no ellipse either) is an object of no shape, not the least bad
+    world shape."""
+    im = Image.new("RGB", (128, 128), shapes.BACKGROUNDS["white"])
+    d = ImageDraw.Draw(im)
+    d.rectangle((30, 30, 50, 100), fill=shapes.COLORS["blue"])
+    d.rectangle((30, 80, 100, 100), fill=shapes.COLORS["blue"])
+    img = im.resize((32, 32), Image.BOX).filter(ImageFilter.GaussianBlur(0.8))
+    assert [(o["shape"], o["color"]) for o in parse_image(img)["objects"]] == [(BLOB, "blue")]
+
+
 def test_blurred_shapes_are_still_shapes_at_32px():
     """The blob rule must not take honestly blurred renders: at 32 px with blur up to sigma 1 and
     JPEG, nearly every object keeps its shape (bench_oracle.py measures 2000 scenes)."""
