@@ -70,7 +70,7 @@ BLOB = "blob"           # the shape of an object that none of the world's shapes
 BLOB_MARGIN = 0.10      # an ellipse that leaves 10% less unexplained than the best shape wins
 BLOB_MAX_RESIDUAL = 0.30   # a best shape leaving more than 30% unexplained is no shape
 BLOB_AREAS = (0.8, 1.0, 1.25)   # ellipse areas tried, x the soft mask's mass (blur keeps it)
-BLOB_MAX_ASPECT = 4.0
+BLOB_MAX_ASPECT = 4.0    # the most elongated ellipse tried (a : b)
 ROUND_ASPECT = 1.25     # a winning ellipse this round that fits this well is a circle
 ROUND_MAX_RESIDUAL = 0.12
 
