@@ -22,7 +22,7 @@ Also here: `variations`, `interpolate`, `text_diff` (sec. 3 of the paper) taking
 Config keys (`decoder:` preset section) plus the CLIP dims (prior.clip_dims(clip.config)):
   image_size, channels, channel_mult, layers_per_block, attention_levels, head_dim, norm_groups, dropout,
   text_width, text_layers, text_heads, extra_tokens, conditioning, emb_drop_prob, text_drop_prob,
-  timesteps, noise_schedule, prediction_type, sampler, sample_steps, guidance_scale, eta
+  timesteps, noise_schedule, prediction_type, snr_gamma, sampler, sample_steps, guidance_scale, eta
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 
 from model_code.models.pretrained import PretrainedMixin, positive_ints
-from model_code.models.diffusion import (add_noise, make_scheduler, randn, sample_loop, sample_timesteps, slerp,
+from model_code.models.diffusion import (add_noise, diffusion_loss, make_scheduler, randn, sample_loop, sample_timesteps, slerp,
                                          validate_schedule)
 from model_code.models.prior import pad_tokens
 
@@ -91,6 +91,7 @@ class UnCLIPDecoder(PretrainedMixin, nn.Module):
         "timesteps": 1000,
         "noise_schedule": "cosine",
         "prediction_type": "epsilon",
+        "snr_gamma": None,                  # Min-SNR-gamma loss weighting (models/diffusion.py); None = off
         "clip_sample": True,
         "sampler": "ddim",
         "sample_steps": 250,                # paper: 250 strided steps
@@ -203,7 +204,7 @@ class UnCLIPDecoder(PretrainedMixin, nn.Module):
 
     def forward_loss(self, images: torch.Tensor, image_emb: torch.Tensor, text_tokens: torch.Tensor | None = None,
                      text_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """eps-MSE (DDPM). `image_emb` is z_i, or z_t when config conditioning == "text"."""
+        """The diffusion MSE (DDPM; target and weighting per prediction_type and snr_gamma). `image_emb` is z_i, or z_t when config conditioning == "text"."""
         self._check_images(images)
         if image_emb.shape[0] != images.shape[0]:
             raise ValueError(f"decoder: {images.shape[0]} images but {image_emb.shape[0]} embeddings")
@@ -214,8 +215,7 @@ class UnCLIPDecoder(PretrainedMixin, nn.Module):
         noise = torch.randn_like(images)
         t = sample_timesteps(B, self.scheduler, dev)
         pred = self._eps(add_noise(self.scheduler, images, noise, t), t, cond)
-        target = noise if self.config["prediction_type"] == "epsilon" else images
-        return {"loss": F.mse_loss(pred, target)}
+        return {"loss": diffusion_loss(self.scheduler, pred, images, noise, t, self.config["snr_gamma"])}
 
     def forward(self, *args, **kwargs):
         return self.forward_loss(*args, **kwargs)

@@ -3,24 +3,28 @@
 - `make_scheduler(kind, cfg)`: DDPM (training and ancestral sampling), DDIM and DPM-Solver++ samplers
   built from one model config section, so training and sampling share the same noise schedule.
 - `add_noise`, `sample_timesteps`: the forward process q(x_t | x_0).
+- `diffusion_loss`: the training MSE for any prediction type, optionally Min-SNR weighted.
 - `sample_loop`: the reverse process for any model, with classifier-free guidance computed from ONE
   batched forward pass of [cond; uncond] per step.
 - `slerp`: spherical interpolation for CLIP embeddings (interpolations and text diffs).
 
 Schedule keys read from a model's config section:
   timesteps (1000 in the paper), noise_schedule ("cosine" = improved DDPM's squaredcos_cap_v2, or
-  "linear"), prediction_type ("epsilon" or "sample" = x0), clip_sample (clip x0 to [-1, 1]; images only).
+  "linear"), prediction_type ("epsilon", "sample" = x0, or "v_prediction" = v, Salimans & Ho 2022),
+  snr_gamma (Min-SNR-gamma loss weighting, Hang et al. 2023; None = unweighted), clip_sample (clip x0
+  to [-1, 1]; images only).
 """
 from __future__ import annotations
 
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 SAMPLERS = ("ddpm", "ddim", "dpm")
 NOISE_SCHEDULES = {"cosine": "squaredcos_cap_v2", "linear": "linear"}
-PREDICTION_TYPES = ("epsilon", "sample")
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 
 
 def validate_schedule(cfg: dict, section: str) -> None:
@@ -31,6 +35,9 @@ def validate_schedule(cfg: dict, section: str) -> None:
         raise ValueError(f"{section}.prediction_type must be one of {PREDICTION_TYPES} (got {cfg.get('prediction_type')!r})")
     if cfg.get("sampler") not in SAMPLERS:
         raise ValueError(f"{section}.sampler must be one of {SAMPLERS} (got {cfg.get('sampler')!r})")
+    g = cfg.get("snr_gamma")
+    if g is not None and (isinstance(g, bool) or not isinstance(g, (int, float)) or not g > 0):
+        raise ValueError(f"{section}.snr_gamma must be a number > 0 or null (got {g!r})")
     t = cfg.get("timesteps")
     if not isinstance(t, int) or t < 2:
         raise ValueError(f"{section}.timesteps must be an integer >= 2 (got {t!r})")
@@ -72,6 +79,34 @@ def sample_timesteps(batch: int, scheduler, device: torch.device | str) -> torch
 def add_noise(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise, per-sample t (B,)."""
     return scheduler.add_noise(x0, noise, t)
+
+
+def diffusion_loss(scheduler, pred: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+                   snr_gamma: float | None = None) -> torch.Tensor:
+    """MSE between the model output `pred` and its target under the scheduler's prediction type
+    (noise, x0, or v = sqrt(abar) noise - sqrt(1 - abar) x0), averaged over the batch.
+
+    snr_gamma: Min-SNR-gamma weighting (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR
+    Weighting Strategy"): each sample's loss is reweighted so that its x0-space weight is
+    min(SNR_t, gamma) instead of what the prediction type implies (x0: 1, eps: SNR_t, v: SNR_t + 1).
+    It caps the easy low-noise steps and tempers the hopeless high-noise ones; diffusers' training
+    scripts do the same in their examples, there is no library function for it."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        target = noise
+    elif kind == "sample":
+        target = x0
+    elif kind == "v_prediction":
+        target = scheduler.get_velocity(x0, noise, t)
+    else:
+        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES} (got {kind!r})")
+    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)   # (B,)
+    if snr_gamma is not None:
+        abar = scheduler.alphas_cumprod.to(t.device)[t].float()
+        snr = abar / (1 - abar)                                                                    # (B,)
+        implied = {"epsilon": snr, "sample": torch.ones_like(snr), "v_prediction": snr + 1}[kind]
+        per_sample = per_sample * snr.clamp(max=float(snr_gamma)) / implied
+    return per_sample.mean()
 
 
 def _cat(a: Any, b: Any) -> Any:
@@ -140,8 +175,13 @@ def _clamp_x0(scheduler, out: torch.Tensor, x: torch.Tensor, t: torch.Tensor, bo
     (DDPM/DDIM do this themselves with clip_sample; DPM-Solver does not, and guided eps drifts.)"""
     abar = scheduler.alphas_cumprod.to(x.device)[int(t)]
     a, s = abar.sqrt(), (1 - abar).sqrt()
-    if scheduler.config.prediction_type == "sample":
+    kind = scheduler.config.prediction_type
+    if kind == "sample":
         return out.clamp(-bound, bound)
+    if kind == "v_prediction":
+        x0 = (a * x - s * out).clamp(-bound, bound)
+        eps = (x - a * x0) / s
+        return a * eps - s * x0
     x0 = ((x - s * out) / a).clamp(-bound, bound)
     return (x - a * x0) / s
 

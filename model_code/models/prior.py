@@ -13,7 +13,7 @@ Config keys (`prior:` preset section) plus the CLIP dims (`clip_dims(clip.config
   clip_embed_dim, clip_text_width, max_text_tokens    from CLIP
   width, layers, heads, dropout                        transformer (width = heads * head dim)
   cond_drop_prob                                       0.1 (paper)
-  timesteps, noise_schedule, prediction_type, sampler, sample_steps, guidance_scale
+  timesteps, noise_schedule, prediction_type, snr_gamma, sampler, sample_steps, guidance_scale
   lr, weight_decay, ema_decay, ...                     read by the trainer, ignored here
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from diffusers import PriorTransformer
 
 from model_code.models.pretrained import PretrainedMixin, positive_ints
-from model_code.models.diffusion import add_noise, make_scheduler, sample_loop, sample_timesteps, validate_schedule
+from model_code.models.diffusion import add_noise, diffusion_loss, make_scheduler, sample_loop, sample_timesteps, validate_schedule
 
 
 def clip_dims(clip_cfg: dict) -> dict:
@@ -73,6 +73,7 @@ class DiffusionPrior(PretrainedMixin, nn.Module):
         "timesteps": 1000,          # paper: 1000 diffusion steps
         "noise_schedule": "cosine",  # paper: cosine schedule
         "prediction_type": "sample",  # paper: predict the unnoised z_i directly
+        "snr_gamma": None,                  # Min-SNR-gamma loss weighting (models/diffusion.py); None = off
         "sampler": "ddpm",
         "sample_steps": 64,         # paper: 64 strided sampling steps
         "guidance_scale": 1.0,
@@ -138,7 +139,7 @@ class DiffusionPrior(PretrainedMixin, nn.Module):
 
     def forward_loss(self, text_emb: torch.Tensor, text_tokens: torch.Tensor | None, text_mask: torch.Tensor | None,
                      image_emb: torch.Tensor) -> dict[str, torch.Tensor]:
-        """MSE between the predicted and the true clean (scaled) image embedding."""
+        """The diffusion MSE on the clean (scaled) image embedding (paper: predict it directly)."""
         cond = self._cond(text_emb, text_tokens, text_mask)
         if image_emb.shape != text_emb.shape:
             raise ValueError(f"prior: image_emb {tuple(image_emb.shape)} must match text_emb {tuple(text_emb.shape)}")
@@ -149,8 +150,7 @@ class DiffusionPrior(PretrainedMixin, nn.Module):
         noise = torch.randn_like(x0)
         t = sample_timesteps(B, self.scheduler, x0.device)
         pred = self._predict(add_noise(self.scheduler, x0, noise, t), t, cond)
-        target = x0 if self.config["prediction_type"] == "sample" else noise
-        return {"loss": F.mse_loss(pred, target)}
+        return {"loss": diffusion_loss(self.scheduler, pred, x0, noise, t, self.config["snr_gamma"])}
 
     def forward(self, *args, **kwargs):
         return self.forward_loss(*args, **kwargs)

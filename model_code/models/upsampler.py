@@ -12,7 +12,7 @@ up/downsampling, no attention anywhere) whose input is [x_t, upsample(x_lo)] on 
 Config keys (`upsampler:` / `upsampler2:` preset sections):
   scale (4), image_size (the high-res size it trains on; crops of crop_fraction of it), channels, channel_mult, layers_per_block, norm_groups,
   dropout, degradation ("blur" | "bsr"), blur_sigma [lo, hi], blur_kernel, noise_std [lo, hi] (bsr),
-  crop_fraction, timesteps, noise_schedule, prediction_type, sampler, sample_steps, eta
+  crop_fraction, timesteps, noise_schedule, prediction_type, snr_gamma, sampler, sample_steps, eta
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from diffusers import UNet2DModel
 
 from model_code.models.pretrained import PretrainedMixin, positive_ints
-from model_code.models.diffusion import add_noise, make_scheduler, sample_loop, sample_timesteps, validate_schedule
+from model_code.models.diffusion import add_noise, diffusion_loss, make_scheduler, sample_loop, sample_timesteps, validate_schedule
 
 DEGRADATIONS = ("blur", "bsr", "none")
 
@@ -61,6 +61,7 @@ class Upsampler(PretrainedMixin, nn.Module):
         "timesteps": 1000,
         "noise_schedule": "cosine",  # paper: cosine for 64->256, linear for 256->1024
         "prediction_type": "epsilon",
+        "snr_gamma": None,                  # Min-SNR-gamma loss weighting (models/diffusion.py); None = off
         "clip_sample": True,
         "sampler": "ddim",
         "sample_steps": 27,          # paper: DDIM 27 (64->256), 15 (256->1024)
@@ -154,7 +155,7 @@ class Upsampler(PretrainedMixin, nn.Module):
     # ---- training ---------------------------------------------------------------------------
 
     def forward_loss(self, hi_res: torch.Tensor) -> dict[str, torch.Tensor]:
-        """eps-MSE on high-res images (B, 3, H, W) in [-1, 1]; builds the low-res input itself
+        """The diffusion MSE (target per prediction_type) on high-res images (B, 3, H, W) in [-1, 1]; builds the low-res input itself
         (area downsampling by `scale`, then the degradation)."""
         s, m = self.config["scale"], self.min_multiple
         if hi_res.dim() != 4 or hi_res.shape[1] != 3 or hi_res.shape[-1] % (s * m) or hi_res.shape[-2] % (s * m):
@@ -165,8 +166,7 @@ class Upsampler(PretrainedMixin, nn.Module):
         noise = torch.randn_like(x0)
         t = sample_timesteps(x0.shape[0], self.scheduler, x0.device)
         pred = self._eps(add_noise(self.scheduler, x0, noise, t), t, cond_up)
-        target = noise if self.config["prediction_type"] == "epsilon" else x0
-        return {"loss": F.mse_loss(pred, target)}
+        return {"loss": diffusion_loss(self.scheduler, pred, x0, noise, t, self.config["snr_gamma"])}
 
     def forward(self, hi_res: torch.Tensor):
         return self.forward_loss(hi_res)

@@ -3,8 +3,9 @@
 The decoder is given the true CLIP image embeddings of 32 new single-object Shapes images (the
 prior bypassed, so only the decoder is judged; a text-conditioned decoder gets their captions' z_t) and samples each once per sampling setting; the
 oracle reports the share of images in which the asked shape is drawn (chance about 0.2), the shares
-with an object in the asked colour, cell and size, and the mean absolute pixel error against the
-real image. With
+with an object in the asked colour, cell and size (any object: more objects hit more), the share
+whose whole scene meets its caption exactly (that one object, nothing else), the shares with exactly
+one object and with exactly one object of the asked shape, the share that is no Shapes scene, the mean number of objects, and the mean absolute pixel error against the real image. With
 --prior, one more row: the bundle's prior samples the embedding from each image's long caption and
 the decoder (guidance 1) draws it, the whole unCLIP chain. With --png, a grid: real images, then
 one row per setting.
@@ -29,6 +30,7 @@ from model_code.data import shapes  # noqa: E402
 from model_code.data.oracle import parse_image  # noqa: E402
 from model_code.generate import Generator, to_pil, to_tensor  # noqa: E402
 from model_code.models.decoder import UnCLIPDecoder  # noqa: E402
+from model_code.text.caption_parser import parse_caption, score_image  # noqa: E402
 
 SETTINGS = ({"guidance_scale": 1.0}, {"guidance_scale": 3.0},
             {"guidance_scale": 3.0, "sampler": "ddpm", "steps": 100}, {"guidance_scale": 1.0, "steps": 100})
@@ -42,7 +44,8 @@ def measure(gen: Generator, decoder: UnCLIPDecoder, png: str | None = None, n: i
     scenes = [shapes.sample_scene(rng, int(decoder.config["image_size"]), n_objects=1) for _ in range(n)]
     real = to_tensor([shapes.render(s) for s in scenes])
     z = gen.clip.encode_image(real)                                  # (n, D) true image embeddings
-    emb, tokens, mask = gen.text_condition([shapes.long_caption(s) for s in scenes])
+    captions = [shapes.long_caption(s) for s in scenes]
+    emb, tokens, mask = gen.text_condition(captions)
     if decoder.conditioning == "text":   # the paper's text-conditioned baseline decodes z_t
         z = emb
     runs = [({}, kw, z) for kw in settings]   # (row label, sampling settings, embeddings)
@@ -53,10 +56,20 @@ def measure(gen: Generator, decoder: UnCLIPDecoder, png: str | None = None, n: i
     for label, kw, emb_in in runs:
         x = decoder.sample(emb_in, tokens, mask, generator=torch.Generator().manual_seed(1), **kw)
         ims = to_pil(x)
-        found = [parse_image(np.asarray(im)).get("objects", []) for im in ims]
+        parsed = [parse_image(np.asarray(im)) for im in ims]
+        found = [p.get("objects", []) for p in parsed]
         drawn = {a: float(np.mean([any(o[a] == s["objects"][0][a] for o in objs) for objs, s in zip(found, scenes)]))
                  for a in ("shape", "color", "cell", "size")}
+        # "drawn" counts any object, so a decoder that draws more objects hits more; the whole
+        # scene against its caption (exact: that one object and nothing else) does not
+        judged = [score_image(p, parse_caption(c)) for p, c in zip(parsed, captions)]
         out.append({**kw, **label, **{f"{a}_drawn": v for a, v in drawn.items()},
+                    "exact": float(np.mean([j["exact"] for j in judged])),
+                    "one_object": float(np.mean([len(objs) == 1 for objs in found])),
+                    "one_object_asked_shape": float(np.mean([len(objs) == 1 and objs[0]["shape"] == s["objects"][0]["shape"]
+                                                             for objs, s in zip(found, scenes)])),
+                    "not_a_scene": float(np.mean([j["invalid"] is not None for j in judged])),
+                    "objects": float(np.mean([len(objs) for objs in found])),
                     "abs_error": float((x - real).abs().mean())})
         rows.append(ims[:12])
     if png:

@@ -5,11 +5,11 @@ CLIP reranking, the oracle, the judge, the metrics; only what the sampler return
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw, ImageFilter
 
 from model_code.data import shapes
 from model_code.text.caption_parser import parse_caption
 from tests.bundles import evaluation_env, tiny_bundle
+from tests.drawing import soft_ellipses
 
 PRESETS_WITH_GATES = ("tiny", "laptop", "small", "base")
 
@@ -26,13 +26,11 @@ def _blobs(text: str, s: int = 32) -> torch.Tensor:
     """The best a drawer of soft blobs can do: every object the prompt states, in its colour and
     cell (or a free one), on the stated background, as a blurred 2:1 ellipse. (3, s, s) in [-1, 1]."""
     cons = parse_caption(text)
-    k, free = 4, [c for c in shapes.CELLS if c not in {o.cell for o in cons.objects}]
-    im = Image.new("RGB", (s * k, s * k), shapes.BACKGROUNDS[cons.background or "white"])
+    free, ellipses = [c for c in shapes.CELLS if c not in {o.cell for o in cons.objects}], []
     for o in cons.objects[:shapes.MAX_OBJECTS]:
         r, c = shapes.cell_rc(o.cell or free.pop(0))
-        cx, cy, a = (c + 0.5) * s / 3 * k, (r + 0.5) * s / 3 * k, 0.17 * s * k
-        ImageDraw.Draw(im).ellipse((cx - a, cy - a / 2, cx + a, cy + a / 2), fill=shapes.COLORS[o.color or "red"])
-    im = im.resize((s, s), Image.BOX).filter(ImageFilter.GaussianBlur(1.0))
+        ellipses.append((o.color or "red", (c + 0.5) * s / 3, (r + 0.5) * s / 3, 0.17 * s, 0.085 * s, 0.0))
+    im = soft_ellipses(s, cons.background or "white", ellipses)
     return torch.from_numpy(np.asarray(im, np.float32)).permute(2, 0, 1) / 127.5 - 1
 
 

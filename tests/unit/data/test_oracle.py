@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from model_code.data import shapes
 from model_code.data.oracle import BLOB, match_objects, parse_image, scene_match
 from model_code.recaption.captioner import OracleCaptioner
+from tests.drawing import soft_ellipses
 
 N_SCENES = 300
 
@@ -128,18 +129,13 @@ def test_garbage_images_never_raise():
 
 
 def soft_ellipse(rng: random.Random, S: int, aspect: float, sigma: float) -> tuple[Image.Image, str]:
-    """What a generator draws when it draws no shape: an ellipse of the world's colours, of a size
-    between the world's two, at any angle, anti-aliased like shapes.render and blurred."""
-    bg, col, k = rng.choice(list(shapes.BACKGROUNDS)), rng.choice(list(shapes.COLORS)), 4
-    im = Image.new("RGB", (S * k, S * k), shapes.BACKGROUNDS[bg])
+    """A blob drawer's object: an ellipse of the world's colours, of a size between the world's
+    two, at any angle, anti-aliased like shapes.render and blurred."""
+    bg, col = rng.choice(list(shapes.BACKGROUNDS)), rng.choice(list(shapes.COLORS))
     area = math.pi / 4 * (rng.uniform(0.20, 0.27) * S) ** 2          # small 0.18 S, large 0.30 S
     a, th = math.sqrt(area * aspect / math.pi), rng.uniform(0, math.pi)
     b, cx, cy = a / aspect, rng.uniform(0.3, 0.7) * S, rng.uniform(0.3, 0.7) * S
-    pts = [((cx + a * math.cos(u) * math.cos(th) - b * math.sin(u) * math.sin(th)) * k,
-            (cy + a * math.cos(u) * math.sin(th) + b * math.sin(u) * math.cos(th)) * k)
-           for u in np.linspace(0, 2 * math.pi, 64, endpoint=False)]
-    ImageDraw.Draw(im).polygon(pts, fill=shapes.COLORS[col])
-    return im.resize((S, S), Image.BOX).filter(ImageFilter.GaussianBlur(sigma)), col
+    return soft_ellipses(S, bg, [(col, cx, cy, a, b, th)], sigma), col
 
 
 @pytest.mark.parametrize("aspect,shape", [(1.0, "circle"), (1.7, BLOB), (2.4, BLOB)])

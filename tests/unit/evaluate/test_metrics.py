@@ -7,6 +7,7 @@ from PIL import Image
 from model_code.data import shapes
 from model_code.evaluate import metrics as M
 from model_code.evaluate.prompts import prompt_set
+from tests.drawing import soft_ellipses
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +50,7 @@ def test_partial_credit_per_constraint():
 
 def test_objects_drawn_as_blobs_are_counted():
     """A soft elongated blob in the asked colour meets no shape, and the blob share says why."""
-    from PIL import ImageDraw, ImageFilter
-    img = Image.new("RGB", (128, 128), shapes.BACKGROUNDS["white"])
-    ImageDraw.Draw(img).ellipse((30, 48, 98, 80), fill=shapes.COLORS["red"])      # 2:1, at 4x
-    img = img.resize((32, 32), Image.BOX).filter(ImageFilter.GaussianBlur(1.0))
+    img = soft_ellipses(32, "white", [("red", 16, 16, 8.5, 4.25, 0.0)])      # 2:1, in the centre
     star = shapes.render(shapes.scene_from_objects(
         [{"shape": "star", "color": "red", "size": "large", "cell": "center"}], 32))
     p = {"id": "x", "category": "color", "text": "a red star"}
