@@ -204,7 +204,8 @@ class UnCLIPDecoder(PretrainedMixin, nn.Module):
 
     def forward_loss(self, images: torch.Tensor, image_emb: torch.Tensor, text_tokens: torch.Tensor | None = None,
                      text_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """The diffusion MSE (DDPM; target and weighting per prediction_type and snr_gamma). `image_emb` is z_i, or z_t when config conditioning == "text"."""
+        """The diffusion MSE (diffusion_loss: target per prediction_type, optional Min-SNR weighting).
+        `image_emb` is z_i, or z_t when config conditioning == "text"."""
         self._check_images(images)
         if image_emb.shape[0] != images.shape[0]:
             raise ValueError(f"decoder: {images.shape[0]} images but {image_emb.shape[0]} embeddings")

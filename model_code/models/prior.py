@@ -73,7 +73,7 @@ class DiffusionPrior(PretrainedMixin, nn.Module):
         "timesteps": 1000,          # paper: 1000 diffusion steps
         "noise_schedule": "cosine",  # paper: cosine schedule
         "prediction_type": "sample",  # paper: predict the unnoised z_i directly
-        "snr_gamma": None,                  # Min-SNR-gamma loss weighting (models/diffusion.py); None = off
+        "snr_gamma": None,          # Min-SNR-gamma loss weighting (models/diffusion.py); None = off
         "sampler": "ddpm",
         "sample_steps": 64,         # paper: 64 strided sampling steps
         "guidance_scale": 1.0,
@@ -139,7 +139,8 @@ class DiffusionPrior(PretrainedMixin, nn.Module):
 
     def forward_loss(self, text_emb: torch.Tensor, text_tokens: torch.Tensor | None, text_mask: torch.Tensor | None,
                      image_emb: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The diffusion MSE on the clean (scaled) image embedding (paper: predict it directly)."""
+        """The diffusion MSE (diffusion_loss) on the scaled image embedding; the paper predicts the
+        clean embedding itself (prediction_type "sample")."""
         cond = self._cond(text_emb, text_tokens, text_mask)
         if image_emb.shape != text_emb.shape:
             raise ValueError(f"prior: image_emb {tuple(image_emb.shape)} must match text_emb {tuple(text_emb.shape)}")

@@ -155,8 +155,8 @@ class Upsampler(PretrainedMixin, nn.Module):
     # ---- training ---------------------------------------------------------------------------
 
     def forward_loss(self, hi_res: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The diffusion MSE (target per prediction_type) on high-res images (B, 3, H, W) in [-1, 1]; builds the low-res input itself
-        (area downsampling by `scale`, then the degradation)."""
+        """The diffusion MSE (diffusion_loss) on high-res images (B, 3, H, W) in [-1, 1]; builds the
+        low-res input itself (area downsampling by `scale`, then the degradation)."""
         s, m = self.config["scale"], self.min_multiple
         if hi_res.dim() != 4 or hi_res.shape[1] != 3 or hi_res.shape[-1] % (s * m) or hi_res.shape[-2] % (s * m):
             raise ValueError(f"upsampler: hi_res must be (B, 3, H, W) with H, W divisible by {s * m}; got {tuple(hi_res.shape)}")

@@ -5,7 +5,8 @@ prior bypassed, so only the decoder is judged; a text-conditioned decoder gets t
 oracle reports the share of images in which the asked shape is drawn (chance about 0.2), the shares
 with an object in the asked colour, cell and size (any object: more objects hit more), the share
 whose whole scene meets its caption exactly (that one object, nothing else), the shares with exactly
-one object and with exactly one object of the asked shape, the share that is no Shapes scene, the mean number of objects, and the mean absolute pixel error against the real image. With
+one object and with exactly one object of the asked shape, the share that is no Shapes scene, the
+mean number of objects, and the mean absolute pixel error against the real image. With
 --prior, one more row: the bundle's prior samples the embedding from each image's long caption and
 the decoder (guidance 1) draws it, the whole unCLIP chain. With --png, a grid: real images, then
 one row per setting.
@@ -63,11 +64,12 @@ def measure(gen: Generator, decoder: UnCLIPDecoder, png: str | None = None, n: i
         # "drawn" counts any object, so a decoder that draws more objects hits more; the whole
         # scene against its caption (exact: that one object and nothing else) does not
         judged = [score_image(p, parse_caption(c)) for p, c in zip(parsed, captions)]
+        alone = [objs[0] if len(objs) == 1 else None for objs in found]   # the one object drawn, if just one
         out.append({**kw, **label, **{f"{a}_drawn": v for a, v in drawn.items()},
                     "exact": float(np.mean([j["exact"] for j in judged])),
-                    "one_object": float(np.mean([len(objs) == 1 for objs in found])),
-                    "one_object_asked_shape": float(np.mean([len(objs) == 1 and objs[0]["shape"] == s["objects"][0]["shape"]
-                                                             for objs, s in zip(found, scenes)])),
+                    "one_object": float(np.mean([o is not None for o in alone])),
+                    "one_object_asked_shape": float(np.mean([o is not None and o["shape"] == s["objects"][0]["shape"]
+                                                             for o, s in zip(alone, scenes)])),
                     "not_a_scene": float(np.mean([j["invalid"] is not None for j in judged])),
                     "objects": float(np.mean([len(objs) for objs in found])),
                     "abs_error": float((x - real).abs().mean())})
