@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from model_code.config import deep_merge
 from model_code.data.oracle import parse_image
 from model_code.data.shapes import long_caption, render, sample_scene
 from model_code.models.clip import CLIP
@@ -43,6 +44,21 @@ def shapes(tmp_path_factory):
 # add 1-2 dB and a minute, and this test is about learning, not the preset's last dB
 SHORT = {"dvae": {"train": {"steps": {"dvae": 500}, "dvae": {"lr_anneal_steps": 500}},
                   "dvae": {"tau_anneal_steps": 350}}}
+# half the preset's batch of 32 for the dVAE, the transformer and the prior: the same steps at half
+# the cost keep the learning tests inside item 6's 5 minutes, and at this size a smaller batch
+# learns about as much per step (docs/results.md, "Session 22"). CLIP keeps 32 (its contrastive
+# loss needs the negatives) and so does the decoder (at 16 its caption path learns too little in
+# 300 steps: a caption gap of 0.04 against 0.33)
+BATCH = {"train": {"batch_size": 16}}
+FULL_BATCH = ("clip", "decoder")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _two_threads(_one_thread):
+    """These tests train real models for minutes, where a second thread pays (1.4-1.65x per step
+    on 2 cores, docs/benchmarks.md); the rest of the suite keeps one."""
+    torch.set_num_threads(2)
+    yield
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +69,12 @@ def trained(shapes, tmp_path_factory):
     def get(part: str, **overrides) -> tuple[str, dict]:
         if part not in done:
             out = str(root / part)
+            over = overrides or SHORT.get(part) or {}
+            if part not in FULL_BATCH:
+                over = deep_merge(over, BATCH)
             done[part] = out, train_part(part, "tiny", data=data, out=out, mlflow=False,
                                          deps={d: get(d)[0] for d in get_part(part).deps},
-                                         overrides=overrides or SHORT.get(part))
+                                         overrides=over)
         return done[part]
     return get
 
