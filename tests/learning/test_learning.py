@@ -49,8 +49,7 @@ SHORT = {"dvae": {"train": {"steps": {"dvae": 500}, "dvae": {"lr_anneal_steps": 
 # learns about as much per step (docs/results.md, "Session 22"). CLIP keeps 32 (its contrastive
 # loss needs the negatives) and so does the decoder (at 16 its caption path learns too little in
 # 300 steps: a caption gap of 0.04 against 0.33)
-BATCH = {"train": {"batch_size": 16}}
-FULL_BATCH = ("clip", "decoder")
+HALF_BATCH = ("dvae", "transformer", "prior")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -70,8 +69,8 @@ def trained(shapes, tmp_path_factory):
         if part not in done:
             out = str(root / part)
             over = overrides or SHORT.get(part) or {}
-            if part not in FULL_BATCH:
-                over = deep_merge(over, BATCH)
+            if part in HALF_BATCH:
+                over = deep_merge(over, {"train": {"batch_size": 16}})
             done[part] = out, train_part(part, "tiny", data=data, out=out, mlflow=False,
                                          deps={d: get(d)[0] for d in get_part(part).deps},
                                          overrides=over)
