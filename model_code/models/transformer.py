@@ -19,8 +19,19 @@ GPT-2's learned absolute position embeddings cover both streams; `image_pos: row
 paper's separate row and column embeddings for image positions (section 2.2 / appendix B.1), so
 that what the model learns about one place is shared by the row and the column it lies in. Each
 input position gets the row and column of the image token it predicts (the last text position
-predicts code 0). The paper's sparse attention masks are not reproduced; attention is dense and
-causal.
+predicts code 0).
+
+Attention is dense and causal unless `image_attention` asks for the paper's sparse masks
+(appendix B.1, figure 11), which change only what an image token sees of the other image tokens;
+text attends causally and every image token sees the whole caption:
+    row     the token itself and the G before it in raster order (back to the same column of the
+            previous row)
+    column  the tokens in its own column
+    conv    a causal 2D window of conv_kernel x conv_kernel codes centred on it (paper: 11)
+"sparse" is the paper's schedule: column in layers i with (i - 2) mod 4 = 0 (1-based), conv in the
+last layer, row elsewhere; a list names one of dense/row/column/conv per layer. The paper used the
+masks to fit its 1280-token context on 2021 GPUs; at Easel's sizes they are an inductive bias
+(locality), and the masked layers still pay for dense attention (SDPA with a boolean mask).
 
 Loss (paper): cross-entropies of text and image normalised separately, weighted 1/8 and 7/8.
 Text positions are scored over the text+padding part of the vocabulary and only where the target
@@ -30,7 +41,8 @@ where a LogitsProcessor confines every image position to image codes.
 Config keys (the `transformer:` preset section; missing keys take the defaults in DEFAULTS):
     text_vocab_size, text_len, image_grid, codebook_size, n_layer, n_head, d_model, n_inner,
     dropout, attn_dropout, activation, layer_norm_eps, initializer_range, text_loss_weight,
-    image_loss_weight, attn_implementation, image_pos, text_drop_prob. Training settings are not model config (model_code.train).
+    image_loss_weight, attn_implementation, image_pos, image_attention, conv_kernel, text_drop_prob.
+    Training settings are not model config (model_code.train).
 """
 from __future__ import annotations
 
@@ -38,7 +50,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel, LogitsProcessor, LogitsProcessorList
+from transformers import (AttentionInterface, GenerationConfig, GPT2Config, GPT2LMHeadModel, LogitsProcessor,
+                          LogitsProcessorList)
 
 from model_code.models import on_host
 from model_code.models.pretrained import PretrainedMixin, known_keys, positive_ints
@@ -66,6 +79,10 @@ DEFAULTS: dict = {
     # "rowcol": the paper's row and column embeddings for image positions; "none" (GPT-2's 1D
     # table only) is what transformers saved before the option load as
     "image_pos": "none",
+    # "dense" (every layer causal over all earlier tokens), "sparse" (the paper's row / column /
+    # convolutional schedule, appendix B.1) or a list of dense|row|column|conv, one per layer
+    "image_attention": "dense",
+    "conv_kernel": 11,          # the conv mask's window (paper: 11 x 11 codes); odd
     # Share of training captions replaced by the empty caption (every text position its padding
     # token), so that the model also learns p(image) and can be sampled with classifier-free
     # guidance (generate's guidance_scale). Not in DALL-E 1 (which reranks instead); the standard
@@ -95,10 +112,71 @@ def resolve_config(cfg: dict | None) -> dict:
             raise ValueError(f"transformer.{k} must be >= 0, got {out[k]}")
     if out["image_pos"] not in ("none", "rowcol"):
         raise ValueError(f"transformer.image_pos must be 'none' or 'rowcol', got {out['image_pos']!r}")
+    out["image_attention"] = attention_layout(out["image_attention"], out["n_layer"])
+    if not (isinstance(out["conv_kernel"], int) and out["conv_kernel"] >= 1 and out["conv_kernel"] % 2):
+        raise ValueError(f"transformer.conv_kernel must be an odd positive int, got {out['conv_kernel']!r}")
     if out["attn_implementation"] not in ("sdpa", "eager"):
         raise ValueError(f"transformer.attn_implementation must be 'sdpa' or 'eager', "
                          f"got {out['attn_implementation']!r}")
     return out
+
+
+MASK_KINDS = ("dense", "row", "column", "conv")
+
+
+def attention_layout(spec, n_layer: int):
+    """`image_attention` -> "dense" or a list of one mask kind per layer (ValueError naming the key)."""
+    if spec == "dense":
+        return "dense"
+    if spec == "sparse":   # paper B.1, 1-based layer i: column if (i - 2) % 4 == 0, the last conv
+        return ["conv" if i == n_layer - 1 else "column" if i % 4 == 1 else "row" for i in range(n_layer)]
+    if isinstance(spec, (list, tuple)) and len(spec) == n_layer and all(k in MASK_KINDS for k in spec):
+        return list(spec)
+    raise ValueError(f"transformer.image_attention must be 'dense', 'sparse' or a list of {n_layer} of "
+                     f"{'/'.join(MASK_KINDS)}, got {spec!r}")
+
+
+def attention_mask(kind: str, text_len: int, grid: int, conv_kernel: int = 11) -> torch.Tensor:
+    """(S, S) bool, True where query position q may attend to key position k; S = T + G*G.
+
+    Position T + j holds image code j (row j // G, column j % G). Every mask is causal; text
+    queries see all earlier text, image queries all text and, among image keys, what `kind` allows.
+    """
+    S = text_len + grid * grid
+    mask = torch.ones(S, S, dtype=torch.bool).tril()                       # (S, S) causal
+    if kind == "dense":
+        return mask
+    j = torch.arange(grid * grid)
+    r, c = j // grid, j % grid
+    dq = j[:, None] - j[None, :]                                           # (N, N) raster distance
+    if kind == "row":
+        allowed = dq <= grid
+    elif kind == "column":
+        allowed = c[:, None] == c[None, :]
+    elif kind == "conv":
+        h = conv_kernel // 2
+        allowed = ((r[:, None] - r[None, :]).abs() <= h) & ((c[:, None] - c[None, :]).abs() <= h)
+    else:
+        raise ValueError(f"unknown attention mask kind {kind!r}; one of {MASK_KINDS}")
+    mask[text_len:, text_len:] &= allowed
+    return mask
+
+
+def _masked_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **_):
+    """GPT-2 attention under the layer's own mask (module.dalle_mask, (S, S)): the queries are the
+    last q of the kv positions, as in training (q = kv) and in KV-cache generation (q = 1).
+    query/key/value: (B, H, q|kv, D) -> (B, q, H, D), what transformers' attention functions return."""
+    q, kv = query.shape[2], key.shape[2]
+    mask = module.dalle_mask[kv - q:kv, :kv]                               # (q, kv)
+    if attention_mask is not None:                                         # a caller's padding, if any
+        mask = mask & attention_mask.bool()
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling)
+    return out.transpose(1, 2).contiguous(), None
+
+
+# transformers' attention-function registry: GPT-2 calls this for every layer when its config names
+# it; its mask builder knows no such name and passes no mask, so the layer's own mask is the only one
+AttentionInterface.register("easel_dalle_masks", _masked_sdpa)
 
 
 class ImageCodesOnly(LogitsProcessor):
@@ -161,8 +239,13 @@ class DalleTransformer(PretrainedMixin, nn.Module):
             attn_pdrop=c["attn_dropout"], layer_norm_epsilon=c["layer_norm_eps"],
             initializer_range=c["initializer_range"],
             bos_token_id=None, eos_token_id=None, pad_token_id=None, tie_word_embeddings=True)
-        gpt_cfg._attn_implementation = c["attn_implementation"]
+        sparse = c["image_attention"] != "dense"
+        gpt_cfg._attn_implementation = "easel_dalle_masks" if sparse else c["attn_implementation"]
         self.gpt = GPT2LMHeadModel(gpt_cfg)   # (train.gradient_checkpointing: train/module.py)
+        if sparse:   # one (S, S) bool per layer, rebuilt from config (not saved): S^2 bytes each
+            for block, kind in zip(self.gpt.transformer.h, c["image_attention"]):
+                block.attn.register_buffer("dalle_mask", attention_mask(
+                    kind, self.text_len, self.image_grid, c["conv_kernel"]), persistent=False)
         if c["image_pos"] == "rowcol":
             old = self.gpt.transformer.wpe
             wpe = RowColPositions(old.num_embeddings, old.embedding_dim, self.text_len, self.image_grid,

@@ -24,6 +24,8 @@ def test_paper_transformer_is_12b_with_the_papers_shapes(paper):
     assert (g.n_layer, g.n_head, g.n_embd, g.n_embd // g.n_head) == (64, 62, 3968, 64)
     assert m.seq_len == 1280                                    # 256 text + 32x32 image tokens
     assert g.vocab_size == 16384 + 256 + 8192                   # text + per-position pads + codes
+    kinds = m.config["image_attention"]                         # appendix B.1's sparse masks
+    assert kinds[1::4] == ["column"] * 16 and kinds[-1] == "conv" and kinds.count("row") == 47
 
 
 def test_paper_dvae_maps_256px_to_32x32_of_8192_codes(paper):

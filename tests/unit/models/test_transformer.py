@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from model_code.config import load_preset
-from model_code.models.transformer import DalleTransformer
+from model_code.models.transformer import DalleTransformer, attention_mask
 from tests.unit.models.helpers import fit, reload_exact
 
 CFG = dict(text_vocab_size=40, text_len=8, image_grid=4, codebook_size=16, n_layer=2, n_head=2,
@@ -135,6 +135,67 @@ def test_row_and_column_image_positions(tmp_path):
     assert not hasattr(DalleTransformer.from_config(CFG).gpt.transformer.wpe, "row")
     with pytest.raises(ValueError, match="image_pos"):
         DalleTransformer.from_config({**CFG, "image_pos": "2d"})
+
+
+def test_the_papers_sparse_masks_by_their_definitions():
+    """Row, column and convolutional masks (DALL-E appendix B.1, figure 11) on a 4 x 4 grid after
+    3 text tokens, checked against their definitions one (query, key) pair at a time."""
+    T, G = 3, 4
+    for kind in ("dense", "row", "column", "conv"):
+        mask = attention_mask(kind, T, G, conv_kernel=3)
+        assert mask.shape == (T + G * G, T + G * G)
+        for q in range(T + G * G):
+            for k in range(T + G * G):
+                if k > q:                                         # causal, always
+                    want = False
+                elif q < T or k < T:                              # text: causal; image sees all text
+                    want = True
+                else:
+                    (rq, cq), (rk, ck) = divmod(q - T, G), divmod(k - T, G)
+                    want = {"dense": True, "row": q - k <= G, "column": cq == ck,
+                            "conv": abs(rq - rk) <= 1 and abs(cq - ck) <= 1}[kind]
+                assert bool(mask[q, k]) == want, (kind, q, k)
+
+
+def test_sparse_attention_layers_see_only_their_mask():
+    """image_attention: a layer's output at an image position changes when a token it may attend
+    to changes, and never when one it may not does; the paper's schedule is row / column / row /
+    conv for 4 layers; cached sampling, saving and overfitting still hold."""
+    torch.manual_seed(0)
+    assert DalleTransformer.from_config({**CFG, "n_layer": 4, "image_attention": "sparse"}).config[
+        "image_attention"] == ["row", "column", "row", "conv"]
+    ids, mask, codes = batch()
+    T = 8
+    for kind in ("row", "column", "conv"):
+        m = DalleTransformer.from_config({**CFG, "n_layer": 1, "image_attention": [kind], "conv_kernel": 3}).eval()
+        allowed = attention_mask(kind, T, 4, conv_kernel=3)
+        seq = torch.cat([m.text_tokens(ids, mask), codes.reshape(4, -1) + m.image_offset], 1)[:, :-1]
+        base = m.gpt(input_ids=seq).logits
+        for k in range(T, seq.shape[1]):                          # change image token k ...
+            other = seq.clone()
+            other[:, k] = m.image_offset + (other[:, k] - m.image_offset + 1) % 16
+            changed = (m.gpt(input_ids=other).logits - base).abs().amax(dim=(0, 2)) > 0   # (S-1,)
+            assert torch.equal(changed, allowed[:seq.shape[1], k]), (kind, k)  # ... moves what may see it
+    m = DalleTransformer.from_config({**CFG, "image_attention": ["conv", "column"]})
+    assert torch.equal(m.generate(ids, mask, temperature=0, use_cache=True),
+                       m.generate(ids, mask, temperature=0, use_cache=False))
+    fit(m.train(), ids, mask, codes, steps=80, lr=3e-3)
+    assert torch.equal(m.generate(ids, mask, temperature=0), codes)
+    for bad in ("local", ["row"], ["row", "diagonal"]):
+        with pytest.raises(ValueError, match="image_attention"):
+            DalleTransformer.from_config({**CFG, "image_attention": bad})
+    with pytest.raises(ValueError, match="conv_kernel"):
+        DalleTransformer.from_config({**CFG, "image_attention": "sparse", "conv_kernel": 4})
+
+
+def test_sparse_attention_saves_and_loads(tmp_path):
+    torch.manual_seed(0)
+    m = DalleTransformer.from_config({**CFG, "image_attention": "sparse"}).eval()
+    back = reload_exact(m, tmp_path / "t")
+    assert back.config["image_attention"] == ["row", "conv"]
+    ids, mask, codes = batch()
+    assert torch.equal(m.forward_loss(ids, mask, codes)["loss"], back.forward_loss(ids, mask, codes)["loss"])
+    assert not any("dalle_mask" in k for k in m.state_dict())     # rebuilt from config, not saved
 
 
 def test_classifier_free_guidance():
