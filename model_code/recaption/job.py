@@ -18,7 +18,9 @@ Output, under `out` (a directory or s3:// prefix); images are never rewritten:
     dataset.json                  (finalize) the new dataset version: parent + its version id, a
                                   pointer to the parent's shards, counts
 
-Resumable per shard: a shard whose sidecar exists is not redone; a sidecar is written whole
+Resumable per shard: a shard whose sidecar exists is not redone if the sidecar was written from the
+same inputs (dataset contents, captioner, tokenizer, CLIP, settings, filters: its metadata's
+"inputs"), and is an error naming what changed if not; a sidecar is written whole
 (temporary name + rename locally, one PUT on S3), so a killed job never leaves half a sidecar.
 `recaption(..., shards=[...])` handles a subset, so a pipeline can fan out over shards
 (KFP ParallelFor) and call `finalize` once at the end.
@@ -41,6 +43,7 @@ import pyarrow.parquet as pq
 
 from model_code import storage
 from model_code.config import load_preset
+from model_code.identity import changed, dataset_identity, part_identity
 from model_code.recaption.captioner import KINDS, Captioner, CoCaCaptioner, images_to_tensor, load_captioner
 from model_code.recaption.filters import CaptionFilters, ClipAlignment, Verdict
 
@@ -168,7 +171,7 @@ def _caption_batch(captioner: Captioner, filters: CaptionFilters, images, x, ori
 
 
 def _recaption_shard(shard_uri: str, out: str, captioner: Captioner, filters: CaptionFilters, cfg: dict,
-                     image_size: int | None, progress: bool) -> dict:
+                     image_size: int | None, progress: bool, inputs: dict | None = None) -> dict:
     from tqdm.auto import tqdm
 
     from model_code.data.dataset import iter_shard
@@ -214,7 +217,8 @@ def _recaption_shard(shard_uri: str, out: str, captioner: Captioner, filters: Ca
             "settings": {k: cfg[k] for k in ("top_p", "temperature", "max_retries", "seed")},
             "filters": filters.cfg, "uses_clip": filters.uses_clip, "seconds": seconds,
             "generated_captions": counters["captions"], "generated_tokens": counters["tokens"],
-            "filter_counts": {k: after[k] - before.get(k, 0) for k in after if not k.endswith("_rate")}}
+            "filter_counts": {k: after[k] - before.get(k, 0) for k in after if not k.endswith("_rate")},
+            **({"inputs": inputs} if inputs else {})}
     table = pa.Table.from_pydict(cols, schema=SIDECAR_SCHEMA).replace_schema_metadata(
         {b"easel": json.dumps(meta).encode()})
     _write_parquet(table, sidecar_uri(out, idx))
@@ -222,6 +226,34 @@ def _recaption_shard(shard_uri: str, out: str, captioner: Captioner, filters: Ca
 
 
 # ---------------------------------------------------------------- the job
+def _inputs(dataset: str, spec, cap: Captioner, tokenizer: str | None, clip: str | None, cfg: dict,
+            filters: CaptionFilters) -> dict:
+    """What a shard's captions depend on (model_code.identity): the dataset's contents, the trained
+    captioner, tokenizer and CLIP, the sampling settings and the filters."""
+    def part(uri: str | None) -> str | None:
+        return part_identity(uri) if uri and uri != "none" else None
+
+    if not isinstance(spec, str):
+        captioner = cap.name                                  # a Captioner object: its name
+    elif spec == "oracle":
+        captioner = "oracle"
+    else:
+        captioner = part(spec.removeprefix("pretrained:"))
+    return {"dataset": dataset_identity(dataset), "captioner": captioner, "tokenizer": part(tokenizer),
+            "clip": part(clip), "settings": {k: cfg[k] for k in ("top_p", "temperature", "max_retries", "seed")},
+            "filters": json.loads(json.dumps(filters.cfg, default=str))}
+
+
+def _check_same_inputs(sidecar: str, inputs: dict) -> None:
+    """A finished sidecar is reused only if it was written from the same inputs (older sidecars,
+    which recorded none, are reused as before); otherwise an error names what changed and the
+    sidecar stays as it is."""
+    diff = changed(_sidecar_meta(_read_parquet(sidecar)).get("inputs"), inputs)
+    if diff:
+        raise ValueError(f"recaption: {sidecar} was written from other inputs (changed: {', '.join(diff)}); "
+                         f"its captions are not this run's: use another out, or remove its captions/ to redo")
+
+
 def _resolve(preset: str | dict, overrides: dict) -> dict:
     pcfg = preset if isinstance(preset, dict) else load_preset(preset)
     from model_code.models.pretrained import known_keys
@@ -317,13 +349,16 @@ def recaption(dataset: str, out: str, captioner: str | Captioner, tokenizer: str
     alignment, clip_size = _alignment(clip, cap, tokenizer)
     filters = CaptionFilters(cfg, _token_counter(cap, tokenizer, alignment), alignment)
 
+    inputs = _inputs(dataset, captioner, cap, tokenizer, clip, cfg, filters)
     t0 = time.time()
     done, skipped = [], []
     for uri in todo:
-        if _sidecar_complete(sidecar_uri(out, shard_index(uri))):
+        side = sidecar_uri(out, shard_index(uri))
+        if _sidecar_complete(side):
+            _check_same_inputs(side, inputs)
             skipped.append(posixpath.basename(uri))
             continue
-        done.append(_recaption_shard(uri, out, cap, filters, cfg, clip_size, progress))
+        done.append(_recaption_shard(uri, out, cap, filters, cfg, clip_size, progress, inputs))
     seconds = time.time() - t0
     n_cap = sum(d["captions"] for d in done)
     n_tok = sum(d["tokens"] for d in done)

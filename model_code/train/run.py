@@ -23,8 +23,9 @@ What a run leaves under `out` (a directory or s3:// prefix):
 Resuming: with resume=True (the default) a run whose `out` holds a checkpoint written with the same
 configuration continues from it, at the same step and data position; a finished run with the same
 configuration is not retrained (its summary is returned, `reused: True`), or, given a larger
-max_steps, is extended from its final checkpoint. A different configuration in the same `out` is
-an error, unless resume=False (start over).
+max_steps, is extended from its final checkpoint. "The same configuration" covers what the dataset
+and the trained dependencies hold, not only where they are (model_code.identity). A different one in
+the same `out` is an error that names what changed, unless resume=False (start over).
 
 MLflow: params (the part's model config, the resolved training config, data and deps), metrics
 every `log_every` steps (every key of the loss dict, lr, throughput, MFU), sample grids and the
@@ -48,10 +49,10 @@ import torch
 
 from model_code import storage
 from model_code.config import deep_merge, load_preset
+from model_code.identity import STATE_FILE, changed, dataset_identity, part_identity
 from model_code.tracking import artifact_location, git_revision, tracking_uri
 from model_code.train.parts import Context, PartSpec, get_part
 
-STATE_FILE = "train_state.json"
 PREEMPTED_EXIT = 143  # 128 + SIGTERM: what a shell reports for a process ended by SIGTERM
 
 
@@ -104,12 +105,32 @@ def _config(preset: str | dict, overrides: dict | None) -> dict:
     return load_preset(preset, overrides)
 
 
-def config_hash(part: str, model_config: dict, tcfg: dict, data: str, deps: dict[str, str]) -> str:
-    """What must not change between a run and its resumption (operational keys may)."""
+def config_hash(part: str, model_config: dict, tcfg: dict, data: str, deps: dict[str, str],
+                inputs: dict | None = None) -> str:
+    """What must not change between a run and its resumption (operational keys may): the config,
+    where the data and dependencies are, and what they hold (`inputs`, from input_identity)."""
     from model_code.train.module import OPERATIONAL_KEYS
     blob = {"part": part, "model": model_config, "data": data, "deps": deps,
             "train": {k: v for k, v in tcfg.items() if k not in OPERATIONAL_KEYS}}
+    if inputs is not None:
+        blob["inputs"] = inputs
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def input_identity(data: str, deps: dict[str, str]) -> dict:
+    """What the dataset and each trained dependency hold (model_code.identity), not just where."""
+    return {"data": dataset_identity(data), "deps": {k: part_identity(v) for k, v in sorted(deps.items())}}
+
+
+def _mismatch(what: str, out: str, part: str, old: dict, chash: str, inputs: dict) -> ValueError:
+    """The error for an `out` that holds another run's work, naming what changed where it can."""
+    names = {"data": f"the dataset's contents ({str(old.get('inputs', {}).get('data'))[:12]} -> "
+                     f"{inputs['data'][:12]})", **{f"deps.{k}": f"the trained {k}" for k in inputs["deps"]}}
+    what_changed = [names[k] for k in changed(old.get("inputs"), inputs)]
+    why = "; changed: " + ", ".join(what_changed) if what_changed else ""
+    return ValueError(f"{what} {out} was trained with another configuration, data or dependencies "
+                      f"(hash {old.get('config_hash')} != {chash}{why}): its {part} is not this run's; "
+                      f"use another out, or start over (resume=False; the CLI's --restart)")
 
 
 def _read_state(out: str) -> dict | None:
@@ -173,14 +194,13 @@ def train_part(part: str, preset: str | dict, data: str, out: str, deps: dict[st
     loaded = _load_deps(spec, deps)
     _seed_all(tcfg["seed"])
     model = spec.build(cfg, loaded)
-    chash = config_hash(part, model.config, tcfg, data, dict(deps or {}))
+    inputs = input_identity(data, dict(deps or {}))
+    chash = config_hash(part, model.config, tcfg, data, dict(deps or {}), inputs)
 
     state = _read_state(out) if resume else None
     if state and state.get("completed"):
         if state.get("config_hash") != chash:
-            raise ValueError(f"{out} already holds a {part} trained with another configuration "
-                             f"(hash {state.get('config_hash')} != {chash}): use another out or "
-                             f"resume=False")
+            raise _mismatch("the finished run in", out, part, state, chash, inputs)
         done = int(state["summary"]["steps"])
         if done == tcfg["max_steps"]:
             return {**state["summary"], "reused": True}
@@ -192,18 +212,17 @@ def train_part(part: str, preset: str | dict, data: str, out: str, deps: dict[st
     ckpt_dir = storage.join(out, "checkpoints")
     latest = latest_checkpoint(ckpt_dir) if resume else None
     if latest and latest.get("config_hash") != chash:
-        raise ValueError(f"the checkpoint in {ckpt_dir} was written with another configuration "
-                         f"(hash {latest.get('config_hash')} != {chash}): use another out or resume=False")
+        raise _mismatch("the checkpoint in", ckpt_dir, part, latest, chash, inputs)
     if not resume:  # start over: nothing of an earlier run in `out` may be taken for this one's
         storage.remove(ckpt_dir, recursive=True)
         storage.remove(storage.join(out, STATE_FILE))
     return _fit(spec, cfg, tcfg, preset_name, model, loaded, data, out, dict(deps or {}), chash,
-                latest, mlflow, t0)
+                latest, mlflow, t0, inputs)
 
 
 def _fit(spec: PartSpec, cfg: dict, tcfg: dict, preset_name: str, model: torch.nn.Module,
          loaded: dict, data: str, out: str, deps: dict[str, str], chash: str, latest: dict | None,
-         mlflow: bool, t0: float) -> dict[str, Any]:
+         mlflow: bool, t0: float, inputs: dict) -> dict[str, Any]:
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
     from model_code.data.loader import make_dataset, make_loader
@@ -253,7 +272,7 @@ def _fit(spec: PartSpec, cfg: dict, tcfg: dict, preset_name: str, model: torch.n
     throughput = cb.Throughput(tcfg["log_every"], tcfg["peak_flops"])
     ckpt = cb.ObjectStoreCheckpoint(storage.join(out, "checkpoints"), tcfg["ckpt_every"],
                                     tcfg["keep_checkpoints"],
-                                    meta=lambda: {"config_hash": chash, "mlflow_run_id": run_id})
+                                    meta=lambda: {"config_hash": chash, "inputs": inputs, "mlflow_run_id": run_id})
     grids = cb.SampleGrid(tcfg["sample_every"], tcfg["sample_n"], tcfg["seed"],
                           out_dir=None if mlflow else storage.join(out, "samples"))
     # after Throughput: the history row of a log step carries that step's perf/* numbers
@@ -299,7 +318,7 @@ def _fit(spec: PartSpec, cfg: dict, tcfg: dict, preset_name: str, model: torch.n
                            f"expected {tcfg['max_steps']}")
     if trainer.is_global_zero:
         _save_final(trainer, module, spec, cfg, loaded, out)
-        _write_state(out, {"completed": True, "config_hash": chash, "summary": summary,
+        _write_state(out, {"completed": True, "config_hash": chash, "inputs": inputs, "summary": summary,
                            "config": {spec.name: model.config, "train": tcfg}, "deps": deps})
         if logger is not None:
             client = logger.experiment
@@ -335,7 +354,8 @@ def _train_tokenizer(cfg: dict, preset_name: str, data: str, out: str, resume: b
     if not isinstance(vocab, int) or not isinstance(max_len, int):
         raise ValueError(f"tokenizer.vocab_size and tokenizer.max_text_tokens must be integers in the "
                          f"preset, got {vocab!r} and {max_len!r}")
-    chash = hashlib.sha256(json.dumps({"part": "tokenizer", "cfg": tok_cfg, "data": data},
+    inputs = input_identity(data, {})
+    chash = hashlib.sha256(json.dumps({"part": "tokenizer", "cfg": tok_cfg, "data": data, "inputs": inputs},
                                       sort_keys=True).encode()).hexdigest()[:16]
     state = _read_state(out) if resume else None
     if state and state.get("completed") and state.get("config_hash") == chash:
@@ -379,6 +399,6 @@ def _train_tokenizer(cfg: dict, preset_name: str, data: str, out: str, resume: b
                "tracking_uri": tracking_uri() if mlflow else None, "preempted": False,
                "reused": False, "resumed_from_step": None, "dataset": data, "dataset_version": version,
                "samples_seen": len(records), "sample_grids": [], "seconds": round(time.time() - t0, 2)}
-    _write_state(out, {"completed": True, "config_hash": chash, "summary": summary,
+    _write_state(out, {"completed": True, "config_hash": chash, "inputs": inputs, "summary": summary,
                        "config": {"tokenizer": tok_cfg}})
     return summary

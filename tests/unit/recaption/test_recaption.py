@@ -190,6 +190,11 @@ def test_fan_out_resume_and_finalize(world, lenient_run):
     assert ds.info(out)["records"] == 24
     s3 = recaption(world["data"], out, world["coca"], world["tok"], **kw)
     assert s3["shards_done"] == [] and len(s3["shards_skipped"]) == 3
+    # a finished sidecar is reused only for the same inputs: other settings (or a captioner, CLIP,
+    # tokenizer or dataset changed in place) stop the run with what changed, and nothing is rewritten
+    with pytest.raises(ValueError, match=r"changed: settings\.temperature"):
+        recaption(world["data"], out, world["coca"], world["tok"], temperature=0.3, **kw)
+    assert storage.read_bytes(sidecar_uri(out, 1)) == one
 
 
 def test_bad_arguments_are_named(world, tmp_path):

@@ -365,3 +365,37 @@ def test_clip_with_ema_saves_ema_weights_and_reports_mfu(data, tokenizer_dir, tm
     assert torch.allclose(saved[name], ckpt["easel"]["ema"]["shadow_params"][index])
     assert not torch.allclose(saved[name], ckpt["state_dict"]["model." + name])
 
+
+
+def test_an_out_is_never_reused_on_other_data_or_dependencies(data, tmp_path):
+    """The paths stay the same when a pipeline re-ingests or retrains in place: a finished run is
+    reused only on the same dataset contents and the same trained dependencies, else the error says
+    what changed (before, a CLIP trained on other data was returned as `reused`)."""
+    import shutil
+
+    from model_code.data.ingest import ingest
+    from model_code.data.synth import synthesize
+    from model_code.train.run import train_part
+    ds, tok, clip = (str(tmp_path / d) for d in ("data", "tok", "clip"))
+    shutil.copytree(data, ds)
+    over = {"train": {**FAST["train"], "steps": {"clip": 2}, "ckpt_every": 2}}
+    train_part("tokenizer", "tiny", data=ds, out=tok, mlflow=False)
+    first = train_part("clip", "tiny", data=ds, out=clip, deps={"tokenizer": tok}, overrides=over, mlflow=False)
+    assert train_part("clip", "tiny", data=ds, out=clip, deps={"tokenizer": tok}, overrides=over,
+                      mlflow=False)["reused"]
+    # the tokenizer retrained in place with another vocabulary: a new dependency at the same path
+    train_part("tokenizer", "tiny", data=ds, out=tok, mlflow=False, resume=False,
+               overrides={"tokenizer": {"vocab_size": 500}})
+    with pytest.raises(ValueError, match="changed: the trained tokenizer"):
+        train_part("clip", "tiny", data=ds, out=clip, deps={"tokenizer": tok}, overrides=over, mlflow=False)
+    # other images at the same path
+    shutil.rmtree(ds)
+    synthesize(str(tmp_path / "src"), n=48, size=32, seed=7, curated_fraction=0.25, workers=1)
+    ingest(str(tmp_path / "src"), ds, size=32, shard_size=40, heldout_fraction=0.1, progress=False, workers=1)
+    assert not train_part("tokenizer", "tiny", data=ds, out=tok, mlflow=False)["reused"]
+    with pytest.raises(ValueError, match="changed: the dataset's contents .*, the trained tokenizer"):
+        train_part("clip", "tiny", data=ds, out=clip, deps={"tokenizer": tok}, overrides=over, mlflow=False)
+    assert os.path.exists(os.path.join(clip, "model.safetensors"))          # nothing was lost
+    again = train_part("clip", "tiny", data=ds, out=clip, deps={"tokenizer": tok}, overrides=over,
+                       mlflow=False, resume=False)
+    assert not again["reused"] and again["steps"] == 2 and first["steps"] == 2
