@@ -121,16 +121,18 @@ def _sidecar_meta(table: pa.Table) -> dict:
     return json.loads(raw) if raw else {}
 
 
-def _sidecar_complete(uri: str) -> bool:
-    """A finished shard: the sidecar exists, parses and has the expected columns."""
+def _finished_sidecar(uri: str) -> dict | None:
+    """A finished shard's sidecar metadata: the sidecar exists, parses and has the expected columns;
+    None otherwise (to be done)."""
     if not storage.exists(uri):
-        return False
+        return None
     try:
         table = _read_parquet(uri)
     except Exception as e:  # a torn or foreign file: redo the shard rather than trust it
         log.warning("recaption: %s is unreadable (%s); redoing the shard", uri, e)
-        return False
-    return {"key", "original", "short", "long"} <= set(table.column_names) and bool(_sidecar_meta(table))
+        return None
+    meta = _sidecar_meta(table)
+    return meta if {"key", "original", "short", "long"} <= set(table.column_names) and meta else None
 
 
 # ---------------------------------------------------------------- captioning one kind of one batch
@@ -244,11 +246,11 @@ def _inputs(dataset: str, spec, cap: Captioner, tokenizer: str | None, clip: str
             "filters": json.loads(json.dumps(filters.cfg, default=str))}
 
 
-def _check_same_inputs(sidecar: str, inputs: dict) -> None:
+def _check_same_inputs(sidecar: str, meta: dict, inputs: dict) -> None:
     """A finished sidecar is reused only if it was written from the same inputs (older sidecars,
     which recorded none, are reused as before); otherwise an error names what changed and the
     sidecar stays as it is."""
-    diff = changed(_sidecar_meta(_read_parquet(sidecar)).get("inputs"), inputs)
+    diff = changed(meta.get("inputs"), inputs)
     if diff:
         raise ValueError(f"recaption: {sidecar} was written from other inputs (changed: {', '.join(diff)}); "
                          f"its captions are not this run's: use another out, or remove its captions/ to redo")
@@ -354,8 +356,9 @@ def recaption(dataset: str, out: str, captioner: str | Captioner, tokenizer: str
     done, skipped = [], []
     for uri in todo:
         side = sidecar_uri(out, shard_index(uri))
-        if _sidecar_complete(side):
-            _check_same_inputs(side, inputs)
+        meta = _finished_sidecar(side)
+        if meta is not None:
+            _check_same_inputs(side, meta, inputs)
             skipped.append(posixpath.basename(uri))
             continue
         done.append(_recaption_shard(uri, out, cap, filters, cfg, clip_size, progress, inputs))

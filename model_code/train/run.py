@@ -106,14 +106,12 @@ def _config(preset: str | dict, overrides: dict | None) -> dict:
 
 
 def config_hash(part: str, model_config: dict, tcfg: dict, data: str, deps: dict[str, str],
-                inputs: dict | None = None) -> str:
+                inputs: dict) -> str:
     """What must not change between a run and its resumption (operational keys may): the config,
     where the data and dependencies are, and what they hold (`inputs`, from input_identity)."""
     from model_code.train.module import OPERATIONAL_KEYS
     blob = {"part": part, "model": model_config, "data": data, "deps": deps,
-            "train": {k: v for k, v in tcfg.items() if k not in OPERATIONAL_KEYS}}
-    if inputs is not None:
-        blob["inputs"] = inputs
+            "train": {k: v for k, v in tcfg.items() if k not in OPERATIONAL_KEYS}, "inputs": inputs}
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
