@@ -9,9 +9,10 @@ A *bundle* is one directory (or s3:// prefix) holding every trained part a recip
     tokenizer/ clip/ dvae/ transformer/            (dalle)
     tokenizer/ clip/ prior/ decoder/ upsampler/    (unclip; upsampler optional)
 
-A generator samples `candidates` images per prompt and keeps the `n` that CLIP ranks best
-(DALL-E 1's generate-then-search; DALL-E 2 reranks too). Evaluation, the MLflow pyfunc model
-and the KServe server all call `Generator.generate`.
+A generator samples `candidates` images per prompt and keeps the `n` its reranker ranks best
+(DALL-E 1's generate-then-search; DALL-E 2 reranks too): CLIP by default, or, with
+`rerank: captioner` and a `captioner/` part in the bundle, the captioner's log p(prompt | image).
+Evaluation, the MLflow pyfunc model and the KServe server all call `Generator.generate`.
 """
 from __future__ import annotations
 
@@ -30,14 +31,17 @@ from model_code import storage
 BUNDLE_FORMAT = "easel-bundle/1"
 RECIPE_PARTS = {"dalle": ("tokenizer", "clip", "dvae", "transformer"),
                 "unclip": ("tokenizer", "clip", "prior", "decoder")}
-OPTIONAL_PARTS = {"unclip": ("upsampler",), "dalle": ()}
+# captioner: the trained CoCa (with the bundle's tokenizer), for `rerank: captioner`
+OPTIONAL_PARTS = {"unclip": ("upsampler", "captioner"), "dalle": ("captioner",)}
+RERANKERS = ("clip", "captioner")
 DEFAULT_SAMPLING = {
     # DALL-E 1 samples at temperature 1 and reranks; the paper's N = 512 is far beyond CPU.
     # guidance_scale != 1: classifier-free guidance (a transformer trained with text_drop_prob)
-    "dalle": {"temperature": 1.0, "top_k": None, "top_p": None, "guidance_scale": 1.0, "candidates": 4},
+    "dalle": {"temperature": 1.0, "top_k": None, "top_p": None, "guidance_scale": 1.0, "candidates": 4,
+              "rerank": "clip"},
     # DALL-E 2 samples the prior and decoder with guidance; steps come from the part configs.
     "unclip": {"prior_guidance": None, "decoder_guidance": None, "prior_steps": None,
-               "decoder_steps": None, "upsample": True, "candidates": 2},
+               "decoder_steps": None, "upsample": True, "candidates": 2, "rerank": "clip"},
 }
 
 
@@ -51,6 +55,8 @@ def check_sampling(recipe: str, sampling: dict | None) -> dict:
     bad = sorted(set(sampling) - allowed)
     if bad:
         raise ValueError(f"sampling: {bad} are not {recipe} settings (allowed: {', '.join(sorted(allowed))})")
+    if "rerank" in sampling and sampling["rerank"] not in RERANKERS:
+        raise ValueError(f"sampling.rerank: {sampling['rerank']!r} is not a reranker (choose {' or '.join(RERANKERS)})")
     return sampling
 
 
@@ -97,13 +103,16 @@ def save_bundle(out: str, recipe: str, parts: dict[str, str], preset: str = "",
         if not storage.exists(storage.join(src, marker)):
             raise ValueError(f"part {name}: {src} holds no trained {name} (no {marker}): train it first, "
                              f"or point at its output directory")
+    sampling = {**DEFAULT_SAMPLING[recipe], **check_sampling(recipe, sampling)}
+    if sampling["rerank"] == "captioner" and "captioner" not in parts:
+        raise ValueError(f"sampling.{recipe}.rerank is 'captioner' but the bundle is given no captioner part")
     names = {}
     for name, src in parts.items():
         # the weights and their config, not the training checkpoints (optimizer state: 2-3x the model)
         storage.copy_dir(src, storage.join(out, name), skip=("checkpoints",))
         names[name] = name
     meta = {"format": BUNDLE_FORMAT, "recipe": recipe, "preset": preset, "parts": names,
-            "sampling": {**DEFAULT_SAMPLING[recipe], **check_sampling(recipe, sampling)}, "lineage": lineage or {}}
+            "sampling": sampling, "lineage": lineage or {}}
     if config is not None:
         meta["config"] = config
     storage.write_text(storage.join(out, "bundle.json"), json.dumps(meta, indent=2, default=str))
@@ -123,7 +132,8 @@ def read_bundle_meta(path: str) -> dict:
 # ---------------------------------------------------------------- generators
 @dataclass
 class Generated:
-    """The result for one prompt: the kept images (best first) and their CLIP scores."""
+    """The result for one prompt: the kept images (best first by the reranker) and their CLIP
+    scores (with `rerank: captioner`, extra["caption_logprob"] holds the ranking's scores)."""
     prompt: str
     images: list[Image.Image]
     scores: list[float]
@@ -139,9 +149,11 @@ class Generator:
 
     recipe = ""
 
-    def __init__(self, tokenizer, clip, sampling: dict | None = None, meta: dict | None = None):
+    def __init__(self, tokenizer, clip, sampling: dict | None = None, meta: dict | None = None,
+                 captioner=None):
         self.tokenizer = tokenizer
         self.clip = clip.eval()
+        self.captioner = captioner.eval() if captioner is not None else None
         self.sampling = {**DEFAULT_SAMPLING.get(self.recipe, {}), **(sampling or {})}
         self.meta = meta or {}
 
@@ -185,11 +197,55 @@ class Generator:
         """Cosine similarity of each image with its prompt (same length lists)."""
         return (self.embed_images(images) * self.embed_texts(prompts)).sum(-1)
 
+    @torch.no_grad()
+    def caption_logprobs(self, images: torch.Tensor | Sequence[Image.Image], prompts: Sequence[str]) -> torch.Tensor:
+        """log p(prompt | image) under the bundle's captioner, for each (image, prompt) pair (B,).
+
+        The captioner is asked for the prompt as either kind of caption it writes (short or
+        long, equally likely a priori): p = (p_short + p_long) / 2, so a terse prompt and a
+        rewritten scene description are both judged by the kind that fits them."""
+        from model_code.models.coca import KINDS, encode_targets
+        if self.captioner is None:
+            raise ValueError("rerank: captioner needs a bundle with a captioner part")
+        size = self.captioner.clip.config["image_size"]
+        if not isinstance(images, torch.Tensor):
+            images = to_tensor(images, size)
+        images = images.to(self.device)
+        if images.shape[-1] != size:
+            images = torch.nn.functional.interpolate(images, size=size, mode="bilinear", antialias=True,
+                                                     align_corners=False)
+        per_kind = []
+        for kind in KINDS:
+            ids, mask = encode_targets(self.tokenizer, list(prompts), [kind] * len(prompts),
+                                       max_len=self.captioner.config["max_text_tokens"])
+            per_kind.append(self.captioner.caption_logprob(images, ids.to(self.device), mask.to(self.device)))
+        return torch.logsumexp(torch.stack(per_kind), dim=0) - float(np.log(len(KINDS)))
+
+    def reranker(self, settings: dict) -> str:
+        """The reranker `settings` ask for, checked against what this generator holds."""
+        name = settings.get("rerank", "clip")
+        check_sampling(self.recipe, {"rerank": name})
+        if name == "captioner" and self.captioner is None:
+            raise ValueError("rerank: captioner needs a bundle with a captioner part (this one has none)")
+        return name
+
+    @torch.no_grad()
+    def judge(self, images: torch.Tensor, prompts: Sequence[str], settings: dict
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Candidates against their prompts (one prompt per image): their CLIP embeddings (B, D),
+        CLIP scores (B,) and the keys the reranker ranks them by (B,; the CLIP scores, or the
+        captioner's log p(prompt | image)). generate() and the rerank table both judge here."""
+        emb = self.embed_images(images)                                  # (B, D)
+        scores = (emb * self.embed_texts(prompts)).sum(-1)               # (B,)
+        keys = self.caption_logprobs(images, prompts) if self.reranker(settings) == "captioner" else scores
+        return emb, scores, keys
+
     # -- the public entry point
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], n: int = 1, candidates: int | None = None,
                  seed: int | None = 0, **overrides) -> list[Generated]:
-        """For each prompt, sample `candidates` images and keep the `n` CLIP likes best.
+        """For each prompt, sample `candidates` images and keep the `n` the reranker likes best
+        (the `rerank` setting: CLIP's cosine similarity, or the captioner's log p(prompt | image)).
 
         Deterministic for the same prompts, settings and seed. `overrides` are sampling
         settings of the recipe (see DEFAULT_SAMPLING)."""
@@ -203,18 +259,19 @@ class Generator:
         cand = int(candidates or self.sampling.get("candidates") or n)
         cand = max(cand, n)
         settings = {**self.sampling, **{k: v for k, v in overrides.items() if v is not None}}
+        by_captioner = self.reranker(settings) == "captioner"
         gen = torch.Generator().manual_seed(int(seed if seed is not None else torch.seed() % 2**31))
         images = self.sample(prompts, cand, gen, settings)          # (P * cand, 3, H, W)
-        emb = self.embed_images(images)                              # (P * cand, D)
-        txt = self.embed_texts(prompts).repeat_interleave(cand, dim=0)   # (P * cand, D)
-        scores = (emb * txt).sum(-1).view(len(prompts), cand)
+        emb, scores, keys = self.judge(images, [p for p in prompts for _ in range(cand)], settings)
+        scores, keys = scores.view(len(prompts), cand), keys.view(len(prompts), cand)
         emb = emb.float().cpu()
         out = []
         for i, p in enumerate(prompts):
-            order = torch.argsort(scores[i], descending=True)[:n]
+            order = torch.argsort(keys[i], descending=True)[:n]
             pil = to_pil(images[i * cand + order])
+            extra = {"caption_logprob": [float(keys[i, j]) for j in order]} if by_captioner else {}
             out.append(Generated(p, pil, [float(scores[i, j]) for j in order], candidates=cand,
-                                 embeddings=emb[i * cand + order.cpu()]))
+                                 embeddings=emb[i * cand + order.cpu()], extra=extra))
         return out
 
     def sample(self, prompts: list[str], num: int, generator: torch.Generator,
@@ -244,20 +301,23 @@ class DalleGenerator(Generator):
 
     recipe = "dalle"
 
-    def __init__(self, tokenizer, clip, dvae, transformer, sampling=None, meta=None):
-        super().__init__(tokenizer, clip, sampling, meta)
+    def __init__(self, tokenizer, clip, dvae, transformer, sampling=None, meta=None, captioner=None):
+        super().__init__(tokenizer, clip, sampling, meta, captioner)
         self.dvae, self.transformer = dvae.eval(), transformer.eval()
 
     @classmethod
     def _from_bundle(cls, path, meta, map_location):
         from model_code.models.clip import CLIP
+        from model_code.models.coca import CoCa
         from model_code.models.dvae import DVAE
         from model_code.models.transformer import DalleTransformer
         from model_code.text.tokenizer import TextTokenizer
         p = _load_parts(path, meta["parts"], {"tokenizer": TextTokenizer.load, "clip": CLIP.from_pretrained,
                                               "dvae": DVAE.from_pretrained,
-                                              "transformer": DalleTransformer.from_pretrained}, map_location)
-        return cls(p["tokenizer"], p["clip"], p["dvae"], p["transformer"], meta.get("sampling"), meta)
+                                              "transformer": DalleTransformer.from_pretrained,
+                                              "captioner": CoCa.from_pretrained}, map_location)
+        return cls(p["tokenizer"], p["clip"], p["dvae"], p["transformer"], meta.get("sampling"), meta,
+                   p.get("captioner"))
 
     @property
     def image_size(self) -> int:
@@ -282,8 +342,9 @@ class UnclipGenerator(Generator):
 
     recipe = "unclip"
 
-    def __init__(self, tokenizer, clip, prior, decoder, upsampler=None, sampling=None, meta=None):
-        super().__init__(tokenizer, clip, sampling, meta)
+    def __init__(self, tokenizer, clip, prior, decoder, upsampler=None, sampling=None, meta=None,
+                 captioner=None):
+        super().__init__(tokenizer, clip, sampling, meta, captioner)
         # prior None: only the text-conditioned decoder (the paper's baseline) or given embeddings
         # (decode_embeddings) can be sampled
         self.prior = prior.eval() if prior is not None else None
@@ -293,6 +354,7 @@ class UnclipGenerator(Generator):
     @classmethod
     def _from_bundle(cls, path, meta, map_location):
         from model_code.models.clip import CLIP
+        from model_code.models.coca import CoCa
         from model_code.models.decoder import UnCLIPDecoder
         from model_code.models.prior import DiffusionPrior
         from model_code.models.upsampler import Upsampler
@@ -300,9 +362,10 @@ class UnclipGenerator(Generator):
         p = _load_parts(path, meta["parts"], {"tokenizer": TextTokenizer.load, "clip": CLIP.from_pretrained,
                                               "prior": DiffusionPrior.from_pretrained,
                                               "decoder": UnCLIPDecoder.from_pretrained,
-                                              "upsampler": Upsampler.from_pretrained}, map_location)
+                                              "upsampler": Upsampler.from_pretrained,
+                                              "captioner": CoCa.from_pretrained}, map_location)
         return cls(p["tokenizer"], p["clip"], p["prior"], p["decoder"], p.get("upsampler"),
-                   meta.get("sampling"), meta)
+                   meta.get("sampling"), meta, p.get("captioner"))
 
     @property
     def image_size(self) -> int:

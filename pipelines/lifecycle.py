@@ -74,7 +74,8 @@ def shared_parts(dataset, preset, overrides, workdir):
 
 def recaption_stage(dataset, tokenizer, clip, preset: str, overrides: str, workdir: str, groups: int):
     """Train the captioner on the curated subset, recaption every shard group in parallel, and
-    seal the sidecars as a new dataset version."""
+    seal the sidecars as a new dataset version. Returns (finalize task, captioner task): the
+    bundles keep the captioner, to rerank with it."""
     cap = cluster.gpu(train_captioner(dataset=dataset, tokenizer=tokenizer, clip=clip, preset=preset,
                                       overrides=overrides, caption_policy="", name="captioner",
                                       workdir=workdir))
@@ -85,7 +86,7 @@ def recaption_stage(dataset, tokenizer, clip, preset: str, overrides: str, workd
                                      workdir=workdir))
     fin = cluster.cpu(recaption_finalize(parent=dataset, parts=dsl.Collected(part.outputs["captions"]),
                                          workdir=workdir))
-    return fin
+    return fin, cap
 
 
 def dalle_stage(dataset, tokenizer, clip, preset, overrides, caption_policy, workdir, suffix: str = ""):
@@ -150,8 +151,8 @@ def lifecycle_pipeline(source: str = "", dataset_version: str = "", recipe: str 
     ing, ver = data_stage(preset, overrides, seed, workdir, source, dataset_version)
     data = ing.outputs["dataset"]
     tok, clip = shared_parts(data, preset, overrides, workdir)
-    rec = recaption_stage(data, tok.outputs["model"], clip.outputs["model"], preset, overrides, workdir,
-                          recaption_groups)
+    rec, cap = recaption_stage(data, tok.outputs["model"], clip.outputs["model"], preset, overrides, workdir,
+                               recaption_groups)
     recaptioned = rec.outputs["dataset"]
     with dsl.If(recipe != "unclip", name="dalle"):
         dvae, tr = dalle_stage(recaptioned, tok.outputs["model"], clip.outputs["model"], preset, overrides,
@@ -159,7 +160,7 @@ def lifecycle_pipeline(source: str = "", dataset_version: str = "", recipe: str 
         bd = cluster.cpu(bundle_dalle(tokenizer=tok.outputs["model"], clip=clip.outputs["model"],
                                       dvae=dvae.outputs["model"], transformer=tr.outputs["model"], preset=preset,
                                       dataset=ver.output, name="bundle-dalle", workdir=workdir,
-                                      overrides=overrides))
+                                      overrides=overrides, captioner=cap.outputs["model"]))
         def deploy_dalle(pro):
             with dsl.If(deploy == True, name="deploy-dalle"):  # noqa: E712 (a KFP condition, not Python)
                 deploy_stage(dalle_model, "production", dalle_model, serving_namespace, serving_image,
@@ -173,7 +174,7 @@ def lifecycle_pipeline(source: str = "", dataset_version: str = "", recipe: str 
                                        prior=prior.outputs["model"], decoder=dec.outputs["model"],
                                        upsampler=up.outputs["model"], preset=preset, dataset=ver.output,
                                        name="bundle-unclip", workdir=workdir,
-                                       overrides=overrides))
+                                       overrides=overrides, captioner=cap.outputs["model"]))
         def deploy_unclip(pro):
             with dsl.If(deploy == True, name="deploy-unclip"):  # noqa: E712
                 deploy_stage(unclip_model, "production", unclip_model, serving_namespace, serving_image,

@@ -16,6 +16,6 @@ def recaption_pipeline(dataset_uri: str, dataset_version: str = "", preset: str 
                        recaption_groups: int = 2, workdir: str = "") -> dict:
     imp, _ = import_dataset(dataset_uri, dataset_version)
     tok, clip = shared_parts(imp.output, preset, overrides, workdir)
-    rec = recaption_stage(imp.output, tok.outputs["model"], clip.outputs["model"], preset, overrides, workdir,
-                          recaption_groups)
+    rec, _ = recaption_stage(imp.output, tok.outputs["model"], clip.outputs["model"], preset, overrides, workdir,
+                             recaption_groups)
     return cluster.cpu(version(dataset=rec.outputs["dataset"]), cache=False).output

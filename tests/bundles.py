@@ -26,7 +26,9 @@ def captions(n: int = 300, seed: int = 0) -> list[str]:
     return out
 
 
-def build_parts(root: str, recipe: str, preset: str = "tiny", overrides: dict | None = None) -> dict[str, str]:
+def build_parts(root: str, recipe: str, preset: str = "tiny", overrides: dict | None = None,
+                captioner: bool = False) -> dict[str, str]:
+    """The recipe's parts (and, with `captioner`, the optional CoCa that `rerank: captioner` uses)."""
     torch.manual_seed(0)
     cfg = load_preset(preset, overrides)
     parts: dict[str, str] = {}
@@ -34,7 +36,8 @@ def build_parts(root: str, recipe: str, preset: str = "tiny", overrides: dict | 
     parts["tokenizer"] = os.path.join(root, "tokenizer")
     tok.save(parts["tokenizer"])
     deps = {"tokenizer": tok}
-    names = list(RECIPE_PARTS[recipe][1:]) + (["upsampler"] if recipe == "unclip" else [])
+    names = (list(RECIPE_PARTS[recipe][1:]) + (["upsampler"] if recipe == "unclip" else [])
+             + (["captioner"] if captioner else []))
     for name in names:
         spec = get_part(name)
         model = spec.build(cfg, {d: deps[d] for d in spec.deps + spec.optional_deps if d in deps})
@@ -44,8 +47,8 @@ def build_parts(root: str, recipe: str, preset: str = "tiny", overrides: dict | 
     return parts
 
 
-def tiny_bundle(root: str, recipe: str, overrides: dict | None = None, **sampling) -> str:
-    parts = build_parts(os.path.join(root, "parts-" + recipe), recipe, overrides=overrides)
+def tiny_bundle(root: str, recipe: str, overrides: dict | None = None, captioner: bool = False, **sampling) -> str:
+    parts = build_parts(os.path.join(root, "parts-" + recipe), recipe, overrides=overrides, captioner=captioner)
     out = os.path.join(root, "bundle-" + recipe)
     from model_code.config import load_preset
     return save_bundle(out, recipe, parts, preset="tiny", sampling=sampling,

@@ -1,3 +1,5 @@
+from typing import Optional
+
 from kfp import dsl
 from kfp.dsl import Input, Model, Output
 
@@ -7,10 +9,12 @@ from components.images import CPU_IMAGE
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def bundle_dalle(tokenizer: Input[Model], clip: Input[Model], dvae: Input[Model], transformer: Input[Model],
                  preset: str, dataset: dict, name: str, workdir: str, bundle: Output[Model],
-                 overrides: str = "") -> dict:
-    """Assemble the DALL-E 1 parts (tokenizer, CLIP reranker, dVAE, transformer) into one bundle
-    (sampling settings: the preset's `sampling.dalle`)."""
+                 overrides: str = "", captioner: Optional[Input[Model]] = None) -> dict:
+    """Assemble the DALL-E 1 parts (tokenizer, CLIP reranker, dVAE, transformer, and the
+    captioner when given: `rerank: captioner`) into one bundle (sampling settings: the preset's
+    `sampling.dalle`)."""
     from easel.steps import bundle_step, input_location as at, output_location
     return bundle_step("dalle", {"tokenizer": at(tokenizer.path), "clip": at(clip.path), "dvae": at(dvae.path),
-                                 "transformer": at(transformer.path)},
+                                 "transformer": at(transformer.path),
+                                 "captioner": at(captioner.path) if captioner is not None else ""},
                        output_location(bundle.path, workdir, name), preset, dataset, overrides)

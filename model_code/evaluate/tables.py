@@ -274,27 +274,30 @@ def table_captions(bundles: dict[str, str], dataset: str, out: str = "runs/table
 @torch.no_grad()
 def candidate_pool(gen, texts: Sequence[str], num: int, seed: int, batch_size: int = 8,
                    cache: SampleCache | None = None, **overrides) -> tuple[list, np.ndarray]:
-    """`num` candidates per prompt in sampling order (no reranking) and their CLIP scores:
-    (list over prompts of lists of PIL images, scores (P, num)). cache: each batch is written
-    there as it is drawn and read back on a re-run (a killed table resumes)."""
+    """`num` candidates per prompt in sampling order (no reranking), their CLIP scores and the
+    keys the bundle's reranker ranks them by (`rerank`: the same CLIP scores, or the captioner's):
+    (list over prompts of lists of PIL images, scores (P, num), keys (P, num)). cache: each batch
+    is written there as it is drawn and read back on a re-run (a killed table resumes)."""
     from model_code.generate import to_pil
     settings = {**gen.sampling, **{k: v for k, v in overrides.items() if v is not None}}
     cache = cache or SampleCache()
-    images, scores = [], []
+    images, scores, keys = [], [], []
     for b, i in enumerate(range(0, len(texts), batch_size)):
         chunk = list(texts[i:i + batch_size])
 
         def draw() -> dict[str, np.ndarray]:
             g = torch.Generator().manual_seed(seed + b)
             x = gen.sample(chunk, num, g, settings)                        # (len(chunk) * num, 3, H, W)
-            s = gen.clip_scores(x, [t for t in chunk for _ in range(num)]).view(len(chunk), num)
+            _, s, k = gen.judge(x, [t for t in chunk for _ in range(num)], settings)
             arr = images_to_array(to_pil(x))                               # (len(chunk) * num, H, W, 3)
-            return {"images": arr.reshape(len(chunk), num, *arr.shape[1:]), "scores": s.cpu().numpy()}
+            return {"images": arr.reshape(len(chunk), num, *arr.shape[1:]),
+                    "scores": s.view(len(chunk), num).cpu().numpy(), "keys": k.view(len(chunk), num).cpu().numpy()}
 
         got = cache.arrays({"kind": "pool", "texts": chunk, "num": num, "seed": seed + b, "settings": settings}, draw)
         images += [array_to_images(row) for row in got["images"]]
         scores.append(got["scores"])
-    return images, np.concatenate(scores)
+        keys.append(got["keys"])
+    return images, np.concatenate(scores), np.concatenate(keys)
 
 
 def best_of_groups(scores: np.ndarray, n: int) -> np.ndarray:
@@ -326,8 +329,8 @@ def table_rerank(bundle: str, dataset: str, out: str = "runs/tables/rerank",
     ps = _prompts(dataset, out, cfg["n_per_category"], seed, categories)
     pool_n = budgets[-1]
     sampling = check_sampling(gen.recipe, sampling)
-    images, scores = candidate_pool(gen, [p["text"] for p in ps], pool_n, seed, cfg["batch_size"],
-                                    cache=_samples(out, bundle), **sampling)
+    images, scores, keys = candidate_pool(gen, [p["text"] for p in ps], pool_n, seed, cfg["batch_size"],
+                                          cache=_samples(out, bundle), **sampling)
     cache: dict[tuple[int, int], dict] = {}
 
     def judged(i: int, j: int) -> dict:
@@ -338,7 +341,7 @@ def table_rerank(bundle: str, dataset: str, out: str = "runs/tables/rerank",
     rows, by_budget = [], {}
     for n in budgets:
         pf_rows, clip = [], []
-        for i, picks in enumerate(best_of_groups(scores, n)):
+        for i, picks in enumerate(best_of_groups(keys, n)):
             for j in picks:
                 pf_rows.append(judged(i, int(j)))
                 clip.append(float(scores[i, j]))
@@ -353,11 +356,13 @@ def table_rerank(bundle: str, dataset: str, out: str = "runs/tables/rerank",
     improves = _verdict(gain, gain_se)
     params = {"bundle": bundle, "dataset": dataset, "budgets": budgets, "prompts": len(ps),
               "preset": cfg["name"], "seed": seed, "sampling": {**gen.sampling, **sampling}}
+    ranker = ("the captioner's log p(prompt | image) (the bundle's `rerank: captioner`)"
+              if gen.reranker(params["sampling"]) == "captioner" else "CLIP")
     md = ["DALL-E 1 samples N candidates and keeps those its CLIP ranks best (N = 512, top 32 shown); "
           "the paper reports MS-COCO FID and IS improving with the reranking sample size, with "
-          "diminishing returns after about 32. Here: the CLIP-best of N candidates per held-out "
-          "prompt, judged by the oracle (prompt following, macro mean over categories) and by the "
-          "CLIP that reranks (CLIP score rises with N by construction).", "",
+          "diminishing returns after about 32. Here: the best of N candidates per held-out "
+          f"prompt as ranked by {ranker}, judged by the oracle (prompt following, macro mean over "
+          "categories) and by CLIP (CLIP score rises with N by construction when CLIP ranks).", "",
           *_md_table(rows, ["budget", "groups_per_prompt", "pf_exact", "pf_constraint", "pf_constraint_se",
                             "clip_score"],
                      ["N", "groups / prompt", "exact", "constraints met", "(SE)", "CLIP score"]),

@@ -272,26 +272,51 @@ class CoCa(PretrainedMixin, nn.Module):
             target = torch.arange(ids.shape[0], device=ids.device)
             l_con = (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
 
-        # captioning: teacher forcing; position t predicts token t+1
-        out = self.decoder(input_ids=ids[:, :-1], attention_mask=mask[:, :-1].long(), encoder_hidden_states=memory)
-        targets = ids[:, 1:].masked_fill(~mask[:, 1:], -100)  # (B, L-1)
-        is_kind = (targets[:, 0] == self.config["short_id"]) | (targets[:, 0] == self.config["long_id"])
-        targets[is_kind, 0] = -100  # the kind token is given at generation, never predicted
-        l_cap = F.cross_entropy(out.logits.reshape(-1, out.logits.shape[-1]), targets.reshape(-1),
-                                ignore_index=-100)
+        cap_logits, targets = self._teacher_forced(memory, ids, mask)  # (B, L-1, V), (B, L-1)
+        l_cap = F.cross_entropy(cap_logits.reshape(-1, cap_logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
 
         loss = self.config["caption_weight"] * l_cap
         if not self.config["freeze_towers"]:
             loss = loss + self.config["contrastive_weight"] * l_con
         with torch.no_grad():
             valid = targets != -100
-            tok_acc = (out.logits.argmax(-1) == targets)[valid].float().mean()
+            tok_acc = (cap_logits.argmax(-1) == targets)[valid].float().mean()
             clip_acc = ((logits.argmax(1) == target).float().mean() + (logits.argmax(0) == target).float().mean()) / 2
         return {"loss": loss, "contrastive_loss": l_con.detach(), "caption_loss": l_cap.detach(),
                 "clip_acc": clip_acc, "token_acc": tok_acc}
 
     def forward(self, images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.forward_loss(images, ids, mask)
+
+    def _teacher_forced(self, memory: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor):
+        """Captioning by teacher forcing: position t predicts token t+1. Returns the logits
+        (B, L-1, V) and the targets (B, L-1), -100 where nothing is predicted (padding, and the
+        kind token, which generation is given)."""
+        out = self.decoder(input_ids=ids[:, :-1], attention_mask=mask[:, :-1].long(), encoder_hidden_states=memory)
+        targets = ids[:, 1:].masked_fill(~mask[:, 1:], -100)  # (B, L-1)
+        is_kind = (targets[:, 0] == self.config["short_id"]) | (targets[:, 0] == self.config["long_id"])
+        targets[is_kind, 0] = -100
+        return out.logits, targets
+
+    # ---------------------------------------------------------------- scoring
+    @torch.no_grad()
+    def caption_logprob(self, images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """log p(caption | image) for each pair, summed over the caption's tokens: (B,).
+
+        The captioner as a judge of image-text agreement (the "generative score" of
+        VisualGPTScore, Lin et al. 2023): a caption that names the wrong shape is unlikely under
+        an image that shows another, where a CLIP embedding may not tell them apart. Ranking
+        images against one fixed caption needs no normalisation (the caption's prior cancels).
+        `ids`, `mask` as for `forward_loss` (`encode_targets`: the kind token picks which kind
+        of caption the image is asked to explain)."""
+        check_text(ids, mask, self.config["max_text_tokens"], "captioner")
+        if images.shape[0] != ids.shape[0]:
+            raise ValueError(f"captioner: {images.shape[0]} images but {ids.shape[0]} captions")
+        memory, _ = self.encode_image_tokens(images)
+        logits, targets = self._teacher_forced(memory, ids, mask.bool())
+        logp = torch.log_softmax(logits.float(), dim=-1)                       # (B, L-1, V)
+        picked = logp.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)  # (B, L-1)
+        return picked.masked_fill(targets == -100, 0.0).sum(-1)
 
     # ---------------------------------------------------------------- generation
     @torch.no_grad()

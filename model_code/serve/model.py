@@ -2,8 +2,8 @@
 provenance in front of a predictor that only generates).
 
 The request path (DESIGN.md, "serve"):
-    validate -> prompt safety -> rewrite -> generate `candidates` and keep the n CLIP likes best
-    (Generator.generate) -> resize to the requested size -> image safety -> C2PA-signed PNG
+    validate -> prompt safety -> rewrite -> generate `candidates` and keep the n the bundle's
+    reranker likes best (Generator.generate) -> resize to the requested size -> image safety -> C2PA-signed PNG
 
 One call carries it, `EaselModel.serve(requests) -> (results, info)`, which every protocol calls
 once after parsing its own format: V1 and V2 through KServe's hooks (preprocess parses into an

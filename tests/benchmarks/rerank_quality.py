@@ -4,12 +4,14 @@ docs/results.md ("Session 14").
 The 80 single-object prompts of `single_object.py` (rewritten as served) get K candidates each,
 sampled once; the oracle judges every candidate against the prompt as written. For each budget N,
 the best-of-N is taken in each of the K/N disjoint groups of N candidates and averaged, picked by
-(a) the oracle itself (an upper bound: what a perfect reranker would keep) and (b) the bundle's
-CLIP and any other CLIP given with --clip (DALL-E 1's reranking; the served pick). Reports exact and
+(a) the oracle itself (an upper bound: what a perfect reranker would keep), (b) the bundle's
+CLIP and any other CLIP given with --clip (DALL-E 1's reranking) and (c) the captioner's
+log p(prompt | image) (`rerank: captioner`), with the bundle's captioner part or one given with
+--captioner. Reports exact and
 not-a-scene rates per N; the gap between (a) and (b) is what the reranker loses, the oracle row at
 N = 1 is the generator alone.
 
-    python tests/benchmarks/rerank_quality.py BUNDLE [--k 16] [--seed S] [--clip OTHER_CLIP ...]
+    python tests/benchmarks/rerank_quality.py BUNDLE [--k 16] [--seed S] [--clip OTHER_CLIP ...] [--captioner DIR]
 """
 from __future__ import annotations
 
@@ -55,6 +57,9 @@ def measure(gen: Generator, k: int = 16, seed: int = 0, clips: dict[str, CLIP] |
         gen.clip = clip.eval()
         sc = gen.clip_scores(images, [t for t in texts for _ in range(k)]).view(len(asked), k).cpu().numpy()
         out[name] = {n: {"exact": best_of(exact, sc, n), "invalid": best_of(invalid, sc, n)} for n in budgets}
+    if gen.captioner is not None:
+        sc = gen.caption_logprobs(images, [t for t in texts for _ in range(k)]).view(len(asked), k).cpu().numpy()
+        out["captioner"] = {n: {"exact": best_of(exact, sc, n), "invalid": best_of(invalid, sc, n)} for n in budgets}
     return out
 
 
@@ -64,8 +69,12 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=16, help="candidates sampled per prompt")
     ap.add_argument("--seed", type=int, default=0, help="sampling seed (the rewrites stay seeded by prompt index)")
     ap.add_argument("--clip", action="append", default=[], help="another trained CLIP to rerank with")
+    ap.add_argument("--captioner", default=None, help="a trained captioner (the bundle's tokenizer) to rerank with")
     a = ap.parse_args()
     gen = Generator.load(a.bundle)
+    if a.captioner:
+        from model_code.models.coca import CoCa
+        gen.captioner = CoCa.from_pretrained(a.captioner).to(gen.device).eval()
     print(json.dumps(measure(gen, a.k, a.seed, {c: CLIP.from_pretrained(c) for c in a.clip})))
 
 

@@ -160,9 +160,10 @@ def generators(recaptioned, tokenizer, clip):
 
 # ---------------------------------------------------------------- bundles and their evaluations
 @pytest.fixture(scope="session")
-def releases(tokenizer, clip, generators, versioned, recaptioned):
+def releases(tokenizer, clip, generators, versioned, recaptioned, captioner):
     """Per recipe: bundle -> evaluate on the recaptioned dataset's held-out prompts; the two
-    recipes run side by side."""
+    recipes run side by side. The DALL-E bundle keeps the captioner (as the lifecycle's do, for
+    `rerank: captioner`); the unCLIP one is given none (the component's input is optional)."""
     from components.bundle_dalle.component import bundle_dalle
     from components.bundle_unclip.component import bundle_unclip
     from components.evaluate.component import evaluate
@@ -177,5 +178,6 @@ def releases(tokenizer, clip, generators, versioned, recaptioned):
         return {"bundle": bundle, "evaluation": evaluation}
 
     return run_parallel({
-        "dalle": lambda: release("dalle", bundle_dalle, {"dvae": g["dvae"], "transformer": g["transformer"]}),
+        "dalle": lambda: release("dalle", bundle_dalle, {"dvae": g["dvae"], "transformer": g["transformer"],
+                                                          "captioner": captioner["model"]}),
         "unclip": lambda: release("unclip", bundle_unclip, {k: g[k] for k in ("prior", "decoder", "upsampler")})})

@@ -17,7 +17,7 @@ from tests.components.tiny import PRESET, location, with_overrides
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:You may be attemping:RuntimeWarning")]
 
-PARTS = {"dalle": {"tokenizer", "clip", "dvae", "transformer"},
+PARTS = {"dalle": {"tokenizer", "clip", "dvae", "transformer", "captioner"},
          "unclip": {"tokenizer", "clip", "prior", "decoder", "upsampler"}}
 MODEL = {"dalle": "components-dalle", "unclip": "components-unclip"}
 

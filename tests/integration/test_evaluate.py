@@ -101,6 +101,21 @@ def test_tables_at_tiny_size(env, capsys):
     clip = [r["clip_score"] for r in rr["rows"]]
     assert clip == sorted(clip)        # the mean CLIP-best of N can only rise with N
 
+    # ranked by the bundle's captioner instead: the same pool (N = 1 keeps every candidate, so
+    # that row is the CLIP table's), the ranker named in the report; asked of a bundle with no
+    # captioner, the error says so
+    with_cap = tiny_bundle(str(env["root"] / "with-captioner"), "dalle", captioner=True)
+    rc = T.table_rerank(with_cap, env["ds"], str(env["root"] / "t-rerank-cap"), budgets=(1, 2, 4),
+                        n_per_category=1, categories=("short", "color"), sampling={"rerank": "captioner"},
+                        mlflow=False, results_md=False)
+    assert "as ranked by the captioner's log p(prompt | image)" in rc["markdown"]
+    assert rc["rows"][0]["pf_constraint"] == rr["rows"][0]["pf_constraint"]
+    assert rc["rows"][0]["clip_score"] == pytest.approx(rr["rows"][0]["clip_score"], abs=1e-5)
+    with pytest.raises(ValueError, match="needs a bundle with a captioner part"):
+        T.table_rerank(env["dalle"], env["ds"], str(env["root"] / "t-rerank-none"), budgets=(1, 2),
+                       n_per_category=1, categories=("short",), sampling={"rerank": "captioner"},
+                       mlflow=False, results_md=False)
+
     # the CLI face: --sampling reaches the table (its settings line), a bad key is named
     from easel.cli import main
     cli = ["table", "rerank", "--dataset", env["ds"], "--bundle", f"bundle={env['dalle']}", "--budgets", "1,2",

@@ -130,3 +130,39 @@ def test_an_unclip_generator_without_a_prior_decodes_embeddings_and_names_what_i
     assert x.shape == (1, 3, g.decoder.config["image_size"], g.decoder.config["image_size"])
     with pytest.raises(ValueError, match="no prior"):
         bare.generate(["a red circle"], n=1, seed=0, decoder_steps=2)
+
+
+@pytest.mark.parametrize("recipe", ["dalle", "unclip"])
+def test_rerank_by_captioner_keeps_what_the_captioner_finds_likeliest(tmp_path, recipe):
+    """`rerank: captioner` keeps the candidates with the highest log p(prompt | image) under the
+    bundle's captioner (either caption kind); the scores stay CLIP's, the ranking's own are in
+    extra. Asking for it without a captioner part is an error when the bundle is made and when a
+    request asks for it; an unknown reranker is named."""
+    bundle = tiny_bundle(str(tmp_path), recipe, captioner=True, candidates=4, rerank="captioner")
+    g = Generator.load(bundle, device="cpu")
+    assert g.captioner is not None
+    prompts = ["a red circle", "One shape on a white background: a small blue square in the centre."]
+    kw = {"decoder_steps": 2, "prior_steps": 2} if recipe == "unclip" else {}
+    got = g.generate(prompts, n=2, seed=5, **kw)
+    # the same candidates, sampled again, judged directly
+    images = g.sample(prompts, 4, torch.Generator().manual_seed(5), {**g.sampling, **kw})
+    lp = g.caption_logprobs(images, [p for p in prompts for _ in range(4)]).view(2, 4)
+    for i, r in enumerate(got):
+        best = torch.argsort(lp[i], descending=True)[:2]
+        assert r.extra["caption_logprob"] == pytest.approx([float(lp[i, j]) for j in best], rel=1e-5)
+        assert [im.tobytes() for im in r.images] == [im.tobytes() for im in to_pil(images[i * 4 + best])]
+        clip = g.clip_scores(to_pil(images[i * 4 + best]), [prompts[i]] * 2)
+        assert r.scores == pytest.approx(clip.tolist(), abs=0.05)
+    by_clip = g.generate(prompts, n=1, seed=5, rerank="clip", **kw)
+    assert "caption_logprob" not in by_clip[0].extra
+
+    parts = build_parts(str(tmp_path / "plain"), recipe)
+    with pytest.raises(ValueError, match="rerank is 'captioner' but the bundle is given no captioner"):
+        save_bundle(str(tmp_path / "b"), recipe, parts, sampling={"rerank": "captioner"})
+    plain = Generator.load(save_bundle(str(tmp_path / "b"), recipe, parts), device="cpu")
+    with pytest.raises(ValueError, match="needs a bundle with a captioner part"):
+        plain.generate(["a red circle"], n=1, rerank="captioner", **kw)
+    with pytest.raises(ValueError, match="'siglip' is not a reranker"):
+        save_bundle(str(tmp_path / "c"), recipe, parts, sampling={"rerank": "siglip"})
+    with pytest.raises(ValueError, match="'siglip' is not a reranker"):
+        plain.generate(["a red circle"], n=1, rerank="siglip", **kw)

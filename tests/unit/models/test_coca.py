@@ -116,6 +116,20 @@ def test_overfit_and_greedy_reproduces_training_captions(world, tmp_path):
     # nucleus sampling at 0.7 stays on the training captions of a confident model
     assert model.generate(images, kind="short", seed=3) == norm(shorts)
 
+    # as a judge: each image explains its own caption best (log p(caption | image), the
+    # `rerank: captioner` score), and the score is the captioning loss summed instead of averaged
+    model.eval()
+    ids, mask = encode_targets(tok, longs, ["long"] * n)
+    lp = torch.stack([model.caption_logprob(images, ids[j:j + 1].expand(n, -1), mask[j:j + 1].expand(n, -1))
+                      for j in range(n)], dim=1)  # (image, caption)
+    assert lp.shape == (n, n) and torch.equal(lp.argmax(0), torch.arange(n)), lp
+    with torch.no_grad():
+        mean_nll = model.forward_loss(images, ids, mask)["caption_loss"]
+    n_targets = int(mask[:, 2:].sum())  # <bos> and the kind are never predicted
+    assert torch.allclose(-lp.diagonal().sum() / n_targets, mean_nll, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="3 images but 1 captions"):
+        model.caption_logprob(images, ids[:1], mask[:1])
+
     # save / load: identical weights and identical samples
     again = reload_exact(model, tmp_path / "coca")
     with pytest.raises(ValueError, match="needs the tokenizer"):
