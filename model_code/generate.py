@@ -34,6 +34,7 @@ RECIPE_PARTS = {"dalle": ("tokenizer", "clip", "dvae", "transformer"),
 # captioner: the trained CoCa (with the bundle's tokenizer), for `rerank: captioner`
 OPTIONAL_PARTS = {"unclip": ("upsampler", "captioner"), "dalle": ("captioner",)}
 RERANKERS = ("clip", "captioner")
+NO_CAPTIONER = "rerank: captioner needs a bundle with a captioner part (this one has none)"
 DEFAULT_SAMPLING = {
     # DALL-E 1 samples at temperature 1 and reranks; the paper's N = 512 is far beyond CPU.
     # guidance_scale != 1: classifier-free guidance (a transformer trained with text_drop_prob)
@@ -182,15 +183,19 @@ class Generator:
         ids, mask = self.encode_text(prompts)
         return self.clip.encode_text(ids, mask)
 
+    def _fit(self, images: torch.Tensor | Sequence[Image.Image], size: int) -> torch.Tensor:
+        """Images (tensor or PIL) -> (B, 3, size, size) on the generator's device."""
+        if not isinstance(images, torch.Tensor):
+            images = to_tensor(images, size)
+        images = images.to(self.device)
+        if images.shape[-1] != size:
+            images = torch.nn.functional.interpolate(images, size=size, mode="bilinear", antialias=True,
+                                                     align_corners=False)
+        return images
+
     @torch.no_grad()
     def embed_images(self, images: torch.Tensor | Sequence[Image.Image]) -> torch.Tensor:
-        if not isinstance(images, torch.Tensor):
-            images = to_tensor(images, self.clip.config["image_size"])
-        images = images.to(self.device)
-        if images.shape[-1] != self.clip.config["image_size"]:
-            images = torch.nn.functional.interpolate(images, size=self.clip.config["image_size"],
-                                                     mode="bilinear", antialias=True, align_corners=False)
-        return self.clip.encode_image(images)
+        return self.clip.encode_image(self._fit(images, self.clip.config["image_size"]))
 
     @torch.no_grad()
     def clip_scores(self, images: torch.Tensor | Sequence[Image.Image], prompts: Sequence[str]) -> torch.Tensor:
@@ -206,19 +211,14 @@ class Generator:
         rewritten scene description are both judged by the kind that fits them."""
         from model_code.models.coca import KINDS, encode_targets
         if self.captioner is None:
-            raise ValueError("rerank: captioner needs a bundle with a captioner part")
-        size = self.captioner.clip.config["image_size"]
-        if not isinstance(images, torch.Tensor):
-            images = to_tensor(images, size)
-        images = images.to(self.device)
-        if images.shape[-1] != size:
-            images = torch.nn.functional.interpolate(images, size=size, mode="bilinear", antialias=True,
-                                                     align_corners=False)
+            raise ValueError(NO_CAPTIONER)
+        memory, _ = self.captioner.encode_image_tokens(self._fit(images, self.captioner.clip.config["image_size"]))
         per_kind = []
-        for kind in KINDS:
+        for kind in KINDS:   # the images are encoded once; each kind is one teacher-forced pass
             ids, mask = encode_targets(self.tokenizer, list(prompts), [kind] * len(prompts),
                                        max_len=self.captioner.config["max_text_tokens"])
-            per_kind.append(self.captioner.caption_logprob(images, ids.to(self.device), mask.to(self.device)))
+            per_kind.append(self.captioner.caption_logprob(None, ids.to(self.device), mask.to(self.device),
+                                                           memory=memory))
         return torch.logsumexp(torch.stack(per_kind), dim=0) - float(np.log(len(KINDS)))
 
     def reranker(self, settings: dict) -> str:
@@ -226,7 +226,7 @@ class Generator:
         name = settings.get("rerank", "clip")
         check_sampling(self.recipe, {"rerank": name})
         if name == "captioner" and self.captioner is None:
-            raise ValueError("rerank: captioner needs a bundle with a captioner part (this one has none)")
+            raise ValueError(NO_CAPTIONER)
         return name
 
     @torch.no_grad()
@@ -236,7 +236,10 @@ class Generator:
         CLIP scores (B,) and the keys the reranker ranks them by (B,; the CLIP scores, or the
         captioner's log p(prompt | image)). generate() and the rerank table both judge here."""
         emb = self.embed_images(images)                                  # (B, D)
-        scores = (emb * self.embed_texts(prompts)).sum(-1)               # (B,)
+        unique = list(dict.fromkeys(prompts))                            # each prompt's text encoded once
+        row = {p: i for i, p in enumerate(unique)}
+        txt = self.embed_texts(unique)[torch.tensor([row[p] for p in prompts], device=emb.device)]
+        scores = (emb * txt).sum(-1)                                     # (B,)
         keys = self.caption_logprobs(images, prompts) if self.reranker(settings) == "captioner" else scores
         return emb, scores, keys
 

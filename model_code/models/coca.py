@@ -300,7 +300,8 @@ class CoCa(PretrainedMixin, nn.Module):
 
     # ---------------------------------------------------------------- scoring
     @torch.no_grad()
-    def caption_logprob(self, images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def caption_logprob(self, images: torch.Tensor | None, ids: torch.Tensor, mask: torch.Tensor,
+                        memory: torch.Tensor | None = None) -> torch.Tensor:
         """log p(caption | image) for each pair, summed over the caption's tokens: (B,).
 
         The captioner as a judge of image-text agreement (the "generative score" of
@@ -308,11 +309,13 @@ class CoCa(PretrainedMixin, nn.Module):
         an image that shows another, where a CLIP embedding may not tell them apart. Ranking
         images against one fixed caption needs no normalisation (the caption's prior cancels).
         `ids`, `mask` as for `forward_loss` (`encode_targets`: the kind token picks which kind
-        of caption the image is asked to explain)."""
+        of caption the image is asked to explain). `memory`: the images' `encode_image_tokens`,
+        when the caller scores several captions per image (then `images` is not read)."""
         check_text(ids, mask, self.config["max_text_tokens"], "captioner")
-        if images.shape[0] != ids.shape[0]:
-            raise ValueError(f"captioner: {images.shape[0]} images but {ids.shape[0]} captions")
-        memory, _ = self.encode_image_tokens(images)
+        if memory is None:
+            memory, _ = self.encode_image_tokens(images)
+        if memory.shape[0] != ids.shape[0]:
+            raise ValueError(f"captioner: {memory.shape[0]} images but {ids.shape[0]} captions")
         logits, targets = self._teacher_forced(memory, ids, mask.bool())
         logp = torch.log_softmax(logits.float(), dim=-1)                       # (B, L-1, V)
         picked = logp.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)  # (B, L-1)
