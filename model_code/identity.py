@@ -5,9 +5,9 @@ path alone would let work done on the old contents pass for this run's."""
 from __future__ import annotations
 
 import hashlib
-import json
 
 from model_code import storage
+from model_code.data.dataset import content_id, read_meta
 
 STATE_FILE = "train_state.json"   # what model_code.train.run writes at the end of a run
 
@@ -19,10 +19,7 @@ def _sha(b: bytes) -> str:
 def dataset_identity(data: str) -> str:
     """Ingest's content hash (every record's key, pixels and caption) or a recaption's version
     (its parent's content and every caption), from dataset.json; else the manifest's bytes."""
-    meta_uri = storage.join(data, "dataset.json")
-    meta = json.loads(storage.read_text(meta_uri)) if storage.exists(meta_uri) else {}
-    return str(meta.get("content_hash") or meta.get("version") or _sha(
-        storage.read_bytes(storage.join(data, "manifest.parquet"))))
+    return str(content_id(read_meta(data)) or _sha(storage.read_bytes(storage.join(data, "manifest.parquet"))))
 
 
 def part_identity(uri: str) -> str:

@@ -229,11 +229,10 @@ def log_dataset(run_id: str, uri: str, context: str, version: str | None = None)
     import json
     import posixpath
     from mlflow.entities import Dataset, DatasetInput, InputTag
-    from model_code import storage
-    meta_path = storage.join(uri, "dataset.json")
-    meta = json.loads(storage.read_text(meta_path)) if storage.exists(meta_path) else {}
-    version = version or meta.get("version") or meta.get("version_id")
-    digest = str(meta.get("content_hash") or version or uri)[:36]
+    from model_code.data.dataset import content_id, read_meta, version_id
+    meta = read_meta(uri)
+    version = version or version_id(meta)
+    digest = str(content_id(meta) or version or uri)[:36]
     profile = {k: meta[k] for k in ("accepted", "quarantined", "duplicates", "records", "size") if k in meta}
     if version:
         profile["version"] = version

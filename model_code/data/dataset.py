@@ -23,6 +23,26 @@ def info(dataset: str) -> dict:
     return json.loads(storage.read_text(path))
 
 
+def read_meta(dataset: str) -> dict:
+    """dataset.json, or {} where there is none (a bare manifest.parquet dataset)."""
+    path = storage.join(dataset, "dataset.json")
+    return json.loads(storage.read_text(path)) if storage.exists(path) else {}
+
+
+VERSION_KEYS = ("version", "version_id", "dataset_version")   # the spellings dataset.json has used
+
+
+def version_id(meta: dict) -> str | None:
+    """The version id a dataset.json records (ingest's DVC version, a recaption's version)."""
+    return next((str(meta[k]) for k in VERSION_KEYS if meta.get(k)), None)
+
+
+def content_id(meta: dict) -> str | None:
+    """What the dataset holds, as one id: ingest's content hash (every record's key, pixels and
+    caption), else its version id (a recaption's: its parent's content and every caption)."""
+    return meta.get("content_hash") or version_id(meta)
+
+
 def shards_root(dataset: str) -> str:
     """The dataset whose shards hold the images (a recaptioned dataset points at its parent)."""
     if storage.exists(storage.join(dataset, "shards")):

@@ -97,7 +97,7 @@ class ShardIndex:
     def __init__(self, dataset: str, split: str | None = "train", policy: CaptionPolicy | None = None):
         import pyarrow as pa
 
-        from model_code.data.dataset import info, manifest, shard_list
+        from model_code.data.dataset import manifest, read_meta, shard_list
         self.dataset = dataset
         man = manifest(dataset)
         if "key" not in man.columns:
@@ -114,7 +114,7 @@ class ShardIndex:
         if len(man) == 0:
             raise ValueError(f"{dataset}: no records to train on (split={split!r}"
                              f"{', policy=' + policy.policy if policy else ''})")
-        self.meta = info(dataset) if storage.exists(storage.join(dataset, "dataset.json")) else {}
+        self.meta = read_meta(dataset)
 
         uris = shard_list(dataset)
         if not uris:
@@ -162,10 +162,8 @@ class ShardIndex:
     @property
     def version(self) -> str | None:
         """The dataset version id from dataset.json, if it records one."""
-        for k in ("version", "version_id", "dataset_version"):
-            if self.meta.get(k):
-                return str(self.meta[k])
-        return None
+        from model_code.data.dataset import version_id
+        return version_id(self.meta)
 
     @property
     def content_hash(self) -> str | None:

@@ -292,11 +292,8 @@ def heldout_prompts(dataset_dir: str, n_per_category: int, seed: int = 0,
 
 def _content_hash(dataset_dir: str) -> str | None:
     """dataset.json's content hash: which data the prompts were held out from."""
-    from model_code.data.dataset import info
-    try:
-        return info(dataset_dir).get("content_hash")
-    except FileNotFoundError:
-        return None
+    from model_code.data.dataset import read_meta
+    return read_meta(dataset_dir).get("content_hash")
 
 
 # ---------------------------------------------------------------- files

@@ -419,7 +419,7 @@ def finalize(out: str, parent: str) -> dict:
     """Write out/dataset.json: a new dataset version whose images are the parent's shards and
     whose captions are the sidecars. Every parent shard must have its sidecar, and each sidecar
     must cover exactly its shard's records (counts balance). Returns {"path", **meta}."""
-    from model_code.data.dataset import info, manifest, shard_list
+    from model_code.data.dataset import content_id, info, manifest, shard_list, version_id
 
     parent_meta = info(parent)
     parent_shards = shard_list(parent)
@@ -430,7 +430,7 @@ def finalize(out: str, parent: str) -> dict:
                          f"run recaption on them first")
     counts = {k: dict.fromkeys(VERDICTS, 0) for k in KINDS}
     records = 0
-    content = hashlib.sha256(str(parent_meta.get("content_hash") or parent_meta.get("version") or parent).encode())
+    content = hashlib.sha256(str(content_id(parent_meta) or parent).encode())
     seconds = gen_caps = gen_toks = 0.0
     captioners, keys_seen = set(), 0
     for u in parent_shards:
@@ -462,7 +462,7 @@ def finalize(out: str, parent: str) -> dict:
     meta = {
         "format": FORMAT, "kind": "recaptioned",
         "parent": parent, "shards_from": parent,
-        "parent_version": parent_meta.get("version") or parent_meta.get("content_hash"),
+        "parent_version": version_id(parent_meta) or parent_meta.get("content_hash"),
         "version": content.hexdigest()[:16],
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "captioner": sorted(captioners)[0] if len(captioners) == 1 else sorted(captioners),

@@ -343,7 +343,7 @@ def _train_tokenizer(cfg: dict, preset_name: str, data: str, out: str, resume: b
                      t0: float) -> dict[str, Any]:
     """The text tokenizer is not a network: a BPE trained once on every caption of the training
     split (original, curated, synthetic short and long) -- DALL-E 1 lowercases and BPE-encodes."""
-    from model_code.data.dataset import info, manifest
+    from model_code.data.dataset import manifest, read_meta, version_id
     from model_code.text.blend import load_sidecars, tokenizer_texts
     from model_code.text.tokenizer import TextTokenizer
 
@@ -370,8 +370,7 @@ def _train_tokenizer(cfg: dict, preset_name: str, data: str, out: str, resume: b
     tok = TextTokenizer.train(texts, vocab_size=vocab, max_len=max_len)
     tok.save(out)
     lengths = np.array([tok.count_tokens(t) + 2 for t in texts])  # + <bos>, <eos>
-    meta = info(data) if storage.exists(storage.join(data, "dataset.json")) else {}
-    version = next((str(meta[k]) for k in ("version", "version_id", "dataset_version") if meta.get(k)), None)
+    version = version_id(read_meta(data))
     metrics = {"vocab_size": float(tok.vocab_size), "texts": float(len(texts)),
                "mean_tokens": float(lengths.mean()), "p95_tokens": float(np.percentile(lengths, 95)),
                "truncated_fraction": float((lengths > max_len).mean())}

@@ -232,3 +232,17 @@ def test_captions_are_tokenized_in_the_loader_workers(data):
     assert ids is batches[0]["text_ids"]                              # used as the loader made them
     ids16, _ = _text(ctx, batches[0], 16, "cpu")                      # another length: tokenized anew
     assert torch.equal(ids16, tok.encode_batch(batches[0]["caption"], max_len=16)[0])
+
+
+def test_a_datasets_identity_is_read_in_one_place(data, tmp_path):
+    """dataset.json's version and content ids, as training, tracking, recaption and the reuse
+    checks read them: ingest's content hash first, a version id in any of its spellings, and
+    nothing (not an error) for a bare manifest directory."""
+    meta = ds_mod.read_meta(data)
+    assert meta["content_hash"] and ds_mod.content_id(meta) == meta["content_hash"]
+    stream = make_dataset(data)
+    assert stream.index.version == ds_mod.version_id(meta) and stream.index.content_hash == meta["content_hash"]
+    assert ds_mod.read_meta(str(tmp_path)) == {}
+    assert ds_mod.version_id({}) is None and ds_mod.content_id({}) is None
+    assert ds_mod.version_id({"version_id": "v1"}) == "v1" == ds_mod.content_id({"dataset_version": "v1"})
+    assert ds_mod.content_id({"content_hash": "c", "version": "v"}) == "c"
