@@ -13,6 +13,9 @@ SHRINK = ["--set", "data.n=300",
                    "upsampler: 10}",
           "--set", "evaluate.n_per_category=2", "--set", "evaluate.samples_per_prompt=2",
           "--set", "evaluate.heldout_images=30",
+          # a 40-step captioner's captions are all rejected: regenerating each twice (the preset's
+          # max_retries) was a quarter of this test's time; tests/unit/recaption covers retries
+          "--set", "recaption.max_retries=0",
           # a few dozen CPU steps cannot meet the tiny preset's real thresholds: gate on what
           # such a model can do, so the test exercises the gate -> promote path
           # (preset gates are deep-merged with this: each of the tiny preset's gates is loosened)

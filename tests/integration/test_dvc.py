@@ -218,6 +218,7 @@ def test_the_tiny_lifecycle_as_dvc_stages(tmp_path):
     steps = {p: 4 for p in ("dvae", "transformer", "clip", "captioner", "prior", "decoder", "upsampler")}
     _edit_preset(repo, data={"n": 96, "shard_size": 48, "heldout_fraction": 0.25},
                  train={"steps": steps, "log_every": 2, "ckpt_every": 1000},
+                 recaption={"max_retries": 0},   # a 4-step captioner is rejected anyway: no regeneration
                  evaluate={"n_per_category": 1, "samples_per_prompt": 2, "heldout_images": 16, "grid_prompts": 1})
     _run(["git", "commit", "-qam", "seconds, not minutes"], repo)
     home = tmp_path / "home"
