@@ -38,13 +38,10 @@ from tests.benchmarks.single_object import prompts as single_object_prompts  # n
 RERANKERS = ("clip", "captioner")
 
 
-def timed(fn, reps: int) -> list[float]:
-    out = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def measure(gen: Generator, texts: list[str], candidates: int, reps: int) -> dict:
@@ -53,8 +50,7 @@ def measure(gen: Generator, texts: list[str], candidates: int, reps: int) -> dic
     def request(name):
         return lambda: gen.generate(texts, n=1, candidates=candidates, seed=0, rerank=name)
     with torch.no_grad():
-        images = gen.sample(texts, candidates, torch.Generator().manual_seed(0),
-                            {**gen.sampling, "rerank": "clip"})             # (P * C, 3, H, W)
+        images = gen.sample(texts, candidates, torch.Generator().manual_seed(0), gen.sampling)  # (P * C, 3, H, W)
     per_image = [p for p in texts for _ in range(candidates)]
 
     def judging(name):
@@ -66,8 +62,8 @@ def measure(gen: Generator, texts: list[str], candidates: int, reps: int) -> dic
     jud = {name: [] for name in RERANKERS}
     for _ in range(reps):
         for name in RERANKERS:
-            req[name] += timed(request(name), 1)
-            jud[name] += timed(judging(name), 1)
+            req[name].append(timed(request(name)))
+            jud[name].append(timed(judging(name)))
     return {"request": {k: statistics.median(v) for k, v in req.items()},
             "judge": {k: statistics.median(v) for k, v in jud.items()}}
 
