@@ -181,7 +181,8 @@ def _add_chance(flat: dict, per: dict, prompts: Sequence[dict], records: Sequenc
     if not scenes:
         return
     chance = M.chance_following(prompts, scenes, cfg["samples_per_prompt"], cfg["seed"])
-    flat.update({f"chance.pf.{k}": v for k, v in chance["overall"].items()})
+    # real scenes are always valid and never blobs: their "invalid" and "blob" would be constant 0s
+    flat.update({f"chance.pf.{k}": v for k, v in chance["overall"].items() if k not in ("invalid", "blob")})
     for cat, v in chance["per_category"].items():
         flat[f"chance.pf.{cat}.exact"], flat[f"chance.pf.{cat}.constraint"] = v["exact"], v["constraint"]
         if cat in per:

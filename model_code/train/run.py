@@ -356,7 +356,11 @@ def _train_tokenizer(cfg: dict, preset_name: str, data: str, out: str, resume: b
     chash = hashlib.sha256(json.dumps({"part": "tokenizer", "cfg": tok_cfg, "data": data, "inputs": inputs},
                                       sort_keys=True).encode()).hexdigest()[:16]
     state = _read_state(out) if resume else None
-    if state and state.get("completed") and state.get("config_hash") == chash:
+    if state and state.get("completed"):
+        # as for the networks: another dataset or settings must not silently replace a tokenizer
+        # that parts trained on (their token ids would then mean other words)
+        if state.get("config_hash") != chash:
+            raise _mismatch("the finished run in", out, "tokenizer", state, chash, inputs)
         return {**state["summary"], "reused": True}
 
     man = manifest(data)

@@ -34,6 +34,8 @@ def test_evaluate_end_to_end(env):
                 "dvae.perplexity", "dvae.dead_codes"):
         assert key in m, key
     assert m["fd_clip"] >= 0.0 and m["diversity"] >= 0.0
+    # the text-ignoring floor, without the constants real scenes would give (never invalid, no blobs)
+    assert "chance.pf.exact" in m and not {"chance.pf.invalid", "chance.pf.blob"} & set(m)
     # the report and its pictures
     report = open(r["report"]).read()
     assert "| position |" in report and "![colors](samples-colors.png)" in report and "## Shapes-GenEval" in report

@@ -392,7 +392,11 @@ def test_an_out_is_never_reused_on_other_data_or_dependencies(data, tmp_path):
     shutil.rmtree(ds)
     synthesize(str(tmp_path / "src"), n=48, size=32, seed=7, curated_fraction=0.25, workers=1)
     ingest(str(tmp_path / "src"), ds, size=32, shard_size=40, heldout_fraction=0.1, progress=False, workers=1)
-    assert not train_part("tokenizer", "tiny", data=ds, out=tok, mlflow=False)["reused"]
+    # the tokenizer, like every part, is not silently retrained over: the error names the data ...
+    with pytest.raises(ValueError, match="changed: the dataset's contents"):
+        train_part("tokenizer", "tiny", data=ds, out=tok, mlflow=False)
+    # ... and retrains only when asked to start over
+    assert not train_part("tokenizer", "tiny", data=ds, out=tok, mlflow=False, resume=False)["reused"]
     with pytest.raises(ValueError, match="changed: the dataset's contents .*, the trained tokenizer"):
         train_part("clip", "tiny", data=ds, out=clip, deps={"tokenizer": tok}, overrides=over, mlflow=False)
     assert os.path.exists(os.path.join(clip, "model.safetensors"))          # nothing was lost
