@@ -264,6 +264,23 @@ def files_under(src: str, skip: tuple[str, ...] = (), detail: bool = False) -> l
     return sorted(out, key=lambda row: row[0])
 
 
+def fingerprint(uri: str) -> str:
+    """What a file or a directory/prefix holds, cheaply (no content read): a hash of every file's
+    relative path, size and modification time (ETag on S3). Adding, removing or rewriting a file
+    changes it; so does a copy (new times)."""
+    import hashlib
+    import json
+    fs = filesystem(uri)
+    with _errors(uri, "stat"):
+        if fs.isfile(_strip(uri)):
+            found = [("", fs.info(_strip(uri)))]
+        else:
+            found = [(rel, info) for rel, _, info in files_under(uri, detail=True)]
+    rows = [[rel, info.get("size"), info.get("mtime") or info.get("ETag") or info.get("LastModified")]
+            for rel, info in found]
+    return hashlib.sha256(json.dumps(rows, default=str).encode()).hexdigest()[:24]
+
+
 def copy_dir(src: str, dst: str, skip: tuple[str, ...] = ()) -> int:
     """Copy every file under `src` (a directory or URI prefix) to `dst`, leaving out the top-level
     entries named in `skip` (e.g. a trained part's checkpoints/); returns the files copied."""

@@ -154,6 +154,10 @@ def _caption_text(value: Any, field: str) -> str | None:
             raise Reject(sources.CAPTION_NOT_UTF8, f"{field}: {e}") from None
     if not isinstance(value, str):
         raise Reject(sources.BAD_METADATA, f"{field} is a {type(value).__name__}, not text")
+    bad = next((i for i, ch in enumerate(value) if 0xD800 <= ord(ch) <= 0xDFFF), None)
+    if bad is not None:   # a lone surrogate (JSON "\ud800", or a byte of another encoding in a CSV)
+        raise Reject(sources.CAPTION_NOT_UTF8, f"{field} is not valid Unicode text: "
+                                               f"{sources.safe_text(value[bad])} at offset {bad}")
     return value
 
 
@@ -242,6 +246,11 @@ def _decode_error(e: Exception, where: str = "") -> Reject:
     return Reject(TRUNCATED_IMAGE if "truncated" in text.lower() else CORRUPT_IMAGE, text)
 
 
+def _looks_like_text(head: bytes) -> bool:
+    text = head.decode("utf-8", "ignore")   # a character cut at the end is dropped
+    return bool(text) and len(text) >= len(head) // 2 and all(c.isprintable() or c in "\t\r\n" for c in text)
+
+
 def normalize_image(data: bytes, size: int, min_side: int = 16, max_aspect: float = 4.0,
                     max_pixels: int | None = None) -> tuple[Image.Image, dict]:
     """Encoded bytes -> (size x size RGB image, info about the original), or Reject.
@@ -259,8 +268,10 @@ def normalize_image(data: bytes, size: int, min_side: int = 16, max_aspect: floa
         try:
             im = Image.open(io.BytesIO(data))
         except UnidentifiedImageError:
+            # what it looks like, never its bytes: the quarantine may travel further than the source
+            looks = "text" if _looks_like_text(data[:512]) else f"binary, magic {data[:4].hex(' ')}"
             raise Reject(NOT_AN_IMAGE, f"{len(data)} bytes in no image format Pillow knows "
-                                       f"(starts {data[:12]!r})") from None
+                                       f"(looks like {looks})") from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise Reject(DECOMPRESSION_BOMB, str(e)) from None
         except Exception as e:  # a header that parses halfway
@@ -329,7 +340,7 @@ def process_record(rec: dict, cfg: dict) -> dict:
                                     cfg["max_pixels"])
     except Reject as r:
         return {"status": "quarantined", "source": source, "key": key, "reason": r.reason,
-                "detail": r.detail[:2000]}
+                "detail": sources.safe_text(r.detail[:2000])}
     buf = io.BytesIO()
     img.save(buf, "PNG", compress_level=cfg["png_compress_level"])
     ph = hashing.phash(img)
@@ -338,11 +349,22 @@ def process_record(rec: dict, cfg: dict) -> dict:
            "phash": hashing.phash_hex(ph), "width": img.width, "height": img.height, **info,
            "caption": caption, "curated_caption": curated,
            "scene": json.dumps(scene, separators=(",", ":")) if scene is not None else None,
-           "source": source, "license": None if rec.get("license") is None else str(rec["license"]),
+           "source": source, "license": None if rec.get("license") is None else sources.safe_text(str(rec["license"])),
            "opt_out": bool(rec.get("opt_out")), "split": split_of(key, cfg["heldout_fraction"]),
            "caption_len": len(caption), "caption_cleaned": cleaned}
     return {"status": "ok", "row": row, "png": buf.getvalue(), "phash": ph,
-            "thumb": hashing.thumbnail(img), "meta": rec.get("meta") or None}
+            "thumb": hashing.thumbnail(img), "meta": _safe_meta(rec.get("meta")) or None}
+
+
+def _safe_meta(obj: Any) -> Any:
+    """The source's other fields, writable as UTF-8 JSON (lone surrogates escaped)."""
+    if isinstance(obj, str):
+        return sources.safe_text(obj)
+    if isinstance(obj, dict):
+        return {sources.safe_text(str(k)): _safe_meta(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_safe_meta(v) for v in obj]
+    return obj
 
 
 _CFG: dict = {}
@@ -618,18 +640,34 @@ def ingest(src: str, out: str, size: int = 64, kind: str = "auto", shard_size: i
     params = {"src": src if isinstance(src, str) else list(src), "kind": kind, "size": size,
               "shard_size": shard_size, "near_dup_threshold": near_dup_threshold,
               "heldout_fraction": heldout_fraction, **opts}
+    _check_out(src, out, kind)
     o = _Out(out)
     try:
         done = o.read_json("dataset.json")
+        fp = sources.fingerprint(src, kind)
         if done is not None:
             if done.get("parameters") != params:
                 raise ValueError(f"out={out} already holds a dataset ingested with other parameters "
                                  f"({_diff(done.get('parameters') or {}, params)}); choose another out")
+            if done.get("source_fingerprint") not in (None, fp):   # (None: written before it was recorded)
+                raise ValueError(f"out={out} already holds a dataset ingested from {src}, which has changed "
+                                 f"since (files added, removed or rewritten); choose another out, or remove "
+                                 f"{out} to ingest the source as it is now")
             _remove_parts(o)  # a kill between dataset.json and the clean-up
             return _summary(done, out)
-        return _run(src, o, params, workers, progress)
+        return _run(src, o, params, workers, progress, fp)
     finally:
         o.close()
+
+
+def _check_out(src: str | list[str], out: str, kind: str) -> None:
+    """A dataset is written beside its source, never into it: the next ingest of that folder
+    would read the dataset's own files as records."""
+    if kind != "folder" or not isinstance(src, str) or storage.is_remote(src) or storage.is_remote(out):
+        return
+    s, o = (os.path.realpath(storage.local_path(p)) for p in (src, out))
+    if o == s or o.startswith(s.rstrip(os.sep) + os.sep):
+        raise ValueError(f"out={out} is inside the source folder {src}: write the dataset somewhere else")
 
 
 def _remove_parts(o: _Out) -> None:
@@ -650,7 +688,7 @@ def _load_parts(o: _Out) -> list[dict]:
     return good
 
 
-def _run(src: str, o: _Out, params: dict, workers: int | None, progress: bool) -> dict:
+def _run(src: str, o: _Out, params: dict, workers: int | None, progress: bool, fp: str | None) -> dict:
     cfg = {k: params[k] for k in ("size", "heldout_fraction", *DEFAULTS)}
     records = sources.iter_records(src, params["kind"], lazy=True, allow_roots=params["allow_roots"])
     # the first record before anything is written: a source that cannot be read at all (no
@@ -661,8 +699,17 @@ def _run(src: str, o: _Out, params: dict, workers: int | None, progress: bool) -
     if saved is not None and saved != params:
         raise ValueError(f"out={o.out} holds a partial ingest with other parameters ({_diff(saved, params)}); "
                          f"remove it or choose another out")
+    begun = o.read_json("_parts/source.json")
+    if begun is not None and begun.get("fingerprint") != fp:
+        # finished parts cover records by position: on a source that changed they are other records
+        log.warning("ingest: the source changed since the partial ingest in %s began; starting over", o.out)
+        _remove_parts(o)
+        storage.remove(o.uri("shards"), recursive=True)   # its shards too: fewer may be written now
+        o.prepare()
+        saved = None
     if saved is None:
         o.write_json(params, "_parts/params.json")
+        o.write_json({"fingerprint": fp}, "_parts/source.json")
 
     index = hashing.NearDupIndex(params["near_dup_threshold"], params["near_dup_tolerance"])
     kept_keys: list[str] = []            # index id -> key
@@ -728,7 +775,7 @@ def _run(src: str, o: _Out, params: dict, workers: int | None, progress: bool) -
         raise
     finally:
         bar.close()
-    return _assemble(o, params, parts, counts, resumed=sum(1 for m in parts if m.get("resumed")))
+    return _assemble(o, params, parts, counts, resumed=sum(1 for m in parts if m.get("resumed")), fp=fp)
 
 
 def _known_total(params: dict) -> int | None:
@@ -737,7 +784,7 @@ def _known_total(params: dict) -> int | None:
     return None
 
 
-def _assemble(o: _Out, params: dict, parts: list[dict], counts: dict, resumed: int) -> dict:
+def _assemble(o: _Out, params: dict, parts: list[dict], counts: dict, resumed: int, fp: str | None) -> dict:
     """Parts -> manifest / quarantine / duplicates parquet (streamed, one part at a time),
     the balance check, dataset.json, then the parts are removed."""
     n_in = counts["input"]
@@ -783,7 +830,7 @@ def _assemble(o: _Out, params: dict, parts: list[dict], counts: dict, resumed: i
             "balance": "input = accepted + quarantined + duplicates",
             "files": {"manifest": "manifest.parquet", "quarantine": "quarantine.parquet",
                       "duplicates": "duplicates.parquet", "shards": "shards/shard-%05d.tar"},
-            "resumed_parts": resumed}
+            "resumed_parts": resumed, "source_fingerprint": fp}
     o.write_json(meta, "dataset.json")
     _remove_parts(o)
     log.info("ingest: %d in -> %d accepted, %d quarantined, %d duplicates, %d shards -> %s",

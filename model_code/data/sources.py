@@ -23,6 +23,7 @@ A record is a plain dict (picklable, so ingest can ship it to worker processes):
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import posixpath
@@ -51,7 +52,25 @@ CAPTION_NOT_UTF8 = "caption not UTF-8"
 UNREADABLE_TAR = "unreadable tar"
 OUTSIDE_SOURCE = "outside the source"            # a symlink or path that leaves the source's root
 ORPHAN_CAPTION = "caption without an image"      # KEY.txt / KEY.json with no KEY.<image> beside it
-NOT_A_FILE = "not a file"                        # a directory named like an image (x.png/)
+NOT_A_FILE = "not a file"                        # a directory named like an image (x.png/), a FIFO, a link in a tar
+UNSUPPORTED_URI = "unsupported URI"              # http(s)://, local://, ...: only paths, file:// and s3:// are read
+UNSUPPORTED_FORMAT = "unsupported image format"  # x.avif, x.heic, ...: an image Easel cannot decode
+DUPLICATE_MEMBER = "duplicate tar member"        # KEY.png twice in one tar sample: which is the image?
+# image files by extension that Pillow (as installed) cannot decode: quarantined, not skipped
+UNSUPPORTED_IMAGE_EXTS = (".avif", ".heic", ".heif", ".jxl", ".svg", ".jp2", ".j2k", ".psd", ".dng",
+                          ".cr2", ".nef", ".arw", ".raw")
+READ_SCHEMES = ("file", "s3", "s3a")             # what a manifest's image column may name
+
+
+def safe_text(text: str) -> str:
+    """`text`, writable as UTF-8: a file name's undecodable bytes (os.walk gives them as
+    surrogate escapes) and lone surrogates from JSON ("\\ud800") become backslash escapes,
+    so a record's source or a quarantine detail can always be written."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 # ---------------------------------------------------------------- records
@@ -60,7 +79,6 @@ def sanitize_key(text: str) -> str:
     s = text.replace("\\", "/").strip("/").replace("/", "__")
     s = re.sub(r"[^A-Za-z0-9_-]+", "_", s).strip("_") or "_"
     if len(s) > 160:  # keep tar names short; the hash keeps long keys distinct
-        import hashlib
         s = s[:140] + "-" + hashlib.sha1(s.encode()).hexdigest()[:16]
     return s
 
@@ -68,7 +86,7 @@ def sanitize_key(text: str) -> str:
 def make_record(key: str, source: str, *, image: bytes | None = None, ref: tuple | None = None,
                 fields: dict | None = None, error: tuple[str, str] | None = None) -> dict[str, Any]:
     """A record from raw fields: known names go to their slots, the rest to `meta`."""
-    rec: dict[str, Any] = {"key": sanitize_key(key), "source": source, "image": image, "ref": ref,
+    rec: dict[str, Any] = {"key": sanitize_key(key), "source": safe_text(source), "image": image, "ref": ref,
                            "caption": None, "curated_caption": None, "scene": None, "license": None,
                            "opt_out": False, "meta": {}, "error": error}
     fields = fields or {}
@@ -88,6 +106,9 @@ def make_record(key: str, source: str, *, image: bytes | None = None, ref: tuple
             rec["scene"] = json.loads(rec["scene"]) if rec["scene"].strip() else None
         except ValueError as e:
             rec["error"] = rec["error"] or (BAD_METADATA, f"scene is not valid JSON: {e}")
+    if rec["scene"] is not None and not isinstance(rec["scene"], dict):
+        rec["error"] = rec["error"] or (BAD_METADATA, f"scene must be a JSON object (a scene graph), "
+                                                      f"got {type(rec['scene']).__name__}")
     rec["opt_out"] = _truthy(rec["opt_out"])
     return rec
 
@@ -99,8 +120,8 @@ def _truthy(v: Any) -> bool:
 
 
 def _decode_caption(data: bytes, where: str) -> tuple[str | None, tuple[str, str] | None]:
-    try:
-        return data.decode("utf-8"), None
+    try:  # utf-8-sig: a leading BOM (Windows Notepad) is an encoding mark, not text
+        return data.decode("utf-8-sig"), None
     except UnicodeDecodeError as e:
         return None, (CAPTION_NOT_UTF8, f"{where}: {e}")
 
@@ -115,6 +136,11 @@ def load_image(rec: dict) -> dict:
         from model_code.data.synth import render_png
         rec["image"] = render_png(arg)
     elif what == "uri":
+        if not storage.is_remote(arg) and _special(arg):
+            # a FIFO would block the read forever, a device would stream without end
+            rec["error"] = (NOT_A_FILE, f"{safe_text(arg)} is not a regular file")
+            rec["ref"] = None
+            return rec
         try:
             rec["image"] = storage.read_bytes(arg)
         except (storage.StorageError, OSError) as e:
@@ -124,6 +150,14 @@ def load_image(rec: dict) -> dict:
         raise ValueError(f"unknown image ref kind {what!r}")
     rec["ref"] = None
     return rec
+
+
+def _special(path: str) -> bool:
+    """A local path that exists but is no regular file (FIFO, socket, device, directory)."""
+    try:
+        return os.path.exists(path) and not os.path.isfile(path)
+    except (ValueError, OSError):   # a NUL in the path: not a file either
+        return True
 
 
 # ---------------------------------------------------------------- detection
@@ -156,6 +190,9 @@ def detect_kind(src: str | list[str]) -> str:
         return "webdataset"
     if not storage.exists(src):
         raise ValueError(f"source {src!r} does not exist")
+    if not storage.is_remote(src) and not os.path.isdir(storage.local_path(src)):
+        raise ValueError(f"source {src!r} is a file, not a folder of images, WebDataset .tar shards or a "
+                         f".parquet/.csv/.tsv manifest: point at the folder it is in, or list it in a manifest")
     entries = [posixpath.basename(u.rstrip("/")).lower() for u in storage.ls(src)]
     if any(e.endswith(".tar") for e in entries) and not any(
             e.endswith(IMAGE_EXTS) or e in JSONL_NAMES for e in entries):
@@ -167,7 +204,7 @@ def iter_records(src: str | list[str], kind: str = "auto", lazy: bool = False,
                  allow_roots: Iterable[str] = ()) -> Iterator[dict]:
     """All records of a source, in a deterministic order. With lazy=True images that live in
     their own files (folder, manifest, shapes) are left as `ref` for `load_image`.
-    `allow_roots`: local directories a manifest's image paths may point into besides its own."""
+    `allow_roots`: directories (or s3:// prefixes) a manifest's images may come from besides its own."""
     kind = detect_kind(src) if kind == "auto" else kind
     if kind not in KINDS:
         raise ValueError(f"kind must be one of auto, {', '.join(KINDS)}; got {kind!r}")
@@ -179,10 +216,23 @@ def iter_records(src: str | list[str], kind: str = "auto", lazy: bool = False,
         yield rec if lazy else load_image(rec)
 
 
+def fingerprint(src: str | list[str], kind: str) -> str | None:
+    """What the source holds now, cheaply (paths, sizes, modification times; no content read):
+    ingest compares it with the one it recorded, so a finished dataset is not returned for a
+    source that changed since, nor a partial one resumed on other records. None for shapes://
+    (the URI is the whole identity). A manifest's own bytes are covered, not the images it names."""
+    if kind == "shapes":
+        return None
+    uris = _expand(src) if kind == "webdataset" and (not isinstance(src, str) or _has_glob(src)) else [src]
+    parts = [f"{u}={storage.fingerprint(u)}" for u in uris]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
+
+
 # ---------------------------------------------------------------- (a) image folder
 def _list_files(root: str) -> list[str]:
     """Relative paths ('/'-separated) of all files under root, sorted. Local walks do not
-    follow directory symlinks (no loops); a file symlink that loops is listed and fails on read."""
+    follow directory symlinks (no loops); a file symlink that loops is listed and fails on read.
+    Entries that are no regular file (FIFOs, sockets, devices) are left to `_not_files`."""
     if storage.is_remote(root):
         fs = storage.filesystem(root)   # one client per process (storage caches it)
         base = root.split("://", 1)[1].rstrip("/")
@@ -193,21 +243,26 @@ def _list_files(root: str) -> list[str]:
         dirs.sort()
         rel = os.path.relpath(d, base)
         for name in files:
-            out.append(name if rel == "." else f"{rel}/{name}".replace(os.sep, "/"))
+            if not _special(os.path.join(d, name)):
+                out.append(name if rel == "." else f"{rel}/{name}".replace(os.sep, "/"))
     return sorted(out)
 
 
-def _image_named_dirs(root: str) -> list[str]:
-    """Relative paths of directories named like images (x.png/): not records, but they look like
-    part of one, so they are accounted for (quarantined as "not a file")."""
+def _not_files(root: str) -> list[tuple[str, str]]:
+    """(relative path, why) of what is listed but no regular file: directories named like
+    images (x.png/), FIFOs, sockets and devices (reading a FIFO blocks forever). Not records,
+    but accounted for (quarantined as "not a file"), never silently skipped."""
     if storage.is_remote(root):
         return []
     base = storage.local_path(root)
     out = []
-    for d, dirs, _ in os.walk(base, followlinks=False):
+    for d, dirs, files in os.walk(base, followlinks=False):
         rel = os.path.relpath(d, base)
-        out += [(n if rel == "." else f"{rel}/{n}").replace(os.sep, "/") for n in dirs
+        name_of = lambda n: (n if rel == "." else f"{rel}/{n}").replace(os.sep, "/")  # noqa: E731
+        out += [(name_of(n), "a directory named like an image") for n in dirs
                 if posixpath.splitext(n)[1].lower() in IMAGE_EXTS]
+        out += [(name_of(n), "not a regular file (a FIFO, socket or device)") for n in files
+                if _special(os.path.join(d, n))]
     return sorted(out)
 
 
@@ -224,7 +279,10 @@ def escapes(src: str, rel: str) -> str | None:
     if storage.is_remote(src):
         return None
     base = os.path.realpath(storage.local_path(src))
-    real = os.path.realpath(os.path.join(base, norm))
+    try:
+        real = os.path.realpath(os.path.join(base, norm))
+    except ValueError:   # a NUL byte: no file has that name
+        return rel
     return None if real == base or real.startswith(base + os.sep) else real
 
 
@@ -248,6 +306,7 @@ def read_folder(src: str) -> Iterator[dict]:
         raise ValueError(f"source {src!r} does not exist")
     images = [f for f in files if _split_ext(f)[1] in IMAGE_EXTS]
     sidecars = {f for f in files if _split_ext(f)[1] in (".txt", ".json")}
+    side_of = {_split_ext(f): f for f in sorted(sidecars)}   # (stem, ".txt") -> "a/KEY.TXT" (any case)
     claimed: set[str] = set()
     # 1) caption files, line by line (streamed: a million-line jsonl is never held whole)
     for jl in (f for f in files if posixpath.basename(f) in JSONL_NAMES):
@@ -266,16 +325,17 @@ def read_folder(src: str) -> Iterator[dict]:
         uri = storage.join(src, rel)
         fields: dict[str, Any] = {}
         error = _outside(src, rel, "image")
-        for side in (f"{stem}.json", f"{stem}.txt"):
-            if error is None and side in sidecars:
-                error = _outside(src, side, "caption" if side.endswith(".txt") else "metadata file")
+        js, txt = side_of.get((stem, ".json")), side_of.get((stem, ".txt"))
+        for side in (js, txt):
+            if error is None and side is not None:
+                error = _outside(src, side, "caption" if side == txt else "metadata file")
         if error is not None:
             yield make_record(stem, uri, error=error)
             continue
-        if f"{stem}.json" in sidecars:
-            fields, error = _read_json_sidecar(storage.join(src, f"{stem}.json"))
-        if f"{stem}.txt" in sidecars and error is None:
-            where = storage.join(src, f"{stem}.txt")
+        if js is not None:
+            fields, error = _read_json_sidecar(storage.join(src, js))
+        if txt is not None and error is None:
+            where = storage.join(src, txt)
             try:
                 text, error = _decode_caption(storage.read_bytes(where), where)
             except storage.StorageError as e:
@@ -285,9 +345,14 @@ def read_folder(src: str) -> Iterator[dict]:
         yield make_record(stem, uri, ref=("uri", uri), fields=fields, error=error)
     # 3) what looks like part of a record but is none: caption files with no image beside them,
     #    directories named like images. Accounted for (quarantined), never silently skipped.
-    for rel in _image_named_dirs(src):
-        yield make_record(_split_ext(rel)[0] + "-dir", storage.join(src, rel),
-                          error=(NOT_A_FILE, f"{storage.join(src, rel)} is a directory named like an image"))
+    for rel, why in _not_files(src):
+        suffix = "-dir" if why.startswith("a directory") else "-special"
+        yield make_record(_split_ext(rel)[0] + suffix, storage.join(src, rel),
+                          error=(NOT_A_FILE, f"{storage.join(src, rel)} is {why}"))
+    for rel in (f for f in files if _split_ext(f)[1] in UNSUPPORTED_IMAGE_EXTS):
+        yield make_record(_split_ext(rel)[0], storage.join(src, rel), error=(
+            UNSUPPORTED_FORMAT, f"{storage.join(src, rel)}: {_split_ext(rel)[1]} images are not decoded "
+                                f"(supported: {', '.join(e[1:] for e in IMAGE_EXTS)}); convert it first"))
     for rel in sorted(sidecars):
         stem = _split_ext(rel)[0]
         if stem not in stems and posixpath.basename(rel) not in JSONL_NAMES:
@@ -310,8 +375,8 @@ def _read_json_sidecar(uri: str) -> tuple[dict, tuple[str, str] | None]:
 
 
 def _first(obj: dict, names: tuple[str, ...]) -> Any:
-    for k, v in obj.items():
-        if k.lower() in names and v is not None:
+    for k, v in obj.items():   # an empty cell names nothing (an empty key would become "_")
+        if k.lower() in names and v is not None and not (isinstance(v, str) and not v.strip()):
             return v
     return None
 
@@ -347,6 +412,10 @@ def _read_jsonl(src: str, jl: str, claimed: set[str], files: set[str]) -> Iterat
             if file is None:
                 yield make_record(f"{posixpath.splitext(jl)[0]}-line{n}", where,
                                   error=(BAD_METADATA, f"{where}: names no image (no file or key field)"))
+                continue
+            if "\x00" in str(file):
+                yield make_record(str(key) if key is not None else f"{posixpath.splitext(jl)[0]}-line{n}", where,
+                                  error=(BAD_METADATA, f"{where}: the image path {str(file)!r} holds a NUL byte"))
                 continue
             rel = posixpath.normpath(posixpath.join(jl_dir, str(file)))
             bad = _outside(src, rel, "image named by the caption file")
@@ -414,30 +483,59 @@ def _group_record(shard: str, key: str, members: dict[str, bytes]) -> dict:
                        fields=fields, error=error)
 
 
+def _group(shard: str, key: str, members: dict[str, bytes], repeated: list[str]) -> dict:
+    if repeated:   # webdataset itself refuses a sample with a repeated name: which one is the image?
+        return make_record(key, f"{shard}#{key}", error=(
+            DUPLICATE_MEMBER, f"{shard}: the sample {key!r} has more than one member named "
+                              f"{', '.join(sorted(set(repeated)))}; none of its members is used"))
+    return _group_record(shard, key, members)
+
+
+def _unsafe_member(name: str) -> bool:
+    norm = posixpath.normpath(name)
+    return posixpath.isabs(name) or norm == ".." or norm.startswith("../")
+
+
 def _read_tar(shard: str) -> Iterator[dict]:
-    key, members, n = None, {}, 0
+    key, members, repeated, n = None, {}, [], 0
     try:
         with storage.open_uri(shard, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
             for m in tar:  # streaming: members in file order, one group at a time
-                if not m.isfile():
+                if m.isdir():
+                    continue   # structure, not data
+                where = f"{shard}#{safe_text(m.name)}"
+                if _unsafe_member(m.name):   # what `tar -x` would write outside its directory
+                    n += 1
+                    yield make_record(f"{m.name}-unsafe", where, error=(
+                        OUTSIDE_SOURCE, f"{where}: an absolute or '..' member name leaves the archive; "
+                                        f"such members are not read"))
+                    continue
+                if not m.isfile():   # symlinks, hard links, devices, FIFOs: never followed
+                    n += 1
+                    what = ("symlink" if m.issym() else "hard link" if m.islnk() else "special member")
+                    yield make_record(f"{m.name}-link", where, error=(
+                        NOT_A_FILE, f"{where}: a {what}{' to ' + safe_text(m.linkname) if m.linkname else ''}; "
+                                    f"links and special members in a tar are not followed"))
                     continue
                 k, ext = _wds_split(m.name)
                 if k != key and key is not None:
-                    yield _group_record(shard, key, members)
-                    members = {}
+                    yield _group(shard, key, members, repeated)
+                    members, repeated = {}, []
                 key = k
+                if ext in members:
+                    repeated.append(posixpath.basename(m.name))
                 members[ext] = tar.extractfile(m).read()
                 n += 1
     except (tarfile.TarError, OSError, EOFError, storage.StorageError) as e:
         if key is not None and members:
-            yield _group_record(shard, key, members)
+            yield _group(shard, key, members, repeated)
         # the rest of the shard cannot be read: one quarantine record says so, with where
         yield make_record(f"{posixpath.basename(shard)}-unreadable", shard,
                           error=(UNREADABLE_TAR, f"{shard}: {type(e).__name__}: {e} "
                                                  f"(after {n} members; the rest is unreadable)"))
         return
     if key is not None:
-        yield _group_record(shard, key, members)
+        yield _group(shard, key, members, repeated)
 
 
 # ---------------------------------------------------------------- (c) parquet / CSV manifest
@@ -458,23 +556,31 @@ def _manifest_batches(src: str) -> Iterator[list[dict]]:
         import pandas as pd
         sep = "\t" if low.endswith(".tsv") else ","
         with storage.open_uri(src, "rb") as f:
-            # strings throughout: an empty caption stays "" (quarantined as empty), not NaN
-            for chunk in pd.read_csv(f, sep=sep, dtype=str, keep_default_na=False, chunksize=1024,
-                                     compression="gzip" if low.endswith(".gz") else None):
-                yield chunk.to_dict("records")
+            # strings throughout: an empty caption stays "" (quarantined as empty), not NaN. A
+            # byte that is not UTF-8 stays in its row as a surrogate escape, so that row alone is
+            # quarantined ("caption not UTF-8") instead of the whole file failing
+            try:
+                for chunk in pd.read_csv(f, sep=sep, dtype=str, keep_default_na=False, chunksize=1024,
+                                         compression="gzip" if low.endswith(".gz") else None,
+                                         encoding_errors="surrogateescape"):
+                    yield chunk.to_dict("records")
+            except (pd.errors.ParserError, UnicodeError) as e:   # a ragged row: the file is not CSV
+                raise ValueError(f"manifest {src} cannot be parsed as {'TSV' if sep == chr(9) else 'CSV'}: "
+                                 f"{e}") from None
 
 
 def read_manifest(src: str, allow_roots: Iterable[str] = ()) -> Iterator[dict]:
-    """Rows of a parquet/CSV manifest. A local image path must lie (after resolving symlinks)
-    inside the manifest's own directory or one of `allow_roots`: a manifest is data, and a
-    row naming /var/run/secrets/... must not turn a pod's secrets into a dataset."""
+    """Rows of a parquet/CSV manifest. An image path must lie (local: after resolving symlinks)
+    inside the manifest's own directory or one of `allow_roots` (local directories or s3://
+    prefixes): a manifest is data, and a row naming /var/run/secrets/... or another team's
+    bucket must not turn what the platform can read into a dataset. URLs are never fetched."""
     if not storage.exists(src):
         raise ValueError(f"manifest {src!r} does not exist")
     base = posixpath.dirname(src) if storage.is_remote(src) else os.path.dirname(
         os.path.abspath(storage.local_path(src)))
     image_col = caption_col = None
     row_no = 0
-    roots = [base] + [os.path.abspath(storage.local_path(r)) for r in allow_roots]
+    roots = [_root(base)] + [_root(str(r)) for r in allow_roots]
     for rows in _manifest_batches(src):
         for row in rows:
             if image_col is None:
@@ -490,10 +596,23 @@ def read_manifest(src: str, allow_roots: Iterable[str] = ()) -> Iterator[dict]:
             yield _manifest_record(src, base, row, row_no, image_col, roots)
 
 
+def _root(uri: str) -> str:
+    """A root images may come from, normalised: a local directory's real path, or
+    scheme://bucket/prefix without `..` or a trailing slash."""
+    if storage.is_remote(uri):
+        sch, rest = uri.split("://", 1)
+        return f"{'s3' if sch == 's3a' else sch}://{posixpath.normpath('/' + rest).lstrip('/')}"
+    return os.path.realpath(os.path.abspath(storage.local_path(uri)))
+
+
 def _inside_roots(path: str, roots: list[str]) -> bool:
-    real = os.path.realpath(path)
-    return any(real == r or real.startswith(r.rstrip(os.sep) + os.sep)
-               for r in (os.path.realpath(x) for x in roots))
+    """`path` (a local path, symlinks resolved, or an object-store URI) lies in one of `roots`."""
+    try:
+        real = _root(path)
+    except ValueError:   # a NUL byte: no file has that name
+        return False
+    sep = "/" if storage.is_remote(path) else os.sep
+    return any(real == r or real.startswith(r.rstrip(sep) + sep) for r in roots)
 
 
 def _manifest_record(src: str, base: str, row: dict, row_no: int, image_col: str,
@@ -513,16 +632,29 @@ def _manifest_record(src: str, base: str, row: dict, row_no: int, image_col: str
         return make_record(str(key if key is not None else f"row-{row_no:08d}"), where, fields=row,
                            error=(MISSING_IMAGE, f"{where}: empty {image_col!r}"))
     path = str(value).strip()
+    stem = posixpath.splitext(posixpath.basename(path))[0]
+    rkey = str(key if key is not None else stem)
+    if "\x00" in path:
+        return make_record(rkey, where, fields=row, error=(BAD_METADATA, f"{where}: the image path {value!r} "
+                                                                          f"holds a NUL byte"))
     if path.startswith("file://"):
         path = path[len("file://"):]
+    if storage.scheme(path) not in READ_SCHEMES:
+        # a manifest is data: a URL in it is never fetched (no request leaves from here), and
+        # fsspec's other schemes (local://, memory://, ...) would read around the root checks
+        return make_record(rkey, where, fields=row, error=(
+            UNSUPPORTED_URI, f"{where}: {value!r}: only local paths, file:// and s3:// images are read, "
+                             f"not {storage.scheme(path)}://; download the images first and ingest those"))
     if "://" not in path and not os.path.isabs(path):
         path = storage.join(base, path)
-    stem = posixpath.splitext(posixpath.basename(path))[0]
-    if "://" not in path and not storage.is_remote(base) and not _inside_roots(path, roots or [base]):
-        return make_record(str(key if key is not None else stem), where, fields=row, error=(
-            OUTSIDE_SOURCE, f"{where}: {value!r} resolves to {os.path.realpath(path)}, outside the "
-                            f"manifest's directory {base}; name the directories images may come from "
-                            f"with --allow-root DIR (ingest allow_roots=[...])"))
+    if storage.is_remote(path):
+        path = _root(path)   # s3://b/dir/../x -> s3://b/x: the root check sees where it leads
+    if not _inside_roots(path, roots or [_root(base)]):
+        where_to = path if storage.is_remote(path) else os.path.realpath(path)
+        return make_record(rkey, where, fields=row, error=(
+            OUTSIDE_SOURCE, f"{where}: {value!r} resolves to {where_to}, outside the manifest's "
+                            f"directory {base}; name the directories (or s3:// prefixes) images may come "
+                            f"from with --allow-root DIR (ingest allow_roots=[...])"))
     # a missing file is found by the reader that reads it (load_image), in parallel under ingest
     return make_record(str(key if key is not None else stem), path, ref=("uri", path), fields=row)
 

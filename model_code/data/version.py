@@ -163,6 +163,11 @@ def lineage(dataset_dir: str) -> dict[str, Any]:
     "git_rev", "git_dirty", "dvc_recorded" (what DVC's files say, or None), "dvc_file",
     "matches_dvc", "parent", "parent_version", "content_hash", "created", "src"}."""
     from model_code.data import dataset as ds
+    if storage.exists(storage.join(dataset_dir, "_parts")) and not storage.exists(
+            storage.join(dataset_dir, "dataset.json")):
+        # an interrupted ingest: a version id would name records that are not all there
+        raise ValueError(f"{dataset_dir} is a partial ingest (_parts/ and no dataset.json): run the same "
+                         f"ingest again to finish it, then version it")
     md5 = dir_md5(dataset_dir)
     code = _code_dir(dataset_dir)
     rev = git_head(code)

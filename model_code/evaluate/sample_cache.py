@@ -32,9 +32,7 @@ def bundle_fingerprint(bundle: str) -> str:
     """What identifies a bundle's content cheaply (no weights read): a hash of every file's path,
     size and modification time (ETag on S3). A bundle rebuilt at the same place (a re-trained
     part) changes it."""
-    rows = [[rel, info.get("size"), info.get("mtime") or info.get("ETag") or info.get("LastModified")]
-            for rel, _, info in storage.files_under(bundle, detail=True)]
-    return hashlib.sha256(json.dumps(rows, default=str).encode()).hexdigest()[:24]
+    return storage.fingerprint(bundle)
 
 
 class SampleCache:

@@ -452,3 +452,202 @@ def test_a_manifest_naming_files_outside_its_directory_is_refused_unless_allowed
     assert out.returncode == 0, out.stderr
     s = json.loads(out.stdout.strip().splitlines()[-1])
     assert (s["accepted"], s["quarantined"], s["duplicates"]) == (2, 0, 3)
+
+
+# ---------------------------------------------------------------- what a hostile new user tried
+def _smooth_png(seed: int) -> bytes:
+    return hostile.encode(hostile.smooth_image(seed, 32, 32), "PNG")
+
+
+def _reasons(out):
+    _, quar, _ = tables(out)
+    return dict(zip(quar.key, quar.reason)), dict(zip(quar.key, quar.detail))
+
+
+def test_a_manifest_reads_only_paths_and_s3_inside_its_roots_and_fetches_no_url(tmp_path):
+    """local:// and memory:// would read around the root checks; http(s) would make the
+    platform fetch (and store) whatever an address serves. None is read; no request is made."""
+    import http.server
+    import threading
+    hits = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            hits.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(_smooth_png(9))
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        outside = tmp_path / "outside"
+        outside.mkdir()
+        (outside / "secret.png").write_bytes(_smooth_png(1))
+        src = tmp_path / "src"
+        src.mkdir()
+        (src / "good.png").write_bytes(_smooth_png(2))
+        (src / "token.png").write_bytes(b"SECRET TOKEN inside a file named like an image\n")
+        url = f"http://127.0.0.1:{server.server_port}"
+        pd.DataFrame({"key": ["good", "loc", "mem", "web", "webs", "nul", "token", "s3"],
+                      "path": ["good.png", f"local://{outside}/secret.png", "memory://x/secret.png",
+                               f"{url}/a.png", f"https://{url}/b.png", "go\x00od.png", "token.png",
+                               "s3://another-team/secret.png"],
+                      "caption": ["a picture"] * 8}).to_parquet(src / "m.parquet")
+        out = str(tmp_path / "out")
+        res = ingest(str(src / "m.parquet"), out, size=32, workers=1, progress=False)
+    finally:
+        server.shutdown()
+    check_balance(res, out)
+    reason, detail = _reasons(out)
+    assert res["accepted"] == 1 and hits == []
+    assert {k: reason[k] for k in ("loc", "mem", "web", "webs")} == dict.fromkeys(("loc", "mem", "web", "webs"),
+                                                                                  "unsupported URI")
+    assert "download the images first" in detail["web"]
+    assert reason["nul"] == "bad metadata" and "NUL" in detail["nul"]
+    assert reason["s3"] == "outside the source" and "--allow-root" in detail["s3"]
+    # a file that is no image is described, not quoted: the quarantine may travel further than the source
+    assert reason["token"] == "not an image" and "looks like text" in detail["token"]
+    assert "SECRET" not in " ".join(detail.values())
+
+
+def test_text_that_is_not_unicode_quarantines_its_record_not_the_run(tmp_path):
+    """Lone surrogates (JSON "\\ud800"), file names in another encoding and a CSV row with a
+    latin-1 byte: each record is quarantined or kept with an escaped source; the run finishes."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i, name in enumerate(("a", "b", "c")):
+        (src / f"{name}.png").write_bytes(_smooth_png(10 + i))
+    (src / "captions.jsonl").write_text(json.dumps({"file": "a.png", "caption": "bad \ud800 caption"}) + "\n"
+                                        + json.dumps({"file": "b.png", "caption": "fine",
+                                                      "note": "meta \udc80 field"}) + "\n")
+    (src / "c.txt").write_text("a good caption")
+    latin = os.path.join(os.fsencode(str(src)), b"caf\xe9.png")     # a legal Linux file name
+    with open(latin, "wb") as f:
+        f.write(_smooth_png(20))
+    with open(os.path.join(os.fsencode(str(src)), b"caf\xe9.txt"), "wb") as f:
+        f.write(b"\xef\xbb\xbfa caption saved by Notepad")             # with a BOM
+    out = str(tmp_path / "out")
+    res = ingest(str(src), out, size=32, workers=1, progress=False)
+    man, quar, _ = check_balance(res, out)
+    reason, _ = _reasons(out)
+    assert reason == {"a": "caption not UTF-8"}
+    caf = man[man.source.str.contains("caf")].iloc[0]
+    assert "\\udce9" in caf.source and caf.caption == "a caption saved by Notepad"
+    # a CSV with one latin-1 caption: that row alone is quarantined
+    (src / "m.csv").write_bytes(b"path,caption\nb.png,fine\nc.png,caf\xe9 au lait\n")
+    res = ingest(str(src / "m.csv"), str(tmp_path / "csv"), size=32, workers=1, progress=False)
+    check_balance(res, str(tmp_path / "csv"))
+    assert (res["accepted"], res["reasons"]) == (1, {"caption not UTF-8": 1})
+    (src / "ragged.csv").write_text("path,caption\nb.png,fine\nc.png,fine,extra cell\n")
+    with pytest.raises(ValueError, match="ragged.csv cannot be parsed as CSV"):
+        ingest(str(src / "ragged.csv"), str(tmp_path / "r"), size=32, workers=1, progress=False)
+
+
+@pytest.mark.timeout(120)
+def test_a_fifo_and_unsupported_formats_are_quarantined_not_read(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.png").write_bytes(_smooth_png(30))
+    (src / "a.TXT").write_text("an upper-case sidecar")
+    os.mkfifo(src / "b.png")                     # reading it would block forever
+    os.mkfifo(src / "c.txt")
+    (src / "d.avif").write_bytes(b"\x00\x00\x00\x1cftypavif")
+    pd.DataFrame({"path": ["b.png"], "caption": ["x"]}).to_csv(src / "m.csv", index=False)
+    out = str(tmp_path / "out")
+    res = ingest(str(src), out, size=32, workers=1, progress=False)
+    man, _, _ = check_balance(res, out)
+    assert list(man.caption) == ["an upper-case sidecar"]
+    assert res["reasons"] == {"not a file": 2, "unsupported image format": 1}
+    res = ingest(str(src / "m.csv"), str(tmp_path / "m"), size=32, workers=1, progress=False)
+    assert res["reasons"] == {"not a file": 1}
+
+
+def test_tar_links_repeated_members_and_escaping_names_are_quarantined(tmp_path):
+    """A sample with KEY.png twice is ambiguous (webdataset refuses it); links are never
+    followed; a member named ../x or /x is what `tar -x` would write outside its directory."""
+    path = tmp_path / "s.tar"
+    with tarfile.open(path, "w") as t:
+        def add(name, data=b"", **kw):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            for k, v in kw.items():
+                setattr(info, k, v)
+            t.addfile(info, io.BytesIO(data))
+        add("ok.png", _smooth_png(40))
+        add("ok.txt", b"fine")
+        add("dup.png", _smooth_png(41))
+        add("dup.txt", b"which one?")
+        add("dup.png", _smooth_png(42))
+        add("sym.png", type=tarfile.SYMTYPE, linkname="/etc/hostname")
+        add("hl.png", type=tarfile.LNKTYPE, linkname="ok.png")
+        add("../evil.png", _smooth_png(43))
+        add("/abs.png", _smooth_png(44))
+    out = str(tmp_path / "out")
+    res = ingest(str(path), out, size=32, workers=1, progress=False)
+    man, _, _ = check_balance(res, out)
+    assert list(man.key) == ["ok"]
+    assert res["reasons"] == {"duplicate tar member": 1, "not a file": 2, "outside the source": 2}
+
+
+def test_a_changed_source_is_neither_returned_nor_resumed_as_it_was(tmp_path, monkeypatch, caplog):
+    from model_code.data import version as V
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        (src / f"a{i}.png").write_bytes(_smooth_png(50 + i))
+        (src / f"a{i}.txt").write_text(f"picture {i}")
+    out = str(tmp_path / "out")
+    assert ingest(str(src), out, size=32, workers=1, progress=False)["input"] == 3
+    assert ingest(str(src), out, size=32, workers=1, progress=False)["input"] == 3   # unchanged: reused
+    (src / "a3.png").write_bytes(_smooth_png(53))
+    (src / "a3.txt").write_text("picture 3")
+    with pytest.raises(ValueError, match="has changed since"):
+        ingest(str(src), out, size=32, workers=1, progress=False)
+    # a partial ingest (killed before it was assembled), then the source changes: start over
+    part = str(tmp_path / "part")
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(ingest_mod, "_assemble", killed)
+    with pytest.raises(KeyboardInterrupt):
+        ingest(str(src), part, size=32, shard_size=1, workers=1, progress=False)
+    with pytest.raises(ValueError, match="partial ingest"):
+        V.lineage(part)                  # no version id for records that are not all there
+    monkeypatch.undo()
+    os.remove(src / "a0.png")
+    os.remove(src / "a0.txt")
+    import logging
+    caplog.set_level(logging.WARNING, logger="model_code.data.ingest")
+    res = ingest(str(src), part, size=32, shard_size=1, workers=1, progress=False)
+    man, _, _ = check_balance(res, part)
+    assert sorted(man.key) == ["a1", "a2", "a3"] and res["resumed_parts"] == 0
+    assert any("starting over" in m for m in caplog.messages)
+    assert sorted(os.listdir(os.path.join(part, "shards"))) == [f"shard-{i:05d}.tar" for i in range(3)]
+
+
+def test_out_inside_the_source_and_a_file_as_the_source_are_refused(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.png").write_bytes(_smooth_png(60))
+    for out in (src, src / "ds"):
+        with pytest.raises(ValueError, match="inside the source folder"):
+            ingest(str(src), str(out), size=32, workers=1, progress=False)
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        ingest(str(src / "a.png"), str(tmp_path / "o"), size=32, workers=1, progress=False)
+    assert not os.path.exists(tmp_path / "o") and sorted(os.listdir(src)) == ["a.png"]
+
+
+def test_empty_key_cells_fall_back_to_the_file_name(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("x", "y"):
+        (src / f"{name}.png").write_bytes(_smooth_png(70 + ord(name)))
+    (src / "m.csv").write_text("key,path,caption,scene\n,x.png,one,\n  ,y.png,two,5\n")
+    res = ingest(str(src / "m.csv"), str(tmp_path / "o"), size=32, workers=1, progress=False)
+    man, _, _ = check_balance(res, str(tmp_path / "o"))
+    reason, detail = _reasons(str(tmp_path / "o"))
+    assert list(man.key) == ["x"] and reason == {"y": "bad metadata"} and "JSON object" in detail["y"]
