@@ -248,10 +248,13 @@ _KNOWN = (set(_REL_BY_FIRST) | _CELL_FIRST | set(_BG_BY_FIRST) | set(_SHAPE_WORD
           | set(_COLOR_WORDS) | _BREAK_WORDS | {",", ":"})
 
 
-def _read_sentence(t: list[str]) -> list[tuple[str, Any]]:
-    """One sentence's items, in order: ("np", _NP), ("cell", c), ("rel", r), ("bg", b), ("total", n),
-    ("and", None)."""
-    items: list[tuple[str, Any]] = []
+def read_items(t: list[str]) -> list[tuple[str, Any, int, int]]:
+    """One sentence's items in order, each with the token span [start, end) it was read from:
+    ("np", _NP), ("cell", c), ("rel", r), ("bg", b), ("total", n), ("and", None), and what is read
+    without an item of its own: ("color", c) for "a star in red" (the colour goes to that star)
+    and ("bgword", None) for a background phrase that names no colour. The serving rewriter reads
+    the spans to tell which words the grammar carried."""
+    items: list[tuple[str, Any, int, int]] = []
     pend: dict[str, Any] = {}   # determiner / number / size / colour waiting for their noun
     last_np_end = -1            # token index just after the last noun phrase's head
     i = 0
@@ -262,37 +265,40 @@ def _read_sentence(t: list[str]) -> list[tuple[str, Any]]:
             continue
         rel = _match_relation(t, i)
         if rel:
-            items.append(("rel", rel[0]))
+            items.append(("rel", rel[0], i, rel[1]))
             pend, i = {}, rel[1]
             continue
         cell = _match_cell(t, i)
         if cell:
-            items.append(("cell", cell[0]))
+            items.append(("cell", cell[0], i, cell[1]))
             pend, i = {}, cell[1]
             continue
         if w == "in" and i + 1 < len(t) and t[i + 1] in _COLOR_WORDS and i == last_np_end:
             np_ = items[-1][1] if items and items[-1][0] == "np" else None
             if np_ is not None and not (i + 2 < len(t) and _match_shape(t, i + 2)):
                 np_.color = _COLOR_WORDS[t[i + 1]]   # "a big star in red"
+                items.append(("color", np_.color, i, i + 2))
                 pend, i = {}, i + 2
                 continue
         bg = _match_background(t, i)
         if bg:
             if bg[0]:
-                items.append(("bg", bg[0]))
+                items.append(("bg", bg[0], i, bg[1]))
                 pend = {}
+            else:
+                items.append(("bgword", None, i, bg[1]))
             i = bg[1]
             continue
         shp = _match_shape(t, i)
         if shp:
             shape, plural, j = shp
             items.append(("np", _NP(shape, pend.get("color"), pend.get("size"), None,
-                                    pend.get("number"), pend.get("det") == "the")))
+                                    pend.get("number"), pend.get("det") == "the"), i, j))
             pend, i, last_np_end = {}, j, j
             continue
         if w in _GENERIC_NOUNS:
             if pend.get("number") is not None:
-                items.append(("total", pend["number"]))   # "three shapes", "one flat shape"
+                items.append(("total", pend["number"], i, i + 1))   # "three shapes", "one flat shape"
             pend, i = {}, i + 1
             continue
         n = _number(w)
@@ -307,46 +313,68 @@ def _read_sentence(t: list[str]) -> list[tuple[str, Any]]:
         elif w in _BREAK_WORDS or not w.isalpha():
             pend = {}
             if w == "and":
-                items.append(("and", None))   # "left of a square and above a triangle"
+                items.append(("and", None, i, i + 1))   # "left of a square and above a triangle"
         # any other word ("flat", "bright") is skipped without breaking the phrase
         i += 1
     return items
 
 
-def _attach(items: list[tuple[str, Any]]) -> list[tuple[_NP, str, _NP]]:
+def _read_sentence(t: list[str]) -> list[tuple[str, Any]]:
+    """One sentence's items, in order: ("np", _NP), ("cell", c), ("rel", r), ("bg", b), ("total", n),
+    ("and", None)."""
+    return [(k, x) for k, x, _, _ in read_items(t) if k not in ("color", "bgword")]
+
+
+def _attach(items: list[tuple[str, Any]], dropped: list[int] | None = None) -> list[tuple[_NP, str, _NP]]:
     """Give cells to noun phrases and pair relations' subjects and objects, within one sentence.
 
     One left-to-right pass (a sentence may be a megabyte of junk): a cell goes to the nearest
     earlier noun phrase without a cell, else waits for the next one; a relation takes the nearest
-    earlier noun phrase as subject and waits for the next one as object.
+    earlier noun phrase as subject and waits for the next one as object. `dropped`, when given,
+    receives the indices of the cells and relations no noun phrase took ("a circle above.").
     """
     cell_less: list[_NP] = []          # earlier noun phrases still without a cell, nearest last
-    cells_waiting: deque[str] = deque()  # cells that came before any cell-less noun phrase
-    rels_waiting: list[tuple[_NP, str]] = []
+    cells_waiting: deque[tuple[int, str]] = deque()  # cells that came before any cell-less noun phrase
+    rels_waiting: list[tuple[int, _NP, str]] = []
     rels: list[tuple[_NP, str, _NP]] = []
     last_np: _NP | None = None
     for k, (kind, x) in enumerate(items):
         if kind == "np":
             if cells_waiting:
-                x.cell = cells_waiting.popleft()
+                x.cell = cells_waiting.popleft()[1]
             else:
                 cell_less.append(x)
-            rels.extend((subj, rel, x) for subj, rel in rels_waiting)
+            rels.extend((subj, rel, x) for _, subj, rel in rels_waiting)
             rels_waiting = []
             last_np = x
         elif kind == "cell":
             if cell_less:
                 cell_less.pop().cell = x
             else:
-                cells_waiting.append(x)
+                cells_waiting.append((k, x))
         elif kind == "rel" and last_np is not None:
             subj = last_np
             # "a circle left of a square and above a triangle": a relation right after "and" whose
             # nearest noun phrase is the previous relation's object shares that relation's subject
             if k > 0 and items[k - 1][0] == "and" and rels and rels[-1][2] is subj:
                 subj = rels[-1][0]
-            rels_waiting.append((subj, x))
+            rels_waiting.append((k, subj, x))
+        elif kind == "rel" and dropped is not None:
+            dropped.append(k)   # no noun phrase before it: no subject
+    if dropped is not None:
+        dropped.extend([k for k, _ in cells_waiting] + [k for k, _, _ in rels_waiting])
+        dropped.sort()
     return rels
+
+
+def dropped_items(t: list[str]) -> tuple[list[tuple[str, Any, int, int]], list[int]]:
+    """(read_items(t), the indices of its cells and relations that no noun phrase takes): what
+    the parser reads in one sentence and then loses (the rewriter names such phrases)."""
+    items = read_items(t)
+    core = [(k, i) for i, (k, _, _, _) in enumerate(items) if k not in ("color", "bgword")]
+    dropped: list[int] = []
+    _attach([(k, items[i][1]) for k, i in core], dropped)
+    return items, [core[j][1] for j in dropped]
 
 
 _ANTECEDENT_WINDOW = 64  # "the red circle" looks this many objects back (bounds adversarial input)

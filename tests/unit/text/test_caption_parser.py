@@ -241,3 +241,22 @@ def test_noise_and_blank_images_score_nothing():
         rows = score_images({"text": p}, noise + blank, parse=parse_image)
         assert all(r["exact"] == 0.0 and r["constraint"] == 0.0 and r["invalid"] for r in rows), \
             [(r["invalid"], r["failed"]) for r in rows]
+
+
+def test_items_carry_their_spans_and_what_no_noun_phrase_took():
+    """The serving rewriter names the words the grammar did not carry from these spans: a
+    colour read as "in red", a background word, and cells and relations left without a noun phrase."""
+    from model_code.text import caption_parser as cp
+    t = cp._tokens("a big star in red at the top on a white background")
+    items, dropped = cp.dropped_items(t)
+    spans = {k: " ".join(t[s:e]) for k, _, s, e in items}
+    assert spans == {"np": "star", "color": "in red", "cell": "at the top", "bg": "white background"}
+    assert dropped == [] and items[0][1].color == "red" and items[0][1].cell == "top"
+    t = cp._tokens("above a circle, then on the left")   # a relation with no subject; a cell taken
+    items, dropped = cp.dropped_items(t)
+    assert [items[k][0] for k in dropped] == ["rel"]
+    t = cp._tokens("a circle. in the top left")           # a cell alone in its sentence
+    assert [(items[k][0]) for items, d in [cp.dropped_items(t[3:])] for k in d] == ["cell"]
+    # the parser's own reading is the same items without the spans
+    t = cp._tokens("two red circles left of a blue square and above a triangle")
+    assert [k for k, _ in cp._read_sentence(t)] == [k for k, _, _, _ in cp.read_items(t) if k not in ("color", "bgword")]
