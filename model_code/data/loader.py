@@ -112,8 +112,12 @@ class ShardIndex:
         if policy is not None and policy.policy == "curated":
             man = man[[policy.eligible(r) for r in man[["curated_caption"]].to_dict("records")]]
         if len(man) == 0:
+            hint = ("; the captioner learns from curated captions (DALL-E 3's careful descriptions: a "
+                    "`curated_caption` field on some records), and this dataset has none: add some, or "
+                    "recaption with a pretrained captioner (`easel recaption --captioner pretrained:DIR`)"
+                    if policy is not None and policy.policy == "curated" else "")
             raise ValueError(f"{dataset}: no records to train on (split={split!r}"
-                             f"{', policy=' + policy.policy if policy else ''})")
+                             f"{', policy=' + policy.policy if policy else ''}){hint}")
         self.meta = read_meta(dataset)
 
         uris = shard_list(dataset)

@@ -108,7 +108,9 @@ class CaptionPolicy:
         raise ValueError(
             f"record {record.get('key')!r} has no {kind} caption: the dataset has no recaption "
             f"sidecars (captions/shard-*.parquet), and the record has no "
-            f"{'curated caption or ' if kind == 'long' else ''}scene graph to stand in")
+            f"{'curated caption or ' if kind == 'long' else ''}scene graph to stand in; recaption the "
+            f"dataset first (`easel recaption`, DALL-E 3's synthetic captions), or train on its own "
+            f"captions (caption_policy original: `--set train.PART.caption_policy=original`)")
 
     def needs(self) -> tuple[str, ...]:
         """The caption kinds this policy can draw (for checking a dataset up front)."""
