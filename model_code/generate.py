@@ -130,6 +130,38 @@ def read_bundle_meta(path: str) -> dict:
     return meta
 
 
+# ---------------------------------------------------------------- prompt length
+@dataclass(frozen=True)
+class TextLimit:
+    """How much of a prompt a generator reads: `positions` text positions, <bos> and <eos>
+    included. The encoders cut longer prompts (evaluation's captions fit by construction); a
+    server refuses them instead (`refusal`), so no part of a client's prompt is silently dropped."""
+    tokenizer: Any
+    positions: int
+
+    @property
+    def max_tokens(self) -> int:
+        return self.positions - 2   # <bos> and <eos> (TextTokenizer.encode_batch, no prefix)
+
+    def refusal(self, prompt: str) -> str | None:
+        """Why `prompt` is too long for this generator, or None when it fits."""
+        k = self.tokenizer.count_tokens(prompt)
+        if k <= self.max_tokens:
+            return None
+        return f"is {k} tokens long; this model reads at most {self.max_tokens} tokens (longer prompts are refused, never truncated)"
+
+
+def bundle_text_limit(path: str, tokenizer) -> TextLimit:
+    """The TextLimit of a bundle's generator without loading its weights (a transformer role
+    checks prompts for a predictor that holds them): from the part configs."""
+    meta = read_bundle_meta(path)
+    cls = {"dalle": DalleGenerator, "unclip": UnclipGenerator}[meta["recipe"]]
+
+    def config_of(part: str) -> dict:
+        return json.loads(storage.read_text(storage.join(path, meta["parts"][part], "config.json")))
+    return TextLimit(tokenizer, cls.text_positions(tokenizer, config_of))
+
+
 # ---------------------------------------------------------------- generators
 @dataclass
 class Generated:
@@ -174,8 +206,18 @@ class Generator:
         return next(self.clip.parameters()).device
 
     # -- text and CLIP
+    @staticmethod
+    def text_positions(tokenizer, config_of) -> int:
+        """Text positions the generator encodes prompts to (config_of(part) -> that part's
+        config): the one place that says how long a prompt may be (TextLimit)."""
+        return int(tokenizer.max_len)
+
+    @property
+    def text_limit(self) -> TextLimit:
+        return TextLimit(self.tokenizer, self.text_positions(self.tokenizer, lambda part: getattr(self, part).config))
+
     def encode_text(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        ids, mask = self.tokenizer.encode_batch(list(prompts))
+        ids, mask = self.tokenizer.encode_batch(list(prompts), max_len=self.text_limit.positions)
         return ids.to(self.device), mask.to(self.device)
 
     @torch.no_grad()
@@ -326,9 +368,9 @@ class DalleGenerator(Generator):
     def image_size(self) -> int:
         return int(self.dvae.config["image_size"])
 
-    def encode_text(self, prompts):
-        ids, mask = self.tokenizer.encode_batch(list(prompts), max_len=self.transformer.config["text_len"])
-        return ids.to(self.device), mask.to(self.device)
+    @staticmethod
+    def text_positions(tokenizer, config_of) -> int:
+        return int(config_of("transformer")["text_len"])   # the transformer's text positions
 
     def sample(self, prompts, num, generator, settings):
         ids, mask = self.encode_text(prompts)

@@ -11,8 +11,15 @@ queue refuses new requests with QueueFull (the server answers 503).
 Seeds. Generator.generate draws all prompts of one call from one torch.Generator, so a prompt's
 images depend on which other prompts share its call. A client that sends a seed is promised the
 same images for the same request every time, so seeded requests always run alone, exactly as
-they would unbatched (tests/integration/test_serve.py checks it). Unseeded requests are merged
-and the batch gets a fresh random seed.
+they would unbatched (tests/integration/test_serve.py checks it). Unseeded requests are merged.
+The server draws an unseeded request's seed before rewriting its prompt (model.py) and passes it
+as `drawn_seed`: a call runs with its first request's drawn seed, so a request that ran alone
+(every request on an idle server) is reproduced exactly by resending its reported seed; one that
+shared a call gets its revised prompt back from that seed, its pixels only by asking with it.
+
+A request of several prompts is admitted whole or not at all (`enqueue`), and what was admitted
+is withdrawn (`withdraw`) when the request fails or its client goes away, so no refused request
+keeps the generator busy.
 """
 from __future__ import annotations
 
@@ -48,6 +55,22 @@ class QueueFull(Exception):
     """The generator's queue is full: try again later (HTTP 503)."""
 
 
+class Closed(Exception):
+    """The batcher was closed (the model stopped): nothing more is generated."""
+
+
+@dataclass
+class Work:
+    """One request for the queue. seed: the client's (the request runs alone); drawn_seed: the
+    server's for an unseeded request (mergeable; the call's seed when it comes first)."""
+    prompts: list[str]
+    n: int = 1
+    candidates: int | None = None
+    seed: int | None = None
+    settings: dict | None = None
+    drawn_seed: int | None = None
+
+
 @dataclass
 class _Job:
     prompts: list[str]
@@ -56,6 +79,7 @@ class _Job:
     seed: int | None
     settings: tuple            # sorted (key, value) pairs of sampling overrides
     future: asyncio.Future
+    drawn_seed: int | None = None
     arrived: float = field(default_factory=time.monotonic)
 
     @property
@@ -78,6 +102,7 @@ class Batcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
+        self.closed = False
         self.calls = 0   # Generator.generate calls so far
 
     # -------------------------------------------------------------- public
@@ -88,20 +113,47 @@ class Batcher:
     async def submit(self, prompts: Sequence[str], n: int = 1, candidates: int | None = None,
                      seed: int | None = None, settings: dict | None = None) -> list:
         """Queue one request; returns (its results, one per prompt, and the seed its call used).
-        Raises QueueFull."""
+        Raises QueueFull or Closed."""
+        (future,) = self.enqueue([Work(list(prompts), n, candidates, seed, settings)])
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self.withdraw([future])
+            raise
+
+    def enqueue(self, works: Sequence[Work]) -> list[asyncio.Future]:
+        """Queue several requests together: all of them, or none (QueueFull) when they do not
+        all fit. Returns their futures, in order (each: (results, the call's seed))."""
+        if self.closed:
+            raise Closed("the generator was stopped")
         self._ensure_worker()
-        if len(self._pending) >= self.queue_size:
+        if len(self._pending) + len(works) > self.queue_size:
             if self.metrics:
                 self.metrics.queue_rejections.inc()
-            raise QueueFull(f"the generator queue is full ({self.queue_size} requests waiting); retry later")
-        job = _Job(list(prompts), int(n), candidates, seed, tuple(sorted((settings or {}).items())),
-                   self._loop.create_future())
-        self._pending.append(job)
+            need = f"; this request needs {len(works)} places" if len(works) > 1 else ""
+            raise QueueFull(f"the generator queue is full ({len(self._pending)} of {self.queue_size} places "
+                            f"taken{need}); retry later")
+        jobs = [_Job(list(w.prompts), int(w.n), w.candidates, w.seed, tuple(sorted((w.settings or {}).items())),
+                     self._loop.create_future(), w.drawn_seed) for w in works]
+        self._pending.extend(jobs)
         self._depth_changed()
         self._wake.set()
-        return await job.future
+        return [j.future for j in jobs]
+
+    def withdraw(self, futures: Sequence[asyncio.Future]) -> None:
+        """Take the requests of `futures` off the queue and cancel them (one already generating
+        finishes, and its result is dropped)."""
+        ids = {id(f) for f in futures}
+        before = len(self._pending)
+        self._pending = collections.deque(j for j in self._pending if id(j.future) not in ids)
+        if len(self._pending) != before:
+            self._depth_changed()
+        for f in futures:
+            if not f.done():
+                f.cancel()
 
     def close(self) -> None:
+        self.closed = True
         if self._task is not None and self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._task.cancel)
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -144,8 +196,10 @@ class Batcher:
     async def _execute(self, batch: list[_Job]) -> None:
         head = batch[0]
         prompts = [p for j in batch for p in j.prompts]
-        # a merged batch of unseeded requests gets a fresh seed; a seeded request runs alone
-        seed = head.seed if head.seed is not None else secrets.randbelow(2**31)
+        # a seeded request runs alone with its seed; a merged batch of unseeded requests runs with
+        # its first request's drawn seed (or a fresh one)
+        seed = next((s for s in (head.seed, head.drawn_seed) if s is not None), None)
+        seed = seed if seed is not None else secrets.randbelow(2**31)
         t0 = time.perf_counter()
         try:
             results = await self._loop.run_in_executor(

@@ -26,7 +26,8 @@ from typing import Any, Mapping
 
 from model_code.config import deep_merge, load_yaml
 
-# DALL-E 3's API accepts prompts up to 4000 characters; longer is refused, never truncated.
+# DALL-E 3's API accepts prompts up to 4000 characters; longer is refused, never truncated (as is
+# a prompt of more tokens than the model reads: generate.TextLimit).
 DEFAULTS: dict[str, Any] = {
     "max_prompt_chars": 4000,
     "max_n": 4,                      # images returned per prompt
@@ -188,6 +189,10 @@ def check(cfg: dict) -> dict:
     _int(cfg, "candidates", 1, 512, optional=True)
     _int(cfg, "max_batch", 1, 4096)
     _int(cfg, "queue_size", 1, 1_000_000)
+    if cfg["max_instances"] > cfg["queue_size"]:   # each prompt of a request takes a place in the queue
+        raise ValueError(f"serve.max_instances ({cfg['max_instances']}) is larger than serve.queue_size "
+                         f"({cfg['queue_size']}): a request of max_instances prompts could never be queued; "
+                         f"raise queue_size or lower max_instances")
     _int(cfg, "max_body_bytes", 1024)
     _int(cfg, "seed_max", 0, 2**63 - 1)
     _int(cfg, "torch_threads", 1, 1024, optional=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 
 import kserve
 from kserve.protocol.infer_type import InferRequest
@@ -26,8 +27,9 @@ from kserve.protocol.infer_type import InferRequest
 from model_code.registry.resolve import ResolvedModel, resolve_model
 from model_code.serve import batching, provenance, rewrite as rewrite_mod
 from model_code.serve.config import parse_size, serve_config
-from model_code.serve.protocol import decode_v1, decode_v2, encode, parse_v1, parse_v2
-from model_code.serve.records import Envelope, ImageOut, ImageRequest, ImageResult, ServeError, png_bytes, resize
+from model_code.serve.protocol import V2_INPUTS, V2_OUTPUTS, decode_v1, decode_v2, encode, parse_v1, parse_v2
+from model_code.serve.records import (Envelope, ImageOut, ImageRequest, ImageResult, ServeError, bad_request, png_bytes,
+                                      resize)
 from model_code.serve.safety import ClipEmbedder, Safety
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ class EaselModel(kserve.Model):
         self.cfg: dict = {}
         self.metrics = metrics
         self.generator = self.safety = self.rewriter = self.signer = self.batcher = None
+        self.text_limit = None   # generate.TextLimit: how many prompt tokens the model reads
         self.resolved: ResolvedModel | None = None
         self.info: dict[str, str] = {}
 
@@ -76,6 +79,7 @@ class EaselModel(kserve.Model):
         from model_code.generate import Generator
         self.resolved = resolve_model(self.model_uri, self._allow_ungated())
         self.generator = Generator.load(self.resolved.bundle)
+        self.text_limit = self.generator.text_limit
         self.cfg = self._make_config(self.generator.meta)
         self.info = self._model_info(self.generator.meta)
         native = f"{self.generator.image_size}x{self.generator.image_size}"
@@ -93,12 +97,25 @@ class EaselModel(kserve.Model):
 
     def _load_policies(self, embedder: ClipEmbedder | None) -> None:
         self.safety = Safety(self.cfg["safety"], embedder)
+        self.info["safety"] = self.safety.status   # a concept check off for this CLIP is no secret
         self.rewriter = rewrite_mod.rewriter_from_config(self.cfg)
         self.signer = provenance.signer_from_config(self.cfg)
 
     def stop(self):
+        self.ready = False
         if self.batcher is not None:
             self.batcher.close()
+
+    async def healthy(self) -> bool:
+        # ready, and (where it generates) its generator queue still runs
+        return bool(self.ready) and (self.batcher is None or not self.batcher.closed)
+
+    # V2 model metadata: the tensors parse_v2 accepts and encode_v2 returns
+    def get_input_types(self) -> list[dict]:
+        return [dict(t) for t in V2_INPUTS]
+
+    def get_output_types(self) -> list[dict]:
+        return [dict(t) for t in V2_OUTPUTS]
 
     # -------------------------------------------------------------- the request path
     async def serve(self, reqs: list[ImageRequest], headers: dict | None = None,
@@ -114,7 +131,8 @@ class EaselModel(kserve.Model):
         return results, info
 
     def check_and_rewrite(self, reqs: list[ImageRequest]) -> None:
-        """Prompt safety, then rewriting. Refusal -> 400."""
+        """Prompt length and safety, then the seed and rewriting. Refusal -> 400."""
+        self.check_lengths(reqs, [r.prompt for r in reqs])
         verdicts = self.safety.check_prompts([r.prompt for r in reqs])
         for i, v in enumerate(verdicts):
             if not v.allowed:
@@ -124,6 +142,10 @@ class EaselModel(kserve.Model):
                 raise ServeError(400, f"Your request was rejected by the safety system ({v.policy}): {v.reason}",
                                  "content_policy_violation", where)
         for r in reqs:
+            if r.seed is None:
+                # drawn before the rewrite, which uses it too: the reported seed, sent back,
+                # gives the same revised prompt and (see batching.py) the same images
+                r.seed, r.seed_drawn = secrets.randbelow(min(self.cfg["seed_max"], 2**31 - 1) + 1), True
             if r.rewrite and self.rewriter is not None:
                 rw = self.rewriter.rewrite(r.prompt, r.seed)
                 r.revised_prompt, r.rewrite_source, r.rewrite_note = rw.text, rw.source, rw.note
@@ -137,25 +159,53 @@ class EaselModel(kserve.Model):
             for r, v in zip(chat, self.safety.check_prompts([r.revised_prompt for r in chat])):
                 if not v.allowed:
                     r.revised_prompt, r.rewrite_source = r.prompt, "unsafe-rewrite-dropped"
+        # a rewrite the model cannot read whole is not used: the prompt (which fits) goes as written
+        for r in reqs:
+            why = self.text_limit.refusal(r.revised_prompt) if self.text_limit and r.revised_prompt else None
+            if why and r.revised_prompt != r.prompt:
+                r.revised_prompt, r.rewrite_source = r.prompt, "too-long-rewrite-dropped"
+                r.rewrite_note = f"the rewritten prompt {why}; the prompt went to the model as written"
+
+    def check_lengths(self, reqs: list[ImageRequest], prompts: list[str]) -> None:
+        """400 for a prompt longer than the model reads (generate.TextLimit decides)."""
+        if self.text_limit is None:
+            return
+        for i, (r, p) in enumerate(zip(reqs, prompts)):
+            why = self.text_limit.refusal(p)
+            if why:
+                raise bad_request("prompt" if len(reqs) == 1 else f"prompt[{i}]", why)
 
     async def produce(self, reqs: list[ImageRequest], headers: dict | None = None,
                       request_id: str | None = None) -> tuple[list[ImageResult], dict]:
-        """Generate each request's images through the dynamic batcher."""
+        """Generate each request's images through the dynamic batcher: all of them admitted to
+        its queue or none (503), and all withdrawn when the request fails or is abandoned."""
+        if self.generate_only:   # behind a transformer, which checked already; a direct client did not
+            self.check_lengths(reqs, [r.generation_prompt for r in reqs])
         settings = dict(self.cfg["sampling"])
         cand = self.cfg["candidates"]
-
-        async def one(r: ImageRequest) -> ImageResult:
-            try:
-                (gen,), seed = await self.batcher.submit([r.generation_prompt], r.n, cand, r.seed, settings)
-            except batching.QueueFull as e:
-                raise ServeError(503, str(e), "server_busy", type_="server_error") from e
+        try:
+            futures = self.batcher.enqueue([batching.Work([r.generation_prompt], r.n, cand,
+                                                          None if r.seed_drawn else r.seed, settings,
+                                                          drawn_seed=r.seed if r.seed_drawn else None)
+                                            for r in reqs])
+        except batching.QueueFull as e:
+            raise ServeError(503, str(e), "server_busy", type_="server_error") from e
+        except batching.Closed as e:
+            raise ServeError(503, f"model {self.name} is not ready: {e}", "model_not_ready",
+                             type_="server_error") from e
+        try:
+            done = await asyncio.gather(*futures)
+        except BaseException:
+            self.batcher.withdraw(futures)
+            raise
+        results = []
+        for r, ((gen,), call_seed) in zip(reqs, done):
             side = r.size or self.default_size
             emb = gen.embeddings if gen.embeddings is not None else [None] * len(gen.images)
             outs = [ImageOut(resize(im, side), float(s), embedding=e)
                     for im, s, e in zip(gen.images, gen.scores, emb)]
-            return ImageResult(r, outs, seed, side)
-
-        return list(await asyncio.gather(*(one(r) for r in reqs))), self.info
+            results.append(ImageResult(r, outs, r.seed if r.seed is not None else call_seed, side))
+        return results, self.info
 
     def finish(self, results: list[ImageResult], info: dict) -> None:
         """Image safety (reusing the reranking's CLIP embeddings), then PNG + C2PA for every
@@ -226,13 +276,15 @@ class EaselTransformer(EaselModel):
         return self._predictor
 
     def load(self) -> bool:
-        from model_code.generate import read_bundle_meta
+        from model_code.generate import bundle_text_limit, read_bundle_meta
         embedder, meta = None, {}
         if self.model_uri:
             self.resolved = resolve_model(self.model_uri, self._allow_ungated())
             meta = read_bundle_meta(self.resolved.bundle)
             embedder = ClipEmbedder.from_bundle(self.resolved.bundle)
+            self.text_limit = bundle_text_limit(self.resolved.bundle, embedder.tokenizer)
         else:
+            # the predictor still refuses a prompt longer than its model reads
             log.warning("transformer without a model URI: no CLIP concept matching for prompts or images")
         self.cfg = self._make_config(meta)
         self.info = self._model_info(meta)

@@ -8,12 +8,13 @@ client works against an Easel server:
 
 Request fields: prompt (required), model (the served name, optional), n, size, response_format
 (only "b64_json": this server keeps no image store to link to), seed, user, quality and style
-(accepted and ignored: the Shapes models have one quality and one style), and the Easel extra
+(OpenAI's values only, checked, then ignored: the Shapes models have one quality and one style;
+quality: standard, hd, auto, low, medium, high; style: vivid, natural), and the Easel extra
 `rewrite` (false keeps the prompt as given; the header x-easel-rewrite: false does the same).
 Unknown fields are refused, so a typo is never silently dropped.
 
-Answer: {"created", "data": [{"b64_json", "revised_prompt"}...], "model", "model_version",
-"seed"}. An image withheld by the image safety check keeps its place with "b64_json": null and
+Answer: {"created", "data": [{"b64_json", "revised_prompt", "rewrite_note"?}...], "model",
+"model_version", "seed"}; rewrite_note (as V1's) says why the prompt went as written. An image withheld by the image safety check keeps its place with "b64_json": null and
 "withheld": {"policy", "reason"}. Errors use OpenAI's shape
 {"error": {"message", "type", "param", "code"}}; a refused prompt is a 400 with code
 "content_policy_violation", as OpenAI's API answers.
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Optional
+from typing import Callable, Literal, Optional
 
 import orjson
 from fastapi import FastAPI, Request
@@ -34,7 +35,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, ValidationError
 
 from model_code.serve.records import (ImageRequest, ServeError, b64, check_n, check_prompt, check_seed, check_size,
-                                      rewrite_opt_out)
+                                      is_json, rewrite_opt_out)
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,9 @@ class ImagesRequest(BaseModel):
     response_format: Optional[StrictStr] = None
     seed: Optional[StrictInt] = None
     user: Optional[StrictStr] = None
-    quality: Optional[StrictStr] = None
-    style: Optional[StrictStr] = None
+    # OpenAI's values (dall-e-3 and gpt-image); checked so a client's typo is not silently dropped
+    quality: Optional[Literal["standard", "hd", "auto", "low", "medium", "high"]] = None
+    style: Optional[Literal["vivid", "natural"]] = None
     rewrite: Optional[StrictBool] = None
 
 
@@ -59,6 +61,7 @@ class ImageItem(BaseModel):
     b64_json: Optional[str] = None
     revised_prompt: str
     withheld: Optional[dict] = None
+    rewrite_note: Optional[str] = None
 
 
 class ImagesResponse(BaseModel):
@@ -93,7 +96,7 @@ def _validation_error(e: ValidationError) -> ServeError:
 def parse_request(body: bytes, content_type: str, cfg: dict, served_name: str,
                   headers: dict | None = None) -> ImageRequest:
     """The body -> the one ImageRequest it asks for (validated: a 4xx ServeError names the field)."""
-    if "json" not in (content_type or "").lower():
+    if not is_json(content_type):
         raise ServeError(415, "the request body must be JSON (Content-Type: application/json)",
                          "unsupported_media_type")
     try:
@@ -125,7 +128,7 @@ def register_openai_route(app: FastAPI, get_model: Callable[[], object]) -> None
         model = get_model()
         body = await request.body()   # outside the try: a body over the limit is the middleware's 413
         try:
-            if not getattr(model, "ready", False):
+            if not await model.healthy():
                 raise ServeError(503, f"model {model.name} is not ready", "model_not_ready")
             headers = dict(request.headers.items())
             req = parse_request(body, headers.get("content-type", ""), model.cfg, model.name, headers)
@@ -135,11 +138,16 @@ def register_openai_route(app: FastAPI, get_model: Callable[[], object]) -> None
         except Exception:  # a bug, not the client's fault: logged with its traceback
             log.exception("image generation failed")
             return error_response(500, "the server failed to generate the images", "server_error")
-        data = [ImageItem(b64_json=b64(o.png), revised_prompt=res.request.generation_prompt, withheld=o.withheld)
+        data = [ImageItem(b64_json=b64(o.png), revised_prompt=res.request.generation_prompt, withheld=o.withheld,
+                          rewrite_note=res.request.rewrite_note or None)
                 for o in res.images]
         out = ImagesResponse(created=int(time.time()), data=data, model=str(info.get("name") or model.name),
                              model_version=str(info.get("version") or ""), seed=res.seed)
-        return JSONResponse(out.model_dump(exclude_none=False))
+        body = out.model_dump(exclude_none=False)
+        for item in body["data"]:   # present only when there is a note, as in V1
+            if item["rewrite_note"] is None:
+                del item["rewrite_note"]
+        return JSONResponse(body)
 
     app.add_api_route(ROUTE, images_generations, methods=["POST"], response_model=None,
                       name="images_generations")

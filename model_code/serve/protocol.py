@@ -10,17 +10,23 @@ Wire formats
    -> {"predictions": [{"prompt", "revised_prompt", "seed", "size", "rewrite_note"?,
                         "images": [{"b64_json", "clip_score"} |
                                    {"b64_json": null, "clip_score", "withheld": {"policy", "reason"}}]}],
-       "model": {"name", "version", "recipe", "dataset_version"}}
+       "model": {"name", "version", "recipe", "dataset_version", "gate", "safety"}}
   V2  POST /v2/models/NAME/infer, inputs: "prompt" BYTES [B] (required); "n", "seed" INT* and
       "size" BYTES ("" = the default) and "rewrite" BOOL, each [1] (all prompts) or [B]
+      (V2_INPUTS; GET /v2/models/NAME lists them). Parameters: only what KServe/Triton clients
+      send (request: binary_data_output; input: binary_data_size; output: binary_data); any
+      other key is refused, as V1 and OpenAI refuse unknown fields. "outputs" may name only
+      V2_OUTPUTS (checked before anything is generated).
    -> outputs: "image" BYTES [I] (base64 PNG, "" when withheld), "prompt_index" INT32 [I],
       "clip_score" FP32 [I], "withheld" BYTES [I] ("" or "policy: reason"),
-      "revised_prompt" BYTES [B], "seed" INT64 [B]
+      "revised_prompt" BYTES [B], "seed" INT64 [B], "rewrite_note" BYTES [B] ("" or V1's
+      rewrite_note)
   The OpenAI route (openai_route.py) parses its own format into the same ImageRequests and
   calls the same request path (EaselModel.serve) once.
 
 "rewrite_note" says why a prompt went to the model as written instead of rewritten (a word the
-Shapes world has no meaning for, a prompt it cannot satisfy); absent when the rewrite succeeded.
+Shapes world has no meaning for, a negation or comparison a rewrite would contradict, a prompt it
+cannot satisfy), or names the words a successful rewrite left out ("next"); absent otherwise.
 
 Withheld images keep their place in the answer, with no image and the policy and reason, so a
 client always sees n entries per prompt and knows why one is missing.
@@ -108,14 +114,51 @@ def _flat(inp) -> list:
     return vals
 
 
-_V2_TYPES = {"prompt": ("BYTES",), "size": ("BYTES",), "rewrite": ("BOOL",),
-             "n": ("INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"),
-             "seed": ("INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64")}
+_INTS = ("INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64")
+_V2_TYPES = {"prompt": ("BYTES",), "size": ("BYTES",), "rewrite": ("BOOL",), "n": _INTS, "seed": _INTS}
+# the V2 model metadata (GET /v2/models/NAME): B prompts; -1 = variable; n, seed, size and
+# rewrite take 1 value (for all prompts) or B; INT64 stands for any integer type
+V2_INPUTS = ({"name": "prompt", "datatype": "BYTES", "shape": [-1]},
+             {"name": "n", "datatype": "INT64", "shape": [-1]},
+             {"name": "seed", "datatype": "INT64", "shape": [-1]},
+             {"name": "size", "datatype": "BYTES", "shape": [-1]},
+             {"name": "rewrite", "datatype": "BOOL", "shape": [-1]})
+V2_OUTPUTS = ({"name": "image", "datatype": "BYTES", "shape": [-1]},
+              {"name": "prompt_index", "datatype": "INT32", "shape": [-1]},
+              {"name": "clip_score", "datatype": "FP32", "shape": [-1]},
+              {"name": "withheld", "datatype": "BYTES", "shape": [-1]},
+              {"name": "revised_prompt", "datatype": "BYTES", "shape": [-1]},
+              {"name": "seed", "datatype": "INT64", "shape": [-1]},
+              {"name": "rewrite_note", "datatype": "BYTES", "shape": [-1]})
+# parameters KServe's and Triton's clients send (binary tensors); anything else is refused
+_V2_PARAMETERS = {"request": ("binary_data_output",), "input": ("binary_data_size",), "output": ("binary_data",)}
+
+
+def _check_parameters(params, where: str, kind: str) -> None:
+    if not params:
+        return
+    if not isinstance(params, dict):
+        raise bad_request(where, f"must be an object, got {type(params).__name__}")
+    unknown = [k for k in params if k not in _V2_PARAMETERS[kind]]
+    if unknown:
+        raise bad_request(f"{where}.{unknown[0]}"[:120], f"unknown parameter; accepted: {', '.join(_V2_PARAMETERS[kind])}")
+
+
+def _check_requested_outputs(req: InferRequest) -> None:
+    known = [o["name"] for o in V2_OUTPUTS]
+    for i, out in enumerate(req.request_outputs or []):
+        if out.name not in known:
+            raise bad_request(f"outputs[{i}].name", f"unknown output {str(out.name)[:60]!r}; "
+                                                    f"this model returns {', '.join(known)}")
+        _check_parameters(out.parameters, f"outputs[{i}].parameters", "output")
 
 
 def parse_v2(req: InferRequest, cfg: dict, headers: dict | None) -> list[ImageRequest]:
+    _check_parameters(req.parameters, "parameters", "request")
+    _check_requested_outputs(req)
     inputs = {}
     for inp in req.inputs:
+        _check_parameters(inp.parameters, f"inputs.{inp.name}.parameters"[:80], "input")
         if inp.name not in _V2_TYPES:
             raise bad_request(f"inputs.{inp.name}"[:80], f"unknown input; expected {', '.join(_V2_TYPES)}")
         if inp.datatype not in _V2_TYPES[inp.name]:
@@ -189,7 +232,8 @@ def encode_v2(results: list[ImageResult], state: Envelope, name: str, info: dict
             InferOutput("clip_score", [len(scores)], "FP32", scores),
             InferOutput("withheld", [len(withheld)], "BYTES", withheld),
             InferOutput("revised_prompt", [len(results)], "BYTES", [r.request.generation_prompt for r in results]),
-            InferOutput("seed", [len(results)], "INT64", [r.seed if r.seed is not None else -1 for r in results])]
+            InferOutput("seed", [len(results)], "INT64", [r.seed if r.seed is not None else -1 for r in results]),
+            InferOutput("rewrite_note", [len(results)], "BYTES", [r.request.rewrite_note for r in results])]
     return InferResponse(response_id=state.request_id or "", model_name=name, infer_outputs=outs,
                          model_version=info.get("version"), use_binary_outputs=state.binary_outputs,
                          requested_outputs=state.requested_outputs)

@@ -41,11 +41,12 @@ class ImageRequest:
     prompt: str
     n: int = 1
     seed: int | None = None
+    seed_drawn: bool = False         # the server drew `seed` (the client sent none)
     size: int | None = None          # side in pixels; None = the predictor's default
     rewrite: bool = True
     revised_prompt: str | None = None
     rewrite_source: str = ""
-    rewrite_note: str = ""           # why a prompt was kept as written ("no word for: teal"), or ""
+    rewrite_note: str = ""           # why a prompt was kept as written ("no word for: teal"), the words a rewrite left out, or ""
 
     @property
     def generation_prompt(self) -> str:
@@ -144,6 +145,17 @@ def check_bool(v, param: str) -> bool | None:
     if v is None or isinstance(v, (bool, np.bool_)):
         return None if v is None else bool(v)
     raise bad_request(param, f"must be true or false, got {v!r}"[:200])
+
+
+def media_type(content_type: str | None) -> str:
+    """A Content-Type's media type as compared: parameters dropped, lower case, no spaces
+    ("Application/JSON; charset=utf-8" -> "application/json")."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def is_json(content_type: str | None) -> bool:
+    mt = media_type(content_type)
+    return mt == "application/json" or (mt.startswith("application/") and mt.endswith("+json"))
 
 
 def rewrite_opt_out(headers: dict | None) -> bool:

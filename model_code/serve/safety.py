@@ -7,15 +7,21 @@ to any concept reaches the threshold is refused / withheld. Cheaper exact checks
 prompts: a word blocklist and regular expressions.
 
 Cosine similarities mean different things in different CLIPs (a CLIP trained only on Shapes puts
-"a red circle" at 0.93 from "self-harm"), so a threshold of "auto" (the default) is calibrated at
+"a red circle" at 0.99 from "self-harm"), so a threshold of "auto" (the default) is calibrated at
 start-up: the highest similarity any benign reference reaches (Shapes-world captions and renders,
-everyday phrases) plus a margin, so that none of them is refused. A CLIP that cannot separate the
-concepts from benign references then refuses only near-verbatim concepts, and says so in the log.
+everyday phrases) plus a margin, so that none of them is refused. When there is no such margin
+(a benign reference within the margin of a similarity of 1), or, for images, when benign renders
+are not nearer their own captions than the unsafe concepts, this CLIP cannot tell the concepts from
+benign content: its concept matching is switched off (one warning in the log; `Safety.status` and
+the model's info say so), and the concept phrases themselves are matched like blocklist phrases
+instead, so a prompt that names one verbatim is still refused. The blocklist and patterns apply
+whatever the CLIP.
 
 Policy codes (the `policy` of a Verdict, also the label of the refusal metrics):
     prompt.blocklist   a blocklisted word or phrase
     prompt.pattern     a configured regular expression matched
-    prompt.concept     close to an unsafe concept in CLIP text space
+    prompt.concept     close to an unsafe concept in CLIP text space (or, with concept matching
+                       off for this CLIP, naming one)
     image.concept      a generated image close to an unsafe concept in CLIP image-text space
 
     safety = Safety(cfg["safety"], ClipEmbedder(tokenizer, clip))
@@ -55,22 +61,35 @@ def benign_prompts(n: int = 48, seed: int = 0) -> list[str]:
 
 def benign_images(n: int = 16, seed: int = 0) -> list[Image.Image]:
     """Benign reference images for calibration: Shapes-world renders of seeded random scenes."""
+    return [im for im, _ in benign_renders(n, seed)]
+
+
+def benign_renders(n: int = 16, seed: int = 0) -> list[tuple[Image.Image, str]]:
+    """benign_images with the short caption of each (what a user would have asked for)."""
     from model_code.data import shapes
     rng = random.Random(seed)
-    return [shapes.render(shapes.sample_scene(rng, 64)) for _ in range(n)]
+    scenes = [shapes.sample_scene(rng, 64) for _ in range(n)]
+    return [(shapes.render(sc), shapes.short_caption(sc)) for sc in scenes]
 
 
-def _calibrated(reference: torch.Tensor, margin: float, what: str) -> float:
-    """The "auto" threshold from (R, C) similarities of benign references to the concepts."""
+OFF = 1.01   # a threshold above any cosine similarity: concept matching off
+
+
+def _calibrated(reference: torch.Tensor, margin: float, what: str,
+                separation: torch.Tensor | None = None) -> tuple[float, str]:
+    """The "auto" threshold from (R, C) similarities of benign references to the concepts, and
+    why concept matching is off ("" when it is on). separation: (R,) how much nearer each benign
+    reference is to what it shows (its caption) than to the nearest concept; a reference that is
+    not nearer by the margin means this CLIP's similarities say nothing about the concepts."""
     top = float(reference.max())
-    t = min(top + margin, AUTO_CAP)
     if top + margin > AUTO_CAP:
-        log.warning("safety: this CLIP puts a benign %s at similarity %.3f to an unsafe concept: %s concept "
-                    "matching refuses only near-verbatim concepts (threshold %.3f); the exact checks still apply",
-                    what, top, what, t)
-    else:
-        log.info("safety: %s concept threshold calibrated to %.3f (benign references reach %.3f)", what, t, top)
-    return t
+        return OFF, (f"this CLIP puts a benign {what} at similarity {top:.3f} to an unsafe concept, "
+                     f"within the margin {margin:g} of a verbatim match")
+    if separation is not None and float(separation.min()) < margin:
+        return OFF, (f"this CLIP puts a benign {what} nearer an unsafe concept than its own caption "
+                     f"(by {-float(separation.min()):.3f}), so its concept similarities carry no signal")
+    log.info("safety: %s concept threshold calibrated to %.3f (benign references reach %.3f)", what, top + margin, top)
+    return top + margin, ""
 
 
 @dataclass(frozen=True)
@@ -86,14 +105,32 @@ class Verdict:
 
 ALLOWED = Verdict(True)
 
-# characters people insert to dodge word lists: zero-width spaces/joiners, soft hyphen, BOM
-_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\u00ad\ufeff"), None)
+
+def _phrase(words: str) -> re.Pattern:
+    """A blocklisted word or phrase (normalised) as a whole-word regex that also takes its plural."""
+    parts = [t for t in re.split(r"[\W_]+", words) if t]
+    # "_" separates words here ("gore_fest"), though \w counts it a letter
+    return re.compile(r"(?<![^\W_])" + r"[\W_]+".join(map(re.escape, parts)) + r"(?:e?s)?(?![^\W_])")
+
+
+# characters people insert to dodge word lists: zero-width spaces/joiners, invisible operators,
+# the Mongolian vowel separator, soft hyphen, BOM
+_INVISIBLE = set("\u200b\u200c\u200d\u2060\u2061\u2062\u2063\u2064\u180e\u00ad\ufeff")
+
+
+def _hidden(ch: str) -> bool:
+    # combining marks (accents, strike-through U+0336, the grapheme joiner U+034F), variation
+    # selectors and tag characters decorate a letter without changing the word it spells
+    return (ch in _INVISIBLE or unicodedata.category(ch) in ("Mn", "Me")
+            or "\ufe00" <= ch <= "\ufe0f" or "\U000e0000" <= ch <= "\U000e007f")
 
 
 def normalize(text: str) -> str:
-    """NFKC (fullwidth and styled letters -> plain), invisible characters removed, casefolded,
-    whitespace collapsed: what the word and pattern checks read."""
-    text = unicodedata.normalize("NFKC", text).translate(_INVISIBLE).casefold()
+    """NFKC (fullwidth and styled letters -> plain), accents and other combining marks and
+    invisible characters removed, casefolded, whitespace collapsed: what the word, pattern and
+    concept checks read."""
+    text = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", text))
+    text = unicodedata.normalize("NFC", "".join(ch for ch in text if not _hidden(ch))).casefold()
     return " ".join(text.split())
 
 
@@ -150,29 +187,53 @@ class Safety:
     def __init__(self, cfg: dict, embedder: ClipEmbedder | None):
         self.cfg = cfg
         words = [normalize(w) for w in cfg.get("blocklist") or []]
-        # whole words/phrases only ("gore" must not refuse "Gorey Street"); phrases match across
-        # any run of whitespace or punctuation
-        self._blocklist = [(w, re.compile(r"(?<!\w)" + r"[\W_]+".join(map(re.escape, w.split())) + r"(?!\w)"))
-                           for w in words if w]
+        # whole words/phrases only ("gore" must not refuse "Gorey Street"), and their plurals
+        # ("nudes"); phrases match across any run of whitespace or punctuation
+        self._blocklist = [(w, _phrase(w)) for w in words if w]
         self._patterns = [(re.compile(p["pattern"], re.IGNORECASE), p["reason"]) for p in cfg.get("patterns") or []]
         self.embedder = embedder
         self.prompt_concepts = list(cfg.get("prompt_concepts") or [])
         self.image_concepts = list(cfg.get("image_concepts") or [])
-        auto = {k: cfg.get(k, 1.01) == "auto" for k in ("prompt_threshold", "image_threshold")}
-        # "auto" without a CLIP: off (1.01) until calibrated below
-        self.prompt_threshold = 1.01 if auto["prompt_threshold"] else float(cfg.get("prompt_threshold", 1.01))
-        self.image_threshold = 1.01 if auto["image_threshold"] else float(cfg.get("image_threshold", 1.01))
+        auto = {k: cfg.get(k, OFF) == "auto" for k in ("prompt_threshold", "image_threshold")}
+        # "auto" without a CLIP: off until calibrated below
+        self.prompt_threshold = OFF if auto["prompt_threshold"] else float(cfg.get("prompt_threshold", OFF))
+        self.image_threshold = OFF if auto["image_threshold"] else float(cfg.get("image_threshold", OFF))
         margin = float(cfg.get("calibration_margin", 0.02))
+        # policy -> why concept matching is off for this CLIP (calibration found no margin)
+        self.disabled: dict[str, str] = {}
         self._prompt_emb = self._image_emb = None
         if embedder is not None:   # concepts are embedded once, at start-up
             if self.prompt_concepts:
-                self._prompt_emb = embedder.embed_texts(self.prompt_concepts)   # (C, D)
+                self._prompt_emb = embedder.embed_texts([normalize(c) for c in self.prompt_concepts])   # (C, D)
                 if auto["prompt_threshold"]:
-                    self.prompt_threshold = _calibrated(self.prompt_similarities(benign_prompts()), margin, "prompt")
+                    self.prompt_threshold, why = _calibrated(self.prompt_similarities(benign_prompts()), margin,
+                                                             "prompt")
+                    self._disable("prompt.concept", why)
             if self.image_concepts:
-                self._image_emb = embedder.embed_texts(self.image_concepts)     # (C', D)
+                self._image_emb = embedder.embed_texts([normalize(c) for c in self.image_concepts])   # (C', D)
                 if auto["image_threshold"]:
-                    self.image_threshold = _calibrated(self.image_similarities(benign_images()), margin, "image")
+                    renders = benign_renders()
+                    img = embedder.embed_images([im for im, _ in renders])
+                    concept = img @ self._image_emb.T                                           # (R, C')
+                    own = (img * embedder.embed_texts([c for _, c in renders])).sum(-1)          # (R,)
+                    self.image_threshold, why = _calibrated(concept, margin, "image",
+                                                            own - concept.max(dim=1).values)
+                    self._disable("image.concept", why)
+        # with prompt concept matching off, a prompt that names a concept is still refused
+        self._concept_phrases = ([(c, _phrase(normalize(c))) for c in self.prompt_concepts]
+                                 if "prompt.concept" in self.disabled else [])
+
+    def _disable(self, policy: str, why: str) -> None:
+        if why:
+            self.disabled[policy] = why
+            log.warning("safety: %s matching is off for this model: %s (the blocklist and patterns still "
+                        "apply%s)", policy, why,
+                        ", and prompts naming a concept are refused" if policy == "prompt.concept" else "")
+
+    @property
+    def status(self) -> str:
+        """One line for the model's info: which concept checks are off and why."""
+        return "; ".join(f"{p} off: {why}" for p, why in self.disabled.items()) or "all checks on"
 
     # -------------------------------------------------------------- prompts
     def check_prompt_text(self, prompt: str) -> Verdict:
@@ -182,15 +243,20 @@ class Safety:
             if rx.search(text):
                 return Verdict(False, "prompt.blocklist", f"the prompt contains the blocked term {word!r}")
         for rx, reason in self._patterns:
-            if rx.search(text) or rx.search(prompt):
+            if rx.search(text) or (text != prompt and rx.search(prompt)):
                 return Verdict(False, "prompt.pattern", f"the prompt contains {reason}")
+        for concept, rx in self._concept_phrases:
+            if rx.search(text):
+                return Verdict(False, "prompt.concept", f"the prompt names the unsafe concept {concept!r} "
+                                                        f"(this model's CLIP cannot match concepts by similarity)")
         return ALLOWED
 
     def check_prompts(self, prompts: Sequence[str]) -> list[Verdict]:
         verdicts = [self.check_prompt_text(p) for p in prompts]
         todo = [i for i, v in enumerate(verdicts) if v.allowed]
         if todo and self._prompt_emb is not None and self.prompt_threshold <= 1.0:
-            sims = self.embedder.embed_texts([prompts[i] for i in todo]) @ self._prompt_emb.T   # (P, C)
+            # the normalised text: spacing or styled letters must not move a prompt in CLIP space
+            sims = self.prompt_similarities([prompts[i] for i in todo])   # (P, C)
             for row, i in zip(sims, todo):
                 verdicts[i] = self._concept_verdict(row, self.prompt_concepts, self.prompt_threshold,
                                                     "prompt.concept", "the prompt")
@@ -217,8 +283,8 @@ class Safety:
         return self.embedder.embed_images(images) @ self._image_emb.T
 
     def prompt_similarities(self, prompts: Sequence[str]) -> torch.Tensor:
-        """(P, C) cosine similarity of each prompt to each prompt concept (for calibration)."""
-        return self.embedder.embed_texts(list(prompts)) @ self._prompt_emb.T
+        """(P, C) cosine similarity of each (normalised) prompt to each prompt concept."""
+        return self.embedder.embed_texts([normalize(p) for p in prompts]) @ self._prompt_emb.T
 
     @staticmethod
     def _concept_verdict(row: torch.Tensor, concepts: list[str], threshold: float, policy: str,

@@ -17,6 +17,7 @@ predictor at predictor_host, which it calls over V1 or V2).
 from __future__ import annotations
 
 import logging
+import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -29,13 +30,13 @@ from fastapi.responses import JSONResponse
 from kserve import errors as kerrors
 from kserve.model_repository import ModelRepository
 from kserve.protocol.dataplane import DataPlane
-from kserve.protocol.model_repository_extension import ModelRepositoryExtension
+from kserve.protocol.infer_type import InferRequest
 from kserve.protocol.rest.v1_endpoints import register_v1_endpoints
 from kserve.protocol.rest.v2_endpoints import register_v2_endpoints
 
 from model_code.serve.metrics import MetricsMiddleware, ServeMetrics
 from model_code.serve.model import EaselModel, EaselTransformer
-from model_code.serve.records import ServeError
+from model_code.serve.records import ServeError, media_type
 from model_code.serve.openai_route import ROUTE as OPENAI_ROUTE, register_openai_route
 
 log = logging.getLogger(__name__)
@@ -46,15 +47,46 @@ ROLES = ("predictor", "transformer")
 class _ClientSafeDataPlane(DataPlane):
     """KServe's data plane, with every failure to *decode* a request reported as the client's
     (400): KServe turns e.g. a non-numeric inference-header-content-length or a binary V2 body
-    without "inputs" into a ValueError / KeyError, which its handlers answer with a 500."""
+    without "inputs" into a ValueError / KeyError, a BYTES length prefix past its data into a
+    struct.error and invalid UTF-8 in a binary BYTES tensor into an InferenceError, which its
+    handlers answer with a 500. Server readiness is the models' readiness (KServe's is always
+    true outside a transformer)."""
 
     def decode(self, body, headers, *args, **kwargs):
+        if headers and "content-type" in headers:
+            # KServe compares the raw header with "application/json": parameters and case differ
+            # legally ("application/json; charset=utf-8", "Application/JSON")
+            headers = {**headers, "content-type": media_type(headers["content-type"])}
         try:
-            return super().decode(body, headers, *args, **kwargs)
+            decoded = super().decode(body, headers, *args, **kwargs)
+            if isinstance(body, (bytes, bytearray)) and isinstance(decoded[0], InferRequest):
+                _check_binary_sizes(body, headers)
+            return decoded
         except kerrors.InvalidInput:
             raise
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError, UnicodeDecodeError) as e:
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError, UnicodeDecodeError, OverflowError,
+                struct.error, kerrors.InferenceError) as e:
             raise kerrors.InvalidInput(f"malformed request: {type(e).__name__}: {e}"[:500]) from None
+
+    async def ready(self) -> bool:
+        models = self.model_registry.get_models().values()
+        return bool(models) and all([await m.healthy() for m in models]) and await super().ready()
+
+    def metadata(self):
+        # the model repository extension is not served here (_close_repository_api)
+        return {**super().metadata(), "extensions": []}
+
+
+def _check_binary_sizes(body: bytes, headers: dict) -> None:
+    """KServe slices each binary input by its binary_data_size without comparing the sum with
+    the body: a size past the end reads short, extra bytes are ignored. Both are refused."""
+    import orjson
+    n = int(headers["inference-header-content-length"])
+    declared = sum(int((i.get("parameters") or {}).get("binary_data_size") or 0)
+                   for i in orjson.loads(body[:n])["inputs"] if i.get("data") is None)
+    if declared != len(body) - n:
+        raise kerrors.InvalidInput(f"malformed request: the inputs' binary_data_size add up to {declared} bytes, "
+                                   f"but {len(body) - n} bytes follow the JSON header")
 
 
 class BodyLimitMiddleware:
@@ -143,6 +175,24 @@ def _error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, kerrors.generic_exception_handler)
 
 
+REPOSITORY_PREFIX = "/v2/repository"
+
+
+def _close_repository_api(app: FastAPI) -> None:
+    """KServe registers the V2 model-repository API (index, load, unload) with its endpoints; here
+    any client could unload the served model. A served model is fixed by its deployment (a new
+    version is a new rollout), so the whole prefix answers 403. Called before KServe's endpoints
+    are registered: the first route that matches answers, so theirs are never reached."""
+
+    async def refused(path: str) -> JSONResponse:
+        return JSONResponse({"error": "the model repository API (load, unload, index) is disabled: the served "
+                                      "model is fixed by its deployment", "code": "forbidden", "param": None},
+                            status_code=403)
+
+    app.add_api_route(REPOSITORY_PREFIX + "{path:path}", refused,
+                      methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+
+
 def build_app(model: EaselModel, metrics: ServeMetrics) -> FastAPI:
     """A FastAPI app serving one loaded model: /, /metrics, V1, V2, /v1/images/generations."""
     app = FastAPI(title="Easel model server", docs_url=None, redoc_url=None, openapi_url=None,
@@ -150,7 +200,6 @@ def build_app(model: EaselModel, metrics: ServeMetrics) -> FastAPI:
     repo = ModelRepository()
     repo.update(model)
     dataplane = _ClientSafeDataPlane(model_registry=repo)
-    ext = ModelRepositoryExtension(model_registry=repo)
 
     async def metrics_endpoint() -> Response:
         body, ctype = metrics.exposition()
@@ -158,8 +207,9 @@ def build_app(model: EaselModel, metrics: ServeMetrics) -> FastAPI:
 
     app.add_api_route("/", dataplane.live, methods=["GET"])
     app.add_api_route("/metrics", metrics_endpoint, methods=["GET"])
-    register_v1_endpoints(app, dataplane, ext)
-    register_v2_endpoints(app, dataplane, ext)
+    _close_repository_api(app)
+    register_v1_endpoints(app, dataplane, None)
+    register_v2_endpoints(app, dataplane, None)
     register_openai_route(app, lambda: model)
     _error_handlers(app)
     # outermost first: every request is counted, even one refused for its size

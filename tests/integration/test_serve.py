@@ -211,7 +211,7 @@ def test_concurrent_requests_are_batched(server, monkeypatch):
 
 def test_queue_full_answers_503_and_recovers(bundle, tmp_path_factory):
     # one waiting request fills the queue; the batch window holds it there for 2.5 s
-    srv = start_in_thread(bundle, name=MODEL, config=server_config(tmp_path_factory, queue_size=1,
+    srv = start_in_thread(bundle, name=MODEL, config=server_config(tmp_path_factory, queue_size=1, max_instances=1,
                                                                    batch_window_ms=2500.0))
     try:
         url = f"{srv.base_url}/v1/models/{MODEL}:predict"
@@ -227,6 +227,81 @@ def test_queue_full_answers_503_and_recovers(bundle, tmp_path_factory):
             assert first.result().status_code == 200
         assert metric(srv.base_url, "easel_queue_rejections_total") == 1
         assert httpx.post(url, json={"instances": ["a red circle"]}, timeout=120).status_code == 200
+    finally:
+        srv.stop()
+
+
+def test_the_reported_seed_of_an_unseeded_request_reproduces_it(server):
+    """The server draws the seed before rewriting: sending the reported seed back gives the same
+    revised prompt and the same pixels (on an idle server the request ran alone)."""
+    url = f"{server.base_url}/v1/models/{MODEL}:predict"
+    first = httpx.post(url, json={"instances": [{"prompt": "two yellow crosses", "n": 2}]}, timeout=120).json()
+    p = first["predictions"][0]
+    again = httpx.post(url, json={"instances": [{"prompt": "two yellow crosses", "n": 2, "seed": p["seed"]}]},
+                       timeout=120).json()["predictions"][0]
+    assert again["seed"] == p["seed"] and again["revised_prompt"] == p["revised_prompt"] != "two yellow crosses"
+    assert all(np.array_equal(pixels(a["b64_json"]), pixels(b["b64_json"])) for a, b in zip(p["images"], again["images"]))
+
+
+def test_a_rewrite_longer_than_the_model_reads_is_not_used(server, monkeypatch):
+    """The prompt limit is the generator's (generate.TextLimit): a rewrite over it leaves the
+    prompt as written, with a note on every protocol; a prompt over it is a 400 naming both counts."""
+    from model_code.generate import TextLimit
+    tok = server.model.generator.tokenizer
+    monkeypatch.setattr(server.model, "text_limit", TextLimit(tok, 12))    # 10 prompt tokens
+    prompt = "two yellow crosses"
+    assert tok.count_tokens(prompt) <= 10
+    v1 = httpx.post(f"{server.base_url}/v1/models/{MODEL}:predict", json={"instances": [prompt]}, timeout=120).json()
+    p = v1["predictions"][0]
+    assert p["revised_prompt"] == prompt and "at most 10 tokens" in p["rewrite_note"]
+    oai = httpx.post(f"{server.base_url}/v1/images/generations", json={"prompt": prompt}, timeout=120).json()
+    assert oai["data"][0]["revised_prompt"] == prompt and "at most 10 tokens" in oai["data"][0]["rewrite_note"]
+    v2 = httpx.post(f"{server.base_url}/v2/models/{MODEL}/infer", timeout=120, json={
+        "inputs": [{"name": "prompt", "shape": [1], "datatype": "BYTES", "data": [prompt]}]}).json()
+    outs = {o["name"]: o["data"] for o in v2["outputs"]}
+    assert outs["revised_prompt"] == [prompt] and "at most 10 tokens" in outs["rewrite_note"][0]
+    long = "a red circle and a blue square and a green star"
+    k = tok.count_tokens(long)
+    assert k > 10
+    r = httpx.post(f"{server.base_url}/v1/images/generations", json={"prompt": long}, timeout=60)
+    assert r.status_code == 400 and f"is {k} tokens long" in r.json()["error"]["message"]
+    assert "at most 10 tokens" in r.json()["error"]["message"] and r.json()["error"]["param"] == "prompt"
+
+
+def test_the_limit_of_a_dalle_generator_is_its_transformer_text_length(tmp_path_factory):
+    """DALL-E's transformer reads text_len positions (fewer than the tokenizer's): that is the
+    limit its server and a transformer role in front of it enforce, read from the bundle alone."""
+    from model_code.generate import Generator, bundle_text_limit
+    from tests.bundles import tiny_bundle
+    root = tmp_path_factory.mktemp("dalle-limit")
+    path = tiny_bundle(str(root), "dalle", overrides={"transformer": {"text_len": 24}}, candidates=1)
+    gen = Generator.load(path)
+    assert gen.text_limit.positions == 24 and gen.text_limit.max_tokens == 22
+    assert bundle_text_limit(path, gen.tokenizer).positions == 24
+    assert gen.encode_text(["a red circle"])[0].shape[1] == 24
+    assert gen.text_limit.refusal("a red circle") is None and "at most 22 tokens" in gen.text_limit.refusal("red " * 30)
+
+
+def test_a_request_refused_by_a_full_queue_leaves_nothing_queued(bundle, tmp_path_factory):
+    """A request of several prompts is queued whole or not at all: a 503 leaves none of its
+    prompts waiting or generating."""
+    srv = start_in_thread(bundle, name=MODEL, config=server_config(tmp_path_factory, queue_size=2, max_instances=2,
+                                                                   batch_window_ms=2500.0))
+    try:
+        url = f"{srv.base_url}/v1/models/{MODEL}:predict"
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            first = pool.submit(httpx.post, url, json={"instances": ["a red circle"]}, timeout=120)
+            while srv.model.batcher.depth == 0:
+                assert not first.done(), first.result().text
+                time.sleep(0.005)
+            # two seeded prompts (each would run alone): one place is left
+            r = httpx.post(url, json={"instances": [{"prompt": "a blue square", "seed": 1},
+                                                    {"prompt": "a green star", "seed": 2}]}, timeout=60)
+            assert r.status_code == 503 and "needs 2 places" in r.json()["error"]
+            assert srv.model.batcher.depth == 1
+            assert first.result().status_code == 200
+        time.sleep(0.3)
+        assert srv.model.batcher.calls == 1 and srv.model.batcher.depth == 0
     finally:
         srv.stop()
 
@@ -410,7 +485,7 @@ def test_serve_config_layers_and_errors(monkeypatch, tmp_path):
     assert cfg["max_n"] == 2 and cfg["rewrite"]["enabled"] is True
     monkeypatch.setenv("EASEL_SERVE_MAX_N", "3")
     f = tmp_path / "serve.yaml"
-    f.write_text("serve:\n  queue_size: 5\n  safety: {blocklist: [forbidden]}\n")
+    f.write_text("serve:\n  queue_size: 5\n  max_instances: 4\n  safety: {blocklist: [forbidden]}\n")
     monkeypatch.setenv("EASEL_SERVE_CONFIG", str(f))
     cfg = serve_config("tiny")
     assert (cfg["max_n"], cfg["queue_size"], cfg["safety"]["blocklist"]) == (3, 5, ["forbidden"])
@@ -418,6 +493,7 @@ def test_serve_config_layers_and_errors(monkeypatch, tmp_path):
                        ({"safety": {"patterns": ["("]}}, "patterns[0]"), ({"typo": 1}, "typo"),
                        ({"provenance": {"cert_chain": "/nope.pem", "key": "/nope.key"}}, "cert_chain"),
                        ({"provenance": {"cert_chain": "/nope.pem"}}, "set both"),
+                       ({"max_instances": 32, "queue_size": 8}, "serve.max_instances .32. is larger than serve.queue_size"),
                        ({"rewrite": {"url": "http://x"}}, "rewrite.model")]:
         with pytest.raises(ValueError, match=field.replace("[", r"\[").replace("]", r"\]")):
             serve_config("tiny", overrides=bad)

@@ -45,6 +45,19 @@ def _prompt(data, shape=None, datatype="BYTES") -> dict:
     return {"name": "prompt", "shape": shape if shape is not None else [len(data)], "datatype": datatype, "data": data}
 
 
+def _v2_binary(blob: bytes, size: int | None = None) -> dict:
+    """A binary V2 request whose one BYTES input "prompt" is `blob` (4-byte length prefixes and
+    contents), declared binary_data_size bytes long (default: all of it)."""
+    head = json.dumps({"inputs": [{"name": "prompt", "shape": [1], "datatype": "BYTES",
+                                   "parameters": {"binary_data_size": len(blob) if size is None else size}}]}).encode()
+    return _raw(head + blob, "application/octet-stream", **{"inference-header-content-length": str(len(head))})
+
+
+def _bytes_el(text: bytes, declared: int | None = None) -> bytes:
+    import struct
+    return struct.pack("<I", len(text) if declared is None else declared) + text
+
+
 # (name, path, request kwargs, expected status, a word the error must contain)
 CASES = [
     # malformed JSON / not an object
@@ -126,6 +139,37 @@ CASES = [
     ("oai form data", OAI, {"data": {"prompt": "a red circle"}}, 415, "JSON"),
     ("v2 text/plain", V2, _raw(b"a red circle", "text/plain"), 400, ""),
     ("v1 unknown model", "/v1/models/other:predict", _json({"instances": ["a"]}), 404, "other"),
+    # binary V2 tensors that do not add up
+    ("v2 binary length prefix past the data", V2, _v2_binary(_bytes_el(b"a red circle", 1000)), 400, "malformed"),
+    ("v2 binary trailing bytes", V2, _v2_binary(_bytes_el(b"a red circle") + b"\x00\x00"), 400, "malformed"),
+    ("v2 binary invalid utf-8", V2, _v2_binary(_bytes_el(b"\xff\xfe")), 400, "UTF-8"),
+    ("v2 binary size past the body", V2, _v2_binary(_bytes_el(b"a red circle"), size=10_000), 400, "binary_data_size"),
+    ("v2 binary bytes after the inputs", V2, _v2_binary(_bytes_el(b"a red circle") + b"junk", size=16), 400,
+     "binary_data_size"),
+    # V2 parameters and outputs this server does not know (V1 and OpenAI refuse unknown fields too)
+    ("v2 unknown request parameter", V2, _json({"inputs": [_prompt(["a red circle"])], "parameters": {"steps": 9999}}),
+     400, "parameters.steps"),
+    ("v2 unknown input parameter", V2, _v2({**_prompt(["a red circle"]), "parameters": {"foo": 1}}), 400, "foo"),
+    ("v2 unknown output", V2, _json({"inputs": [_prompt(["a red circle"])], "outputs": [{"name": "nope"}]}),
+     400, "nope"),
+    # OpenAI's quality and style: its values or null
+    ("oai unknown quality", OAI, _json({"prompt": "a red circle", "quality": "ultra"}), 400, "quality"),
+    ("oai unknown style", OAI, _json({"prompt": "a red circle", "style": "pastel"}), 400, "style"),
+    # longer than the model reads (the tiny tokenizer: 96 positions): refused, never truncated
+    ("oai more tokens than the model reads", OAI, _json({"prompt": "a red circle " * 40, "rewrite": False}), 400,
+     "at most 94 tokens"),
+    ("v1 more tokens than the model reads", V1, _json({"instances": ["a blue square " * 40]}), 400, "tokens"),
+    # disguises the normalisation undoes: plurals, accents and other combining marks, dotted card numbers
+    ("oai blocklisted plural", OAI, _json({"prompt": "a nudes party"}), 400, "prompt.blocklist"),
+    ("oai underscore-joined", OAI, _json({"prompt": "gore_fest"}), 400, "prompt.blocklist"),
+    ("oai combining accent", OAI, _json({"prompt": "a nu\u0301de woman"}), 400, "prompt.blocklist"),
+    ("oai strike-through", OAI, _json({"prompt": "n\u0336u\u0336d\u0336e\u0336"}), 400, "prompt.blocklist"),
+    ("oai dotted card number", OAI, _json({"prompt": "a red circle 4111.1111.1111.1111"}), 400, "prompt.pattern"),
+    ("v1 spaced-out concept", V1, _json({"instances": ["explicit  sexual   content"]}), 400, "prompt.concept"),
+    # the model repository API: a served model is fixed by its deployment
+    ("v2 repository unload", "/v2/repository/models/easel/unload", _json({}), 403, "disabled"),
+    ("v2 repository load", "/v2/repository/models/easel/load", _json({}), 403, "disabled"),
+    ("v2 repository index", "/v2/repository/index", _json({}), 403, "disabled"),
 ]
 
 
@@ -161,6 +205,76 @@ def test_declared_and_streamed_bodies_over_the_limit(server):
     chunks = (b'{"instances": ["' if i == 0 else b"a" * 10_000 for i in range(40))
     r = httpx.post(server.base_url + V1, content=chunks, headers={"content-type": "application/json"}, timeout=60)
     assert r.status_code == 413 and r.json()["code"] == "request_too_large"
+
+
+def test_the_served_model_cannot_be_unloaded(server):
+    """An unload (refused) leaves the model serving and ready on every route."""
+    r = httpx.post(f"{server.base_url}/v2/repository/models/{MODEL}/unload", json={}, timeout=10)
+    assert r.status_code == 403 and "fixed by its deployment" in r.json()["error"]
+    assert httpx.get(f"{server.base_url}/v2/health/ready", timeout=10).status_code == 200
+    assert httpx.get(f"{server.base_url}/v2/models/{MODEL}/ready", timeout=10).status_code == 200
+    r = httpx.post(server.base_url + V1, json={"instances": [{"prompt": "a red circle", "seed": 1}]}, timeout=120)
+    assert r.status_code == 200, r.text[:300]
+
+
+def test_readiness_follows_the_model(bundle_server):
+    """A stopped model (its generator queue closed) is not ready, and says so on every route
+    with a 503 rather than a 500."""
+    srv = bundle_server
+    assert httpx.get(f"{srv.base_url}/v2/health/ready", timeout=10).status_code == 200
+    srv.model.stop()
+    assert httpx.get(f"{srv.base_url}/v2/health/ready", timeout=10).status_code == 503
+    assert httpx.get(f"{srv.base_url}/v2/models/{MODEL}/ready", timeout=10).status_code == 503
+    assert httpx.post(srv.base_url + OAI, json={"prompt": "a red circle"}, timeout=60).status_code == 503
+    assert httpx.post(srv.base_url + V1, json={"instances": ["a red circle"]}, timeout=60).status_code == 503
+
+
+@pytest.fixture
+def bundle_server(tmp_path_factory):
+    srv = start_in_thread(serve_bundle(tmp_path_factory), name=MODEL, config=server_config(tmp_path_factory))
+    yield srv
+    srv.stop()
+
+
+def test_json_content_type_with_parameters_or_capitals(server):
+    body = json.dumps({"instances": [{"prompt": "a red circle", "seed": 1, "rewrite": False}]})
+    for ctype in ("application/json; charset=utf-8", "Application/JSON", "application/json;charset=UTF-8"):
+        r = httpx.post(server.base_url + V1, content=body, headers={"content-type": ctype}, timeout=120)
+        assert r.status_code == 200, (ctype, r.status_code, r.text[:300])
+    r = httpx.post(server.base_url + OAI, content=json.dumps({"prompt": "a red circle", "seed": 1}),
+                   headers={"content-type": "Application/JSON; charset=utf-8"}, timeout=120)
+    assert r.status_code == 200, r.text[:300]
+    r = httpx.post(server.base_url + OAI, content=b"prompt=x", headers={"content-type": "application/jsonp"}, timeout=10)
+    assert r.status_code == 415
+
+
+def test_v2_unknown_output_is_refused_before_generating(server):
+    calls = server.model.batcher.calls
+    r = httpx.post(server.base_url + V2, timeout=60, json={"inputs": [_prompt(["a red circle"])],
+                                                           "outputs": [{"name": "image"}, {"name": "nope"}]})
+    assert r.status_code == 400 and "outputs[1].name" in r.json()["error"]
+    assert server.model.batcher.calls == calls
+
+
+def test_v2_accepts_the_parameters_kserve_and_triton_clients_send(server):
+    r = httpx.post(server.base_url + V2, timeout=120, json={
+        "inputs": [_prompt(["a red circle"])],
+        "outputs": [{"name": "seed", "parameters": {"binary_data": False}}],
+        "parameters": {"binary_data_output": False}})
+    assert r.status_code == 200, r.text[:300]
+    assert [o["name"] for o in r.json()["outputs"]] == ["seed"]
+
+
+def test_v2_metadata_lists_the_tensors(server):
+    meta = httpx.get(f"{server.base_url}/v2/models/{MODEL}", timeout=10).json()
+    inputs = {t["name"]: t["datatype"] for t in meta["inputs"]}
+    outputs = {t["name"]: t["datatype"] for t in meta["outputs"]}
+    assert inputs["prompt"] == "BYTES" and {"n", "seed", "size", "rewrite"} <= set(inputs)
+    assert outputs["image"] == "BYTES" and {"prompt_index", "clip_score", "withheld", "revised_prompt", "seed",
+                                            "rewrite_note"} <= set(outputs)
+    # what the metadata lists is what an answer holds
+    r = httpx.post(server.base_url + V2, timeout=120, json={"inputs": [_prompt(["a red circle"])]}).json()
+    assert {o["name"] for o in r["outputs"]} == set(outputs)
 
 
 def test_get_on_a_post_route_and_unknown_paths(server):

@@ -135,3 +135,63 @@ def test_auto_thresholds_refuse_no_benign_reference(embedder):
     assert Safety(policy(), None).prompt_threshold > 1.0
     with pytest.raises(ValueError, match="prompt_threshold"):
         policy(prompt_threshold="high")
+
+
+def test_normalisation_undoes_marks_and_the_blocklist_takes_plurals():
+    assert normalize("a nu\u0301de woman") == "a nude woman"                       # combining acute
+    assert normalize("a n\u00fade woman") == "a nude woman"                         # precomposed
+    assert normalize("n\u0336u\u0336d\u0336e\u0336") == "nude"                     # strike-through
+    assert normalize("n\u034fude\ufe0f") == "nude"                                  # grapheme joiner, selector
+    s = Safety(policy(patterns=[]), None)
+    for p in ["a nudes party", "swastikas", "a nu\u0301de woman", "n\u0336u\u0336d\u0336e\u0336", "GORES"]:
+        assert s.check_prompt_text(p).policy == "prompt.blocklist", p
+    assert all(s.check_prompt_text(p).allowed for p in ["nudest", "a gorey street", "nudeness"])
+
+
+def test_personal_data_patterns_dotted_cards_and_a_linear_email_check():
+    import time
+    s = Safety(policy(), None)
+    assert s.check_prompt_text("card 4111.1111.1111.1111").policy == "prompt.pattern"
+    for mail in ["jane.doe@example.com", "a+b@mail-server.example.org", "x" * 100 + "@example.com"]:
+        assert s.check_prompt_text(f"send it to {mail} please").policy == "prompt.pattern", mail
+    assert s.check_prompt_text("a red circle @ the top").allowed
+    # a long run with no domain after it: an unbounded pattern retries it from every start (quadratic)
+    t = time.perf_counter()
+    for text in ("a" * 40_000 + "@", "a@" * 20_000, "a" * 40_000 + "@b"):
+        assert s.check_prompt_text(text).allowed
+    assert time.perf_counter() - t < 1.0
+
+
+def test_prompt_concepts_read_the_normalised_text(embedder):
+    s = Safety(policy(blocklist=[], patterns=[], prompt_concepts=["explicit sexual content"], prompt_threshold=0.999),
+               embedder)
+    for p in ["explicit sexual content", "explicit  sexual   content", "EXPLICIT sexual content", "ｅｘｐｌｉｃｉｔ sexual content"]:
+        v = s.check_prompts([p])[0]
+        assert not v.allowed and v.policy == "prompt.concept", p
+
+
+def test_calibration_without_a_margin_turns_concept_matching_off():
+    from model_code.serve.safety import OFF, _calibrated
+    t, why = _calibrated(torch.tensor([[0.2, 0.9996], [0.5, 0.1]]), 0.02, "prompt")
+    assert t == OFF and "similarity 1.000" in why and "margin" in why
+    t, why = _calibrated(torch.tensor([[0.2, 0.5]]), 0.02, "image", separation=torch.tensor([0.3, 0.01]))
+    assert t == OFF and "own caption" in why
+    t, why = _calibrated(torch.tensor([[0.2, 0.5]]), 0.02, "image", separation=torch.tensor([0.3, 0.05]))
+    assert (t, why) == (pytest.approx(0.52), "")
+
+
+def test_a_clip_that_cannot_separate_refuses_no_benign_reference(embedder):
+    """A concept that is itself a benign reference leaves no margin: CLIP matching is off (and
+    said so), every benign reference passes, and a prompt that names a concept is still refused."""
+    from model_code.serve.safety import benign_images, benign_prompts, benign_renders
+    caption = benign_renders()[0][1]          # a benign render's own caption as an "unsafe" image concept
+    s = Safety(policy(blocklist=[], patterns=[], prompt_concepts=["a city street", "self-harm"],
+                      image_concepts=[caption]), embedder)
+    assert s.prompt_threshold > 1.0 and s.image_threshold > 1.0
+    assert set(s.disabled) == {"prompt.concept", "image.concept"} and "prompt.concept off" in s.status
+    allowed = [p for p in benign_prompts() + ["hello world", "a cat"] if "city street" not in p]
+    assert all(v.allowed for v in s.check_prompts(allowed))
+    assert all(v.allowed for v in s.check_images(benign_images()))
+    for p in ["self-harm", "a picture of SELF HARM"]:
+        v = s.check_prompts([p])[0]
+        assert not v.allowed and v.policy == "prompt.concept" and "'self-harm'" in v.reason, p
