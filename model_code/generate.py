@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -100,7 +101,7 @@ def save_bundle(out: str, recipe: str, parts: dict[str, str], preset: str = "",
     for name, src in parts.items():   # every part checked before anything is copied
         if name not in RECIPE_PARTS[recipe] + OPTIONAL_PARTS[recipe]:
             raise ValueError(f"part {name!r} does not belong in a {recipe} bundle")
-        marker = "tokenizer.json" if name == "tokenizer" else "model.safetensors"
+        marker = _part_marker(name)
         if not storage.exists(storage.join(src, marker)):
             raise ValueError(f"part {name}: {src} holds no trained {name} (no {marker}): train it first, "
                              f"or point at its output directory")
@@ -120,14 +121,57 @@ def save_bundle(out: str, recipe: str, parts: dict[str, str], preset: str = "",
     return out
 
 
+def _part_marker(name: str) -> str:
+    return "tokenizer.json" if name == "tokenizer" else "model.safetensors"
+
+
 def read_bundle_meta(path: str) -> dict:
+    """bundle.json, checked as save_bundle writes it: a known recipe, its parts, each a directory
+    inside the bundle holding its trained part. A registered version must stand alone (a part path
+    to the host's /etc, or to a directory that may move, is refused), and a bundle that cannot load
+    is refused when it is registered, not when a server starts."""
     meta_path = storage.join(path, "bundle.json")
     if not storage.exists(meta_path):
         raise FileNotFoundError(f"{path} is not an Easel bundle (no bundle.json)")
-    meta = json.loads(storage.read_text(meta_path))
+    try:
+        meta = json.loads(storage.read_text(meta_path))
+    except ValueError as e:
+        raise ValueError(f"{meta_path} is not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
     if meta.get("format") != BUNDLE_FORMAT:
         raise ValueError(f"{path}: unsupported bundle format {meta.get('format')!r}")
+    recipe, parts = meta.get("recipe"), meta.get("parts")
+    if recipe not in RECIPE_PARTS:
+        raise ValueError(f"{meta_path}: recipe {recipe!r} is not one of {', '.join(RECIPE_PARTS)}")
+    if not isinstance(parts, dict):
+        raise ValueError(f"{meta_path}: parts must be an object (part -> directory), got {parts!r}")
+    missing = [p for p in RECIPE_PARTS[recipe] if p not in parts]
+    if missing:
+        raise ValueError(f"{meta_path}: a {recipe} bundle needs parts {', '.join(missing)}")
+    base = None if storage.is_remote(path) else os.path.realpath(storage.local_path(path))
+    for name, rel in parts.items():
+        if name not in RECIPE_PARTS[recipe] + OPTIONAL_PARTS[recipe]:
+            raise ValueError(f"{meta_path}: part {name!r} does not belong in a {recipe} bundle")
+        norm = posixpath.normpath(rel) if isinstance(rel, str) and rel else ""
+        if not norm or posixpath.isabs(rel) or "\x00" in rel or norm == ".." or norm.startswith("../") \
+                or (base is not None and not os.path.realpath(os.path.join(base, norm)).startswith(base + os.sep)):
+            raise ValueError(f"{meta_path}: part {name} is at {rel!r}, outside the bundle; a bundle's parts "
+                             f"are directories inside it")
+        if not storage.exists(storage.join(path, norm, _part_marker(name))):
+            raise ValueError(f"{meta_path}: part {name} ({rel}) holds no trained {name} (no "
+                             f"{_part_marker(name)})")
     return meta
+
+
+def bundle_content_id(path: str) -> str:
+    """What a bundle holds, byte for byte (every file's path and SHA-256): the registry tags each
+    version with it, and a gate refuses an evaluation of other bytes than the version's."""
+    import hashlib
+    h = hashlib.sha256()
+    for rel, uri in storage.files_under(path):
+        h.update(rel.encode() + b"\0" + hashlib.sha256(storage.read_bytes(uri)).digest())
+    return h.hexdigest()
 
 
 # ---------------------------------------------------------------- prompt length

@@ -362,7 +362,9 @@ def evaluate(bundle: str, dataset: str, out: str, preset: str | dict = "tiny",
                                                           for r in pf["rows"]])},
                          artifacts=out, tags={"easel.recipe": gen.recipe, "easel.bundle": bundle},
                          datasets={dataset: "evaluation"})
+    from model_code.generate import bundle_content_id
     result = {"metrics": flat, "per_category": per, "report": report, "run_id": run_id, "out": out,
-              "inputs": {**settings, "run_id": run_id}}
+              # bundle_content: a gate checks that the version it gates holds these very bytes
+              "inputs": {**settings, "run_id": run_id, "bundle_content": bundle_content_id(bundle)}}
     storage.write_text(storage.join(out, RESULT_FILE), json.dumps({"key": key, "result": result}, default=str))
     return result

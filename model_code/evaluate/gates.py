@@ -215,6 +215,7 @@ def run_gate(name: str, version: str | int, metrics: dict, config: dict | str,
     from model_code import tracking
     from model_code.registry import registry
     version = str(version)
+    registry.check_evaluated_bundle(name, version, (inputs or {}).get("bundle_content"))
     prod_version, prod_metrics, notes = production_metrics(name, alias)
     if prod_version == version:
         prod_metrics, notes = None, [f"version {version} is the {alias} version itself: relative rule not applied"]

@@ -50,6 +50,7 @@ ALIASES = ("production", "staging")
 STAGES = {"production": "Production", "staging": "Staging"}
 REGISTRY_EXPERIMENT = "easel-registry"
 
+BUNDLE_CONTENT = "easel.bundle_content"   # generate.bundle_content_id of the registered bundle
 GATE_VERDICT, GATE_RECORD, GATE_RUN_ID, GATE_TIME = ("easel.gate.verdict", "easel.gate.record",
                                                      "easel.gate.run_id", "easel.gate.recorded_at")
 VERDICTS = ("passed", "failed")
@@ -66,8 +67,11 @@ class GateError(PermissionError):
 def _check_name(name: str) -> str:
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"name: a registered model name must be a non-empty string, got {name!r}")
-    if any(c in name for c in "'\"\\`") or len(name) > 256:
-        raise ValueError(f"name: {name!r} must be at most 256 characters without quotes or backslashes")
+    # MLflow refuses "/" and ":" (they split models:/NAME/VERSION and NAME@ALIAS URIs) only after
+    # the bundle was uploaded: refused here, before anything is written
+    if any(c in name for c in "'\"\\`/:") or len(name) > 256:
+        raise ValueError(f"name: {name!r} must be at most 256 characters without quotes, backslashes, "
+                         f"'/' or ':'")
     return name
 
 
@@ -145,8 +149,8 @@ def _pop_first(d: dict, *keys):
 def _lineage_tags(meta: dict, lineage: dict) -> tuple[dict[str, str], dict | None]:
     """Tags of a new version from the bundle's own lineage and the caller's (caller wins).
     Known keys: dataset_version, git_revision (or git), train_run_ids (dict part -> run id, a
-    list, or that as a JSON string), recipe and preset (default: the bundle's), gate (a gate
-    record, recorded after registration)."""
+    list, or that as a JSON string), recipe and preset (default: the bundle's). A gate record is
+    refused: only an evaluation writes one."""
     if lineage is not None and not isinstance(lineage, dict):
         raise ValueError(f"lineage: must be a dict, got {type(lineage).__name__}")
     merged = {**(meta.get("lineage") or {}), **(lineage or {})}
@@ -163,11 +167,13 @@ def _lineage_tags(meta: dict, lineage: dict) -> tuple[dict[str, str], dict | Non
             runs = json.loads(runs)
         except ValueError:
             runs = [r.strip() for r in runs.split(",") if r.strip()]
-    gate = _pop_first(rest, "gate")
+    if "gate" in rest:
+        # a gate is what an evaluation found (record_gate, the gate step); a bundle.json or a
+        # caller's lineage that says "passed" would let a model certify itself
+        raise ValueError("lineage: holds a gate record; gates are written by evaluations only (easel evaluate "
+                         "--gate-model/--gate-version, or the pipeline's gate step), never at registration")
     if not isinstance(runs, (dict, list, tuple)):
         raise ValueError(f"lineage: train_run_ids must be a dict (part -> run id) or a list, got {runs!r}")
-    if gate is not None and not isinstance(gate, dict):
-        raise ValueError(f"lineage: gate must be a gate record dict, got {type(gate).__name__}")
     if dataset is None:
         log.warning("registering a bundle without a dataset version: lineage records 'unknown'")
     full = {**rest, "recipe": recipe, "preset": preset,
@@ -177,7 +183,7 @@ def _lineage_tags(meta: dict, lineage: dict) -> tuple[dict[str, str], dict | Non
             "easel.train_run_ids": json.dumps(runs, sort_keys=True),
             "easel.lineage": json.dumps(full, sort_keys=True, default=str),
             "easel.bundle_format": meta.get("format", "")}
-    return tags, gate
+    return tags
 
 
 def register_bundle(bundle_dir: str, name: str, lineage: dict | None = None,
@@ -187,11 +193,11 @@ def register_bundle(bundle_dir: str, name: str, lineage: dict | None = None,
     evaluation run), else into a new run of the `easel-registry` experiment.
 
     Returns {name, version, uri, run_id, model_id, recipe, preset}."""
-    from model_code.generate import read_bundle_meta
+    from model_code.generate import bundle_content_id, read_bundle_meta
     from model_code.registry.pyfunc import log_bundle_model
     _check_name(name)
     meta = read_bundle_meta(bundle_dir)
-    tags, gate = _lineage_tags(meta, lineage or {})
+    tags = {**_lineage_tags(meta, lineage or {}), BUNDLE_CONTENT: bundle_content_id(bundle_dir)}
     c = tracking.client()
     own_run = run_id is None
     if own_run:
@@ -212,11 +218,9 @@ def register_bundle(bundle_dir: str, name: str, lineage: dict | None = None,
         if own_run:
             c.set_terminated(run_id, status)
     version = str(info.registered_model_version)
-    if gate is not None:
-        record_gate(name, version, gate)
-    else:  # every version says where it stands; "pending" is not promotable
-        c.set_model_version_tag(name, version, GATE_VERDICT, "pending")
-        _describe(c, name, version)
+    # every version says where it stands; "pending" is not promotable
+    c.set_model_version_tag(name, version, GATE_VERDICT, "pending")
+    _describe(c, name, version)
     log.info("registered %s version %s (%s, run %s)", name, version, meta["recipe"], run_id)
     return {"name": name, "version": version, "uri": model_uri(name, version), "run_id": run_id,
             "model_id": getattr(info, "model_id", None), "recipe": meta["recipe"],
@@ -279,6 +283,23 @@ def _describe(c, name: str, version: str) -> None:
 
 
 # ---------------------------------------------------------------- gate records
+def check_evaluated_bundle(name: str, version: str | int, content: str | None) -> None:
+    """ValueError unless the evaluated bundle (`content`: generate.bundle_content_id) is the one
+    registered as this version: a good bundle's metrics must not pass another version's gate.
+    Versions registered before the content was recorded are let through, with a warning."""
+    if content is None:
+        return
+    version = _check_version(version)
+    got = _get_version(tracking.client(), name, version).tags.get(BUNDLE_CONTENT)
+    if got is None:
+        log.warning("%s version %s records no bundle content (registered before it was recorded): "
+                    "cannot check that the evaluation is of this version", name, version)
+    elif got != content:
+        raise ValueError(f"the evaluated bundle is not {name} version {version}: its content differs "
+                         f"(evaluated {content[:12]}, registered {got[:12]}); evaluate the bundle that was "
+                         f"registered as this version")
+
+
 def record_gate(name: str, version: str | int, record: dict) -> dict:
     """Attach an evaluation gate record to a version (the evaluation step calls this).
 

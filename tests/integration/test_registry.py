@@ -397,7 +397,7 @@ def test_version_description_says_what_it_is_and_why_it_was_promoted(embedded):
     second = str(mlflow.register_model(source, name).version)
     for v in (first, second):   # the tags register_bundle writes, then its description
         for k, val in registry._lineage_tags({"recipe": "dalle", "preset": "tiny", "format": "x"},
-                                             {**LINEAGE, "train_run_ids": {"transformer": tr_run}})[0].items():
+                                             {**LINEAGE, "train_run_ids": {"transformer": tr_run}}).items():
             c.set_model_version_tag(name, v, k, val)
         registry._describe(c, name, v)
     pending = c.get_model_version(name, first).description
@@ -441,3 +441,55 @@ def test_evaluation_metrics_and_dataset_are_linked_to_the_model(embedded, bundle
     d = inputs[0].dataset
     assert d.name == "heldout-ds" and d.digest == ("c0ffee" * 6)[:36] and "dvc:abc.dir@git:123" in d.profile
     assert {t.key: t.value for t in inputs[0].tags}["mlflow.data.context"] == "evaluation"
+
+
+def test_a_bundle_cannot_certify_itself_point_outside_itself_or_pass_another_versions_gate(embedded, bundle,
+                                                                                         tmp_path):
+    """Found by a hostile user: a bundle.json whose lineage said "gate: passed" was promotable with
+    no evaluation; parts at ../../etc or a host path were registered; one bundle's evaluation
+    could pass another version's gate. Each is refused, before anything is uploaded."""
+    import shutil
+
+    from model_code.evaluate.gates import run_gate
+    from model_code.generate import bundle_content_id
+
+    def edited(tag, **change):
+        b = tmp_path / tag
+        shutil.copytree(bundle, b)
+        meta = json.loads((b / "bundle.json").read_text())
+        for k, v in change.items():
+            meta[k] = v(meta) if callable(v) else v
+        (b / "bundle.json").write_text(json.dumps(meta))
+        return str(b)
+    selfcert = edited("selfcert", lineage=lambda m: {**m["lineage"], "gate": {"verdict": "passed"}})
+    with pytest.raises(ValueError, match="gates are written by evaluations only"):
+        registry.register_bundle(selfcert, "easel-selfcert")
+    with pytest.raises(ValueError, match="gates are written by evaluations only"):
+        registry.register_bundle(bundle, "easel-selfcert", {"gate": {"verdict": "passed"}})
+    outside = tmp_path / "elsewhere-dvae"
+    shutil.copytree(os.path.join(bundle, "dvae"), outside)
+    for tag, parts, match in [("up", {"dvae": "../../etc"}, "outside the bundle"),
+                              ("abs", {"dvae": str(outside)}, "outside the bundle"),
+                              ("gone", {"dvae": "no-such-dir"}, "holds no trained dvae")]:
+        b = edited(tag, parts=lambda m, p=parts: {**m["parts"], **p})
+        with pytest.raises(ValueError, match=match):
+            registry.register_bundle(b, "easel-bad-part")
+    with pytest.raises(ValueError, match="recipe 'foo'"):
+        registry.register_bundle(edited("foo", recipe="foo"), "easel-bad-part")
+    (tmp_path / "trunc").mkdir()
+    (tmp_path / "trunc" / "bundle.json").write_text('{"format": 1, "rec')
+    with pytest.raises(ValueError, match="bundle.json is not valid JSON"):
+        registry.register_bundle(str(tmp_path / "trunc"), "easel-bad-part")
+    for bad in ("a/b", "../x", "n:1"):
+        with pytest.raises(ValueError, match="'/' or ':'"):
+            registry.register_bundle(bundle, bad)
+    from model_code import tracking
+    assert not [m for m in tracking.client().search_registered_models() if m.name in ("easel-selfcert",
+                                                                                      "easel-bad-part")]
+    # a gate checks that the evaluation was of the bytes registered as that version
+    v = registry.register_bundle(bundle, "easel-content", LINEAGE)["version"]
+    cfg = {"gates": {"clip_score": {"min": -1.0}}}
+    with pytest.raises(ValueError, match="is not easel-content version 1: its content differs"):
+        run_gate("easel-content", v, {"clip_score": 0.3}, cfg, inputs={"bundle_content": "0" * 64})
+    rec = run_gate("easel-content", v, {"clip_score": 0.3}, cfg, inputs={"bundle_content": bundle_content_id(bundle)})
+    assert rec["verdict"] == "passed" and registry.gate_record("easel-content", v)["verdict"] == "passed"
