@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import posixpath
 import random
 import tarfile
 from typing import Iterator
@@ -43,14 +45,50 @@ def content_id(meta: dict) -> str | None:
     return meta.get("content_hash") or version_id(meta)
 
 
+def absolute(uri: str) -> str:
+    """A dataset's location as it should be recorded: an absolute path (local) or the URI as
+    given (s3://...), so a record means the same from any working directory."""
+    return uri if storage.is_remote(uri) else os.path.abspath(storage.local_path(uri))
+
+
+def _under(base: str, rel: str) -> str:
+    if storage.is_remote(base):
+        sch, path = base.split("://", 1)
+        return f"{sch}://{posixpath.normpath(posixpath.join(path, rel))}"
+    return os.path.normpath(os.path.join(absolute(base), rel))
+
+
+def parent_of(dataset: str, meta: dict | None = None, key: str = "parent") -> str | None:
+    """The dataset a recaptioned dataset.json names (`key`: "parent" or "shards_from"), absolute.
+
+    Recaption records an absolute path or a URI. Older recaptions recorded the path as typed,
+    relative to a working directory nobody wrote down: their `shard_files` (always absolute)
+    say where the parent's shards were; else a relative name is read against the dataset's own
+    directory, never against today's working directory (which may hold another dataset)."""
+    meta = read_meta(dataset) if meta is None else meta
+    parent = meta.get(key) or (meta.get("parent") if key != "parent" else None)
+    if not parent:
+        return None
+    parent = str(parent)
+    if storage.is_remote(parent) or os.path.isabs(storage.local_path(parent)):
+        return parent
+    files = [str(f) for f in meta.get("shard_files") or []]
+    if files and (storage.is_remote(files[0]) or os.path.isabs(files[0])):
+        return posixpath.dirname(posixpath.dirname(files[0])) if storage.is_remote(files[0]) \
+            else os.path.dirname(os.path.dirname(files[0]))     # .../PARENT/shards/shard-N.tar
+    return _under(dataset, parent)
+
+
 def shards_root(dataset: str) -> str:
     """The dataset whose shards hold the images (a recaptioned dataset points at its parent)."""
     if storage.exists(storage.join(dataset, "shards")):
         return dataset
-    meta = info(dataset)
-    parent = meta.get("shards_from") or meta.get("parent")
+    parent = parent_of(dataset, info(dataset), "shards_from")
     if not parent:
         raise FileNotFoundError(f"{dataset} has no shards/ and names no parent dataset")
+    if not storage.exists(storage.join(parent, "shards")):
+        # a clear stop rather than an empty (or another dataset's) shard list
+        raise FileNotFoundError(f"{dataset}: its parent dataset {parent} has no shards/ (moved or deleted?)")
     return parent
 
 

@@ -174,13 +174,11 @@ def lineage(dataset_dir: str) -> dict[str, Any]:
     meta: dict = {}
     if storage.exists(storage.join(dataset_dir, "dataset.json")):
         meta = ds.info(dataset_dir)
-    parent = meta.get("parent")
+    # recaption records an absolute path or URI; an older or hand-written relative one is read
+    # against this dataset, not the working directory (data/dataset.py parent_of)
+    parent = ds.parent_of(dataset_dir, meta)
     parent_version = None
     if parent:
-        # a parent given relative to this dataset (recaption writes absolute URIs, users may not)
-        if not storage.is_remote(parent) and not os.path.isabs(storage.local_path(parent)) \
-                and not storage.is_remote(dataset_dir):
-            parent = os.path.join(storage.local_path(dataset_dir), parent)
         try:
             parent_version = dataset_version(parent)
         except (ValueError, storage.StorageError, OSError):

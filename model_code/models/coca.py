@@ -213,10 +213,17 @@ class CoCa(PretrainedMixin, nn.Module):
         return model
 
     def set_tokenizer(self, tokenizer) -> "CoCa":
-        """Attach the TextTokenizer `generate` decodes with (checked against the vocabulary)."""
+        """Attach the TextTokenizer `generate` decodes with, checked against what the model's config
+        records of its training tokenizer: the vocabulary size and the special ids (config_for)."""
         if tokenizer.vocab_size != self.config["vocab_size"]:
             raise ValueError(f"captioner: the tokenizer has {tokenizer.vocab_size} tokens, the model "
                              f"expects vocab_size={self.config['vocab_size']}")
+        found = self.config_for({}, tokenizer)
+        off = [f"{k} {found[k]} (model: {self.config[k]})"
+               for k in ("pad_id", "bos_id", "eos_id", "short_id", "long_id")
+               if k in self.config and self.config[k] != found[k]]
+        if off:
+            raise ValueError(f"captioner: the tokenizer's special ids differ from the model's: {', '.join(off)}")
         self._tokenizer = tokenizer
         return self
 

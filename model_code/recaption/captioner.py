@@ -13,6 +13,7 @@ or "oracle".
 """
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from typing import Protocol, Sequence, runtime_checkable
@@ -23,6 +24,8 @@ from PIL import Image
 
 from model_code import storage
 from model_code.models.pretrained import default_device
+
+log = logging.getLogger(__name__)
 
 KINDS = ("short", "long")
 PRETRAINED_PREFIX = "pretrained:"
@@ -79,6 +82,36 @@ def local_dir(path_or_uri: str, what: str) -> str:
     return path
 
 
+def check_trained_tokenizer(model_dir_or_uri: str, tokenizer_dir: str) -> None:
+    """Refuse a tokenizer other than the one the captioner was trained with: another BPE of the same
+    vocabulary size fits the model's shapes and turns every caption into fluent-looking garbage that
+    passes the filters. The trainer records its tokenizer's identity in train_state.json
+    (inputs.deps.tokenizer, model_code.identity); a captioner trained elsewhere has none, and then
+    only the vocabulary (CoCa.set_tokenizer) could be compared."""
+    import json
+
+    from model_code.identity import STATE_FILE, part_identity
+    state_uri = storage.join(model_dir_or_uri, STATE_FILE)
+    state = {}
+    if storage.exists(state_uri):
+        try:
+            state = json.loads(storage.read_text(state_uri))
+        except ValueError:
+            state = {}
+    recorded = ((state.get("inputs") or {}).get("deps") or {}).get("tokenizer")
+    if not recorded:
+        log.warning("captioner: %s records no tokenizer identity (no %s from this project's trainer); the "
+                    "tokenizer at %s matches its vocabulary, but the match could not be verified",
+                    model_dir_or_uri, STATE_FILE, tokenizer_dir)
+        return
+    found = part_identity(tokenizer_dir)
+    if found != recorded:
+        trained_with = (state.get("deps") or {}).get("tokenizer") or "another tokenizer"
+        raise ValueError(f"captioner: the tokenizer at {tokenizer_dir} (identity {found}) is not the one the "
+                         f"captioner at {model_dir_or_uri} was trained with ({trained_with}, identity {recorded}): "
+                         f"give that tokenizer")
+
+
 class CoCaCaptioner:
     """The project's CoCa captioner (models/coca.py) + its TextTokenizer."""
 
@@ -101,6 +134,7 @@ class CoCaCaptioner:
         except ValueError as e:
             raise ValueError(f"captioner: tokenizer at {tokenizer_dir} does not fit the model at "
                              f"{model_dir_or_uri}: {e}") from None
+        check_trained_tokenizer(model_dir_or_uri, tokenizer_dir)
         self.name = f"coca:{model_dir_or_uri}"
         room = self.model.config["max_text_tokens"] - 2
         # caps per kind: DALL-E 3's short captions are ~20 tokens, long ones ~100-200

@@ -15,8 +15,10 @@ Output, under `out` (a directory or s3:// prefix); images are never rewritten:
         {short,long}_tokens, original_tokens   caption lengths in the captioner's tokens
         {short,long}_clip, original_clip       image-caption cosine under the alignment CLIP (NaN: no CLIP)
       parquet metadata "easel": the captioner, the settings and the shard's timings and filter counts
-    dataset.json                  (finalize) the new dataset version: parent + its version id, a
-                                  pointer to the parent's shards, counts
+    dataset.json                  (finalize) the new dataset version: parent (absolute path or URI)
+                                  + its version id, a pointer to the parent's shards, counts; the
+                                  version hashes the parent's content and the captions and verdicts
+                                  (CONTENT_COLUMNS), not the sidecars' per-run metadata
 
 Resumable per shard: a shard whose sidecar exists is not redone if the sidecar was written from the
 same inputs (dataset contents, captioner, tokenizer, CLIP, settings, filters: its metadata's
@@ -62,6 +64,10 @@ VERDICTS = ("pass", "retry", "fallback")
 SIDECAR_COLUMNS = ("key", "original", "original_tokens", "original_clip") + tuple(
     f"{kind}{suffix}" for kind in KINDS
     for suffix in ("", "_verdict", "_reason", "_retries", "_fallback", "_tokens", "_clip"))
+
+
+# what a recaptioned dataset holds for its readers: a version id hashes these (finalize)
+CONTENT_COLUMNS = ("key", "original") + tuple(f"{kind}{suffix}" for kind in KINDS for suffix in ("", "_verdict"))
 
 
 _TYPES = {"": pa.string(), "_verdict": pa.string(), "_reason": pa.string(), "_retries": pa.int32(),
@@ -311,6 +317,23 @@ def _token_counter(cap: Captioner, tokenizer: str | None, alignment: ClipAlignme
     return cap.count_tokens
 
 
+def check_out(out: str, dataset: str) -> None:
+    """Refuse an `out` that is `dataset` (or the dataset whose shards it uses) or lies inside it:
+    out/dataset.json would overwrite that dataset's own and corrupt it."""
+    from model_code.data.dataset import shards_root
+
+    def norm(uri: str) -> str:
+        if storage.is_remote(uri):
+            return uri.rstrip("/") + "/"
+        return os.path.join(os.path.realpath(storage.local_path(uri)), "")   # symlinks resolved, trailing /
+
+    for d in dict.fromkeys((dataset, shards_root(dataset))):
+        if norm(out).startswith(norm(d)):
+            where = "is" if norm(out) == norm(d) else "is inside"
+            raise ValueError(f"recaption: out {out} {where} the dataset {d}; its dataset.json would be overwritten: "
+                             f"give an --out outside it")
+
+
 def recaption(dataset: str, out: str, captioner: str | Captioner, tokenizer: str | None = None,
               clip: str | None = None, shards: Sequence[str] | None = None, preset: str | dict = "tiny",
               top_p: float | None = None, temperature: float | None = None, max_retries: int | None = None,
@@ -323,28 +346,33 @@ def recaption(dataset: str, out: str, captioner: str | Captioner, tokenizer: str
                counted in (without one, a pretrained captioner counts in its own tokens).
     clip: a CLIP directory/URI for the alignment filter; None uses the CoCa's own towers; "none" = off.
     Settings left None come from the preset's `recaption:` section, then the paper's defaults.
-    finalize_out: write out/dataset.json at the end (default: when every shard was asked for).
-    Returns the run's summary (records, rates, filter counts, fallbacks).
+    finalize_out: write out/dataset.json at the end (default: when every shard was asked for;
+               a shard named twice, in any spelling, is done and counted once).
+    `out` may not be the dataset or lie inside it (its dataset.json would be overwritten).
+    Returns the run's summary (records: covered by the asked-for shards' sidecars, reused ones
+    included; records_captioned: by this run; rates, filter counts, fallbacks).
     """
     cfg = _resolve(preset, {"top_p": top_p, "temperature": temperature, "max_retries": max_retries,
                             "batch_size": batch_size, "seed": seed})
     from model_code.data.dataset import shard_list
 
+    check_out(out, dataset)
     available = shard_list(dataset)
     if not available:
         raise ValueError(f"recaption: {dataset} has no shards (shards/shard-*.tar)")
+    by_index = {shard_index(u): u for u in available}
     if shards is None:
         todo = available
     else:
-        by_index = {shard_index(u): u for u in available}
         todo = []
         for s in shards:
             i = shard_index(s)
             if i not in by_index:
                 raise ValueError(f"shards: {s!r} is not a shard of {dataset}")
-            todo.append(by_index[i])
-    if finalize_out is None:
-        finalize_out = shards is None
+            if by_index[i] not in todo:  # "shard-00000.tar" twice, or as "shards/shard-00000.tar": once
+                todo.append(by_index[i])
+    if finalize_out is None:  # the run covers the whole dataset: seal it
+        finalize_out = {shard_index(u) for u in todo} == set(by_index)
 
     cap = captioner if not isinstance(captioner, str) else load_captioner(
         captioner, tokenizer, device=device, max_new_tokens=cfg.get("max_new_tokens") or None)
@@ -365,23 +393,28 @@ def recaption(dataset: str, out: str, captioner: str | Captioner, tokenizer: str
     seconds = time.time() - t0
     n_cap = sum(d["captions"] for d in done)
     n_tok = sum(d["tokens"] for d in done)
+    verdicts = _count_sidecars(out, [shard_index(u) for u in todo])
     summary = {
         "out": out, "dataset": dataset, "captioner": cap.name, "shards_done": [d["shard"] for d in done],
-        "shards_skipped": skipped, "records": sum(d["records"] for d in done), "captions_generated": n_cap,
+        # records: what the asked-for shards' sidecars cover, reused ones included (= their verdicts);
+        # records_captioned: those captioned by this run
+        "shards_skipped": skipped, "records": sum(verdicts[KINDS[0]].values()),
+        "records_captioned": sum(d["records"] for d in done), "captions_generated": n_cap,
         "tokens_generated": n_tok, "seconds": seconds,
         "captions_per_s": n_cap / seconds if done and seconds > 0 else 0.0,
         "tokens_per_s": n_tok / seconds if done and seconds > 0 else 0.0,
         "filters": filters.stats.as_dict(), "uses_clip": filters.uses_clip,
         "settings": {k: cfg[k] for k in ("top_p", "temperature", "max_retries", "batch_size", "seed")},
     }
-    summary["verdicts"] = _count_sidecars(out, [shard_index(u) for u in todo])
+    summary["verdicts"] = verdicts
     summary["fallback"] = {k: c["fallback"] for k, c in summary["verdicts"].items()}
     if finalize_out:
         summary["dataset_json"] = finalize(out, dataset)["path"]
     if mlflow:
         _log_mlflow(summary)
-    log.info("recaption: %d records in %d shards (%d skipped), %.1f captions/s, %.0f tokens/s",
-             summary["records"], len(done), len(skipped), summary["captions_per_s"], summary["tokens_per_s"])
+    log.info("recaption: %d records captioned in %d shards (%d reused; %d records in all), %.1f captions/s, "
+             "%.0f tokens/s", summary["records_captioned"], len(done), len(skipped), summary["records"],
+             summary["captions_per_s"], summary["tokens_per_s"])
     return summary
 
 
@@ -419,8 +452,16 @@ def finalize(out: str, parent: str) -> dict:
     """Write out/dataset.json: a new dataset version whose images are the parent's shards and
     whose captions are the sidecars. Every parent shard must have its sidecar, and each sidecar
     must cover exactly its shard's records (counts balance). Returns {"path", **meta}."""
-    from model_code.data.dataset import content_id, info, manifest, shard_list, version_id
+    from model_code.data.dataset import absolute, content_id, info, manifest, read_meta, shard_list, version_id
 
+    check_out(out, parent)
+    existing = read_meta(out)
+    if existing and existing.get("kind") != "recaptioned":
+        raise ValueError(f"finalize: {out} already holds a dataset ({existing.get('kind')!r}, not a recaption): "
+                         f"give another out")
+    # recorded absolute (a local path) or as the URI: a relative one would name another directory's
+    # dataset when read from another working directory
+    parent = absolute(parent)
     parent_meta = info(parent)
     parent_shards = shard_list(parent)
     missing = [posixpath.basename(u) for u in parent_shards
@@ -434,10 +475,11 @@ def finalize(out: str, parent: str) -> dict:
     seconds = gen_caps = gen_toks = 0.0
     captioners, keys_seen = set(), 0
     for u in parent_shards:
-        uri = sidecar_uri(out, shard_index(u))
-        data = storage.read_bytes(uri)
-        content.update(hashlib.sha256(data).digest())
-        t = pq.read_table(io.BytesIO(data))
+        t = _read_parquet(sidecar_uri(out, shard_index(u)))
+        # the version is the table's content (captions and verdicts), not the file's bytes, whose
+        # metadata differs per run (timings): the same captions are the same version
+        content.update(hashlib.sha256(json.dumps({c: t.column(c).to_pylist() for c in CONTENT_COLUMNS},
+                                                 ensure_ascii=False).encode()).digest())
         meta = _sidecar_meta(t)
         records += t.num_rows
         keys_seen += len(set(t.column("key").to_pylist()))

@@ -198,6 +198,31 @@ def test_recaption_sidecars_drive_short_and_long(data, tmp_path):
         make_dataset(str(bad), caption_policy="long")
 
 
+def test_a_recaptions_relative_parent_is_not_read_from_the_working_directory(data, tmp_path, monkeypatch):
+    """A recaption written before parents were recorded absolute names its parent as the user typed
+    it ("data", relative to a working directory nobody wrote down). Read from another directory that
+    holds another "data", the records are still the parent's (its absolute shard_files say where),
+    not the other directory's; a relative name with nothing better is read against the dataset's
+    own directory, and a parent that is not there is a clear error."""
+    name = os.path.basename(data)
+    rec = tmp_path / "recap"
+    rec.mkdir()
+    (rec / "dataset.json").write_text(json.dumps({"parent": name, "shards_from": name,
+                                                  "shard_files": ds_mod.shard_list(data)}))
+    decoy = tmp_path / "elsewhere" / name                      # another dataset under the same name
+    shutil.copytree(data, decoy)
+    man = pd.read_parquet(decoy / "manifest.parquet")
+    man.iloc[:5].to_parquet(decoy / "manifest.parquet")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert ds_mod.shards_root(str(rec)) == data
+    assert len(make_dataset(str(rec), split=None).index.keys) == len(ds_mod.manifest(data))
+    (rec / "dataset.json").write_text(json.dumps({"parent": os.path.relpath(data, rec)}))
+    assert ds_mod.shards_root(str(rec)) == data                # relative to the dataset itself
+    (rec / "dataset.json").write_text(json.dumps({"parent": name}))
+    with pytest.raises(FileNotFoundError, match=f"parent dataset {rec / name} has no shards/"):
+        ds_mod.shard_list(str(rec))
+
+
 def test_bad_datasets_fail_with_a_clear_message(data, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(data, copy)

@@ -1,10 +1,13 @@
 """The recaption job: sidecars, verdicts, retries and fallback, resume, fan-out, lineage; the filters."""
 import hashlib
 import json
+import logging
 import math
 import os
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -13,7 +16,8 @@ from model_code.data import dataset as ds
 from model_code.data.ingest import ingest
 from model_code.models.coca import CoCa
 from model_code.recaption import filters as F
-from model_code.recaption.job import finalize, recaption, sidecar_uri
+from model_code.recaption.captioner import CoCaCaptioner
+from model_code.recaption.job import finalize, gather_sidecars, recaption, sidecar_uri
 from model_code.text.tokenizer import TextTokenizer
 
 CLIP_CFG = {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "heads": 2,
@@ -170,17 +174,24 @@ def test_rejected_samples_are_redrawn(world, lenient_run):
 def test_fan_out_resume_and_finalize(world, lenient_run):
     out = str(world["root"] / "fanout")
     kw = dict(preset=preset(), mlflow=False, progress=False)
-    s1 = recaption(world["data"], out, world["coca"], world["tok"], shards=["shard-00001.tar"], **kw)
+    # one shard named three ways is one shard: done once, its 10 records counted once
+    s1 = recaption(world["data"], out, world["coca"], world["tok"],
+                   shards=["shard-00001.tar", "shards/shard-00001.tar", "shard-00001.tar"], **kw)
     assert s1["shards_done"] == ["shard-00001.tar"] and "dataset_json" not in s1
+    assert s1["records"] == 10 and all(sum(c.values()) == 10 for c in s1["verdicts"].values())
     assert not storage.exists(storage.join(out, "dataset.json"))
     with pytest.raises(ValueError, match="have no sidecar yet"):
         finalize(out, world["data"])
     one = storage.read_bytes(sidecar_uri(out, 1))
     # a torn sidecar (a killed writer on a store without rename) is redone, not trusted
     storage.write_bytes(sidecar_uri(out, 2), b"PAR1 torn")
-    s2 = recaption(world["data"], out, world["coca"], world["tok"], **kw)
+    # naming every shard (one twice) is the whole dataset: it is sealed as a new version
+    s2 = recaption(world["data"], out, world["coca"], world["tok"],
+                   shards=["shard-00000.tar", "shard-00001.tar", "shard-00002.tar", "shards/shard-00002.tar"], **kw)
     assert s2["shards_skipped"] == ["shard-00001.tar"]
-    assert s2["shards_done"] == ["shard-00000.tar", "shard-00002.tar"]
+    assert s2["shards_done"] == ["shard-00000.tar", "shard-00002.tar"] and s2["dataset_json"]
+    assert s2["records"] == 24 and s2["records_captioned"] == 14
+    assert all(sum(c.values()) == 24 for c in s2["verdicts"].values())
     assert storage.read_bytes(sidecar_uri(out, 1)) == one, "a finished shard is not redone"
     # per-shard seeds: the fanned-out, resumed run wrote the same captions as one whole run
     whole = _sidecars(lenient_run["out"])
@@ -188,13 +199,99 @@ def test_fan_out_resume_and_finalize(world, lenient_run):
         pd.testing.assert_series_equal(part["long"], whole[name]["long"])
         pd.testing.assert_series_equal(part["short"], whole[name]["short"])
     assert ds.info(out)["records"] == 24
+    # the version is the captions' content: this run's sidecars differ from the whole run's in their
+    # timings, not in their captions, so it is the same version
+    assert ds.info(out)["version"] == ds.info(lenient_run["out"])["version"]
     s3 = recaption(world["data"], out, world["coca"], world["tok"], **kw)
     assert s3["shards_done"] == [] and len(s3["shards_skipped"]) == 3
+    assert s3["records"] == 24 and s3["records_captioned"] == 0   # what the sidecars cover, all reused
     # a finished sidecar is reused only for the same inputs: other settings (or a captioner, CLIP,
     # tokenizer or dataset changed in place) stop the run with what changed, and nothing is rewritten
     with pytest.raises(ValueError, match=r"changed: settings\.temperature"):
         recaption(world["data"], out, world["coca"], world["tok"], temperature=0.3, **kw)
     assert storage.read_bytes(sidecar_uri(out, 1)) == one
+
+
+def test_the_version_changes_with_a_caption(world, lenient_run, tmp_path):
+    out = str(tmp_path / "edited")
+    gather_sidecars(out, [lenient_run["out"]])
+    t = pq.read_table(sidecar_uri(out, 0))
+    longs = t.column("long").to_pylist()
+    t = t.set_column(t.schema.get_field_index("long"), "long", pa.array(["another caption"] + longs[1:]))
+    pq.write_table(t, sidecar_uri(out, 0))
+    assert finalize(out, world["data"])["version"] != ds.info(lenient_run["out"])["version"]
+
+
+def test_parent_is_recorded_absolute_and_read_from_anywhere(world, lenient_run, tmp_path, monkeypatch):
+    """The parent typed relative to the working directory is recorded absolute, so the dataset's
+    shards, validation and lineage are its parent's from any directory, even one holding another
+    dataset of the same name."""
+    from model_code.data.version import lineage
+    monkeypatch.chdir(world["root"])
+    out = str(tmp_path / "rel")
+    gather_sidecars(out, [lenient_run["out"]])
+    meta = finalize(out, "data")
+    assert meta["parent"] == meta["shards_from"] == world["data"]
+    assert meta["files"]["shards"].startswith(world["data"] + os.sep)
+    decoy = tmp_path / "elsewhere" / "data" / "shards"
+    decoy.mkdir(parents=True)
+    (decoy / "shard-00000.tar").write_bytes(b"")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert ds.shard_list(out) == ds.shard_list(world["data"]) and len(ds.shard_list(out)) == 3
+    assert lineage(out)["parent"] == world["data"]
+
+
+def test_out_inside_the_dataset_is_refused(world, tmp_path):
+    """out/dataset.json would overwrite the dataset's own: refused before any work, nothing written."""
+    kw = dict(preset=preset(), mlflow=False, progress=False)
+    before = storage.read_bytes(storage.join(world["data"], "dataset.json"))
+    with pytest.raises(ValueError, match="out .* is the dataset .*give an --out outside it"):
+        recaption(world["data"], world["data"] + "/", world["coca"], world["tok"], **kw)
+    with pytest.raises(ValueError, match="out .* is inside the dataset"):
+        recaption(world["data"], os.path.join(world["data"], "recaptioned"), world["coca"], world["tok"], **kw)
+    with pytest.raises(ValueError, match="is the dataset"):
+        finalize(world["data"], world["data"])
+    assert storage.read_bytes(storage.join(world["data"], "dataset.json")) == before
+    assert not os.path.exists(os.path.join(world["data"], "captions"))
+    assert not os.path.exists(os.path.join(world["data"], "recaptioned"))
+    other = tmp_path / "other"   # another dataset (not a recaption) as out
+    other.mkdir()
+    (other / "dataset.json").write_text(json.dumps({"kind": "shapes"}))
+    with pytest.raises(ValueError, match="already holds a dataset"):
+        finalize(str(other), world["data"])
+
+
+@pytest.fixture(scope="module")
+def trained_captioner(world):
+    """A CoCa trained (one step) by the project's trainer: its train_state.json records which
+    tokenizer it was trained with."""
+    from model_code.train.run import train_part
+    torch.manual_seed(0)
+    out = str(world["root"] / "trained-coca")
+    train_part("captioner", {"clip": CLIP_CFG, "captioner": {"max_text_tokens": 40, "width": 32, "layers": 1,
+                                                             "heads": 2},
+                             "train": {"steps": {"captioner": 1}, "batch_size": 4, "precision": "32-true"}},
+               world["data"], out, deps={"tokenizer": world["tok"]}, mlflow=False)
+    return out
+
+
+def test_a_tokenizer_other_than_the_captioners_is_refused(world, trained_captioner, tmp_path, caplog):
+    """Another BPE of the same vocabulary size fits the CoCa's shapes and would caption in garbage:
+    refused where the captioner records its tokenizer, logged as unverified where it does not."""
+    man = world["manifest"]
+    other = TextTokenizer.train(list(man["caption"]) + [c[::-1] for c in man["curated_caption"] if c], 400, 40)
+    assert other.vocab_size == TextTokenizer.load(world["tok"]).vocab_size
+    other.save(str(tmp_path / "tok2"))
+    out = str(tmp_path / "o")
+    with pytest.raises(ValueError, match=f"tokenizer at {tmp_path / 'tok2'} .* not the one the captioner at "
+                                         f"{trained_captioner} was trained with \({world['tok']}"):
+        recaption(world["data"], out, trained_captioner, str(tmp_path / "tok2"), preset=preset(), mlflow=False,
+                  progress=False)
+    assert not os.path.exists(out)
+    CoCaCaptioner(trained_captioner, world["tok"])    # its own tokenizer
+    with caplog.at_level(logging.WARNING, logger="model_code.recaption.captioner"):
+        CoCaCaptioner(world["coca"], str(tmp_path / "tok2"))   # no train_state.json: the vocabulary only
+    assert "the match could not be verified" in caplog.text
 
 
 def test_bad_arguments_are_named(world, tmp_path):
