@@ -125,13 +125,41 @@ def _hidden(ch: str) -> bool:
             or "\ufe00" <= ch <= "\ufe0f" or "\U000e0000" <= ch <= "\U000e007f")
 
 
+# Cyrillic and Greek letters that look like Latin ones (lower case: normalize casefolds first;
+# в, н, м, т stand for the capitals В, Н, М, Т). Unicode's confusables list, the common part.
+_LOOKALIKE = str.maketrans("аеёіїјорсухѕԁԛԝһӏкмтвнαορνκιτυχεβ",
+                           "aeeiijopcyxsdqwhlkmtbhaopvkituxeb")
+_LATIN_OR_LOOKALIKE = re.compile(r"[a-z\d\u0430\u0435\u0451\u0456\u0457\u0458\u043e\u0440\u0441\u0443\u0445"
+                                 r"\u0455\u0501\u051b\u051d\u04bb\u04cf\u043a\u043c\u0442\u0432\u043d"
+                                 r"\u03b1\u03bf\u03c1\u03bd\u03ba\u03b9\u03c4\u03c5\u03c7\u03b5\u03b2]+")
+# a word spelled out letter by letter ("n u d e", "n.u.d.e", "s-e-x"): three or more single
+# letters or digits, each apart by a few separators
+_SPELLED = re.compile(r"(?<![^\W_])[^\W_](?:[\s.*·•_-]{1,3}[^\W_](?![^\W_])){2,}")
+
+
+def _fold_word(m: re.Match) -> str:
+    # a word written only in Latin letters and look-alikes reads as Latin ("nudе" with a Cyrillic
+    # е, "ѕех"); a Russian or Greek word has letters with no Latin twin and is left alone
+    return m.group().translate(_LOOKALIKE)
+
+
 def normalize(text: str) -> str:
     """NFKC (fullwidth and styled letters -> plain), accents and other combining marks and
-    invisible characters removed, casefolded, whitespace collapsed: what the word, pattern and
-    concept checks read."""
+    invisible characters removed, casefolded, Latin look-alikes read as Latin, words spelled out
+    letter by letter joined, whitespace collapsed: what the word, pattern and concept checks read."""
     text = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", text))
     text = unicodedata.normalize("NFC", "".join(ch for ch in text if not _hidden(ch))).casefold()
+    text = re.sub(r"[^\W_]+", lambda m: _LATIN_OR_LOOKALIKE.sub(_fold_word, m.group())
+                  if _LATIN_OR_LOOKALIKE.fullmatch(m.group()) else m.group(), text)
+    text = _SPELLED.sub(_join_spelled, text)
     return " ".join(text.split())
+
+
+def _join_spelled(m: re.Match) -> str:
+    letters = re.split(r"[\s.*·•_-]+", m.group())
+    if len(letters) >= 4 and letters[0] in ("a", "i") and m.group()[1].isspace():
+        return letters[0] + " " + "".join(letters[1:])   # "a n u d e": the article stays a word
+    return "".join(letters)
 
 
 class ClipEmbedder:

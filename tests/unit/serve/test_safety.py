@@ -195,3 +195,18 @@ def test_a_clip_that_cannot_separate_refuses_no_benign_reference(embedder):
     for p in ["self-harm", "a picture of SELF HARM"]:
         v = s.check_prompts([p])[0]
         assert not v.allowed and v.policy == "prompt.concept" and "'self-harm'" in v.reason, p
+
+
+def test_look_alike_letters_and_spelled_out_words_are_read_as_words():
+    """Left open by the first fix: Cyrillic look-alikes ("nudе" with a Cyrillic е, "ѕех") and a
+    word spelled out letter by letter. A Russian or Greek word is left as it is."""
+    assert normalize("a nud\u0435 woman") == "a nude woman" and normalize("\u0455\u0435\u0445") == "sex"
+    assert normalize("n u d e") == normalize("n.u.d.e") == normalize("n-u-d-e") == "nude"
+    assert normalize("ελληνικά γράμματα") == "ελληνικα γραμματα"
+    assert normalize("a b red circle") == "a b red circle"          # two single letters are no word
+    s = Safety(policy(blocklist=["nude", "sex"]), None)
+    for p in ("a nud\u0435 woman", "\u0455\u0435\u0445", "a n u d e party", "n.u.d.e", "s-e-x tape",
+              "card 4 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1"):
+        assert not s.check_prompt_text(p).allowed, p
+    for p in ("красный круг", "a red circle", "x y z axes in a b c order"):
+        assert s.check_prompt_text(p).allowed, p
