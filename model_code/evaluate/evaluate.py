@@ -214,6 +214,10 @@ def write_report(out: str, title: str, header: dict, flat: dict, per: dict, prom
 
     md = [f"# {title}", ""]
     md += [f"- **{k}**: `{v}`" for k, v in header.items()]
+    if "chance.pf.exact" not in flat:   # no scene graphs in the dataset: not the Shapes world
+        md += ["", "> **This dataset holds no Shapes-world scene graphs.** Prompt following below is Shapes-world "
+                   "prompts read back by the Shapes oracle: it says nothing about this dataset's own domain. "
+                   "Read the CLIP score and FD against its held-out images instead."]
     md += ["", "## Prompt following per category", "",
            "Oracle parse of each kept image scored against the prompt's constraints (exact = all met); "
            "chance = random real held-out images scored against the same prompts.", "",
@@ -332,6 +336,9 @@ def evaluate(bundle: str, dataset: str, out: str, preset: str | dict = "tiny",
     real = [im for _, im, _ in records]
     flat, per, pf = compute_metrics(gen, ps, generated, real)
     _add_chance(flat, per, ps, records, cfg)
+    if "chance.pf.exact" not in flat:
+        log.warning("evaluate: %s holds no Shapes scene graphs; prompt following is scored on Shapes-world "
+                    "prompts, which says nothing about this dataset's domain", dataset)
     if gen.recipe == "dalle" and real:
         flat.update({f"dvae.{k}": v for k, v in M.dvae_metrics(gen.dvae, real).items()})
     cap = M.captioner_metrics(dataset, cfg["captions"], cfg["seed"])

@@ -202,3 +202,21 @@ def test_a_killed_table_or_evaluation_resumes_at_its_next_batch(env, monkeypatch
     assert {k: v for k, v in again["metrics"].items() if k != "seconds"} == \
         {k: v for k, v in full["metrics"].items() if k != "seconds"}
     assert not os.path.exists(os.path.join(out, "samples"))
+
+
+def test_a_dataset_that_is_not_the_shapes_world_is_said_so(env, tmp_path):
+    """A user's own photos have no scene graphs: the oracle's prompt following is Shapes-world
+    prompts only, and the report says so rather than letting it pass for this domain's score."""
+    from model_code.data.ingest import ingest
+    from model_code.evaluate.evaluate import evaluate
+    from tests.unit.data import hostile
+    src = tmp_path / "photos"
+    src.mkdir()
+    for i in range(12):
+        hostile.smooth_image(i, 48, 48).save(src / f"p{i}.png")
+        (src / f"p{i}.txt").write_text(f"a photo number {i}")
+    ds = str(tmp_path / "ds")
+    ingest(str(src), ds, size=32, heldout_fraction=0.5, workers=1, progress=False)
+    r = evaluate(env["dalle"], ds, str(tmp_path / "eval"), n_per_category=1, samples_per_prompt=1, mlflow=False)
+    assert "chance.pf.exact" not in r["metrics"] and "fd_clip" in r["metrics"]
+    assert "holds no Shapes-world scene graphs" in open(r["report"]).read()
