@@ -311,12 +311,13 @@ class EaselTransformer(EaselModel):
         inputs = [InferInput("prompt", [k], "BYTES", [w["prompt"] for w in wire]),
                   InferInput("n", [k], "INT32", [w["n"] for w in wire]),
                   InferInput("rewrite", [1], "BOOL", [False])]
-        # one [k] tensor per field: prompts without a seed get a fresh one (they would get a
-        # random seed anyway; seeded, they run unbatched at the predictor)
+        # one [k] tensor per field: prompts without a seed get a fresh one, marked drawn (a
+        # client's seed runs alone at the predictor; a drawn one may share a generator call)
         if any("seed" in w for w in wire):
             import secrets
             inputs.append(InferInput("seed", [k], "INT64",
                                      [w["seed"] if "seed" in w else secrets.randbelow(2**31) for w in wire]))
+            inputs.append(InferInput("seed_drawn", [k], "BOOL", [w.get("seed_drawn", "seed" not in w) for w in wire]))
         if any("size" in w for w in wire):   # "" = the predictor's default size
             inputs.append(InferInput("size", [k], "BYTES", [w.get("size", "") for w in wire]))
         return InferRequest(model_name=self.name, infer_inputs=inputs, request_id=request_id)

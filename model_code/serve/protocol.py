@@ -32,7 +32,9 @@ Withheld images keep their place in the answer, with no image and the policy and
 client always sees n entries per prompt and knows why one is missing.
 
 Seeds: a request's seed makes its images reproducible (seeded requests are generated alone, see
-batching.py); without one the server draws a seed and reports it ("seed" in the answer).
+batching.py); without one the server draws a seed and reports it ("seed" in the answer). A KServe
+transformer forwards the seed it drew with "seed_drawn": true, so the predictor may still merge
+that request with others (a drawn seed promises its revised prompt, not a call of its own).
 """
 from __future__ import annotations
 
@@ -46,7 +48,7 @@ from model_code.serve.records import (Envelope, ImageOut, ImageRequest, ImageRes
                                       bad_request, check_bool, check_n, check_prompt, check_seed, check_size,
                                       decode_png_b64, rewrite_opt_out)
 
-INSTANCE_KEYS = ("prompt", "n", "seed", "size", "rewrite")
+INSTANCE_KEYS = ("prompt", "n", "seed", "size", "rewrite", "seed_drawn")
 
 
 def parse_instance(obj, cfg: dict, where: str = "", rewrite_default: bool = True) -> ImageRequest:
@@ -63,11 +65,21 @@ def parse_instance(obj, cfg: dict, where: str = "", rewrite_default: bool = True
     if "prompt" not in obj:
         raise bad_request(pre + "prompt", "is required")
     rw = check_bool(obj.get("rewrite"), pre + "rewrite")
+    seed = check_seed(obj.get("seed"), cfg, pre + "seed")
     return ImageRequest(prompt=check_prompt(obj["prompt"], cfg, pre + "prompt"),
-                        n=check_n(obj.get("n"), cfg, pre + "n"),
-                        seed=check_seed(obj.get("seed"), cfg, pre + "seed"),
+                        n=check_n(obj.get("n"), cfg, pre + "n"), seed=seed,
+                        seed_drawn=check_seed_drawn(check_bool(obj.get("seed_drawn"), pre + "seed_drawn"), seed,
+                                                    pre + "seed_drawn"),
                         size=check_size(obj.get("size"), cfg, pre + "size"),
                         rewrite=rewrite_default if rw is None else rw)
+
+
+def check_seed_drawn(drawn: bool | None, seed: int | None, param: str) -> bool:
+    """`seed_drawn`: the seed was drawn by a server (a KServe transformer in front of this one),
+    not chosen by a client, so the request may share a generator call with others."""
+    if drawn and seed is None:
+        raise bad_request(param, "is true, but there is no seed: it marks a seed a server drew")
+    return bool(drawn)
 
 
 def parse_v1(payload, cfg: dict, headers: dict | None) -> list[ImageRequest]:
@@ -115,14 +127,16 @@ def _flat(inp) -> list:
 
 
 _INTS = ("INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64")
-_V2_TYPES = {"prompt": ("BYTES",), "size": ("BYTES",), "rewrite": ("BOOL",), "n": _INTS, "seed": _INTS}
+_V2_TYPES = {"prompt": ("BYTES",), "size": ("BYTES",), "rewrite": ("BOOL",), "n": _INTS, "seed": _INTS,
+             "seed_drawn": ("BOOL",)}
 # the V2 model metadata (GET /v2/models/NAME): B prompts; -1 = variable; n, seed, size and
 # rewrite take 1 value (for all prompts) or B; INT64 stands for any integer type
 V2_INPUTS = ({"name": "prompt", "datatype": "BYTES", "shape": [-1]},
              {"name": "n", "datatype": "INT64", "shape": [-1]},
              {"name": "seed", "datatype": "INT64", "shape": [-1]},
              {"name": "size", "datatype": "BYTES", "shape": [-1]},
-             {"name": "rewrite", "datatype": "BOOL", "shape": [-1]})
+             {"name": "rewrite", "datatype": "BOOL", "shape": [-1]},
+             {"name": "seed_drawn", "datatype": "BOOL", "shape": [-1]})
 V2_OUTPUTS = ({"name": "image", "datatype": "BYTES", "shape": [-1]},
               {"name": "prompt_index", "datatype": "INT32", "shape": [-1]},
               {"name": "clip_score", "datatype": "FP32", "shape": [-1]},
@@ -193,9 +207,11 @@ def parse_v2(req: InferRequest, cfg: dict, headers: dict | None) -> list[ImageRe
             vals = inputs.get(name)
             return None if vals is None else vals[0 if len(vals) == 1 else i]
         rw = check_bool(at("rewrite"), "inputs.rewrite")
+        seed = check_seed(at("seed"), cfg, "inputs.seed")
         out.append(ImageRequest(prompt=check_prompt(text(p, f"inputs.prompt[{i}]"), cfg, f"inputs.prompt[{i}]"),
-                                n=check_n(at("n"), cfg, "inputs.n"),
-                                seed=check_seed(at("seed"), cfg, "inputs.seed"),
+                                n=check_n(at("n"), cfg, "inputs.n"), seed=seed,
+                                seed_drawn=check_seed_drawn(check_bool(at("seed_drawn"), "inputs.seed_drawn"), seed,
+                                                            "inputs.seed_drawn"),
                                 size=check_size(text(at("size"), "inputs.size") or None, cfg, "inputs.size"),
                                 rewrite=default if rw is None else rw))
     return out

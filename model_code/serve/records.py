@@ -57,6 +57,8 @@ class ImageRequest:
         d = {"prompt": self.generation_prompt, "n": self.n, "rewrite": False}
         if self.seed is not None:
             d["seed"] = self.seed
+            if self.seed_drawn:   # the predictor may still merge it with other requests
+                d["seed_drawn"] = True
         if self.size is not None:
             d["size"] = f"{self.size}x{self.size}"
         return d

@@ -68,6 +68,11 @@ CASES = [
     ("oai malformed json", OAI, _raw(b'{"prompt": '), 400, "JSON"),
     ("oai json array", OAI, _json(["a red circle"]), 400, "object"),
     ("v2 malformed json", V2, _raw(b'{"inputs": ['), 422, ""),
+    # a drawn seed is a seed a server drew: without a seed it means nothing
+    ("v1 seed_drawn without seed", V1, _json({"instances": [{"prompt": "a", "seed_drawn": True}]}), 400,
+     "instances[0].seed_drawn"),
+    ("v1 seed_drawn not a bool", V1, _json({"instances": [{"prompt": "a", "seed": 3, "seed_drawn": "yes"}]}), 400,
+     "instances[0].seed_drawn"),
     # missing fields
     ("v1 no instances", V1, _json({"prompt": "a red circle"}), 400, "prompt"),
     ("v1 empty instances", V1, _json({"instances": []}), 400, "instances"),
@@ -294,3 +299,16 @@ def test_server_is_healthy_after_the_hostile_suite(server):
     assert statuses and not any(st.startswith("5") for st in statuses), statuses
     policies = {s.labels["policy"] for s in fams["easel_refusals"].samples if s.name == "easel_refusals_total"}
     assert {"prompt.blocklist", "prompt.pattern", "prompt.concept"} <= policies
+
+
+def test_a_drawn_seed_is_accepted_and_reported(server):
+    """What a KServe transformer forwards for an unseeded request: its drawn seed, marked so the
+    predictor may merge it with others; the answer reports that seed."""
+    r = httpx.post(server.base_url + V1, timeout=120,
+                   json={"instances": [{"prompt": "a red circle", "seed": 7, "seed_drawn": True}]})
+    assert r.status_code == 200, r.text[:300]
+    assert r.json()["predictions"][0]["seed"] == 7
+    v2 = httpx.post(server.base_url + V2, timeout=120, json={"inputs": [
+        _prompt(["a red circle"]), {"name": "seed", "shape": [1], "datatype": "INT64", "data": [7]},
+        {"name": "seed_drawn", "shape": [1], "datatype": "BOOL", "data": [True]}]})
+    assert v2.status_code == 200, v2.text[:300]

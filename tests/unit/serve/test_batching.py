@@ -64,3 +64,14 @@ def test_an_unseeded_call_runs_with_its_first_requests_drawn_seed():
         return out
 
     assert asyncio.run(run()) == (["a"], 1234) and seeds == [1234]
+
+
+def test_a_transformers_drawn_seed_travels_marked_so_the_predictor_may_merge_it():
+    from model_code.serve.protocol import parse_instance
+    from model_code.serve.records import ImageRequest
+    from model_code.serve.config import serve_config
+    cfg = serve_config("tiny")
+    drawn = ImageRequest("a red circle", seed=11, seed_drawn=True)
+    assert drawn.wire()["seed_drawn"] is True and "seed_drawn" not in ImageRequest("x", seed=11).wire()
+    back = parse_instance(drawn.wire(), cfg)
+    assert (back.seed, back.seed_drawn) == (11, True)
