@@ -469,7 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--canary", type=int, default=None, metavar="PERCENT",
                    help="traffic share for this version while the previous keeps the rest (default: all)")
     s.add_argument("--timeout", type=float, default=900, help="seconds to wait for Ready (0: do not wait)")
-    s.add_argument("--storage-uri", default=None, help="the version's artifacts (skips the registry lookup)")
+    s.add_argument("--storage-uri", default=None,
+                   help="serve these artifacts without the registry: no version or gate is checked or "
+                        "claimed (needs --allow-ungated, except with --render)")
     s.add_argument("--allow-ungated", action="store_true",
                    help="deploy a version without a passed gate record (recorded on the InferenceService)")
     s.add_argument("--render", action="store_true",

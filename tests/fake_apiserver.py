@@ -1,7 +1,8 @@
 """A Kubernetes API server for custom objects, over real HTTP on 127.0.0.1: what a client library
 (KServe's KServeClient, the kubernetes client under it) sends and reads, with the API server's
 rules that matter to a deploy: 404 for a missing object, 409 for an existing name or a stale
-resourceVersion, generation bumped on a spec change, status kept across a replace. A stand-in
+resourceVersion, generation bumped on a spec change, status kept across a replace; the core API
+only for reading ServiceAccounts (`service_accounts`). A stand-in
 "controller" marks an object Ready `ready_after` reads after each change (never, with None).
 
     with FakeApiServer() as api:
@@ -15,13 +16,16 @@ import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+_ACCOUNT = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/serviceaccounts/(?P<name>[^/?]+)/?(?:\?.*)?$")
 _PATH = re.compile(r"^/apis/(?P<group>[^/]+)/(?P<version>[^/]+)/namespaces/(?P<ns>[^/]+)/(?P<plural>[^/]+)"
                    r"(?:/(?P<name>[^/?]+))?/?(?:\?.*)?$")
 
 
 class FakeApiServer:
-    def __init__(self, existing: dict | None = None, conflicts: int = 0, ready_after: int | None = 1):
+    def __init__(self, existing: dict | None = None, conflicts: int = 0, ready_after: int | None = 1,
+                 service_accounts: tuple[str, ...] = ("easel-serving/dalle-s3",)):
         self.objects: dict[tuple[str, str], dict] = {}
+        self.service_accounts = set(service_accounts)  # "namespace/name" (the core API's only objects here)
         if existing is not None:
             meta = existing["metadata"]
             self.objects[(meta["namespace"], meta["name"])] = copy.deepcopy(existing)
@@ -90,6 +94,15 @@ class FakeApiServer:
 
         class Handler(BaseHTTPRequestHandler):
             def _serve(self, method: str) -> None:
+                account = _ACCOUNT.match(self.path)
+                if account and method == "GET":
+                    key = f"{account.group('ns')}/{account.group('name')}"
+                    server.calls.append((method, key))
+                    if key in server.service_accounts:
+                        return self._send(200, {"apiVersion": "v1", "kind": "ServiceAccount",
+                                                "metadata": {"namespace": account.group("ns"),
+                                                             "name": account.group("name")}})
+                    return self._send(404, _status(404, "NotFound", f'serviceaccounts "{key}" not found'))
                 m = _PATH.match(self.path)
                 if not m:
                     return self._send(404, _status(404, "NotFound", f"no route {self.path}"))

@@ -229,8 +229,8 @@ def _helm_message(e: Exception) -> str:
 
 def update_inferenceservice(existing: dict, storage_uri: str, *, model: str = "", version: str = "",
                             canary_traffic_percent: int | None = None, image: str | None = None) -> dict:
-    """A copy of an existing InferenceService serving another model: STORAGE_URI and the lineage
-    annotations of the predictor, the canary split (set, or removed for all traffic), and the image
+    """A copy of an existing InferenceService serving another model: STORAGE_URI (the predictor's
+    and a transformer's) and the lineage annotations, the canary split (set, or removed for all traffic), and the image
     of the model containers when given. Everything else (resources, transformer, finalizers,
     Helm's labels) stays as it is."""
     obj = copy.deepcopy(existing)
@@ -245,14 +245,11 @@ def update_inferenceservice(existing: dict, storage_uri: str, *, model: str = ""
     if not containers:
         raise DeployError(f"InferenceService {meta.get('namespace')}/{meta.get('name')} has no predictor "
                           f"container {CONTAINER!r}: it was not made by Easel (charts/easel-serving)")
-    env = containers[0].setdefault("env", [])
-    for var in env:
-        if var.get("name") == "STORAGE_URI":
-            var.pop("valueFrom", None)
-            var["value"] = storage_uri
-            break
-    else:
-        env.insert(0, {"name": "STORAGE_URI", "value": storage_uri})
+    _set_storage_uri(containers[0], storage_uri, add=True)
+    # a transformer in front loads the same bundle (its CLIP and tokenizer: safety, prompt limit)
+    for c in ((obj["spec"].get("transformer") or {}).get("containers") or []):
+        if c.get("name") == CONTAINER:
+            _set_storage_uri(c, storage_uri, add=False)
     annotations.pop(ANNOTATION_MODEL, None)
     annotations.pop(ANNOTATION_VERSION, None)
     annotations.update(_annotations(storage_uri, model, version))
@@ -266,6 +263,17 @@ def update_inferenceservice(existing: dict, storage_uri: str, *, model: str = ""
                 if c.get("name") == CONTAINER:
                     c["image"] = image
     return obj
+
+
+def _set_storage_uri(container: dict, storage_uri: str, add: bool) -> None:
+    env = container.setdefault("env", [])
+    for var in env:
+        if var.get("name") == "STORAGE_URI":
+            var.pop("valueFrom", None)
+            var["value"] = storage_uri
+            return
+    if add:
+        env.insert(0, {"name": "STORAGE_URI", "value": storage_uri})
 
 
 def ready_state(obj: dict) -> tuple[bool, str]:
@@ -348,6 +356,8 @@ def apply_inferenceservice(new: dict, *, model: str = "", version: str = "",
             if _status(e) != 404:
                 raise _api_error(e, f"reading InferenceService {ns}/{name}") from None
             existing = None
+        if existing is None:
+            _check_service_account(client, new)
         try:
             if existing is None:
                 action, applied = "created", client.create(_Manifest(new), namespace=ns)
@@ -378,18 +388,44 @@ def apply_inferenceservice(new: dict, *, model: str = "", version: str = "",
     return {**result, "object": current, "url": (current.get("status") or {}).get("url"), "ready": True}
 
 
+def _check_service_account(client, new: dict) -> None:
+    """A new service runs as the chart's `<service>-s3` account (the storage initializer's S3
+    endpoint and credentials): without it KServe would wait out the whole timeout on pods that
+    cannot start, so say what to install instead."""
+    ns, name = new["metadata"]["namespace"], new["metadata"]["name"]
+    account = new["spec"]["predictor"].get("serviceAccountName")
+    if not account:
+        return
+    try:
+        client.core_api.read_namespaced_service_account(account, ns)
+    except Exception as e:  # noqa: BLE001 (kubernetes' ApiException; anything else is reported as is)
+        if getattr(e, "status", None) != 404:
+            raise _api_error(e, f"reading ServiceAccount {ns}/{account}") from None
+        raise DeployError(f"ServiceAccount {ns}/{account} not found: a new service {name!r} runs as the "
+                          f"serving chart's account (the model store's endpoint and credentials); install "
+                          f"the chart for it once: helm install {name} charts/easel-serving -n {ns} "
+                          f"(docs/deploy.md), or deploy to a service that exists") from None
+
+
 def deploy_model(model: str, ref: str | int = "production", *, service: str, namespace: str, image: str,
                  canary_traffic_percent: int | None = None, gpus: int = 0, wait: bool = True,
                  timeout: float = 900.0, dry_run: bool = False, storage_uri: str | None = None,
                  artifacts_uri: str | None = None, allow_ungated: bool = False, **render: Any) -> dict[str, Any]:
     """Serve version `ref` (number or alias) of registered model `model` as InferenceService
     `service` in `namespace`. dry_run: render only (what a new service would look like), no
-    cluster. storage_uri: skip the registry lookup (the version's artifacts are known).
+    cluster. storage_uri: serve these artifacts without the registry (no version or gate is
+    checked or claimed: needs allow_ungated, recorded on the service).
     Returns {"model", "version", "storage_uri", "service", "namespace", "canary_traffic_percent",
     "action" (created | updated | rendered), "url", "ready", "object"}."""
     if storage_uri:
-        info = {"model": model, "version": str(ref) if str(ref).isdigit() else "", "storage_uri": storage_uri}
-        gated = None   # artifacts named directly: no registry version to check
+        # artifacts named directly: no registry version and no gate record was checked, so the
+        # service claims neither (a version number here would be lineage nobody verified)
+        if not (allow_ungated or dry_run):
+            raise DeployError("storage_uri= skips the registry, and with it the promotion gate: deploy a "
+                              "registered version (its name and --ref), or pass allow_ungated "
+                              "(--allow-ungated; recorded on the InferenceService)")
+        info = {"model": model, "version": "", "storage_uri": storage_uri}
+        gated = False
     else:
         from model_code.registry.registry import check_gated
         info = registered_version(model, ref, artifacts_uri)
@@ -398,7 +434,8 @@ def deploy_model(model: str, ref: str | int = "production", *, service: str, nam
                                   version=info["version"], canary_traffic_percent=canary_traffic_percent,
                                   gpus=gpus, **render)
     if gated is False:   # recorded where the cluster shows it
-        obj["metadata"].setdefault("annotations", {})["easel.ai/gate"] = "ungated (--allow-ungated)"
+        obj["metadata"].setdefault("annotations", {})["easel.ai/gate"] = (
+            "ungated (--storage-uri: not looked up in the registry)" if storage_uri else "ungated (--allow-ungated)")
     summary = {"model": model, "version": info["version"], "storage_uri": info["storage_uri"],
                "service": service, "namespace": namespace,
                "canary_traffic_percent": obj["spec"]["predictor"].get("canaryTrafficPercent", 100)}

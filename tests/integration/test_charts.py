@@ -497,8 +497,13 @@ def test_serving_gpu_canary_render():
     assert _env(c)["STORAGE_URI"] == values["model"]["storageUri"]
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pred["tolerations"]
     assert pred["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
+    assert "--generate-only" in c["args"]  # safety, rewriting and C2PA run once, in the transformer
     targs = tr["containers"][0]["args"]
-    assert targs[:3] == ["serve", "--role", "transformer"]
+    assert targs[:5] == ["serve", "--role", "transformer", "--model", "/mnt/models"]
+    assert _env(tr["containers"][0])["STORAGE_URI"] == values["model"]["storageUri"]  # the same bundle
+    # a Secret's files are root's: the non-root server must be able to read the signing material
+    (vol,) = [v for v in pred["volumes"] if v["name"] == "c2pa"]
+    assert vol["secret"]["defaultMode"] & 0o004
     assert targs[targs.index("--predictor-host") + 1] == "dalle-predictor.easel-serving"
     assert "nvidia.com/gpu" not in tr["containers"][0]["resources"]["limits"]
     sa = _by(docs, "ServiceAccount", "dalle-s3")
@@ -803,6 +808,25 @@ def test_dockerfiles_are_pinned_non_root_and_run_easel():
     cpu = open(os.path.join(ROOT, "components", "docker", "Dockerfile.cpu")).read()
     assert "--index-url https://download.pytorch.org/whl/cpu torch==2.13.0" in cpu
     assert "python:3.11-slim" in cpu
+
+
+def test_dockerfiles_copy_only_what_the_build_context_keeps():
+    """Every COPY source must survive .dockerignore (docker's own matcher, exceptions included):
+    `charts` was ignored while both images copied charts/easel-serving, so neither built."""
+    from docker.utils.build import exclude_paths
+    patterns = [ln.strip() for ln in open(os.path.join(ROOT, ".dockerignore"))
+                if ln.strip() and not ln.lstrip().startswith("#")]
+    kept = set(exclude_paths(ROOT, patterns))
+    for flavour in ("cpu", "cuda"):
+        text = open(os.path.join(ROOT, "components", "docker", f"Dockerfile.{flavour}")).read()
+        for line in re.findall(r"^COPY (?!--from)(.+)$", text, re.M):
+            for src in line.split()[:-1]:
+                assert os.path.exists(os.path.join(ROOT, src)), (flavour, src)
+                assert src.rstrip("/") in kept, f"Dockerfile.{flavour} copies {src}, which .dockerignore drops"
+                files = [os.path.relpath(os.path.join(d, f), ROOT)
+                         for d, _, fs in os.walk(os.path.join(ROOT, src)) for f in fs
+                         if "__pycache__" not in d and not f.endswith(".pyc")] or [src]
+                assert all(f in kept for f in files), (flavour, src, [f for f in files if f not in kept][:3])
 
 
 def test_deploy_doc_points_at_files_that_exist():

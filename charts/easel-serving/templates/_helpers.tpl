@@ -89,7 +89,9 @@ volumeMounts:
 - name: c2pa
   secret:
     secretName: {{ .Values.provenance.secretName }}
-    defaultMode: 0400
+    # readable by the container's non-root user: a Secret's files are root's, and the fsGroup that
+    # 0440 would need is a pod-level field Knative takes only behind a feature flag
+    defaultMode: 0444
 {{- else }}
 - name: c2pa-dev
   emptyDir:

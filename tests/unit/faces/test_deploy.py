@@ -181,7 +181,9 @@ def chart_like_existing() -> dict:
     obj["metadata"].update(finalizers=["inferenceservice.finalizers"], resourceVersion="41", generation=3)
     obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] = "Helm"
     obj["spec"]["transformer"] = {"containers": [{"name": "kserve-container", "image": "easel/easel-cpu:0.1.0",
-                                                  "args": ["serve", "--role", "transformer"]}]}
+                                                  "args": ["serve", "--role", "transformer", "--model",
+                                                           "/mnt/models"],
+                                                  "env": [{"name": "STORAGE_URI", "value": "s3://old"}]}]}
     obj["status"] = {"observedGeneration": 3, "conditions": [{"type": "Ready", "status": "True"}]}
     return obj
 
@@ -198,6 +200,8 @@ def test_update_switches_the_version_and_keeps_the_rest():
     assert new["metadata"]["finalizers"] == ["inferenceservice.finalizers"]
     assert new["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
     assert new["spec"]["transformer"]["containers"][0]["image"] == IMAGE
+    # the transformer in front loads the same bundle as the predictor (safety CLIP, prompt limit)
+    assert new["spec"]["transformer"]["containers"][0]["env"] == [{"name": "STORAGE_URI", "value": URI}]
     assert pred["containers"][0]["resources"] == old["spec"]["predictor"]["containers"][0]["resources"]
     # promote the canary: the same version with all traffic removes the split
     promoted = isvc.update_inferenceservice(new, URI, model="easel-dalle", version="3")
@@ -242,7 +246,18 @@ def test_apply_creates_a_new_service_and_waits():
     assert res["action"] == "created" and res["ready"] and res["url"] == "http://dalle.example"
     stored = api.objects[("easel-serving", "dalle")]
     assert stored["spec"] == new["spec"] and stored["metadata"]["annotations"] == new["metadata"]["annotations"]
-    assert [m for m, _ in api.calls][:2] == ["GET", "POST"]
+    assert [m for m, _ in api.calls][:3] == ["GET", "GET", "POST"]  # the service, its account, create
+
+
+def test_a_new_service_without_the_charts_account_is_a_clear_error():
+    """The lifecycle deploys `easel-dalle`; if the chart was installed only as `dalle`, the new
+    service's pods could never fetch the model: say so at once, create nothing."""
+    new = isvc.render_inferenceservice("easel-dalle", "easel-serving", URI, IMAGE, model="easel-dalle", version="3")
+    with FakeApiServer() as api:
+        with pytest.raises(isvc.DeployError, match="ServiceAccount easel-serving/easel-dalle-s3 not found.*"
+                                                   "helm install easel-dalle charts/easel-serving"):
+            isvc.apply_inferenceservice(new, client=kserve(api), poll_seconds=0.01)
+    assert not api.objects and "POST" not in [m for m, _ in api.calls]
 
 
 def test_apply_updates_an_existing_service_through_conflicts():
@@ -282,7 +297,13 @@ def test_no_cluster_is_a_clear_error(tmp_path, monkeypatch):
 def test_dry_run_and_the_cli_render(capsys):
     res = isvc.deploy_model("easel-dalle", "4", service="dalle", namespace="easel-serving", image=IMAGE,
                             storage_uri=URI, canary_traffic_percent=25, dry_run=True)
-    assert res["action"] == "rendered" and res["version"] == "4" and res["canary_traffic_percent"] == 25
+    assert res["action"] == "rendered" and res["version"] == "" and res["canary_traffic_percent"] == 25
+    # artifacts named directly claim no registry version and say that no gate was checked
+    notes = res["object"]["metadata"]["annotations"]
+    assert isvc.ANNOTATION_VERSION not in notes and notes["easel.ai/gate"].startswith("ungated (--storage-uri")
+    with pytest.raises(isvc.DeployError, match="skips the registry, and with it the promotion gate"):
+        isvc.deploy_model("easel-dalle", "4", service="dalle", namespace="easel-serving", image=IMAGE,
+                          storage_uri=URI, wait=False)
     validator().validate(res["object"])
     assert main(["model", "deploy", "easel-dalle", "--ref", "4", "--service", "dalle", "--image", IMAGE,
                  "--storage-uri", URI, "--canary", "25", "--render"]) == 0
