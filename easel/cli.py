@@ -93,7 +93,7 @@ def _recaption(a) -> dict:
     from model_code.recaption.job import recaption
     return recaption(a.dataset, a.out, captioner=a.captioner, tokenizer=a.tokenizer, clip=a.clip,
                      shards=a.shard or None, preset=a.preset, top_p=a.top_p, temperature=a.temperature,
-                     progress=not a.quiet)
+                     progress=not a.quiet, threads=a.threads)
 
 
 def _evaluate(a) -> dict:
@@ -357,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--preset", default="tiny")
     s.add_argument("--top-p", type=float, default=None)
     s.add_argument("--temperature", type=float, default=None)
+    s.add_argument("--threads", type=int, default=0,
+                   help="torch threads (0: every core; give each of several runs on one machine a share)")
     s.add_argument("--quiet", action="store_true")
 
     s = cmd(sub, "evaluate", _evaluate, "prompt following, CLIP score, FD, diversity of a bundle; report")

@@ -31,6 +31,14 @@ def _run_pipeline(pipeline_fn, pipeline_root: str, **params) -> Any:
     return pipeline_fn(**params)
 
 
+def local_threads(concurrent: int) -> int:
+    """Torch threads for each of `concurrent` tasks kfp.local runs at once on this machine (a
+    fan-out's iterations): a share of its cores, since OpenMP threads of processes that outnumber
+    the cores spin against each other (5x slower recaption on 2 cores; docs/benchmarks.md)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, concurrent))
+
+
 def model_names(prefix: str = "easel") -> dict[str, str]:
     return {"dalle": f"{prefix}-dalle", "unclip": f"{prefix}-unclip"}
 
@@ -53,10 +61,11 @@ def run_local(preset: str = "tiny", recipe: str = "all", out: str = "runs/local"
     from model_code import tracking
     mlflow_uri = tracking.configure()
     t0 = time.time()
-    from pipelines.lifecycle import lifecycle_pipeline
+    from pipelines.lifecycle import RECAPTION_GROUPS, lifecycle_pipeline
     names = model_names()
     _run_pipeline(lifecycle_pipeline, os.path.join(out, "kfp"), preset=preset, recipe=recipe,
                   caption_policy=caption_policy, overrides=json.dumps(over) if over else "",
+                  recaption_groups=RECAPTION_GROUPS, recaption_threads=local_threads(RECAPTION_GROUPS),
                   seed=int(cfg["data"].get("seed", 0)), dalle_model=names["dalle"],
                   unclip_model=names["unclip"], workdir=os.path.join(out, "work"))
     results = {r: release_summary(names[r]) for r in RECIPES[recipe]}

@@ -197,11 +197,12 @@ def shard_groups_step(dataset: str, groups: int) -> list[list[str]]:
 @_summary
 def recaption_step(dataset: str, out: str, captioner: str, tokenizer: str, clip: str = "",
                    shards: list[str] | None = None, preset: str = "tiny",
-                   overrides: dict | str | None = None) -> dict[str, Any]:
+                   overrides: dict | str | None = None, threads: int = 0) -> dict[str, Any]:
     """Recaption some shards of a dataset into caption sidecars under `out` (resumable)."""
     from model_code.recaption.job import recaption
     return recaption(dataset, out, captioner=captioner, tokenizer=tokenizer, clip=clip or None,
-                     shards=shards, preset=_cfg(preset, overrides), finalize_out=shards is None)
+                     shards=shards, preset=_cfg(preset, overrides), finalize_out=shards is None,
+                     threads=threads)
 
 
 @_summary

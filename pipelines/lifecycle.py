@@ -39,6 +39,7 @@ from pipelines.params import documented
 
 # seconds the deploy step waits for the InferenceService to become ready (model download included)
 DEPLOY_TIMEOUT = 1800
+RECAPTION_GROUPS = 2  # parallel recaption tasks (the lifecycle's and recaption pipeline's default)
 
 
 def data_stage(preset: str, overrides: str, seed: int, workdir: str, source: str = "",
@@ -72,7 +73,8 @@ def shared_parts(dataset, preset, overrides, workdir):
     return tok, clip
 
 
-def recaption_stage(dataset, tokenizer, clip, preset: str, overrides: str, workdir: str, groups: int):
+def recaption_stage(dataset, tokenizer, clip, preset: str, overrides: str, workdir: str, groups: int,
+                    threads=0):
     """Train the captioner on the curated subset, recaption every shard group in parallel, and
     seal the sidecars as a new dataset version. Returns (finalize task, captioner task): the
     bundles keep the captioner, to rerank with it."""
@@ -83,7 +85,7 @@ def recaption_stage(dataset, tokenizer, clip, preset: str, overrides: str, workd
     with dsl.ParallelFor(grp.output, name="shard-groups") as shards:
         part = cluster.gpu(recaption(dataset=dataset, captioner=cap.outputs["model"], tokenizer=tokenizer,
                                      clip=clip, shards=shards, preset=preset, overrides=overrides,
-                                     workdir=workdir))
+                                     workdir=workdir, threads=threads))
     fin = cluster.cpu(recaption_finalize(parent=dataset, parts=dsl.Collected(part.outputs["captions"]),
                                          workdir=workdir))
     return fin, cap
@@ -144,7 +146,8 @@ def deploy_stage(model_name, ref, service, namespace, image, canary_traffic_perc
 def lifecycle_pipeline(source: str = "", dataset_version: str = "", recipe: str = "all", preset: str = "tiny",
                        caption_policy: str = "blend", gate_config: dict = {},  # noqa: B006 (KFP default)
                        deploy: bool = False,
-                       overrides: str = "", seed: int = 0, recaption_groups: int = 2,
+                       overrides: str = "", seed: int = 0, recaption_groups: int = RECAPTION_GROUPS,
+                       recaption_threads: int = 0,
                        dalle_model: str = "easel-dalle", unclip_model: str = "easel-unclip",
                        serving_namespace: str = "easel-serving", serving_image: str = GPU_IMAGE,
                        serving_gpus: int = 1, canary_traffic_percent: int = 100, workdir: str = ""):
@@ -152,7 +155,7 @@ def lifecycle_pipeline(source: str = "", dataset_version: str = "", recipe: str 
     data = ing.outputs["dataset"]
     tok, clip = shared_parts(data, preset, overrides, workdir)
     rec, cap = recaption_stage(data, tok.outputs["model"], clip.outputs["model"], preset, overrides, workdir,
-                               recaption_groups)
+                               recaption_groups, recaption_threads)
     recaptioned = rec.outputs["dataset"]
     with dsl.If(recipe != "unclip", name="dalle"):
         dvae, tr = dalle_stage(recaptioned, tok.outputs["model"], clip.outputs["model"], preset, overrides,

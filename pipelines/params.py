@@ -37,6 +37,8 @@ PARAMS: dict[str, str] = {
     "deploy": "Serve each promoted model as the KServe InferenceService named after it.",
     "seed": "Seed of the synthesized Shapes world (used when source is empty).",
     "recaption_groups": "Parallel recaption tasks, each over a share of the shards.",
+    "recaption_threads": ("Torch threads of each recaption task; 0 uses every core of its pod. Tasks "
+                          "that share one machine (a local run) take a share each."),
     "dalle_model": "Registered MLflow model name of the DALL-E recipe.",
     "unclip_model": "Registered MLflow model name of the unCLIP recipe.",
     "model_name": "Registered MLflow model name the bundle becomes a version of.",

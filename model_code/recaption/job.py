@@ -338,7 +338,8 @@ def recaption(dataset: str, out: str, captioner: str | Captioner, tokenizer: str
               clip: str | None = None, shards: Sequence[str] | None = None, preset: str | dict = "tiny",
               top_p: float | None = None, temperature: float | None = None, max_retries: int | None = None,
               batch_size: int | None = None, seed: int | None = None, progress: bool = True,
-              mlflow: bool = True, device: str | None = None, finalize_out: bool | None = None) -> dict:
+              mlflow: bool = True, device: str | None = None, finalize_out: bool | None = None,
+              threads: int | None = None) -> dict:
     """Recaption `dataset`'s shards (all, or the named subset) into sidecars under `out`.
 
     captioner: a trained CoCa directory/URI, "pretrained:PATH", "oracle" (Shapes only) or a Captioner.
@@ -348,6 +349,10 @@ def recaption(dataset: str, out: str, captioner: str | Captioner, tokenizer: str
     Settings left None come from the preset's `recaption:` section, then the paper's defaults.
     finalize_out: write out/dataset.json at the end (default: when every shard was asked for;
                a shard named twice, in any spelling, is done and counted once).
+    threads: torch's intra-op threads for this process (None or 0: torch's default, every core).
+               Recaption tasks that share one machine (kfp.local runs a fan-out's groups at once)
+               take a share each: two processes of two OpenMP threads on two cores spin against
+               each other, 5x slower than one thread each (docs/benchmarks.md).
     `out` may not be the dataset or lie inside it (its dataset.json would be overwritten).
     Returns the run's summary (records: covered by the asked-for shards' sidecars, reused ones
     included; records_captioned: by this run; rates, filter counts, fallbacks).
@@ -356,6 +361,11 @@ def recaption(dataset: str, out: str, captioner: str | Captioner, tokenizer: str
                             "batch_size": batch_size, "seed": seed})
     from model_code.data.dataset import shard_list
 
+    import torch
+    if threads:
+        if int(threads) < 0:
+            raise ValueError(f"threads: must be >= 0 (0: every core), got {threads}")
+        torch.set_num_threads(int(threads))
     check_out(out, dataset)
     available = shard_list(dataset)
     if not available:
@@ -400,7 +410,7 @@ def recaption(dataset: str, out: str, captioner: str | Captioner, tokenizer: str
         # records_captioned: those captioned by this run
         "shards_skipped": skipped, "records": sum(verdicts[KINDS[0]].values()),
         "records_captioned": sum(d["records"] for d in done), "captions_generated": n_cap,
-        "tokens_generated": n_tok, "seconds": seconds,
+        "tokens_generated": n_tok, "seconds": seconds, "threads": torch.get_num_threads(),
         "captions_per_s": n_cap / seconds if done and seconds > 0 else 0.0,
         "tokens_per_s": n_tok / seconds if done and seconds > 0 else 0.0,
         "filters": filters.stats.as_dict(), "uses_clip": filters.uses_clip,

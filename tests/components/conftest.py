@@ -123,7 +123,7 @@ def recaption_part(dataset, captioner, tokenizer, clip, groups):
     from components.recaption.component import recaption
     shards = [s for group in groups["Output"] for s in group]
     return run(recaption, dataset=dataset, captioner=captioner["model"], tokenizer=tokenizer["model"],
-               clip=clip["model"], shards=shards, preset=PRESET, overrides=OV, workdir="")
+               clip=clip["model"], shards=shards, preset=PRESET, overrides=OV, workdir="", threads=1)
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,7 @@ def test_recaption_writes_filtered_sidecars(recaption_part, groups, dataset):
     shards = sorted(x for g in groups["Output"] for x in g)
     manifest = pd.read_parquet(os.path.join(location(dataset), "manifest.parquet"))
     assert sorted(s["shards_done"]) == shards and s["records"] == len(manifest)
+    assert s["threads"] == 1  # a local fan-out's share of the cores (easel/lifecycle.local_threads)
     for kind in ("short", "long"):  # every record gets a verdict: pass, retry or fallback
         assert sum(s["verdicts"][kind].values()) == s["records"]
     sidecars = sorted(os.listdir(os.path.join(location(recaption_part["captions"]), "captions")))

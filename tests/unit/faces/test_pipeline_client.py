@@ -167,6 +167,18 @@ def test_declared_parameters_of_the_lifecycle():
     assert r["bundle_uri"]["required"] and r["dataset_uri"]["required"] and not r["preset"]["required"]
 
 
+def test_a_local_fan_out_shares_the_cores(monkeypatch):
+    """kfp.local runs the recaption groups at once on one machine: each takes a share of the
+    cores (two 2-thread processes on 2 cores spin against each other); on a cluster (the
+    pipeline's default 0) each pod uses its own."""
+    from easel import lifecycle
+    for cores, concurrent, threads in ((2, 2, 1), (8, 2, 4), (2, 3, 1), (1, 2, 1), (16, 1, 16)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cores: set(range(n)), raising=False)
+        assert lifecycle.local_threads(concurrent) == threads
+    d = declared_parameters(package("lifecycle"))
+    assert d["recaption_threads"]["default"] == 0 and d["recaption_groups"]["default"] == 2
+
+
 def test_arguments_are_typed_as_declared():
     req = build_request(package("lifecycle"), {"deploy": "true", "seed": "7", "recipe": "dalle",
                                                "canary_traffic_percent": 10, "gate_config": '{"margin": 0.2}'})
