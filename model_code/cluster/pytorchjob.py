@@ -75,6 +75,17 @@ def scale_resources(resources: dict, gpus_per_node: int) -> dict:
     return out
 
 
+SPEC_ANNOTATION = "easel.ai/spec-sha256"
+
+
+def spec_digest(obj: dict) -> str:
+    """SHA-256 of a job's spec (canonical JSON): what a retried step compares with the job of its
+    name before taking it as its own."""
+    import hashlib
+    import json
+    return hashlib.sha256(json.dumps(obj.get("spec"), sort_keys=True, default=str).encode()).hexdigest()
+
+
 def job_name(part: str, preset: str, out: str) -> str:
     """A job name fixed by what it trains and where: a retried pipeline step finds its own job
     again instead of starting a second one."""
@@ -208,8 +219,8 @@ def submit_custom_object(obj: dict, group: str, version: str, plural: str, wait:
     """Create a training job (in-cluster credentials, else ~/.kube/config) and, with wait, poll
     its conditions until it succeeds (returns the final object), fails (JobFailed; PyTorchJobFailed
     for a PyTorchJob) or the timeout passes (TimeoutError; the job keeps running). exists_ok: a job
-    of the same name is taken as this one (a retried pipeline step waits for the job it submitted
-    before). api: a CustomObjectsApi (default: kube.custom_objects_api())."""
+    of the same name and spec is taken as this one (a retried pipeline step waits for the job it
+    submitted before); one of another spec is an error. api: a CustomObjectsApi (default: kube.custom_objects_api())."""
     from kubernetes.client.rest import ApiException
 
     from model_code.cluster.kube import custom_objects_api, wait_for
@@ -217,11 +228,21 @@ def submit_custom_object(obj: dict, group: str, version: str, plural: str, wait:
     failed = PyTorchJobFailed if kind == "PyTorchJob" else JobFailed
     api = api or custom_objects_api()
     ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+    digest = spec_digest(obj)
+    obj["metadata"].setdefault("annotations", {})[SPEC_ANNOTATION] = digest
     try:
         created = api.create_namespaced_custom_object(group, version, ns, plural, obj)
     except ApiException as e:
         if e.status == 409 and exists_ok:
             created = api.get_namespaced_custom_object(group, version, ns, plural, name)
+            theirs = ((created.get("metadata") or {}).get("annotations") or {}).get(SPEC_ANNOTATION)
+            # the name is fixed by part, preset and --out only: a job that trained other data, image,
+            # shape or settings into the same place is not this one (jobs from before the record:
+            # their spec as it was sent)
+            if (theirs != digest) if theirs else (created.get("spec") != obj.get("spec")):
+                raise RuntimeError(f"{kind} {ns}/{name} exists with another spec (data, image, nodes or "
+                                   f"settings differ) for the same output; give this run another out, or "
+                                   f"delete the old job (kubectl -n {ns} delete {kind.lower()} {name})")
             if wait and job_state(created)[0] == "Failed":
                 raise failed(f"{kind} {ns}/{name} exists and has failed: "
                              f"{job_state(created)[1] or 'no message'}; delete it to train again "

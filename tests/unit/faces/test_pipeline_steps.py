@@ -253,6 +253,18 @@ def test_submit_waits_for_the_trainjob_and_reports_failure():
     # a retried step finds its own job (exists_ok); one that failed before is not waited for again
     done = FakeJobs([("Complete", "")], existing={**job, "status": {}})
     assert submit_trainjob(job, api=done, exists_ok=True, poll_seconds=0)["status"]["conditions"][0]["type"] == "Complete"
+    # ... but not a job of the same name (part, preset, out) that trains something else
+    import copy
+    other = copy.deepcopy(job)
+    other["spec"]["trainer"]["numNodes"] = 8
+    with pytest.raises(RuntimeError, match="exists with another spec .* delete the old job"):
+        submit_trainjob(other, api=done, exists_ok=True, poll_seconds=0)
+    resubmitted = copy.deepcopy(job)  # the one a first attempt created carries its spec's digest
+    first = FakeJobs([("Complete", "")])
+    submit_trainjob(copy.deepcopy(job), api=first, poll_seconds=0)
+    assert submit_trainjob(resubmitted, api=first, exists_ok=True, poll_seconds=0)
+    with pytest.raises(RuntimeError, match="exists with another spec"):
+        submit_trainjob(other, api=first, exists_ok=True, poll_seconds=0)
     failed = {**job, "status": {"conditions": [{"type": "Failed", "status": "True", "message": "bad image"}]}}
     with pytest.raises(JobFailed, match="exists and has failed: bad image; delete it"):
         submit_trainjob(job, api=FakeJobs([], existing=failed), exists_ok=True, poll_seconds=0)
