@@ -160,7 +160,41 @@ def check_arguments(declared: dict[str, dict], arguments: dict[str, Any] | None,
         raise ValueError(f"pipeline {pipeline}: missing required parameter{'s' if len(missing) > 1 else ''} "
                          + ", ".join(f"{n} ({_TYPES.get(declared[n]['type'], declared[n]['type'])})"
                                      for n in missing))
-    return {n: _convert(n, v, declared[n]["type"]) for n, v in sorted(arguments.items())}
+    typed = {n: _convert(n, v, declared[n]["type"]) for n, v in sorted(arguments.items())}
+    for n, v in typed.items():
+        try:
+            check_value(n, v)
+        except ValueError as e:
+            said = str(e)
+            raise ValueError(f"pipeline {pipeline}: {said if said.startswith(n) else f'{n}: {said}'}") from None
+    return typed
+
+
+def check_value(name: str, value: Any) -> None:
+    """The library's own rule for a parameter's value, where one exists (ValueError naming it):
+    a run that would fail at its last step (a deploy after hours of training) fails here instead."""
+    from model_code.cluster import inferenceservice as isvc
+    from model_code.cluster import pytorchjob as pj
+    from model_code.config import PRESETS
+    from model_code.text.blend import POLICIES
+    from easel.lifecycle import RECIPES
+    from easel.steps import LAUNCHERS
+    choices = {"recipe": tuple(RECIPES), "caption_policy": tuple(p for p in POLICIES if p != "curated"),
+               "launcher": LAUNCHERS, "part": pj.TRAIN_PARTS, "preset": PRESETS}
+    if name in choices and value not in choices[name]:
+        raise ValueError(f"{name} must be one of {', '.join(choices[name])}, got {value!r}")
+    if name == "canary_traffic_percent":
+        isvc.check_canary(value, "Serverless")
+    elif name in ("serving_namespace", "namespace"):
+        isvc.check_namespace(value)
+    elif name == "service" and value:  # "" = the model's name
+        isvc.check_service(value)
+    elif name in ("gpus", "serving_gpus"):
+        pj.check_int(name, value, 0, 16)
+    elif name == "nodes":
+        pj.check_int(name, value, 1, 1024)
+    elif name == "gpus_per_node":
+        pj.check_int(name, value, 1, 16)
 
 
 def parse_params(items: list[str] | None) -> dict[str, str]:

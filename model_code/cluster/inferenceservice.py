@@ -112,7 +112,7 @@ def registered_version(name: str, ref: str | int = "production", artifacts_uri: 
 
 
 # ---------------------------------------------------------------- the object
-def _check_canary(canary_traffic_percent: int | None, deployment_mode: str) -> int | None:
+def check_canary(canary_traffic_percent: int | None, deployment_mode: str) -> int | None:
     """None and 100 both mean "all traffic to the new version": the field is left out."""
     if canary_traffic_percent is None:
         return None
@@ -128,12 +128,20 @@ def _check_canary(canary_traffic_percent: int | None, deployment_mode: str) -> i
     return p
 
 
-def _check_common(service: str, namespace: str, storage_uri: str) -> None:
+def check_service(service: str) -> None:
     if not isinstance(service, str) or not _DNS1035.match(service) or len(service) > 45:
         raise ValueError(f"service must be a DNS-1035 label of at most 45 characters (it names the URL "
                          f"and the pods), got {service!r}")
+
+
+def check_namespace(namespace: str) -> None:
     if not isinstance(namespace, str) or not _DNS1123.match(namespace) or len(namespace) > 63:
         raise ValueError(f"namespace must be a DNS-1123 label, got {namespace!r}")
+
+
+def _check_common(service: str, namespace: str, storage_uri: str) -> None:
+    check_service(service)
+    check_namespace(namespace)
     if not isinstance(storage_uri, str) or not FETCHABLE.match(storage_uri):
         raise ValueError(f"storage_uri={storage_uri!r}: use an s3://, gs://, pvc:// or http(s):// URI")
 
@@ -197,7 +205,7 @@ def render_inferenceservice(service: str, namespace: str, storage_uri: str, imag
     _check_common(service, namespace, storage_uri)
     repository, tag = _split_image(image)
     mode = values.get("deploymentMode", "Serverless")
-    canary = _check_canary(canary_traffic_percent, mode)
+    canary = check_canary(canary_traffic_percent, mode)
     if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
         raise ValueError(f"gpus must be an integer >= 0, got {gpus!r}")
     ours: dict[str, Any] = {
@@ -239,7 +247,7 @@ def update_inferenceservice(existing: dict, storage_uri: str, *, model: str = ""
     annotations = meta.setdefault("annotations", {}) or {}
     meta["annotations"] = annotations
     mode = annotations.get("serving.kserve.io/deploymentMode", "Serverless")
-    canary = _check_canary(canary_traffic_percent, mode)
+    canary = check_canary(canary_traffic_percent, mode)
     predictor = (obj.get("spec") or {}).get("predictor")
     containers = [c for c in (predictor or {}).get("containers") or [] if c.get("name") == CONTAINER]
     if not containers:

@@ -48,7 +48,7 @@ class PyTorchJobFailed(JobFailed):
     """A PyTorchJob failed (kept for callers that catch this name)."""
 
 
-def _check_int(name: str, value: Any, low: int, high: int) -> int:
+def check_int(name: str, value: Any, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
     return value
@@ -123,8 +123,8 @@ def check_job_args(part: str, preset: str, image: str, nodes: int, gpus_per_node
     _config.preset_path(preset)  # the packaged file is there
     if not isinstance(image, str) or not image or any(c.isspace() for c in image):
         raise ValueError(f"image must be an image reference like REGISTRY/easel-cuda:TAG, got {image!r}")
-    nodes = _check_int("nodes", nodes, 1, 1024)
-    gpus_per_node = _check_int("gpus_per_node", gpus_per_node, 1, 16)
+    nodes = check_int("nodes", nodes, 1, 1024)
+    gpus_per_node = check_int("gpus_per_node", gpus_per_node, 1, 16)
     for arg, uri in (("data", data), ("out", out)):
         if not isinstance(uri, str) or not storage.is_remote(uri):
             raise ValueError(f"{arg} must be an object-store URI such as s3://bucket/path (the pods on "
@@ -151,7 +151,7 @@ def render_pytorchjob(part: str, preset: str, image: str, nodes: int, gpus_per_n
     """
     name = check_job_args(part, preset, image, nodes, gpus_per_node, data, out, namespace,
                           name or f"easel-train-{part}-{preset}")
-    backoff_limit = _check_int("backoff_limit", backoff_limit, 0, 100)
+    backoff_limit = check_int("backoff_limit", backoff_limit, 0, 100)
     extra_args = [str(a) for a in extra_args]
 
     with open(TEMPLATE) as f:

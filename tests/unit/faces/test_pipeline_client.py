@@ -200,6 +200,13 @@ def test_arguments_are_typed_as_declared():
     ({"deploy": "maybe"}, "parameter deploy: expected true or false"),
     ({"preset": 3}, "parameter preset: expected a string"),
     ({"gate_config": "[0.2]"}, "parameter gate_config: expected a JSON object"),
+    # values the run would only refuse at its last step (the deploy, after the training)
+    ({"deploy": "true", "canary_traffic_percent": 250}, "canary_traffic_percent must be an integer in [0, 100]"),
+    ({"serving_namespace": "Bad_NS"}, "serving_namespace: namespace must be a DNS-1123 label"),
+    ({"serving_gpus": -1}, "serving_gpus must be an integer in [0, 16]"),
+    ({"recipe": "both"}, "recipe must be one of dalle, unclip, all"),
+    ({"caption_policy": "curated"}, "caption_policy must be one of original, short, long, blend"),
+    ({"preset": "huge"}, "preset must be one of tiny, laptop, small, base, paper"),
 ])
 def test_bad_arguments_are_named(args, message):
     with pytest.raises(ValueError) as e:
@@ -207,6 +214,21 @@ def test_bad_arguments_are_named(args, message):
     assert message in str(e.value)
     if "unknown" in message:
         assert "dataset_version" in str(e.value)  # the list of what it takes
+
+
+@pytest.mark.parametrize("pipeline,args,message", [
+    ("train-multinode", {"part": "foo", "dataset_uri": "s3://d", "workdir": "s3://w"}, "part must be one of"),
+    ("train-multinode", {"part": "dvae", "dataset_uri": "s3://d", "workdir": "s3://w", "nodes": 0}, "nodes must be"),
+    ("train-multinode", {"part": "dvae", "dataset_uri": "s3://d", "workdir": "s3://w", "gpus_per_node": 99},
+     "gpus_per_node must be"),
+    ("train-multinode", {"part": "dvae", "dataset_uri": "s3://d", "workdir": "s3://w", "launcher": "slurm"},
+     "launcher must be one of trainjob, pytorchjob"),
+    ("deploy", {"model": "easel-dalle", "service": "Bad_Name"}, "service must be a DNS-1035 label"),
+    ("deploy", {"model": "easel-dalle", "canary_traffic_percent": -5}, "canary_traffic_percent must be"),
+])
+def test_bad_values_of_other_pipelines(pipeline, args, message):
+    with pytest.raises(ValueError, match=f"pipeline {pipeline}: .*{message}"):
+        build_request(package(pipeline), args)
 
 
 def test_missing_required_parameter_and_bad_package(tmp_path):
