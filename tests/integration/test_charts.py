@@ -404,6 +404,23 @@ def test_network_policies_cover_every_pod(chart, values_path):
         assert p["spec"]["egress"] == [] and "Egress" in p["spec"]["policyTypes"]
 
 
+def test_namespaces_given_credentials_may_reach_the_store_and_mlflow():
+    """The Secret and client config go to the release's, the pipelines' and the serving
+    namespace: the network policies must let those pods in (a second list that disagreed left
+    the pipelines' pods with credentials and no route)."""
+    values = {"pipelines": {"namespace": "team-a", "servingNamespace": "team-a-serving"},
+              "networkPolicy": {"clientNamespaces": ["monitoring"]}}
+    docs = render("easel-platform", values, namespace="easel")
+    secrets = {d["metadata"].get("namespace") for d in docs if d["kind"] == "Secret"
+               and d["metadata"]["name"].endswith("-s3")}
+    for suffix in ("-objectstore", "-mlflow"):
+        (policy,) = [d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"].endswith(suffix)]
+        allowed = {ns for f in policy["spec"]["ingress"][0]["from"] if "namespaceSelector" in f
+                   for e in f["namespaceSelector"]["matchExpressions"] for ns in e["values"]}
+        assert allowed == {"easel", "team-a", "team-a-serving", "monitoring"}, (suffix, allowed)
+        assert secrets <= allowed | {None}
+
+
 def test_pipeline_rbac_is_least_privilege():
     for v in values_files("easel-platform"):
         docs = _rendered("easel-platform", v)
