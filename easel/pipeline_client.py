@@ -318,13 +318,19 @@ def _check_host(host: str) -> str:
 
 
 def probe(host: str, timeout: float = 10.0) -> None:
-    """PipelineHostError unless something answers HTTP at host (any status: an auth proxy's 401
-    or 403 is an answer; kfp.Client then reports what it says)."""
+    """PipelineHostError unless something answers HTTP at host with a Kubeflow Pipelines health
+    endpoint (any status but 404: an auth proxy's 401 or 403 is an answer, and kfp.Client then
+    reports what it says; a 404 is another server, e.g. the MLflow port-forward, which kfp.Client
+    would retry through pages of tracebacks)."""
     host = _check_host(host)
     try:
         with urllib.request.urlopen(host + HEALTHZ, timeout=timeout):
             return
-    except urllib.error.HTTPError:
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            raise PipelineHostError(f"{host} answers HTTP but is not the Kubeflow Pipelines API ({HEALTHZ}: "
+                                    f"404); is it another service's port? (kubectl -n kubeflow "
+                                    f"port-forward svc/ml-pipeline-ui 8080:80)") from None
         return
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)

@@ -362,6 +362,23 @@ def test_no_answer_is_one_clear_error():
         send(req, "localhost:8080")
 
 
+def test_another_http_server_is_not_taken_for_kfp(capfd):
+    """A port-forward to the wrong service (a plain HTTP server: 404 everywhere) is one line,
+    not kfp.Client's retries and tracebacks."""
+    import http.server
+    import threading
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        host = f"http://127.0.0.1:{server.server_address[1]}"
+        with pytest.raises(PipelineHostError, match="answers HTTP but is not the Kubeflow Pipelines API"):
+            send(build_request(package("deploy"), {}), host)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "Traceback" not in capfd.readouterr().err
+
+
 def test_refusal_carries_the_api_reason():
     req = build_request(package("deploy"), {})
     with FakeKFP(reject=403) as kfp_api:
