@@ -218,14 +218,48 @@ def normalize_cron(expr: str) -> str:
         raise ValueError("cron: an expression is required, e.g. '0 3 * * *' (03:00 every day)")
     expr = " ".join(expr.split())
     if expr.startswith("@"):
-        if expr in _CRON_MACROS or re.fullmatch(r"@every (\d+(\.\d+)?(ns|us|ms|s|m|h))+", expr):
+        every = re.fullmatch(r"@every ((\d+(\.\d+)?(ns|us|ms|s|m|h))+)", expr)
+        if every and not any(float(n) > 0 for n in re.findall(r"\d+(?:\.\d+)?", every.group(1))):
+            raise ValueError(f"cron: {expr!r} would run without pause (a zero interval)")
+        if expr in _CRON_MACROS or every:
             return expr
         raise ValueError(f"cron: unknown macro {expr!r} (use {', '.join(_CRON_MACROS)} or '@every 1h')")
     fields = expr.split(" ")
     if len(fields) not in (5, 6) or not all(_CRON_FIELD.match(f) for f in fields):
         raise ValueError(f"cron: {expr!r} is not a cron expression: 5 fields (minute hour day month weekday) "
                          "or 6 (seconds first)")
-    return expr if len(fields) == 6 else "0 " + expr
+    full = fields if len(fields) == 6 else ["0"] + fields
+    for value, (what, low, high, names) in zip(full, _CRON_RANGES):
+        _check_cron_field(expr, value, what, low, high, names)
+    return " ".join(full)
+
+
+# (field, lowest, highest, names) of the six fields Kubeflow's scheduler (robfig/cron) reads
+_CRON_RANGES = (("second", 0, 59, ()), ("minute", 0, 59, ()), ("hour", 0, 23, ()), ("day of month", 1, 31, ()),
+                ("month", 1, 12, ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT",
+                                  "NOV", "DEC")),
+                ("day of week", 0, 6, ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")))
+
+
+def _check_cron_field(expr: str, value: str, what: str, low: int, high: int, names: tuple) -> None:
+    """A comma list of *, ? (days only), N, N-M, each with an optional /STEP: values in range,
+    ranges ascending, steps positive (ValueError naming the field)."""
+    def number(tok: str) -> int:
+        n = names.index(tok.upper()) + (1 if what == "month" else 0) if tok.upper() in names else \
+            int(tok) if tok.isdigit() else None
+        if n is None or not low <= n <= high:
+            raise ValueError(f"cron: {expr!r}: {what} {tok!r} is not in {low}-{high}")
+        return n
+    for item in value.split(","):
+        base, slash, step = item.partition("/")
+        if slash and (not step.isdigit() or int(step) == 0):
+            raise ValueError(f"cron: {expr!r}: {what} step {step!r} must be a positive number")
+        if base == "*" or (base == "?" and what.startswith("day")):
+            continue
+        first, dash, last = base.partition("-")
+        if dash and number(first) > number(last):
+            raise ValueError(f"cron: {expr!r}: {what} range {base!r} runs backwards")
+        number(first)
 
 
 # ---------------------------------------------------------------- building the request

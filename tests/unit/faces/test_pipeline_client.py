@@ -266,6 +266,14 @@ def test_params_and_cron():
     assert normalize_cron("0 3 * * *") == "0 0 3 * * *"         # seconds first for KFP
     assert normalize_cron("  0 0 9 ? * 2-6 ") == "0 0 9 ? * 2-6"
     assert normalize_cron("@daily") == "@daily" and normalize_cron("@every 6h") == "@every 6h"
+    assert normalize_cron("*/15 9-17 * JAN-MAR mon,fri") == "0 */15 9-17 * JAN-MAR mon,fri"
+    # fields in range, ranges ascending, steps and intervals above zero (the scheduler's rules)
+    for bad, what in (("61 3 * * *", "minute '61'"), ("0 25 * * *", "hour '25'"), ("a b c d e", "minute 'a'"),
+                      ("5-1 * * * *", "runs backwards"), ("*/0 * * * *", "step"), ("0 0 0 * *", "day of month"),
+                      ("0 0 * 13 *", "month '13'"), ("0 0 * * 7", "day of week '7'"), ("@every 0s", "zero interval"),
+                      ("? * * * *", "minute '?'")):
+        with pytest.raises(ValueError, match=re.escape(what)):
+            normalize_cron(bad)
     for bad in ("", "* * *", "0 3 * * * * *", "@sometimes", "0 3 * * ;rm"):
         with pytest.raises(ValueError, match="cron"):
             normalize_cron(bad)
