@@ -429,3 +429,18 @@ def test_cli_dry_run_and_errors(capsys, monkeypatch):
     assert main(["pipeline", "submit", package("deploy"), "--host", host]) == 1
     err = [line for line in capsys.readouterr().err.strip().splitlines() if line]
     assert len(err) == 1 and err[0].startswith(f"easel: error: no Kubeflow Pipelines API answers at {host}")
+
+
+@pytest.mark.parametrize("env,ok", [({"EASEL_IMAGE_TAG": ""}, False), ({"EASEL_IMAGE_TAG": "x y"}, False),
+                                    ({"EASEL_IMAGE_REGISTRY": "Bad Registry"}, False),
+                                    ({"EASEL_IMAGE_TAG": "0.2.0-rc1", "EASEL_IMAGE_REGISTRY": "r.example:5000/t"}, True)])
+def test_compiled_images_need_a_real_tag(env, ok):
+    """`EASEL_IMAGE_TAG=$TAG easel pipeline compile` with TAG unset compiled `easel-cpu:` into
+    every step; now it is an error naming the variable."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", "import components.images as i; print(i.GPU_IMAGE)"],
+                       env={**os.environ, **env}, capture_output=True, text=True, cwd=ROOT)
+    assert (r.returncode == 0) == ok, r.stderr[-300:]
+    if not ok:
+        assert next(iter(env)) in r.stderr
