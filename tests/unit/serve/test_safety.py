@@ -155,6 +155,9 @@ def test_personal_data_patterns_dotted_cards_and_a_linear_email_check():
     for mail in ["jane.doe@example.com", "a+b@mail-server.example.org", "x" * 100 + "@example.com"]:
         assert s.check_prompt_text(f"send it to {mail} please").policy == "prompt.pattern", mail
     assert s.check_prompt_text("a red circle @ the top").allowed
+    for mail in ["jane (at) example (dot) com", "jane[at]example.com", "Jane {AT} mail-host [DOT] org"]:
+        assert s.check_prompt_text(f"write to {mail}").policy == "prompt.pattern", mail
+    assert s.check_prompt_text("a cat (at) the top of a tree").allowed  # no domain after it
     # a long run with no domain after it: an unbounded pattern retries it from every start (quadratic)
     t = time.perf_counter()
     for text in ("a" * 40_000 + "@", "a@" * 20_000, "a" * 40_000 + "@b"):
