@@ -26,6 +26,7 @@ a deploy of the previous version.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import re
 from types import SimpleNamespace
@@ -418,7 +419,8 @@ def _check_service_account(client, new: dict) -> None:
 def deploy_model(model: str, ref: str | int = "production", *, service: str, namespace: str, image: str,
                  canary_traffic_percent: int | None = None, gpus: int = 0, wait: bool = True,
                  timeout: float = 900.0, dry_run: bool = False, storage_uri: str | None = None,
-                 artifacts_uri: str | None = None, allow_ungated: bool = False, **render: Any) -> dict[str, Any]:
+                 artifacts_uri: str | None = None, allow_ungated: bool = False, poll_seconds: float = 10.0,
+                 **render: Any) -> dict[str, Any]:
     """Serve version `ref` (number or alias) of registered model `model` as InferenceService
     `service` in `namespace`. dry_run: render only (what a new service would look like), no
     cluster. storage_uri: serve these artifacts without the registry (no version or gate is
@@ -451,5 +453,19 @@ def deploy_model(model: str, ref: str | int = "production", *, service: str, nam
         return {**summary, "action": "rendered", "url": None, "ready": False, "object": obj}
     applied = apply_inferenceservice(obj, model=model, version=info["version"],
                                      canary_traffic_percent=canary_traffic_percent, image=image,
-                                     wait=wait, timeout=timeout)
+                                     wait=wait, timeout=timeout, poll_seconds=poll_seconds)
+    if applied["action"] == "updated":
+        # an update switches the model, not the resources: say so when the GPUs asked for differ
+        kept = _predictor_gpus(applied["object"])
+        if kept != int(gpus or 0):
+            summary["note"] = (f"{namespace}/{service} kept its {kept} GPU(s) per replica; gpus={gpus} "
+                               f"applies to a new service (helm upgrade --set predictor.gpus=N changes it)")
+            logging.getLogger(__name__).warning(summary["note"])
     return {**summary, **applied}
+
+
+def _predictor_gpus(obj: dict) -> int:
+    for c in ((obj.get("spec") or {}).get("predictor") or {}).get("containers") or []:
+        if c.get("name") == CONTAINER:
+            return int(((c.get("resources") or {}).get("limits") or {}).get("nvidia.com/gpu", 0))
+    return 0

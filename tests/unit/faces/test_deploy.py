@@ -312,3 +312,17 @@ def test_dry_run_and_the_cli_render(capsys):
     assert main(["model", "deploy", "easel-dalle", "--image", IMAGE, "--storage-uri", URI, "--canary", "101",
                  "--render"]) == 1
     assert "canary_traffic_percent must be an integer in [0, 100]" in capsys.readouterr().err
+
+
+def test_an_update_keeps_the_resources_and_says_so_when_gpus_differ(monkeypatch, caplog):
+    """--gpus shapes a new service; an update switches the model only, and a differing --gpus is
+    reported rather than silently dropped."""
+    with FakeApiServer(chart_like_existing()) as api:
+        monkeypatch.setattr(isvc, "kserve_client", lambda: kserve(api))
+        res = isvc.deploy_model("easel-dalle", "production", service="dalle", namespace="easel-serving",
+                                image=IMAGE, gpus=1, storage_uri=URI, allow_ungated=True, poll_seconds=0.01)
+        assert res["action"] == "updated" and "kept its 0 GPU(s) per replica; gpus=1" in res["note"]
+        assert "kept its 0 GPU(s)" in caplog.text
+        same = isvc.deploy_model("easel-dalle", "production", service="dalle", namespace="easel-serving",
+                                 image=IMAGE, gpus=0, storage_uri=URI, allow_ungated=True, poll_seconds=0.01)
+        assert "note" not in same
