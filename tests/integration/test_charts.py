@@ -494,6 +494,8 @@ def test_platform_wiring():
     ({"objectStore": {"kind": "external", "endpoint": "https://s3.example.com"}}, "existingSecret"),
     ({"postgres": {"enabled": False, "auth": {"existingSecret": "pg"}}}, "postgres.external.host"),
     ({"postgres": {"password": "hunter2"}}, "password"),
+    ({"mlflow": {"resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "abc", "memory": "2Gi"}}}},
+     "cpu"),
 ])
 def test_platform_rejects_bad_values_with_a_clear_error(bad, message):
     with pytest.raises(helm.HelmError) as e:
@@ -549,6 +551,9 @@ def test_serving_raw_deployment_uses_the_hpa():
     ({"predictor": {"env": [{"name": "AWS_SECRET_ACCESS_KEY", "value": "abc"}]}}, "env"),
     ({"s3": {"endpoint": "http://minio:9000"}}, "endpoint"),
     ({"provenance": {"secretName": ""}}, "provenance.secretName is required"),
+    ({"predictor": {"resources": {"requests": {"cpu": "abc", "memory": "1Gi"}, "limits": {"memory": "2Gi"}}}}, "cpu"),
+    ({"transformer": {"resources": {"requests": {"cpu": "1", "memory": "lots"}, "limits": {"memory": "2Gi"}}}},
+     "memory"),
 ])
 def test_serving_rejects_bad_values_with_a_clear_error(bad, message):
     values = {"model": {"storageUri": "s3://easel-mlflow/artifacts/1/models/m-1/artifacts"},
