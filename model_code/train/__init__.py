@@ -6,7 +6,8 @@
 `train_part` (run.py) resolves the preset, builds the part's model (parts.py), wraps it in the
 one generic LightningModule (module.py), builds the Trainer (factory.py) with the checkpoint,
 throughput/MFU, sample-grid and log-line callbacks (callbacks.py), trains on the ingested
-dataset (model_code.data.loader) and saves the model with save_pretrained under `out`.
+dataset (model_code.data.loader) and saves the model with save_pretrained under `out`; its state
+files (train_state.json, latest.json, history.csv) are written whole or not at all (files.py).
 """
 from __future__ import annotations
 

@@ -4,13 +4,19 @@ throughput and MFU, sample grids in MLflow, and a periodic log line.
 Checkpoint layout under `<out>/checkpoints/` (a directory or s3:// prefix, via model_code.storage):
 
     step-00000400.ckpt    Lightning checkpoint: weights, optimiser, LR schedule, loop state,
-                          and `easel` = {part, samples_seen, ema}
-    latest.json           {"step", "file", "samples_seen", "config_hash", "mlflow_run_id", "reason"}
+                          `easel` = {part, samples_seen, ema} and `easel_record` (its latest.json)
+    latest.json           {"step", "file", "size", "samples_seen", "reason", "part", "config_hash",
+                           "inputs", "config" (the run's settings), "mlflow_run_id"}
 
 Checkpoints are written every `every_n_steps` steps and after the last step (so a finished run
 can be extended with a larger max_steps).
-latest.json is written after the checkpoint is fully uploaded, so it always names a complete
-file; the oldest checkpoints beyond `keep` are then deleted.
+latest.json is written (atomically) after the checkpoint is fully uploaded, so it always names a
+complete file; the oldest checkpoints beyond `keep` are then deleted. A damaged latest.json or
+checkpoint falls back to the newest older whole checkpoint (`latest_checkpoint`), which is why each
+checkpoint carries its own record.
+
+A checkpoint never holds non-finite weights, and a run whose loss stops being finite ends with
+NonFiniteTraining (not a completed run): the last checkpoint written is then a good one.
 
 Preemption: a spot node gets SIGTERM and a grace period. The handler only sets a flag; at the end
 of the current optimizer step (never inside a gradient-accumulation window, whose partial
@@ -19,13 +25,13 @@ training ends cleanly. Re-running the same command resumes from it.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
 import sys
 import tempfile
 import time
+import zipfile
 from typing import Any, Callable
 
 import pytorch_lightning as pl
@@ -33,6 +39,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 
 from model_code import storage
+from model_code.train.files import DamagedFile, read_json, write_json, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +76,17 @@ def _log_step(trainer: pl.Trainer, batch_idx: int, every: int) -> int | None:
 
 
 # --------------------------------------------------------------------------- checkpoints
+class NonFiniteTraining(RuntimeError):
+    """The training loss or the weights are no longer finite (NaN or inf): the run diverged.
+    Raised inside fit, so the run ends non-zero without a completed train_state.json."""
+
+
+def _all_finite(tensors: list[torch.Tensor]) -> bool:
+    """One host-device sync for any number of tensors."""
+    tensors = [t.detach() for t in tensors if t is not None and t.numel()]
+    return not tensors or bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+
 class ObjectStoreCheckpoint(Callback):
     """Periodic, final and SIGTERM checkpoints under `uri` (the module docstring has the layout).
 
@@ -79,12 +97,17 @@ class ObjectStoreCheckpoint(Callback):
     which ModelCheckpoint does not do; keeping the `keep` newest is the rest of what it would add."""
 
     def __init__(self, uri: str, every_n_steps: int, keep: int = 2,
-                 meta: Callable[[], dict] | None = None):
+                 meta: Callable[[], dict] | None = None, check_every: int = 0):
         self.uri, self.every, self.keep = uri, int(every_n_steps), int(keep)
         self.meta = meta or (lambda: {})
+        # the loss is checked for NaN/inf every `check_every` steps (the log steps, where History
+        # reads it anyway) and at the last: a check per step would sync host and device per step
+        self.check_every = int(check_every)
         self.sigterm = False          # set by the signal handler
         self.preempted = False        # training stopped early because of SIGTERM
         self.saved: list[str] = []
+        self.good_step: int | None = None   # the newest checkpoint known to hold finite weights
+        self._record: dict | None = None    # the record of the checkpoint being written
         self._old_handler: Any = None
 
     # SIGTERM: Lightning installs its own handler (it stops after the current micro-batch); ours
@@ -96,6 +119,8 @@ class ObjectStoreCheckpoint(Callback):
             self._old_handler = None
         if trainer.received_sigterm:  # it came during set-up, to Lightning's handler
             self.sigterm = True
+        # a resumed run starts from a checkpoint that passed the weight check when it was written
+        self.good_step = trainer.global_step or None
 
     def _on_sigterm(self, signum, frame) -> None:
         if not self.sigterm:
@@ -108,14 +133,21 @@ class ObjectStoreCheckpoint(Callback):
             signal.signal(signal.SIGTERM, self._old_handler)
             self._old_handler = None
 
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self.on_train_end(trainer, pl_module)   # a failed run (NonFiniteTraining) leaves no handler behind
+
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
         if not _at_step_boundary(trainer, batch_idx):
             return
+        step = trainer.global_step
+        if self.check_every and (step % self.check_every == 0 or step >= trainer.max_steps):
+            loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+            if torch.is_tensor(loss):
+                self.require_finite(trainer, "the training loss is", [loss])
         stop = self.sigterm
         if trainer.world_size > 1:  # all ranks stop at the same step or none does
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
-        step = trainer.global_step
         if stop:
             self.save(trainer, reason="sigterm")
             self.preempted = True
@@ -125,24 +157,52 @@ class ObjectStoreCheckpoint(Callback):
         elif self.every and step % self.every == 0:
             self.save(trainer, reason="periodic")
 
+    def require_finite(self, trainer: pl.Trainer, what: str, tensors: list[torch.Tensor]) -> None:
+        """Stop the run (every rank) when any of `tensors` holds a NaN or inf on any rank; `what`
+        ("the training loss is") begins the error's sentence."""
+        bad = not _all_finite(tensors)
+        if trainer.world_size > 1:  # every rank raises, or none waits forever for the others
+            bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if not bad:
+            return
+        part = trainer.lightning_module.spec.name
+        kept = (f"the last good checkpoint (step {self.good_step}, "
+                f"{storage.join(self.uri, f'step-{self.good_step:08d}.ckpt')}) is kept"
+                if self.good_step is not None else "no checkpoint had been written yet")
+        raise NonFiniteTraining(
+            f"{part}: {what} NaN or infinite at step {trainer.global_step}: the run diverged "
+            f"and stops; it is not marked complete and nothing after it is saved; {kept}. Lower the "
+            f"learning rate (train.{part}.lr) or clip gradients (train.{part}.grad_clip), and train into "
+            f"another out or start over (--restart)")
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict) -> None:
+        if self._record is not None:   # the file carries its own record (latest_checkpoint's fallback)
+            checkpoint["easel_record"] = self._record
+
     def save(self, trainer: pl.Trainer, reason: str) -> str:
         """Write a checkpoint (a collective call: every rank), upload it, update latest.json."""
+        self.require_finite(trainer, "the weights are", list(trainer.lightning_module.model.parameters()))
         step = trainer.global_step
         name = f"step-{step:08d}.ckpt"
         uri = storage.join(self.uri, name)
+        pl_module = trainer.lightning_module
+        self._record = {"step": step, "file": name, "reason": reason, "time": time.time(),
+                        "samples_seen": int(getattr(pl_module, "samples_seen", 0)), **self.meta()}
         with tempfile.TemporaryDirectory(prefix="easel-ckpt-") as tmp:
             local = os.path.join(tmp, name)
-            trainer.save_checkpoint(local)
+            try:
+                trainer.save_checkpoint(local)   # calls on_save_checkpoint (History flushes there)
+            finally:
+                record, self._record = self._record, None
             if trainer.is_global_zero:
                 storage.makedirs(self.uri)
                 if storage.is_remote(self.uri) or os.path.abspath(local) != os.path.abspath(uri):
                     storage.put_file(local, uri)
-                pl_module = trainer.lightning_module
-                latest = {"step": step, "file": name, "reason": reason, "time": time.time(),
-                          "samples_seen": int(getattr(pl_module, "samples_seen", 0)), **self.meta()}
-                storage.write_text(storage.join(self.uri, "latest.json"), json.dumps(latest, indent=2))
+                write_json(storage.join(self.uri, "latest.json"), {**record, "size": os.path.getsize(local)})
                 self.saved.append(name)
                 self._prune()
+        self.good_step = step
         trainer.strategy.barrier("easel-checkpoint")
         if trainer.is_global_zero:
             print(f"checkpoint step {step} ({reason}) -> {uri}", file=sys.stderr, flush=True)
@@ -154,16 +214,70 @@ class ObjectStoreCheckpoint(Callback):
             storage.remove(old)
 
 
+def _damage(uri: str, size: int | None) -> str | None:
+    """Why the checkpoint file at `uri` cannot be resumed from, cheaply (no read of its contents),
+    or None: missing, shorter than latest.json recorded, or (a local file) no zip directory at
+    its end, which is where a cut-short torch checkpoint breaks."""
+    if not storage.exists(uri):
+        return "is missing"
+    if size is not None and storage.size(uri) != size:
+        return f"is cut short ({storage.size(uri)} of {size} bytes)"
+    if not storage.is_remote(uri) and not zipfile.is_zipfile(storage.local_path(uri)):
+        return "is not a whole checkpoint (cut short?)"
+    return None
+
+
+def _embedded_record(uri: str) -> dict | None:
+    """The record a checkpoint file carries (`easel_record`); reads the file (the fallback only)."""
+    with tempfile.TemporaryDirectory(prefix="easel-ckpt-") as tmp:
+        local = (storage.get_file(uri, os.path.join(tmp, "c.ckpt")) if storage.is_remote(uri)
+                 else storage.local_path(uri))
+        ckpt = torch.load(local, map_location="cpu", mmap=True, weights_only=False)
+        return ckpt.get("easel_record") if isinstance(ckpt, dict) else None
+
+
 def latest_checkpoint(ckpt_dir: str) -> dict | None:
-    """latest.json of a checkpoint directory (plus `uri` of the file), or None when there is none."""
+    """The record of the newest whole checkpoint in a checkpoint directory (latest.json, plus `uri`
+    of the file), or None when there is none.
+
+    A damaged latest.json or checkpoint file (a disk that filled, a copy cut short) does not lose
+    the run: the newest older checkpoint that is whole is used, with a warning; with none, the
+    error names the damaged file and what to do."""
     path = storage.join(ckpt_dir, "latest.json")
     if not storage.exists(path):
         return None
-    latest = json.loads(storage.read_text(path))
-    latest["uri"] = storage.join(ckpt_dir, latest["file"])
-    if not storage.exists(latest["uri"]):
-        raise ValueError(f"{path} names {latest['file']}, which is missing from {ckpt_dir}")
-    return latest
+    damaged: list[str] = []
+    try:
+        latest = read_json(path, "")
+        latest["uri"] = storage.join(ckpt_dir, latest["file"])
+    except (DamagedFile, KeyError, TypeError):
+        latest = None
+        damaged.append(f"{path} is damaged")
+    if latest is not None:
+        why = _damage(latest["uri"], latest.get("size"))
+        if why is None:
+            return latest
+        damaged.append(f"{latest['uri']} (named by latest.json) {why}")
+    for uri in reversed(storage.ls(ckpt_dir, "step-*.ckpt")):
+        if latest is not None and uri == latest["uri"]:
+            continue
+        why = _damage(uri, None)
+        if why is None:
+            try:
+                record = _embedded_record(uri)
+            except Exception as e:  # noqa: BLE001 - whatever torch says of a damaged file
+                why = f"cannot be read ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})"
+            else:
+                if record is None:   # written before checkpoints carried their record
+                    why = "carries no record of its run"
+        if why is not None:
+            damaged.append(f"{uri} {why}")
+            continue
+        print(f"warning: {'; '.join(damaged)}: resuming from the older checkpoint {uri} "
+              f"(step {record['step']})", file=sys.stderr, flush=True)
+        return {**record, "uri": uri}
+    raise ValueError(f"{'; '.join(damaged)}; no older whole checkpoint is kept in {ckpt_dir}: restore the "
+                     f"file(s), or start over (resume=False; the CLI's --restart)")
 
 
 # --------------------------------------------------------------------------- throughput
@@ -173,7 +287,8 @@ class Throughput(Callback):
 
     FLOPs per sample are measured once, on the first batch, by counting one forward pass with
     torch's FlopCounterMode (x3 for forward + backward). The clock is read at log steps only
-    (after a device synchronise), so the measurement adds no per-step host-device sync.
+    (after a device synchronise), so the measurement adds no per-step host-device sync. The
+    numbers reach the loggers through History's row of the same step (`latest`, `measured_at`).
 
     Not Lightning's ThroughputMonitor, whose MFU needs its own GPU peak table
     (lightning_fabric get_available_flops): it has no CPU peak (Easel's CPU MFU takes
@@ -187,6 +302,7 @@ class Throughput(Callback):
         self.flops_per_sample: float | None = None
         self.last: dict | None = None
         self.latest: dict[str, float] = {}
+        self.measured_at: int | None = None   # the step `latest` was measured at
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.last = None
@@ -231,10 +347,8 @@ class Throughput(Callback):
             achieved = self.flops_per_sample * m["perf/samples_per_s"]   # all ranks together
             m["perf/tflops"] = achieved / 1e12
             m["perf/mfu"] = achieved / (self.peak * trainer.world_size)
-        self.latest = m
+        self.latest, self.measured_at = m, trainer.global_step
         self.last = now
-        for logger in trainer.loggers:
-            logger.log_metrics(m, step=trainer.global_step)
 
 
 # --------------------------------------------------------------------------- sample grids
@@ -322,29 +436,40 @@ class LogLine(Callback):
 # --------------------------------------------------------------------------- history file
 class History(Callback):
     """Every `log_every` steps (and the last) on rank 0: one row of `step` and the logged training
-    metrics (train/*, perf/*) appended to `uri`, a CSV beside the trained part (`history.csv`),
-    which DVC plots and a person can read without MLflow.
+    metrics (train/*, and perf/* where measured at that step), appended to `uri`, a CSV beside the
+    trained part (`history.csv`), which DVC plots and a person can read without MLflow, and sent to
+    the loggers (MLflow) at the same step number.
 
     Not Lightning's CSVLogger: it deletes an existing metrics.csv when a run starts in a non-empty
     directory, so a resumed run would lose the curve before the kill. Here a resumed run keeps the
     rows up to the restored step and drops any later ones (written after the last checkpoint), so
-    the file matches an uninterrupted run's. Rows are buffered and the file rewritten at most every
-    `flush_every` rows and at the end, which suits an object store (no append)."""
+    the file matches an uninterrupted run's. Rows are buffered and the file rewritten (whole) every
+    `flush_every` rows, whenever a checkpoint is written (so a SIGKILL loses no row the checkpoint
+    covers) and at the end, which suits an object store (no append).
+
+    The loggers get the rows from here, not through Lightning's self.log, which logs a step's
+    metrics under the step before (9, 19, ... for history.csv's 10, 20). A resumed run does not
+    send again the rows its MLflow run already has (logged after the checkpoint, before a kill)."""
 
     def __init__(self, uri: str, log_every: int, throughput: Throughput | None = None, flush_every: int = 20):
         self.uri, self.every, self.throughput, self.flush_every = uri, int(log_every), throughput, int(flush_every)
         self.rows: list[dict[str, float]] = []
         self.pending = 0
+        self.logged_upto = 0   # the last step the loggers already have
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.rows, self.pending = [], 0
-        if trainer.is_global_zero and storage.exists(self.uri):
+        self.rows, self.pending, self.logged_upto = [], 0, 0
+        if not trainer.is_global_zero:
+            return
+        start = trainer.global_step
+        if storage.exists(self.uri):
             import csv
             import io
-            start = trainer.global_step
             for row in csv.DictReader(io.StringIO(storage.read_text(self.uri))):
                 if int(float(row["step"])) <= start:
                     self.rows.append({k: float(v) for k, v in row.items() if v != ""})
+        if start:
+            self.logged_upto = _logged_upto(trainer)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
@@ -353,10 +478,19 @@ class History(Callback):
             return
         row = {"step": float(step), **{k: float(v) for k, v in trainer.callback_metrics.items()
                                         if k.startswith("train/") and v.numel() == 1}}
-        row.update(self.throughput.latest if self.throughput else {})
+        if self.throughput and self.throughput.measured_at == step:
+            row.update(self.throughput.latest)
+        if step > self.logged_upto:
+            for logger in trainer.loggers:
+                logger.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
         self.rows.append(row)
         self.pending += 1
         if self.pending >= self.flush_every:
+            self.flush()
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict) -> None:
+        if trainer.is_global_zero:
             self.flush()
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -378,5 +512,14 @@ class History(Callback):
         w.writeheader()
         for r in self.rows:
             w.writerow({k: (int(v) if k == "step" else f"{v:.6g}") for k, v in r.items()})
-        storage.write_text(self.uri, buf.getvalue())
+        write_text_atomic(self.uri, buf.getvalue())
         self.pending = 0
+
+
+def _logged_upto(trainer: pl.Trainer) -> int:
+    """The last step whose train/loss the run's MLflow run already holds (0 without MLflow)."""
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "MLFlowLogger" and logger.run_id:
+            history = logger.experiment.get_metric_history(logger.run_id, "train/loss")
+            return max((int(m.step) for m in history), default=0)
+    return 0

@@ -10,7 +10,8 @@ training run needs around them:
   (seed, samples seen, rank), so a resumed run draws the same noise as an uninterrupted one;
 - the data position: the loader is built in `train_dataloader` from the restored step, so a
   resumed run continues at exactly the next sample (see model_code.data.loader);
-- logging of every key `forward_loss` returns, plus the learning rate.
+- logging of every key `forward_loss` returns, plus the learning rate (into callback_metrics;
+  callbacks.History writes them to history.csv and the loggers under the step number they belong to).
 
 Training configuration (`resolve_train_config`), lowest precedence first:
   TRAIN_DEFAULTS < the part's paper defaults (parts.PartSpec.train_defaults)
@@ -121,14 +122,30 @@ def resolve_train_config(cfg: dict, part: str, spec: PartSpec | None = None) -> 
 
 
 def _validate(t: dict, part: str) -> dict:
+    """Every setting's type and range, each error naming its key. Numbers must be finite: YAML reads
+    `.inf`, `.nan` and `1e400` (inf) as numbers, and an infinite or NaN lr or weight decay trains
+    NaN weights that a run would otherwise save as its result."""
     def pos_int(k: str, minimum: int = 1) -> None:
         v = t[k]
         if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
             raise ValueError(f"train.{part}.{k} must be an integer >= {minimum}, got {v!r}")
 
+    def number(k: str, lo: float, hi: float = math.inf, lo_open: bool = False, hi_open: bool = False,
+               optional: bool = False, why: str = "") -> None:
+        v = t.get(k)
+        if v is None and optional:
+            return
+        ok = (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+              and (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi))
+        if not ok:
+            span = (f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}" if math.isfinite(hi)
+                    else f"{'> ' if lo_open else '>= '}{lo:g}")
+            raise ValueError(f"train.{part}.{k} must be a finite number {'in ' if math.isfinite(hi) else ''}"
+                             f"{span}{' or null' if optional else ''}{why}, got {v!r}")
+
     # YAML 1.1 reads "3e-4" (no dot) as a string: accept numbers written either way
     for k in ("lr", "adam_eps", "weight_decay", "lr_end", "min_lr_ratio", "grad_clip", "ema_decay",
-              "synthetic_fraction", "peak_flops"):
+              "synthetic_fraction", "peak_flops", "short_fraction"):
         if isinstance(t.get(k), str):
             try:
                 t[k] = float(t[k])
@@ -142,21 +159,26 @@ def _validate(t: dict, part: str) -> dict:
     for k in ("lr_anneal_steps", "lr_warmup_steps"):   # the dvae schedule's
         if k in t:
             pos_int(k, 0)
-    for k in ("lr", "adam_eps"):
-        if not isinstance(t[k], (int, float)) or not t[k] > 0:
-            raise ValueError(f"train.{part}.{k} must be a number > 0, got {t[k]!r}")
-    if not isinstance(t["weight_decay"], (int, float)) or t["weight_decay"] < 0:
-        raise ValueError(f"train.{part}.weight_decay must be >= 0, got {t['weight_decay']!r}")
+    # AdamW moves every weight by about lr per step: above 1 a run diverges at once
+    number("lr", 0, 1, lo_open=True)
+    number("adam_eps", 0, 1, lo_open=True)
+    # decoupled decay scales every weight by (1 - lr * weight_decay) per step: at 1 it zeroes them
+    number("weight_decay", 0, 1 / t["lr"], hi_open=True, why=f" (lr * weight_decay < 1 at lr={t['lr']:g})")
+    number("lr_end", 0, t["lr"], optional=True, why=f" (the schedule anneals from lr={t['lr']:g} down to it)")
+    number("min_lr_ratio", 0, 1)
+    number("ema_decay", 0, 1, lo_open=True, hi_open=True, optional=True)
+    number("grad_clip", 0, lo_open=True, optional=True)
+    number("synthetic_fraction", 0, 1)
+    number("peak_flops", 0, lo_open=True, optional=True)
+    if "short_fraction" in t:   # the captioner's
+        number("short_fraction", 0, 1)
     betas = t["adam_betas"]
-    if not (isinstance(betas, (list, tuple)) and len(betas) == 2 and all(0 <= b < 1 for b in betas)):
+    if not (isinstance(betas, (list, tuple)) and len(betas) == 2
+            and all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
         raise ValueError(f"train.{part}.adam_betas must be two numbers in [0, 1), got {betas!r}")
     t["adam_betas"] = tuple(float(b) for b in betas)
     if t["lr_schedule"] not in LR_SCHEDULES:
         raise ValueError(f"train.{part}.lr_schedule must be one of {LR_SCHEDULES}, got {t['lr_schedule']!r}")
-    if t["ema_decay"] is not None and not 0 < t["ema_decay"] < 1:
-        raise ValueError(f"train.{part}.ema_decay must be in (0, 1) or null, got {t['ema_decay']!r}")
-    if t["grad_clip"] is not None and not t["grad_clip"] > 0:
-        raise ValueError(f"train.{part}.grad_clip must be > 0 or null, got {t['grad_clip']!r}")
     if t["strategy"] not in ("auto", "ddp", "fsdp"):
         raise ValueError(f"train.{part}.strategy must be auto, ddp or fsdp, got {t['strategy']!r}")
     if t["progress"] not in ("auto", "bar", "log", "none"):
@@ -378,7 +400,9 @@ class PartModule(pl.LightningModule):
             if self.first_metrics is None and step == 0:
                 self.first_metrics = {k: float(v) for k, v in metrics.items()}
             metrics["train/lr"] = self.trainer.optimizers[0].param_groups[0]["lr"]
-            self.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=False, batch_size=len(batch["image"]))
+            # logger=False: History sends them to the loggers (at the optimizer step they belong to)
+            self.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=False, logger=False,
+                          batch_size=len(batch["image"]))
             self.log("loss", out["loss"].detach().float(), on_step=True, on_epoch=False, prog_bar=True,
                      logger=False, batch_size=len(batch["image"]))
         # counted here, not in on_train_batch_end: callbacks (the checkpoint) run before the

@@ -14,9 +14,12 @@ From a shell: `easel train dvae --preset tiny --data runs/x/data --out runs/x/dv
 function). Exit status 143 (128 + SIGTERM) means the run was preempted after writing a
 checkpoint: run the same command again to resume.
 
-What a run leaves under `out` (a directory or s3:// prefix):
+What a run leaves under `out` (a directory or s3:// prefix; never the dataset's or a dependency's,
+nor inside or around one):
     config.json, model.safetensors    the trained model (EMA weights where the part keeps an EMA)
-    train_state.json                  the summary below + the config hash
+    train_state.json                  the summary below, the config hash and the settings; written
+                                      last, only when the run completed with finite weights
+    history.csv                       the curve (model_code.train.callbacks.History)
     checkpoints/                      resumable checkpoints (model_code.train.callbacks)
     samples/                          sample grids, when MLflow is off
 
@@ -25,7 +28,11 @@ configuration continues from it, at the same step and data position; a finished 
 configuration is not retrained (its summary is returned, `reused: True`), or, given a larger
 max_steps, is extended from its final checkpoint. "The same configuration" covers what the dataset
 and the trained dependencies hold, not only where they are (model_code.identity). A different one in
-the same `out` is an error that names what changed, unless resume=False (start over).
+the same `out` is an error that names what changed (settings with their old and new values), unless
+resume=False (start over: everything an earlier run left in `out` is removed first, its final model
+included). A run whose loss or weights stop being finite ends with NonFiniteTraining, keeping its
+last good checkpoint. A dependency must be a finished run (a completed train_state.json) or a part
+saved elsewhere (no train state, no checkpoints); a stopped or running one is refused.
 
 MLflow: params (the part's model config, the resolved training config, data and deps), metrics
 every `log_every` steps (every key of the loss dict, lr, throughput, MFU), sample grids and the
@@ -51,9 +58,15 @@ from model_code import storage
 from model_code.config import deep_merge, load_preset
 from model_code.identity import STATE_FILE, changed, dataset_identity, part_identity
 from model_code.tracking import artifact_location, git_revision, tracking_uri
+from model_code.train.files import read_json, write_json
 from model_code.train.parts import Context, PartSpec, get_part
 
 PREEMPTED_EXIT = 143  # 128 + SIGTERM: what a shell reports for a process ended by SIGTERM
+# Everything a run leaves in `out`. Starting over removes it first (the state first: a stop half way
+# never leaves an old model marked complete), so no file of the earlier run, its final model
+# included, passes for this run's (as a later run's dependency, say) if this one stops early.
+RUN_FILES = (STATE_FILE, "config.json", "model.safetensors", "history.csv", "checkpoints", "samples")
+TOKENIZER_FILES = (STATE_FILE, "tokenizer.json", "easel_tokenizer.json")
 
 
 class Preempted(SystemExit):
@@ -120,24 +133,109 @@ def input_identity(data: str, deps: dict[str, str]) -> dict:
     return {"data": dataset_identity(data), "deps": {k: part_identity(v) for k, v in sorted(deps.items())}}
 
 
-def _mismatch(what: str, out: str, part: str, old: dict, chash: str, inputs: dict) -> ValueError:
+def run_settings(part: str, model_config: dict, tcfg: dict | None, data: str,
+                 deps: dict[str, str] | None) -> dict:
+    """The settings a run records (train_state.json and latest.json, `config`), as JSON reads them
+    back, so that a later run in the same `out` can name the ones it changed."""
+    settings = {part: model_config, "data": data, "deps": deps or {}}
+    if tcfg is not None:
+        settings["train"] = tcfg
+    return json.loads(json.dumps(settings, default=str))
+
+
+def _changed_settings(old: dict | None, new: dict, shown: int = 3) -> list[str]:
+    """`key old -> new` for the settings that differ (operational keys may change), the first
+    `shown` of them; sections the old record lacks are not compared (written before they were)."""
+    from model_code.train.module import OPERATIONAL_KEYS
+    if not isinstance(old, dict):
+        return []
+    a = _flatten({k: v for k, v in old.items() if k in new})
+    b = _flatten({k: v for k, v in new.items() if k in old})
+    unset = "(unset)"
+    keys = [k for k in sorted(set(a) | set(b)) if (k in a, a.get(k)) != (k in b, b.get(k))
+            and not (k.startswith("train.") and k[len("train."):] in OPERATIONAL_KEYS)]
+    out = [f"{k} {a.get(k, unset)} -> {b.get(k, unset)}" for k in keys[:shown]]
+    return out + ([f"and {len(keys) - shown} more"] if len(keys) > shown else [])
+
+
+def _mismatch(what: str, out: str, part: str, old: dict, chash: str, inputs: dict,
+              settings: dict) -> ValueError:
     """The error for an `out` that holds another run's work, naming what changed where it can."""
+    found = old.get("part") or (old.get("summary") or {}).get("part")
+    if found and found != part:   # another part's output: starting over here would delete it
+        return ValueError(f"{what} {out} holds a trained {found}, not a {part}: use another out for the "
+                          f"{part} (starting over there, resume=False or the CLI's --restart, deletes that {found})")
     names = {"data": f"the dataset's contents ({str(old.get('inputs', {}).get('data'))[:12]} -> "
                      f"{inputs['data'][:12]})", **{f"deps.{k}": f"the trained {k}" for k in inputs["deps"]}}
     what_changed = [names[k] for k in changed(old.get("inputs"), inputs)]
+    what_changed += _changed_settings(old.get("config"), settings)
     why = "; changed: " + ", ".join(what_changed) if what_changed else ""
     return ValueError(f"{what} {out} was trained with another configuration, data or dependencies "
                       f"(hash {old.get('config_hash')} != {chash}{why}): its {part} is not this run's; "
                       f"use another out, or start over (resume=False; the CLI's --restart)")
 
 
-def _read_state(out: str) -> dict | None:
+def _beyond(out: str, part: str, done: int, max_steps: int) -> ValueError:
+    """A finished run or a checkpoint further on than this run's max_steps: not resumable here."""
+    return ValueError(f"{out} holds a {part} trained for {done} steps, more than max_steps={max_steps}: "
+                      f"use another out or resume=False")
+
+
+def _read_state(out: str, fix: str | None = None) -> dict | None:
     path = storage.join(out, STATE_FILE)
-    return json.loads(storage.read_text(path)) if storage.exists(path) else None
+    if not storage.exists(path):
+        return None
+    return read_json(path, fix or f"delete it to resume from the checkpoints in {out} (if any), or start "
+                                  f"over (resume=False; the CLI's --restart)")
 
 
 def _write_state(out: str, state: dict) -> None:
-    storage.write_text(storage.join(out, STATE_FILE), json.dumps(state, indent=2, default=str))
+    write_json(storage.join(out, STATE_FILE), state)
+
+
+def _start_over(out: str, names: tuple[str, ...]) -> None:
+    for name in names:
+        storage.remove(storage.join(out, name), recursive=True)
+
+
+def _within(a: str, b: str) -> bool:
+    """`a` is `b` or lies under it: local paths resolved (links, `..`), URIs by their prefix."""
+    def norm(uri: str) -> str:
+        if storage.is_remote(uri):
+            return uri.rstrip("/") + "/"
+        return os.path.realpath(storage.local_path(uri)).rstrip(os.sep) + os.sep
+    return norm(a).startswith(norm(b)) if storage.is_remote(a) == storage.is_remote(b) else False
+
+
+def _check_out(out: str, data: str, deps: dict[str, str]) -> None:
+    """`out` is this run's alone: not the dataset or a dependency, nor inside or around one. A run
+    writes its model and state there and starting over deletes them, so a shared directory would
+    lose the dataset or the trained dependency (the error used to advise exactly that restart)."""
+    inputs = [("the dataset", data)] + [(f"the trained {k} (a dependency)", v) for k, v in sorted(deps.items())]
+    for what, uri in inputs:
+        if not uri:
+            continue
+        relation = ("is" if _within(out, uri) and _within(uri, out) else "is inside" if _within(out, uri)
+                    else "contains" if _within(uri, out) else None)
+        if relation:
+            raise ValueError(f"out {out} {relation} {what} at {uri}: a run writes its model, state and "
+                             f"checkpoints into out and starting over deletes them; give out a directory "
+                             f"of its own")
+
+
+def _require_finished(name: str, uri: str) -> None:
+    """A dependency is a finished run of this trainer (a completed train_state.json) or a part saved
+    elsewhere (save_pretrained: no train state and no checkpoints; model_code.identity then hashes
+    its files). A run that stopped, was preempted or is still going is neither: its directory holds
+    an earlier model or none."""
+    state = _read_state(uri, fix=f"retrain the {name} there, or pass another")
+    if state is not None and state.get("completed"):
+        return
+    if state is None and not storage.exists(storage.join(uri, "checkpoints")):
+        return
+    raise ValueError(f"the {name} at {uri} is not a finished training run (checkpoints and no completed "
+                     f"{STATE_FILE}: stopped, preempted or still training): finish it (run its training "
+                     f"again to resume) or pass a finished {name}")
 
 
 def _load_deps(spec: PartSpec, deps: dict[str, str] | None) -> dict[str, Any]:
@@ -152,6 +250,7 @@ def _load_deps(spec: PartSpec, deps: dict[str, str] | None) -> dict[str, Any]:
                          f"not {unknown}")
     loaded = {}
     for name, uri in deps.items():
+        _require_finished(name, uri)
         try:
             loaded[name] = get_part(name).load(uri)
         except Exception as e:  # noqa: BLE001 - say which dependency could not be read
@@ -184,6 +283,7 @@ def train_part(part: str, preset: str | dict, data: str, out: str, deps: dict[st
     if not storage.exists(storage.join(data, "manifest.parquet")) and not storage.exists(
             storage.join(data, "dataset.json")):
         raise ValueError(f"data {data!r} is not an ingested dataset (no manifest.parquet or dataset.json)")
+    _check_out(out, data, dict(deps or {}))   # before anything is read from or written to out
     if not spec.is_network:
         return _train_tokenizer(cfg, preset_name, data, out, resume, mlflow, t0)
 
@@ -194,33 +294,34 @@ def train_part(part: str, preset: str | dict, data: str, out: str, deps: dict[st
     model = spec.build(cfg, loaded)
     inputs = input_identity(data, dict(deps or {}))
     chash = config_hash(part, model.config, tcfg, data, dict(deps or {}), inputs)
+    settings = run_settings(part, model.config, tcfg, data, deps)
 
     state = _read_state(out) if resume else None
     if state and state.get("completed"):
         if state.get("config_hash") != chash:
-            raise _mismatch("the finished run in", out, part, state, chash, inputs)
+            raise _mismatch("the finished run in", out, part, state, chash, inputs, settings)
         done = int(state["summary"]["steps"])
         if done == tcfg["max_steps"]:
             return {**state["summary"], "reused": True}
         if done > tcfg["max_steps"]:
-            raise ValueError(f"{out} holds a {part} trained for {done} steps, more than max_steps="
-                             f"{tcfg['max_steps']}: use another out or resume=False")
+            raise _beyond(out, part, done, tcfg["max_steps"])
         # a larger max_steps extends the finished run from its final checkpoint
     from model_code.train.callbacks import latest_checkpoint
     ckpt_dir = storage.join(out, "checkpoints")
     latest = latest_checkpoint(ckpt_dir) if resume else None
     if latest and latest.get("config_hash") != chash:
-        raise _mismatch("the checkpoint in", ckpt_dir, part, latest, chash, inputs)
+        raise _mismatch("the checkpoint in", ckpt_dir, part, latest, chash, inputs, settings)
+    if latest and int(latest["step"]) > tcfg["max_steps"]:   # a preempted run further on than asked
+        raise _beyond(out, part, int(latest["step"]), tcfg["max_steps"])
     if not resume:  # start over: nothing of an earlier run in `out` may be taken for this one's
-        storage.remove(ckpt_dir, recursive=True)
-        storage.remove(storage.join(out, STATE_FILE))
+        _start_over(out, RUN_FILES)
     return _fit(spec, cfg, tcfg, preset_name, model, loaded, data, out, dict(deps or {}), chash,
-                latest, mlflow, t0, inputs)
+                latest, mlflow, t0, inputs, settings)
 
 
 def _fit(spec: PartSpec, cfg: dict, tcfg: dict, preset_name: str, model: torch.nn.Module,
          loaded: dict, data: str, out: str, deps: dict[str, str], chash: str, latest: dict | None,
-         mlflow: bool, t0: float, inputs: dict) -> dict[str, Any]:
+         mlflow: bool, t0: float, inputs: dict, settings: dict) -> dict[str, Any]:
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
     from model_code.data.loader import make_dataset, make_loader
@@ -269,13 +370,15 @@ def _fit(spec: PartSpec, cfg: dict, tcfg: dict, preset_name: str, model: torch.n
 
     throughput = cb.Throughput(tcfg["log_every"], tcfg["peak_flops"])
     ckpt = cb.ObjectStoreCheckpoint(storage.join(out, "checkpoints"), tcfg["ckpt_every"],
-                                    tcfg["keep_checkpoints"],
-                                    meta=lambda: {"config_hash": chash, "inputs": inputs, "mlflow_run_id": run_id})
+                                    tcfg["keep_checkpoints"], check_every=tcfg["log_every"],
+                                    meta=lambda: {"part": spec.name, "config_hash": chash, "inputs": inputs,
+                                                  "config": settings, "mlflow_run_id": run_id})
     grids = cb.SampleGrid(tcfg["sample_every"], tcfg["sample_n"], tcfg["seed"],
                           out_dir=None if mlflow else storage.join(out, "samples"))
-    # after Throughput: the history row of a log step carries that step's perf/* numbers
+    # after Throughput: the history row of a log step carries that step's perf/* numbers; before the
+    # checkpoint: the row of a checkpoint's step is in the file the checkpoint flushes
     history = cb.History(storage.join(out, "history.csv"), tcfg["log_every"], throughput)
-    callbacks = [throughput, ckpt, grids, history]
+    callbacks = [throughput, history, ckpt, grids]
     if progress_mode(tcfg) == "log":
         callbacks.append(cb.LogLine(spec.name, tcfg["log_every"], throughput))
     trainer = make_trainer(tcfg, callbacks, logger, model=model)
@@ -316,8 +419,10 @@ def _fit(spec: PartSpec, cfg: dict, tcfg: dict, preset_name: str, model: torch.n
                            f"expected {tcfg['max_steps']}")
     if trainer.is_global_zero:
         _save_final(trainer, module, spec, cfg, loaded, out)
+        # only here, after the final checkpoint's check of the weights and the last step's check of
+        # the loss (callbacks.ObjectStoreCheckpoint): a diverged run never reads as completed
         _write_state(out, {"completed": True, "config_hash": chash, "inputs": inputs, "summary": summary,
-                           "config": {spec.name: model.config, "train": tcfg}, "deps": deps})
+                           "config": settings, "deps": deps})
         if logger is not None:
             client = logger.experiment
             for k, v in metrics.items():
@@ -355,13 +460,16 @@ def _train_tokenizer(cfg: dict, preset_name: str, data: str, out: str, resume: b
     inputs = input_identity(data, {})
     chash = hashlib.sha256(json.dumps({"part": "tokenizer", "cfg": tok_cfg, "data": data, "inputs": inputs},
                                       sort_keys=True).encode()).hexdigest()[:16]
+    settings = run_settings("tokenizer", tok_cfg, None, data, None)
     state = _read_state(out) if resume else None
     if state and state.get("completed"):
         # as for the networks: another dataset or settings must not silently replace a tokenizer
         # that parts trained on (their token ids would then mean other words)
         if state.get("config_hash") != chash:
-            raise _mismatch("the finished run in", out, "tokenizer", state, chash, inputs)
+            raise _mismatch("the finished run in", out, "tokenizer", state, chash, inputs, settings)
         return {**state["summary"], "reused": True}
+    if not resume:
+        _start_over(out, TOKENIZER_FILES)
 
     man = manifest(data)
     if "split" in man.columns:
@@ -401,5 +509,5 @@ def _train_tokenizer(cfg: dict, preset_name: str, data: str, out: str, resume: b
                "reused": False, "resumed_from_step": None, "dataset": data, "dataset_version": version,
                "samples_seen": len(records), "sample_grids": [], "seconds": round(time.time() - t0, 2)}
     _write_state(out, {"completed": True, "config_hash": chash, "inputs": inputs, "summary": summary,
-                       "config": {"tokenizer": tok_cfg}})
+                       "config": settings})
     return summary

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from model_code.config import load_preset
+from model_code.config import deep_merge, load_preset
 from model_code.train.factory import cpu_has_bf16
 from model_code.train.module import EMA, lr_lambda, make_optimizer, resolve_train_config
 from model_code.train.parts import PARTS, Context, get_part
@@ -56,7 +56,20 @@ def test_train_config_precedence():
 
 
 @pytest.mark.parametrize("over, match", [
-    ({"train": {"dvae": {"lr": -1}}}, "train.dvae.lr must be a number > 0"),
+    ({"train": {"dvae": {"lr": -1}}}, "train.dvae.lr must be a finite number in \\(0, 1\\]"),
+    # non-finite or out-of-range numbers trained NaN weights that the run then saved as completed
+    ({"train": {"dvae": {"lr": float("inf")}}}, "train.dvae.lr must be a finite number"),
+    ({"train": {"dvae": {"lr": 1e6}}}, "train.dvae.lr must be a finite number in \\(0, 1\\], got 1000000.0"),
+    ({"train": {"dvae": {"weight_decay": float("nan")}}}, "train.dvae.weight_decay must be a finite number"),
+    ({"train": {"dvae": {"weight_decay": 1e5}}}, "train.dvae.weight_decay .*lr \\* weight_decay < 1"),
+    ({"train": {"dvae": {"lr_end": -5}}}, "train.dvae.lr_end must be a finite number in \\[0, 0.005\\] or null"),
+    ({"train": {"dvae": {"lr_end": 0.1}}}, "train.dvae.lr_end must be"),
+    ({"train": {"dvae": {"adam_betas": [0.9, float("nan")]}}}, "train.dvae.adam_betas"),
+    ({"train": {"dvae": {"adam_eps": float("inf")}}}, "train.dvae.adam_eps must be a finite number"),
+    ({"train": {"dvae": {"grad_clip": float("inf")}}}, "train.dvae.grad_clip must be a finite number"),
+    ({"train": {"dvae": {"ema_decay": float("nan")}}}, "train.dvae.ema_decay must be a finite number"),
+    ({"train": {"dvae": {"min_lr_ratio": 2}}}, "train.dvae.min_lr_ratio must be"),
+    ({"train": {"synthetic_fraction": -0.5}}, "train.dvae.synthetic_fraction must be"),
     ({"train": {"dvae": {"lrr": 1}}}, "unknown keys \\['lrr'\\] in train.dvae"),
     ({"train": {"dvae": {"adam_betas": [0.9]}}}, "adam_betas"),
     ({"train": {"steps": {"dvae": 0}}}, "max_steps must be an integer >= 1"),
@@ -70,6 +83,17 @@ def test_bad_training_config_names_the_field(over, match):
         resolve_train_config(load_preset("tiny", over), "dvae")
     with pytest.raises(ValueError, match="unknown part 'vae'"):
         get_part("vae")
+
+
+@pytest.mark.parametrize("item", ["train.dvae.lr=.inf", "train.dvae.lr=1e400", "train.dvae.lr=1e6",
+                                  "train.dvae.weight_decay=.nan", "train.dvae.lr_end=-5", "train.warmup_steps=.inf"])
+def test_settings_as_the_cli_writes_them_are_refused_when_not_finite_or_out_of_range(item):
+    """`--set` values are YAML: `.inf`, `.nan` and `1e400` (inf) are numbers there; each trained NaN
+    weights that `easel train` then reported as a completed run."""
+    from model_code.config import parse_overrides
+    key = item.split("=")[0].replace("train.", "train.dvae.", 1) if "dvae" not in item else item.split("=")[0]
+    with pytest.raises(ValueError, match=key.replace(".", "\\.")):
+        resolve_train_config(load_preset("tiny", parse_overrides([item])), "dvae")
 
 
 def test_lr_schedules():
@@ -403,3 +427,210 @@ def test_an_out_is_never_reused_on_other_data_or_dependencies(data, tmp_path):
     again = train_part("clip", "tiny", data=ds, out=clip, deps={"tokenizer": tok}, overrides=over,
                        mlflow=False, resume=False)
     assert not again["reused"] and again["steps"] == 2 and first["steps"] == 2
+
+
+# --------------------------------------------------------------------------- failures and damage
+def _dvae_over(steps: int, **train) -> dict:
+    return {**SMALL_DVAE, "train": {**FAST["train"], "steps": {"dvae": steps}, **train}}
+
+
+@pytest.mark.parametrize("ckpt_every, nan_from, match", [
+    # weights turn NaN after step 6: the checkpoint due there is refused, the one at step 4 kept
+    (2, 5, "dvae: the weights are NaN or infinite at step 6: .*not marked complete.*last good checkpoint "
+           "\\(step 4"),
+    # no checkpoint due: the loss is caught at the next log step (log_every 5)
+    (0, 2, "dvae: the training loss is NaN or infinite at step 5: .*no checkpoint had been written yet"),
+])
+def test_a_diverging_run_stops_and_is_not_marked_complete(data, tmp_path, monkeypatch, ckpt_every,
+                                                          nan_from, match):
+    """A NaN loss used to end in exit 0, a completed train_state.json and NaN weights that a
+    transformer then trained on."""
+    from model_code.models.dvae import DVAE as DVAEModel
+    from model_code.train.run import train_part
+    real = DVAEModel.forward_loss
+
+    def diverging(self, images, step):
+        out = real(self, images, step)
+        return {**out, "loss": out["loss"] * float("nan")} if step >= nan_from else out
+    monkeypatch.setattr(DVAEModel, "forward_loss", diverging)
+    torch.manual_seed(0)
+    out = str(tmp_path / "dvae")
+    with pytest.raises(RuntimeError, match=match) as e:   # callbacks.NonFiniteTraining
+        train_part("dvae", "tiny", data=data, out=out, mlflow=False,
+                   overrides=_dvae_over(12, ckpt_every=ckpt_every))
+    assert type(e.value).__name__ == "NonFiniteTraining"
+    assert not os.path.exists(os.path.join(out, "train_state.json"))
+    assert not os.path.exists(os.path.join(out, "model.safetensors"))
+    if ckpt_every:
+        latest = json.load(open(os.path.join(out, "checkpoints", "latest.json")))
+        assert latest["step"] == 4
+        ckpt = torch.load(os.path.join(out, "checkpoints", "step-00000004.ckpt"), weights_only=False)
+        assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+
+
+def _mlflow_steps(run_id: str) -> dict[int, float]:
+    from mlflow.tracking import MlflowClient
+    history = MlflowClient().get_metric_history(run_id, "train/loss")
+    steps = [m.step for m in history]
+    assert len(steps) == len(set(steps)), f"steps logged twice: {sorted(steps)}"
+    return {m.step: m.value for m in history}
+
+
+def test_a_killed_run_loses_no_history_and_logs_each_step_once(data, tmp_path, monkeypatch):
+    """SIGKILL (here: an error no handler sees) after the checkpoint at step 8: history.csv kept only
+    what its 20-row buffer had flushed (nothing), MLflow got steps 9, 11 (one behind history.csv's)
+    and, after the resume, steps 9 and 11 again. Also: a resume with other settings names them, and
+    fewer steps than the checkpoint's is the finished run's error."""
+    import csv
+
+    from model_code.train import callbacks as cb
+    from model_code.train.run import train_part
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    out = str(tmp_path / "dvae")
+    over = _dvae_over(20, log_every=2, ckpt_every=8)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_13(self, trainer, *args):
+        if trainer.global_step == 13:
+            raise Killed()
+    monkeypatch.setattr(cb.SampleGrid, "on_train_batch_end", kill_at_13)
+    monkeypatch.setattr(cb.History, "on_exception", lambda *a: None)   # SIGKILL runs no handler
+    torch.manual_seed(0)
+    with pytest.raises(Killed):
+        train_part("dvae", "tiny", data=data, out=out, overrides=over)
+    monkeypatch.undo()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    rows = list(csv.DictReader(open(os.path.join(out, "history.csv"))))
+    assert [r["step"] for r in rows] == ["2", "4", "6", "8"]   # flushed with the checkpoint
+
+    with pytest.raises(ValueError, match="the checkpoint in .*changed: dvae.n_hid 16 -> 8, train.lr 0.005 -> 0.001\\)"):
+        train_part("dvae", "tiny", data=data, out=out,
+                   overrides=deep_merge(over, {"dvae": {"n_hid": 8}, "train": {"dvae": {"lr": 1e-3}}}))
+    with pytest.raises(ValueError, match="holds a dvae trained for 8 steps, more than max_steps=6"):
+        train_part("dvae", "tiny", data=data, out=out, overrides=_dvae_over(6, log_every=2, ckpt_every=8))
+
+    s = train_part("dvae", "tiny", data=data, out=out, overrides=over)
+    assert s["resumed_from_step"] == 8 and s["steps"] == 20
+    rows = list(csv.DictReader(open(os.path.join(out, "history.csv"))))
+    assert [int(r["step"]) for r in rows] == list(range(2, 21, 2))
+    logged = _mlflow_steps(s["mlflow_run_id"])
+    assert sorted(logged) == list(range(2, 21, 2))   # history.csv's step numbers, each once
+    for r in rows:   # the same values under the same step (the resume is deterministic)
+        assert float(r["train/loss"]) == pytest.approx(logged[int(r["step"])], rel=1e-4)
+
+
+def test_a_dependency_must_be_a_finished_run(data, tokenizer_dir, tmp_path, monkeypatch):
+    """A copy of a finished dVAE restarted with other settings and preempted kept the old
+    config.json/model.safetensors and no train state; a transformer trained on it (exit 0)."""
+    import shutil
+    import signal
+
+    from model_code.models.dvae import DVAE as DVAEModel
+    from model_code.train import callbacks as cb
+    from model_code.train.run import Preempted, train_part
+    torch.manual_seed(0)
+    done, r1 = str(tmp_path / "s1"), str(tmp_path / "r1")
+    train_part("dvae", "tiny", data=data, out=done, mlflow=False, overrides=_dvae_over(2, ckpt_every=2))
+    shutil.copytree(done, r1)
+
+    def sigterm_at_1(self, trainer, *args):
+        if trainer.global_step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+    monkeypatch.setattr(cb.SampleGrid, "on_train_batch_end", sigterm_at_1)
+    with pytest.raises(Preempted):
+        train_part("dvae", "tiny", data=data, out=r1, mlflow=False, resume=False,
+                   overrides=deep_merge(_dvae_over(4, ckpt_every=2), {"dvae": {"n_hid": 8}}))
+    monkeypatch.undo()
+    # the restart removed the earlier run's model first: nothing there passes for the new one
+    assert not {"config.json", "model.safetensors", "train_state.json"} & set(os.listdir(r1))
+    deps = {"tokenizer": tokenizer_dir, "dvae": r1}
+    over = {**SMALL_TRANSFORMER, "train": {**FAST["train"], "steps": {"transformer": 1}}}
+    with pytest.raises(ValueError, match=f"the dvae at {r1} is not a finished training run"):
+        train_part("transformer", "tiny", data=data, out=str(tmp_path / "tr"), deps=deps, overrides=over,
+                   mlflow=False)
+    # a part saved elsewhere (no train state, no checkpoints) is still a dependency
+    elsewhere = str(tmp_path / "elsewhere")
+    DVAEModel.from_pretrained(done).save_pretrained(elsewhere)
+    s = train_part("transformer", "tiny", data=data, out=str(tmp_path / "tr"), overrides=over, mlflow=False,
+                   deps={**deps, "dvae": elsewhere})
+    assert s["steps"] == 1
+    # an out that holds another part's run says which part it holds
+    with pytest.raises(ValueError, match=f"the finished run in {done} holds a trained dvae, not a transformer"):
+        train_part("transformer", "tiny", data=data, out=done, overrides=over, mlflow=False,
+                   deps={**deps, "dvae": elsewhere})
+
+
+def test_out_is_never_the_data_or_a_dependency(data, tmp_path):
+    """`--out victim --dep dvae=victim` said "its transformer is not this run's ... --restart", and the
+    restart overwrote the dVAE. Refused before anything is read or written."""
+    from model_code.train.run import train_part
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "marker").write_text("x")
+    deps = {"tokenizer": str(tmp_path / "tok"), "dvae": str(victim)}
+    cases = [(str(victim), deps, f"out {victim} is the trained dvae \\(a dependency\\) at {victim}"),
+             (str(victim / "sub"), deps, "is inside the trained dvae"),
+             (str(tmp_path), deps, "contains the trained dvae"),
+             (data, {}, "is the dataset"),
+             (os.path.join(data, "models"), {}, "is inside the dataset")]
+    for out, d, match in cases:
+        for part in ("transformer", "tokenizer"):
+            if part == "tokenizer" and d:
+                continue
+            with pytest.raises(ValueError, match=match):
+                train_part(part, "tiny", data=data, out=out, deps=d or None, mlflow=False, resume=False)
+    assert sorted(os.listdir(victim)) == ["marker"] and not os.path.exists(os.path.join(data, "models"))
+
+
+def test_damaged_state_files_are_named_and_older_checkpoints_used(data, tmp_path, capsys):
+    """An empty latest.json, a cut train_state.json or checkpoint gave json's or torch's own words;
+    now the error names the file and what to do, and an older whole checkpoint is resumed from."""
+    from model_code.train.callbacks import latest_checkpoint
+    from model_code.train.run import train_part
+    torch.manual_seed(0)
+    out = str(tmp_path / "dvae")
+    ck = os.path.join(out, "checkpoints")
+    over = _dvae_over(4, ckpt_every=2)
+    train_part("dvae", "tiny", data=data, out=out, mlflow=False, overrides=over)
+    state = os.path.join(out, "train_state.json")
+    text = open(state).read()
+    open(state, "w").write(text[:len(text) // 2])
+    with pytest.raises(ValueError, match=f"{state} is damaged .*: delete it to resume .* --restart"):
+        train_part("dvae", "tiny", data=data, out=out, mlflow=False, overrides=over)
+    os.remove(state)
+
+    open(os.path.join(ck, "latest.json"), "w").close()   # empty: the newest checkpoint's own record
+    assert latest_checkpoint(ck)["step"] == 4 and "latest.json is damaged" in capsys.readouterr().err
+    newest = os.path.join(ck, "step-00000004.ckpt")
+    blob = open(newest, "rb").read()
+    open(newest, "wb").write(blob[:len(blob) // 2])
+    found = latest_checkpoint(ck)
+    assert found["step"] == 2 and found["uri"].endswith("step-00000002.ckpt")
+    assert "resuming from the older checkpoint" in capsys.readouterr().err
+    s = train_part("dvae", "tiny", data=data, out=out, mlflow=False, overrides=over)
+    assert s["resumed_from_step"] == 2 and s["steps"] == 4
+    assert latest_checkpoint(ck)["step"] == 4   # rewritten whole
+
+    for name in ("step-00000002.ckpt", "step-00000004.ckpt"):
+        path = os.path.join(ck, name)
+        open(path, "wb").write(open(path, "rb").read()[:100])
+    with pytest.raises(ValueError, match="step-00000004.ckpt \\(named by latest.json\\) is cut short.*"
+                                         "no older whole checkpoint .*--restart"):
+        latest_checkpoint(ck)
+
+    # a state file is replaced whole or not at all
+    from model_code.train.files import write_text_atomic
+    path = str(tmp_path / "f.json")
+    write_text_atomic(path, "old")
+    import model_code.train.files as files
+    real = files.os.replace
+    files.os.replace = lambda *a: (_ for _ in ()).throw(OSError("disk full"))
+    try:
+        with pytest.raises(OSError):
+            write_text_atomic(path, "new")
+    finally:
+        files.os.replace = real
+    assert open(path).read() == "old" and os.listdir(tmp_path / ".") and \
+        not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
