@@ -97,13 +97,26 @@ def _recaption(a) -> dict:
 
 
 def _evaluate(a) -> dict:
-    from model_code.evaluate.evaluate import evaluate
+    from model_code.evaluate.evaluate import add_gate_to_report, evaluate
+    from model_code.evaluate.gates import check_gate_target, run_gate
+    if (a.gate_model is None) != (a.gate_version is None):
+        raise UsageError("--gate-model and --gate-version go together: the registered model and the version "
+                         "of it that this evaluation gates")
+    if a.gate_model:   # a wrong name, version or gate-less preset fails now, not after the evaluation
+        check_gate_target(a.gate_model, a.gate_version, a.preset)
     res = evaluate(a.bundle, a.dataset, a.out, preset=a.preset, n_per_category=a.n_per_category,
                    samples_per_prompt=a.samples, seed=a.seed, candidates=a.candidates)
     if a.gate_model:
-        from model_code.evaluate.gates import run_gate
         # the evaluation's inputs name the recipe, which selects recipe-specific gates
-        res["gate"] = run_gate(a.gate_model, a.gate_version, res["metrics"], a.preset, inputs=res.get("inputs"))
+        rec = res["gate"] = run_gate(a.gate_model, a.gate_version, res["metrics"], a.preset, inputs=res.get("inputs"))
+        add_gate_to_report(res["report"], rec)
+        verdict = (f"gate {rec['verdict']} for {a.gate_model} version {rec['model']['version']}: "
+                   f"{'; '.join(rec['reasons'])} (report: {res['report']})")
+        if rec["verdict"] != "passed":
+            # as `easel data validate`: the summary still goes to stdout, the status says it failed
+            _emit(a, res)
+            raise SystemExit(_fail(verdict))
+        print(verdict, file=sys.stderr)
     return res
 
 
@@ -122,11 +135,20 @@ def _table(a) -> dict:
     if a.table == "captions":
         return tables.table_captions(b, samples_per_prompt=a.samples_per_prompt, **common)
     if a.table == "rerank":
-        budgets = [int(x) for x in a.budgets.split(",")] if a.budgets else None
-        return tables.table_rerank(b["bundle"], **({"budgets": budgets} if budgets else {}), **common)
-    scales = [float(x) for x in a.scales.split(",")] if a.scales else None
-    return tables.table_guidance(b["unclip"], b["text"], **({"scales": scales} if scales else {}),
+        return tables.table_rerank(b["bundle"], **({"budgets": a.budgets} if a.budgets else {}), **common)
+    return tables.table_guidance(b["unclip"], b["text"], **({"scales": a.scales} if a.scales else {}),
                                  samples_per_prompt=a.samples_per_prompt, **common)
+
+
+def _list_of(kind: type, what: str) -> Callable[[str], list]:
+    """An argparse type: "1,2,4" -> [1, 2, 4] of `kind`; anything else is a usage error naming the
+    option (the table checks the values' range)."""
+    def parse(text: str) -> list:
+        try:
+            return [kind(x) for x in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
+    return parse
 
 
 def _pipeline_compile(a) -> dict:
@@ -385,8 +407,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n-per-category", type=int, default=None, help="default: the preset's evaluate section")
     s.add_argument("--samples-per-prompt", type=int, default=None, help="captions, guidance")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--budgets", default=None, help="rerank: comma-separated N (default 1,2,4,8,16,32)")
-    s.add_argument("--scales", default=None, help="guidance: comma-separated scales (default 1,2,3,4)")
+    s.add_argument("--budgets", type=_list_of(int, "integers"), default=None,
+                   help="rerank: comma-separated N (default 1,2,4,8,16,32)")
+    s.add_argument("--scales", type=_list_of(float, "numbers"), default=None,
+                   help="guidance: comma-separated scales (default 1,2,3,4)")
     s.add_argument("--sampling", action="append", metavar="KEY=VALUE",
                    help="a sampling setting of the bundles' recipe (model_code/generate.py DEFAULT_SAMPLING, "
                         "e.g. temperature=0.9), over each bundle's own; repeatable")

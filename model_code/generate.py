@@ -17,6 +17,7 @@ Evaluation, the MLflow pyfunc model and the KServe server all call `Generator.ge
 from __future__ import annotations
 
 import json
+import math
 import os
 import posixpath
 import tempfile
@@ -47,9 +48,25 @@ DEFAULT_SAMPLING = {
 }
 
 
+# What each numeric setting may hold: (integer?, lowest, lowest excluded?, highest or None). None
+# is allowed where the recipe's default is None (the part config's own value is used).
+SAMPLING_RANGES = {
+    "temperature": (False, 0.0, False, None),      # 0: greedy decoding
+    "top_k": (True, 1, False, None),
+    "top_p": (False, 0.0, True, 1.0),              # (0, 1]
+    "guidance_scale": (False, 0.0, False, None),   # 1: no guidance, 0: unconditional
+    "prior_guidance": (False, 0.0, False, None),
+    "decoder_guidance": (False, 0.0, False, None),
+    "prior_steps": (True, 1, False, None),         # the upper bound is the part's timesteps
+    "decoder_steps": (True, 1, False, None),
+    "candidates": (True, 1, False, None),
+}
+
+
 def check_sampling(recipe: str, sampling: dict | None) -> dict:
-    """Sampling settings must be settings of the recipe (DEFAULT_SAMPLING); a bad key is an
-    error that names it (a preset's `sampling.<recipe>`, an evaluation's overrides)."""
+    """Sampling settings must be settings of the recipe (DEFAULT_SAMPLING) holding values in
+    their range (SAMPLING_RANGES); a bad key or value is an error that names it (a preset's
+    `sampling.<recipe>`, an evaluation's or a table's overrides)."""
     if recipe not in DEFAULT_SAMPLING:
         raise ValueError(f"unknown recipe {recipe!r}: choose dalle or unclip")
     sampling = dict(sampling or {})
@@ -59,6 +76,20 @@ def check_sampling(recipe: str, sampling: dict | None) -> dict:
         raise ValueError(f"sampling: {bad} are not {recipe} settings (allowed: {', '.join(sorted(allowed))})")
     if "rerank" in sampling and sampling["rerank"] not in RERANKERS:
         raise ValueError(f"sampling.rerank: {sampling['rerank']!r} is not a reranker (choose {' or '.join(RERANKERS)})")
+    if "upsample" in sampling and not isinstance(sampling["upsample"], bool):
+        raise ValueError(f"sampling.upsample: must be true or false, got {sampling['upsample']!r}")
+    for key, v in sampling.items():
+        if key not in SAMPLING_RANGES or (v is None and DEFAULT_SAMPLING[recipe][key] is None):
+            continue
+        integer, lo, lo_open, hi = SAMPLING_RANGES[key]
+        kind = "an integer" if integer else "a finite number"
+        want = (f"{kind} {'>' if lo_open else '>='} {lo:g}" + (f" and <= {hi:g}" if hi is not None else ""))
+        # NaN compares False with everything: without the isfinite test a NaN guidance scale or
+        # temperature passes every bound below and samples garbage (or silently equals scale 1)
+        ok = (not isinstance(v, bool) and isinstance(v, int if integer else (int, float))
+              and math.isfinite(v) and (v > lo if lo_open else v >= lo) and (hi is None or v <= hi))
+        if not ok:
+            raise ValueError(f"sampling.{key}: must be {want}, got {v!r}")
     return sampling
 
 
@@ -82,13 +113,31 @@ def to_tensor(images: Sequence[Image.Image], size: int | None = None) -> torch.T
 
 
 # ---------------------------------------------------------------- bundle files
+# The model class of each network part: its MODEL_TYPE is what the part's config.json must say,
+# and its from_pretrained loads the part (the tokenizer is model_code.text.tokenizer's).
+PART_CLASSES = {"clip": ("model_code.models.clip", "CLIP"), "dvae": ("model_code.models.dvae", "DVAE"),
+                "transformer": ("model_code.models.transformer", "DalleTransformer"),
+                "prior": ("model_code.models.prior", "DiffusionPrior"),
+                "decoder": ("model_code.models.decoder", "UnCLIPDecoder"),
+                "upsampler": ("model_code.models.upsampler", "Upsampler"),
+                "captioner": ("model_code.models.coca", "CoCa")}
+
+
+def part_class(name: str):
+    """The model class of network part `name` (imported on first use: each drags in its stack)."""
+    import importlib
+    module, cls = PART_CLASSES[name]
+    return getattr(importlib.import_module(module), cls)
+
+
 def save_bundle(out: str, recipe: str, parts: dict[str, str], preset: str = "",
                 sampling: dict | None = None, lineage: dict | None = None, config: dict | None = None) -> str:
     """Assemble a bundle from trained part directories (copied, so the bundle stands alone).
 
     `config`: the resolved preset (with overrides) the parts were trained with; the bundle keeps
     it, so that serving reads its `serve:` section from the bundle and a preset file edited (or
-    absent) later does not change a registered model. `preset` is the name, for people."""
+    absent) later does not change a registered model. `preset` is the name, for people.
+    Parts that do not belong together are refused (check_parts_fit), before anything is copied."""
     if config is not None:  # a bad serve: section fails here, not when a server loads the model
         from model_code.serve.config import serve_config
         serve_config(section=config.get("serve") or {}, env={})
@@ -105,6 +154,14 @@ def save_bundle(out: str, recipe: str, parts: dict[str, str], preset: str = "",
         if not storage.exists(storage.join(src, marker)):
             raise ValueError(f"part {name}: {src} holds no trained {name} (no {marker}): train it first, "
                              f"or point at its output directory")
+        # the parts are copied to out/<name>: an out that is, holds or lies in a part would copy a
+        # part onto itself or nest the bundle (with every part's checkpoints) inside that part
+        o, s = _location(out), _location(src)
+        if o.startswith(s) or s.startswith(o):
+            where = "is" if o == s else "is inside" if o.startswith(s) else "contains"
+            raise ValueError(f"out {out} {where} the {name} part {src}: write the bundle to a directory "
+                             f"beside its parts, not into or around one")
+    check_parts_fit(parts)
     sampling = {**DEFAULT_SAMPLING[recipe], **check_sampling(recipe, sampling)}
     if sampling["rerank"] == "captioner" and "captioner" not in parts:
         raise ValueError(f"sampling.{recipe}.rerank is 'captioner' but the bundle is given no captioner part")
@@ -121,15 +178,97 @@ def save_bundle(out: str, recipe: str, parts: dict[str, str], preset: str = "",
     return out
 
 
+def _location(uri: str) -> str:
+    """A directory as a prefix to compare locations by: symlinks resolved, one trailing separator."""
+    if storage.is_remote(uri):
+        return uri.rstrip("/") + "/"
+    return os.path.join(os.path.realpath(storage.local_path(uri)), "")
+
+
 def _part_marker(name: str) -> str:
     return "tokenizer.json" if name == "tokenizer" else "model.safetensors"
 
 
+def _fixed_by(name: str, dep: str, dep_config) -> dict:
+    """The keys of part `name`'s config that its trained dependency `dep` fixed when `name` was
+    built (model_code.train.parts derives them from the dependency), with the values `dep` gives.
+    dep_config: the dependency's config.json (for the tokenizer: the loaded TextTokenizer)."""
+    if dep == "tokenizer":
+        if name == "captioner":   # its vocabulary and special ids (CoCa.set_tokenizer's check)
+            return part_class("captioner").config_for({}, dep_config)
+        key = {"transformer": "text_vocab_size", "clip": "vocab_size"}.get(name)
+        return {key: dep_config.vocab_size} if key else {}
+    if (name, dep) == ("transformer", "dvae"):
+        return {"codebook_size": dep_config["codebook_size"],
+                "image_grid": dep_config["image_size"] // dep_config["downsample"]}
+    if dep == "clip" and name in ("prior", "decoder"):
+        from model_code.models.prior import clip_dims
+        return clip_dims(dep_config)
+    return {}
+
+
+def _read_json(uri: str) -> dict:
+    try:
+        got = json.loads(storage.read_text(uri))
+    except ValueError:
+        return {}
+    return got if isinstance(got, dict) else {}
+
+
+def check_parts_fit(parts: dict[str, str], where: str = "") -> None:
+    """Refuse parts that do not belong together (ValueError naming them and what disagrees;
+    `where` prefixes the message). Each network part must be the model its role names (its
+    config.json's model_type), and each part must have been trained with the bundle's parts it
+    depends on (model_code.train.parts: the transformer on the tokenizer's ids and the dVAE's
+    codes; CLIP, the prior, the decoder and the captioner on the tokenizer's ids; the prior and
+    the decoder on CLIP's embeddings). A part's train_state.json records what its dependencies
+    held (model_code.identity), and that must be what the given parts hold: another tokenizer or
+    dVAE of the same sizes fits every shape and makes noise. A part trained elsewhere records
+    nothing and is held to what its config says of them (vocabulary, codebook, code grid, CLIP
+    widths), as is every part."""
+    from model_code.identity import STATE_FILE, part_identity
+    from model_code.train.parts import get_part
+    configs: dict[str, Any] = {}
+    for name, uri in parts.items():
+        if name == "tokenizer":
+            from model_code.text.tokenizer import TextTokenizer
+            configs[name] = TextTokenizer.load(uri)
+            continue
+        if not storage.exists(storage.join(uri, "config.json")):
+            raise ValueError(f"{where}part {name}: {uri} holds no config.json (not a saved {name})")
+        configs[name] = cfg = _read_json(storage.join(uri, "config.json"))
+        expected = part_class(name).MODEL_TYPE
+        if cfg.get("model_type") != expected:
+            raise ValueError(f"{where}part {name}: {uri} holds a {cfg.get('model_type')!r} model, not "
+                             f"{expected!r}: a {name} part must be a trained {name}")
+    found: dict[str, str] = {}
+    for name, uri in parts.items():
+        state = _read_json(storage.join(uri, STATE_FILE)) if storage.exists(storage.join(uri, STATE_FILE)) else {}
+        recorded = (state.get("inputs") or {}).get("deps") or {}
+        for dep in get_part(name).deps:   # optional deps (a captioner's warm-start CLIP) are not read at run time
+            if dep not in parts:
+                continue
+            if recorded.get(dep):
+                found.setdefault(dep, part_identity(parts[dep]))
+                if found[dep] != recorded[dep]:
+                    trained_with = (state.get("deps") or {}).get(dep) or "another"
+                    raise ValueError(f"{where}parts {name} and {dep} do not belong together: the {name} "
+                                     f"({uri}) was trained with the {dep} {trained_with} (identity "
+                                     f"{recorded[dep]}), not with {parts[dep]} (identity {found[dep]}): give "
+                                     f"the {dep} it was trained with, or retrain the {name} with this one")
+            off = [f"{k}={configs[name].get(k)!r} where the {dep} gives {v!r}"
+                   for k, v in _fixed_by(name, dep, configs[dep]).items() if configs[name].get(k) != v]
+            if off:
+                raise ValueError(f"{where}parts {name} and {dep} do not belong together: the {name} ({uri}) has "
+                                 f"{', '.join(off)} ({parts[dep]})")
+
+
 def read_bundle_meta(path: str) -> dict:
     """bundle.json, checked as save_bundle writes it: a known recipe, its parts, each a directory
-    inside the bundle holding its trained part. A registered version must stand alone (a part path
-    to the host's /etc, or to a directory that may move, is refused), and a bundle that cannot load
-    is refused when it is registered, not when a server starts."""
+    inside the bundle holding its trained part, parts that belong together (check_parts_fit). A
+    registered version must stand alone (a part path to the host's /etc, or to a directory that
+    may move, is refused), and a bundle that cannot load is refused when it is registered, not
+    when a server starts."""
     meta_path = storage.join(path, "bundle.json")
     if not storage.exists(meta_path):
         raise FileNotFoundError(f"{path} is not an Easel bundle (no bundle.json)")
@@ -150,6 +289,7 @@ def read_bundle_meta(path: str) -> dict:
     if missing:
         raise ValueError(f"{meta_path}: a {recipe} bundle needs parts {', '.join(missing)}")
     base = None if storage.is_remote(path) else os.path.realpath(storage.local_path(path))
+    dirs = {}
     for name, rel in parts.items():
         if name not in RECIPE_PARTS[recipe] + OPTIONAL_PARTS[recipe]:
             raise ValueError(f"{meta_path}: part {name!r} does not belong in a {recipe} bundle")
@@ -161,6 +301,8 @@ def read_bundle_meta(path: str) -> dict:
         if not storage.exists(storage.join(path, norm, _part_marker(name))):
             raise ValueError(f"{meta_path}: part {name} ({rel}) holds no trained {name} (no "
                              f"{_part_marker(name)})")
+        dirs[name] = storage.join(path, norm)
+    check_parts_fit(dirs, where=f"{meta_path}: ")
     return meta
 
 
@@ -371,14 +513,23 @@ class Generator:
     def image_size(self) -> int:
         raise NotImplementedError
 
+    @property
+    def data_size(self) -> int:
+        """The side of the images the bundle was trained on: its CLIP's input size (CLIP takes the
+        dataset's images as ingested, exactly that size; the other parts may resize them, and an
+        upsampler's output is larger)."""
+        return int(self.clip.config["image_size"])
 
-def _load_parts(path: str, names: dict[str, str], loaders: dict[str, Any], map_location: str) -> dict:
+
+def _load_parts(path: str, names: dict[str, str], map_location: str) -> dict:
+    """Every part of a bundle (names: part -> its directory in the bundle), loaded."""
+    from model_code.text.tokenizer import TextTokenizer
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         local = storage.get_dir(path, tmp) if storage.is_remote(path) else storage.local_path(path)
-        for part, loader in loaders.items():
-            if part in names:
-                out[part] = loader(os.path.join(local, names[part]))
+        for part, rel in names.items():
+            load = TextTokenizer.load if part == "tokenizer" else part_class(part).from_pretrained
+            out[part] = load(os.path.join(local, rel))
     for m in out.values():
         if isinstance(m, torch.nn.Module):
             m.to(map_location).eval()
@@ -396,15 +547,7 @@ class DalleGenerator(Generator):
 
     @classmethod
     def _from_bundle(cls, path, meta, map_location):
-        from model_code.models.clip import CLIP
-        from model_code.models.coca import CoCa
-        from model_code.models.dvae import DVAE
-        from model_code.models.transformer import DalleTransformer
-        from model_code.text.tokenizer import TextTokenizer
-        p = _load_parts(path, meta["parts"], {"tokenizer": TextTokenizer.load, "clip": CLIP.from_pretrained,
-                                              "dvae": DVAE.from_pretrained,
-                                              "transformer": DalleTransformer.from_pretrained,
-                                              "captioner": CoCa.from_pretrained}, map_location)
+        p = _load_parts(path, meta["parts"], map_location)
         return cls(p["tokenizer"], p["clip"], p["dvae"], p["transformer"], meta.get("sampling"), meta,
                    p.get("captioner"))
 
@@ -442,17 +585,7 @@ class UnclipGenerator(Generator):
 
     @classmethod
     def _from_bundle(cls, path, meta, map_location):
-        from model_code.models.clip import CLIP
-        from model_code.models.coca import CoCa
-        from model_code.models.decoder import UnCLIPDecoder
-        from model_code.models.prior import DiffusionPrior
-        from model_code.models.upsampler import Upsampler
-        from model_code.text.tokenizer import TextTokenizer
-        p = _load_parts(path, meta["parts"], {"tokenizer": TextTokenizer.load, "clip": CLIP.from_pretrained,
-                                              "prior": DiffusionPrior.from_pretrained,
-                                              "decoder": UnCLIPDecoder.from_pretrained,
-                                              "upsampler": Upsampler.from_pretrained,
-                                              "captioner": CoCa.from_pretrained}, map_location)
+        p = _load_parts(path, meta["parts"], map_location)
         return cls(p["tokenizer"], p["clip"], p["prior"], p["decoder"], p.get("upsampler"),
                    meta.get("sampling"), meta, p.get("captioner"))
 

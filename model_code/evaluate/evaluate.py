@@ -77,6 +77,30 @@ def eval_config(preset: str | dict = "tiny", **overrides) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- the steps
+def check_dataset(dataset: str, size: int, heldout: bool = True) -> None:
+    """Refuse a dataset a bundle cannot be judged on (ValueError naming what is wrong): one with no
+    accepted records (an empty or all-quarantined ingest), with no held-out images (`heldout`: the
+    real images FD and the dVAE metrics compare with, and the floor), or whose images are not the
+    bundle's size (`size`: Generator.data_size). Training refuses the same size mismatch: its
+    scenes, prompts and real images would not be the ones the bundle learned."""
+    from model_code.data.dataset import manifest, read_meta
+    man = manifest(dataset)
+    if len(man) == 0:
+        meta = read_meta(dataset)
+        counts = ", ".join(f"{k} {meta[k]}" for k in ("input", "quarantined", "duplicates") if k in meta)
+        raise ValueError(f"dataset: {dataset} holds no accepted records{f' ({counts})' if counts else ''}: "
+                         f"nothing to evaluate against; ingest a source with valid records")
+    sizes = sorted({(int(w), int(h)) for w, h in zip(man["width"], man["height"])}) \
+        if {"width", "height"} <= set(man.columns) else []
+    if sizes and sizes != [(size, size)]:
+        shown = ", ".join(f"{w}x{h}" for w, h in sizes[:3])
+        raise ValueError(f"dataset: {dataset}'s images are {shown}, but the bundle's are {size}x{size}; "
+                         f"evaluate on a dataset ingested at the bundle's size (easel data ingest --size {size})")
+    if heldout and ("split" not in man.columns or not (man["split"] == "heldout").any()):
+        raise ValueError(f"dataset: {dataset} has no held-out images (none of its {len(man)} records is in "
+                         f"split 'heldout'); evaluation needs them: ingest with --heldout-fraction > 0")
+
+
 def load_prompts(dataset: str, out: str, cfg: dict, prompts: str | list | None = None) -> tuple[list[dict], str]:
     """(prompt set, where it came from): given (a list or a prompts.json URI), the dataset's own
     prompts.json when it was made with the same settings, or a new held-out set. The set used is
@@ -240,6 +264,29 @@ def write_report(out: str, title: str, header: dict, flat: dict, per: dict, prom
     return path, files + ["report.md"]
 
 
+GATE_SECTION = ("<!-- easel-gate -->", "<!-- /easel-gate -->")
+
+
+def add_gate_to_report(report: str, record: dict) -> str:
+    """Write a gate's verdict on this evaluation (gates.run_gate's record) into its report.md,
+    above the metrics it judged; a later gate of the same evaluation replaces it. Returns report."""
+    from model_code.registry.registry import gate_markdown
+    model = record.get("model") or {}
+    name = str(model.get("name", "the model"))
+    notes = [f"- {n}" for n in record.get("notes") or []]
+    start, end = GATE_SECTION
+    block = "\n".join([start, f"## Gate: {name} version {model.get('version', '?')}", "",
+                       *gate_markdown(record, name), *(["Notes:", "", *notes, ""] if notes else []), end])
+    text = storage.read_text(report)
+    if start in text and end in text:
+        text = text[:text.index(start)] + block + text[text.index(end) + len(end):]
+    else:   # after the title and settings: the verdict is what a reader of a gated evaluation wants first
+        at = text.find("\n## ")
+        text = text + "\n" + block + "\n" if at < 0 else text[:at + 1] + block + "\n\n" + text[at + 1:]
+    storage.write_text(report, text)
+    return report
+
+
 def _geneval_section(per: dict, flat: dict) -> list[str]:
     """Shapes-GenEval beside the published GenEval table (another domain, a perfect judge)."""
     from model_code.evaluate import geneval
@@ -312,8 +359,9 @@ def evaluate(bundle: str, dataset: str, out: str, preset: str | dict = "tiny",
     gen = Generator.load(bundle, device)
     sampling = check_sampling(gen.recipe, sampling)
     candidates = candidates if candidates is not None else sampling.pop("candidates", None)
-    if candidates is not None and (isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1):
-        raise ValueError(f"candidates: must be a positive integer, got {candidates!r}")
+    if candidates is not None:
+        check_sampling(gen.recipe, {"candidates": candidates})
+    check_dataset(dataset, gen.data_size)
     if not storage.is_remote(out):
         os.makedirs(storage.local_path(out), exist_ok=True)
     # a re-run (the pipeline resumed after a kill) reuses a finished evaluation of the same inputs

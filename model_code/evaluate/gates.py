@@ -207,6 +207,15 @@ def production_metrics(name: str, alias: str = "production") -> tuple[str | None
     return str(mv.version), rec["metrics"], []
 
 
+def check_gate_target(name: str, version: str | int, config: dict | str) -> str:
+    """What run_gate needs before anything is measured: a registered `version` of `name` and a
+    configuration with gates (ValueError naming what is wrong). Checked before an evaluation that
+    will be gated, so that a typo fails in seconds, not after the evaluation. Returns the version."""
+    from model_code.registry import registry
+    gate_config(config)
+    return registry.registered_version(name, version)
+
+
 def run_gate(name: str, version: str | int, metrics: dict, config: dict | str,
              inputs: dict | None = None, alias: str = "production") -> dict[str, Any]:
     """Gate a registered version: compare with the version `alias` points at (unless it is this
@@ -214,7 +223,7 @@ def run_gate(name: str, version: str | int, metrics: dict, config: dict | str,
     and attach it to the model version (registry.record_gate). Returns the record with run_id."""
     from model_code import tracking
     from model_code.registry import registry
-    version = str(version)
+    version = check_gate_target(name, version, config)
     registry.check_evaluated_bundle(name, version, (inputs or {}).get("bundle_content"))
     prod_version, prod_metrics, notes = production_metrics(name, alias)
     if prod_version == version:

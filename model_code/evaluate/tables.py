@@ -23,7 +23,7 @@ import torch
 
 from model_code import storage
 from model_code.evaluate import metrics as M
-from model_code.evaluate.evaluate import eval_config, generate_images
+from model_code.evaluate.evaluate import check_dataset, eval_config, generate_images
 from model_code.evaluate.sample_cache import SAMPLES_DIR, SampleCache, array_to_images, images_to_array
 from model_code.tracking import log_run
 from model_code.generate import check_sampling
@@ -54,12 +54,23 @@ def _samples(out: str, bundle: str) -> SampleCache:
     return SampleCache(storage.join(out, SAMPLES_DIR), bundle)
 
 
-def _load(bundle: str, recipe: str | None = None):
+def _load(bundle: str, dataset: str, recipe: str | None = None):
+    """The bundle's generator, checked against the recipe a table needs and the dataset its
+    prompts come from (records there, at the bundle's image size)."""
     from model_code.generate import Generator
     gen = Generator.load(bundle)
     if recipe and gen.recipe != recipe:
         raise ValueError(f"{bundle}: a {recipe} bundle is needed, this one is {gen.recipe}")
+    check_dataset(dataset, gen.data_size, heldout=False)
     return gen
+
+
+def _table_setting(option: str, recipe: str, key: str, value) -> None:
+    """One value of a table's sweep (`option`) checked as the sampling setting `key` it becomes."""
+    try:
+        check_sampling(recipe, {key: value})
+    except ValueError as e:
+        raise ValueError(f"{option}: {value!r} is not a valid {key} ({e})") from None
 
 
 def _md_table(rows: list[dict], cols: list[str], heads: list[str] | None = None) -> list[str]:
@@ -169,9 +180,13 @@ def _finish(key: str, title: str, rows: list[dict], md: list[str], fig_png: byte
     """Write table.json/csv, plot and markdown under out; MLflow run; docs/results.md section."""
     import pandas as pd
     storage.remove(storage.join(out, SAMPLES_DIR), recursive=True)   # measured: no resume needs them
+    # an undefined value (the standard error of one prompt) is null: a bare NaN is not JSON, and
+    # table.json and the --json summary are read by other programs
+    rows = [{k: None if isinstance(v, (float, np.floating)) and not np.isfinite(v) else v for k, v in r.items()}
+            for r in rows]
     df = pd.DataFrame(rows)
     storage.write_text(storage.join(out, f"{key}.csv"), df.to_csv(index=False))
-    storage.write_text(storage.join(out, f"{key}.json"), json.dumps(rows, indent=1, default=float))
+    storage.write_text(storage.join(out, f"{key}.json"), json.dumps(rows, indent=1, default=float, allow_nan=False))
     storage.write_bytes(storage.join(out, f"{key}.png"), fig_png)
     body = "\n".join(md)
     storage.write_text(storage.join(out, f"{key}.md"), f"## {title}\n\n{body}\n")
@@ -211,7 +226,7 @@ def table_captions(bundles: dict[str, str], dataset: str, out: str = "runs/table
     ps = _prompts(dataset, out, cfg["n_per_category"], seed, ("short", "long"))
     rows, judged = [], {}
     for policy in POLICIES:
-        gen = _load(bundles[policy])
+        gen = _load(bundles[policy], dataset)
         generated = generate_images(gen, ps, cfg["samples_per_prompt"], seed, cfg["batch_size"],
                                     sampling=check_sampling(gen.recipe, sampling),
                                     cache=_samples(out, bundles[policy]))
@@ -322,10 +337,12 @@ def table_rerank(bundle: str, dataset: str, out: str = "runs/tables/rerank",
     best-of-N with far less variance than one group, at no extra sampling)."""
     t0 = time.time()
     budgets = sorted(set(budgets))
-    if not budgets or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in budgets):
-        raise ValueError(f"budgets: positive integers expected, got {budgets}")
+    if not budgets:
+        raise ValueError("budgets: at least one rerank budget N expected")
+    for b in budgets:   # a budget is a number of candidates: the sampling setting's rule
+        _table_setting("budgets", "dalle", "candidates", b)
     cfg = eval_config(preset, n_per_category=n_per_category, seed=seed)
-    gen = _load(bundle, "dalle")
+    gen = _load(bundle, dataset, "dalle")
     ps = _prompts(dataset, out, cfg["n_per_category"], seed, categories)
     pool_n = budgets[-1]
     sampling = check_sampling(gen.recipe, sampling)
@@ -405,15 +422,17 @@ def table_guidance(unclip_bundle: str, text_decoder_bundle: str, dataset: str,
     the other unclip settings for both (e.g. {"upsample": False}: diversity is judged at CLIP's
     resolution, the 4x upsampler only costs time)."""
     t0 = time.time()
+    if not scales:
+        raise ValueError("scales: at least one guidance scale expected")
+    for s in scales:   # each is the decoder_guidance setting of its rows: that setting's rule
+        _table_setting("scales", "unclip", "decoder_guidance", s)
     scales = [float(s) for s in scales]
-    if not scales or any(s < 0 for s in scales):
-        raise ValueError(f"scales: non-negative guidance scales expected, got {scales}")
     cfg = eval_config(preset, n_per_category=n_per_category, samples_per_prompt=samples_per_prompt, seed=seed)
     k = cfg["samples_per_prompt"]
     if k < 2:
         raise ValueError("samples_per_prompt: diversity needs at least 2 samples per prompt")
     paths = {"unCLIP": unclip_bundle, "text decoder": text_decoder_bundle}
-    models = {name: _load(path, "unclip") for name, path in paths.items()}
+    models = {name: _load(path, dataset, "unclip") for name, path in paths.items()}
     if models["unCLIP"].decoder.conditioning != "image":
         raise ValueError(f"unclip_bundle: its decoder is conditioned on {models['unCLIP'].decoder.conditioning}, "
                          "not on the CLIP image embedding")

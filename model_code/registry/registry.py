@@ -123,6 +123,16 @@ def _get_version(c, name: str, version: str):
         raise
 
 
+def registered_version(name: str, version: str | int) -> str:
+    """`version` of registered model `name`, checked to exist (ValueError naming what is missing):
+    what a gate will be recorded on, checked before the evaluation it gates is run."""
+    _check_name(name)
+    version = _check_version(version)
+    _get_model(tracking.client(), name)
+    _get_version(tracking.client(), name, version)
+    return version
+
+
 def _get_model(c, name: str):
     from mlflow.exceptions import MlflowException
     try:
@@ -256,19 +266,7 @@ def version_description(name: str, version: str | int, c=None) -> str:
     if record is None:
         lines += [f"**Gate: {verdict}** (not evaluated yet: it cannot be promoted until it passes).", ""]
     else:
-        lines += [f"**Gate: {verdict}**: " + "; ".join(record.get("reasons") or []), ""]
-        checks = record.get("checks") or []
-        if checks:
-            lines += ["| metric | value | rule | limit | production | ok |", "|---|---|---|---|---|---|"]
-            fmt = (lambda v: f"{v:.4g}" if isinstance(v, (int, float)) else "-")  # noqa: E731
-            for ch in checks:
-                lines.append(f"| {ch.get('metric')} | {fmt(ch.get('value'))} | {ch.get('rule')} | "
-                             f"{fmt(ch.get('limit'))} | {fmt(ch.get('production'))} | "
-                             f"{'yes' if ch.get('ok') else '**no**'} |")
-            lines.append("")
-        prod = record.get("production") or {}
-        if prod.get("version"):
-            lines += [f"Compared with {name} version {prod['version']} (@{prod.get('alias', 'production')}).", ""]
+        lines += gate_markdown({**record, "verdict": verdict}, name)
     runs = lineage.get("train_run_ids") or {}
     if isinstance(runs, dict) and runs:
         lines.append("Trained in: " + ", ".join(_run_link(c, rid, part) for part, rid in sorted(runs.items())) + ".")
@@ -276,6 +274,26 @@ def version_description(name: str, version: str | int, c=None) -> str:
     if evaluated:
         lines.append("Evaluated in: " + _run_link(c, evaluated, "evaluation run") + ".")
     return "\n".join(lines).strip() + "\n"
+
+
+def gate_markdown(record: dict, name: str) -> list[str]:
+    """A gate record as Markdown lines: the verdict with its reasons, each check against its limit
+    and production's value, and the production version compared with (the version's description
+    in the MLflow UI, and the report of the evaluation that was gated)."""
+    lines = [f"**Gate: {record.get('verdict')}**: " + "; ".join(record.get("reasons") or []), ""]
+    checks = record.get("checks") or []
+    if checks:
+        lines += ["| metric | value | rule | limit | production | ok |", "|---|---|---|---|---|---|"]
+        fmt = (lambda v: f"{v:.4g}" if isinstance(v, (int, float)) else "-")  # noqa: E731
+        for ch in checks:
+            lines.append(f"| {ch.get('metric')} | {fmt(ch.get('value'))} | {ch.get('rule')} | "
+                         f"{fmt(ch.get('limit'))} | {fmt(ch.get('production'))} | "
+                         f"{'yes' if ch.get('ok') else '**no**'} |")
+        lines.append("")
+    prod = record.get("production") or {}
+    if prod.get("version"):
+        lines += [f"Compared with {name} version {prod['version']} (@{prod.get('alias', 'production')}).", ""]
+    return lines
 
 
 def _describe(c, name: str, version: str) -> None:

@@ -68,6 +68,11 @@ def test_evaluate_rejects_bad_settings(env):
                  mlflow=False)
     with pytest.raises(ValueError, match="n_per_category"):
         evaluate(env["dalle"], env["ds"], str(env["root"] / "bad"), n_per_category=0, mlflow=False)
+    with pytest.raises(ValueError, match=r"sampling.temperature: must be a finite number >= 0, got nan"):
+        evaluate(env["dalle"], env["ds"], str(env["root"] / "bad"), sampling={"temperature": float("nan")},
+                 mlflow=False)
+    with pytest.raises(ValueError, match=r"sampling.candidates: must be an integer >= 1, got 0"):
+        evaluate(env["dalle"], env["ds"], str(env["root"] / "bad"), candidates=0, mlflow=False)
 
 
 def test_prompt_set_beside_the_dataset_is_reused(env):
@@ -95,6 +100,11 @@ def test_tables_at_tiny_size(env, capsys):
     # one bundle three times, same prompts and seeds: identical numbers, every claim a tie
     assert len({(r["short_constraint"], r["long_constraint"], r["clip_score"]) for r in cap["rows"]}) == 1
     assert cap["markdown"].count("**within noise (difference +0.000") == 4
+    # one prompt per kind: its standard error is undefined, and null in the table's JSON (a bare
+    # NaN is not JSON: strict readers refuse the file)
+    rows = json.loads((env["root"] / "t-captions" / "captions.json").read_text(),
+                      parse_constant=lambda c: pytest.fail(f"{c} in captions.json"))
+    assert rows[0]["short_constraint_se"] is None and cap["rows"][0]["short_constraint_se"] is None
 
     rr = T.table_rerank(env["dalle"], env["ds"], str(env["root"] / "t-rerank"), budgets=(1, 2, 4),
                         n_per_category=1, categories=("short", "color"), results_md=md)
@@ -220,3 +230,97 @@ def test_a_dataset_that_is_not_the_shapes_world_is_said_so(env, tmp_path):
     r = evaluate(env["dalle"], ds, str(tmp_path / "eval"), n_per_category=1, samples_per_prompt=1, mlflow=False)
     assert "chance.pf.exact" not in r["metrics"] and "fd_clip" in r["metrics"]
     assert "holds no Shapes-world scene graphs" in open(r["report"]).read()
+
+
+def test_a_dataset_the_bundle_cannot_be_judged_on_is_refused(env, tmp_path):
+    """Found by a tester: an evaluation on an empty ingest ran (n_real_images 0, a warning), and
+    one on a 64 px dataset of a 32 px bundle ran without a word; training refuses the same size
+    mismatch. Each is an error naming what is wrong, before anything is generated."""
+    from model_code.data.ingest import ingest
+    from model_code.data.synth import synthesize
+    from model_code.evaluate import tables as T
+    from model_code.evaluate.evaluate import evaluate
+    (tmp_path / "empty-src").mkdir()
+    ingest(str(tmp_path / "empty-src"), str(tmp_path / "empty"), size=32, workers=1, progress=False)
+    synthesize(str(tmp_path / "src"), n=12, size=64, seed=0, curated_fraction=0.25, workers=1)
+    ingest(str(tmp_path / "src"), str(tmp_path / "ds64"), size=64, heldout_fraction=0.3, workers=1, progress=False)
+    ingest(str(tmp_path / "src"), str(tmp_path / "no-heldout"), size=32, heldout_fraction=0.0, workers=1,
+           progress=False)
+    kw = dict(n_per_category=1, samples_per_prompt=1, candidates=1, mlflow=False)
+    for ds, match in [("empty", r"holds no accepted records \(input 0"),
+                      ("ds64", r"images are 64x64, but the bundle's are 32x32"),
+                      ("no-heldout", r"has no held-out images")]:
+        out = tmp_path / f"eval-{ds}"
+        with pytest.raises(ValueError, match=match):
+            evaluate(env["dalle"], str(tmp_path / ds), str(out), **kw)
+        assert not (out / "prompts.json").exists()   # refused before the prompts were drawn
+    with pytest.raises(ValueError, match=r"images are 64x64, but the bundle's are 32x32"):
+        T.table_rerank(env["dalle"], str(tmp_path / "ds64"), str(tmp_path / "t64"), budgets=(1,), mlflow=False,
+                       results_md=False)
+
+
+def test_table_sweeps_are_checked_as_the_settings_they_become(env, capsys):
+    """Found by a tester: `--scales nan,inf` made a table of identical rows and wrote bare NaN
+    (not JSON), and `--budgets abc` failed with int()'s message: a guidance scale and a budget are
+    checked as sampling settings, and a list that is not numbers is a usage error naming the option."""
+    from easel.cli import main
+    from model_code.evaluate import tables as T
+    for scales in ((float("nan"),), (1.0, float("inf")), (-1.0,)):
+        with pytest.raises(ValueError, match=r"scales: .* is not a valid decoder_guidance"):
+            T.table_guidance(env["dalle"], env["dalle"], env["ds"], str(env["root"] / "t-nan"), scales=scales,
+                             mlflow=False, results_md=False)
+    for budgets in ((0,), (1, 2.5)):
+        with pytest.raises(ValueError, match=r"budgets: .* is not a valid candidates"):
+            T.table_rerank(env["dalle"], env["ds"], str(env["root"] / "t-nan"), budgets=budgets, mlflow=False,
+                           results_md=False)
+    base = ["table", "rerank", "--dataset", env["ds"], "--out", str(env["root"] / "t-usage"),
+            "--bundle", f"bundle={env['dalle']}"]
+    with pytest.raises(SystemExit) as e:
+        main(base + ["--budgets", "abc"])
+    assert e.value.code == 2
+    assert "argument --budgets: expected comma-separated integers, got 'abc'" in capsys.readouterr().err
+    assert main(["table", "guidance", "--dataset", env["ds"], "--out", str(env["root"] / "t-usage"), "--bundle",
+                 f"unclip={env['dalle']}", "--bundle", f"text={env['dalle']}", "--scales", "nan,inf"]) == 1
+    assert "scales: nan is not a valid decoder_guidance" in capsys.readouterr().err
+
+
+def test_a_gated_evaluation_says_its_verdict_and_fails_with_its_gate(env, tmp_path, capsys):
+    """Found by a tester: `easel evaluate --gate-model M --gate-version V` exited 0 with a failed
+    gate and printed no verdict, and a missing --gate-version failed only after the whole
+    evaluation. The options go together and are checked first; the verdict and its reasons go to
+    stderr and into report.md; a failed gate exits 1 (as `easel data validate`), a passed one 0."""
+    from easel.cli import main
+    from model_code.registry.registry import gate_record, register_bundle
+    name = "easel-eval-gated"
+    cli = ["evaluate", env["dalle"], "--dataset", env["ds"], "--n-per-category", "1", "--samples", "1",
+           "--candidates", "1"]
+    out = tmp_path / "eval"
+    assert main(cli + ["--out", str(out), "--gate-model", name]) == 2
+    assert "--gate-model and --gate-version go together" in capsys.readouterr().err
+    assert main(cli + ["--out", str(out), "--gate-model", name, "--gate-version", "1"]) == 1
+    assert f"no registered model '{name}'" in capsys.readouterr().err
+    version = register_bundle(env["dalle"], name)["version"]
+    assert main(cli + ["--out", str(out), "--gate-model", name, "--gate-version", "9"]) == 1
+    assert f"model '{name}' has no version 9" in capsys.readouterr().err
+    assert not out.exists()   # each refused before the evaluation ran
+
+    # the untrained bundle fails the tiny preset's gates
+    assert main(cli + ["--out", str(out), "--gate-model", name, "--gate-version", version, "--json"]) == 1
+    cap = capsys.readouterr()
+    assert f"easel: error: gate failed for {name} version {version}: clip_score = " in cap.err
+    assert json.loads(cap.out.strip().splitlines()[-1])["gate"]["verdict"] == "failed"
+    report = (out / "report.md").read_text()
+    assert f"## Gate: {name} version {version}" in report and "**Gate: failed**: clip_score" in report
+    assert report.index("## Gate") < report.index("## Prompt following per category")
+    assert gate_record(name, version)["verdict"] == "failed"
+
+    # gates it clears (a preset file over tiny): exit 0, the verdict on stderr, the report's section replaced
+    lenient = tmp_path / "lenient.yaml"
+    lenient.write_text("extends: tiny\nevaluate:\n  gates:\n    clip_score: {min: -1.0, relative: false}\n"
+                       "    pf.invalid: {max: 1.0}\n    dvae.psnr: {min: 0.0, recipes: [dalle]}\n")
+    assert main(cli + ["--out", str(out), "--gate-model", name, "--gate-version", version,
+                       "--preset", str(lenient)]) == 0
+    assert f"gate passed for {name} version {version}: all " in capsys.readouterr().err
+    report = (out / "report.md").read_text()
+    assert report.count("## Gate:") == 1 and "**Gate: passed**" in report
+    assert gate_record(name, version)["verdict"] == "passed"

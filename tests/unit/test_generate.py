@@ -166,3 +166,138 @@ def test_rerank_by_captioner_keeps_what_the_captioner_finds_likeliest(tmp_path, 
         save_bundle(str(tmp_path / "c"), recipe, parts, sampling={"rerank": "siglip"})
     with pytest.raises(ValueError, match="'siglip' is not a reranker"):
         plain.generate(["a red circle"], n=1, rerank="siglip", **kw)
+
+
+# ---------------------------------------------------------------- parts that belong together
+SMALL_PARTS = {"dvae": {"n_hid": 16, "codebook_size": 32, "n_blk_per_group": 1, "n_init": 16},
+               "transformer": {"n_layer": 1, "n_head": 2, "d_model": 32},
+               "clip": {"width": 32, "layers": 1, "text_width": 32, "text_layers": 1, "heads": 2, "text_heads": 2,
+                        "embed_dim": 32},
+               "train": {"batch_size": 4, "progress": "none", "ckpt_every": 1,
+                         "steps": {"dvae": 1, "transformer": 1, "clip": 1}}}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Parts trained by train_part (one step each: what they record of their dependencies is what
+    matters here): a dalle stack, a second dVAE of the same configuration (another seed), a second
+    tokenizer of the same vocabulary (other settings) and one of another vocabulary."""
+    from model_code.train.run import train_part
+    from tests.unit.data.test_loader import shapes_data
+    data = shapes_data(tmp_path_factory.getbasetemp())
+    root = tmp_path_factory.mktemp("trained-parts")
+    p = {k: str(root / k) for k in ("tokenizer", "tokenizer2", "tokenizer300", "dvae", "dvae2", "transformer", "clip")}
+    train_part("tokenizer", "tiny", data=data, out=p["tokenizer"], mlflow=False)
+    train_part("tokenizer", "tiny", data=data, out=p["tokenizer2"], mlflow=False,
+               overrides={"tokenizer": {"max_text_tokens": 90}})
+    train_part("tokenizer", "tiny", data=data, out=p["tokenizer300"], mlflow=False,
+               overrides={"tokenizer": {"vocab_size": 300}})
+    train_part("dvae", "tiny", data=data, out=p["dvae"], overrides=SMALL_PARTS, mlflow=False)
+    train_part("dvae", "tiny", data=data, out=p["dvae2"], mlflow=False,
+               overrides={**SMALL_PARTS, "train": {**SMALL_PARTS["train"], "seed": 1}})
+    train_part("transformer", "tiny", data=data, out=p["transformer"], overrides=SMALL_PARTS, mlflow=False,
+               deps={"tokenizer": p["tokenizer"], "dvae": p["dvae"]})
+    train_part("clip", "tiny", data=data, out=p["clip"], overrides=SMALL_PARTS, mlflow=False,
+               deps={"tokenizer": p["tokenizer"]})
+    return p
+
+
+def _dalle(p, **swap):
+    return {**{k: p[k] for k in ("tokenizer", "clip", "dvae", "transformer")}, **swap}
+
+
+def test_parts_trained_together_are_bundled_and_others_are_refused(trained, tmp_path):
+    """Found by a tester: a bundle of a transformer with another tokenizer or dVAE than it was
+    trained with, or of a dVAE in the CLIP's place, was built, registered and evaluated (noise, or
+    an error at evaluation). What each part's train_state.json records of its dependencies must be
+    what the bundle's other parts hold, each part must be of its role's kind, and a part trained
+    elsewhere (no train_state.json) is held to what its config says of its dependencies."""
+    import shutil
+    out = save_bundle(str(tmp_path / "good"), "dalle", _dalle(trained))
+    assert read_bundle_meta(out)["recipe"] == "dalle" and Generator.load(out, device="cpu").recipe == "dalle"
+    refused = [
+        # same configuration, another seed: every shape fits, the codes mean other pictures
+        (_dalle(trained, dvae=trained["dvae2"]),
+         r"parts transformer and dvae do not belong together: the transformer \(.*\) was trained with the dvae "
+         r".*dvae \(identity \w+\), not with .*dvae2"),
+        # the same vocabulary size, another tokenizer: refused for CLIP (listed first) and the transformer
+        (_dalle(trained, tokenizer=trained["tokenizer2"]), r"parts (clip|transformer) and tokenizer do not belong"),
+        (_dalle(trained, clip=trained["dvae"]), r"part clip: .*dvae holds a 'easel-dvae' model, not 'easel-clip'"),
+    ]
+    for parts, match in refused:
+        with pytest.raises(ValueError, match=match):
+            save_bundle(str(tmp_path / "bad"), "dalle", parts)
+        assert not (tmp_path / "bad").exists()   # refused before anything was copied
+
+    # parts trained elsewhere record no dependencies: their configs are checked against the parts given
+    imported = {}
+    for k in ("transformer", "clip"):
+        imported[k] = str(tmp_path / f"imported-{k}")
+        shutil.copytree(trained[k], imported[k], ignore=shutil.ignore_patterns("train_state.json", "checkpoints"))
+    save_bundle(str(tmp_path / "imported"), "dalle", _dalle(trained, **imported))   # they do fit
+    with pytest.raises(ValueError, match=r"parts clip and tokenizer do not belong together: .* has vocab_size=\d+ "
+                                         r"where the tokenizer gives 300"):
+        save_bundle(str(tmp_path / "bad"), "dalle", _dalle(trained, tokenizer=trained["tokenizer300"], **imported))
+    with pytest.raises(ValueError, match=r"parts transformer and dvae .* codebook_size=32 where the dvae gives 128"):
+        other = build_parts(str(tmp_path / "untrained"), "dalle")   # the tiny preset's 128-code dVAE
+        save_bundle(str(tmp_path / "bad"), "dalle", _dalle(trained, dvae=other["dvae"], **imported))
+
+
+def test_a_bundle_whose_parts_do_not_belong_together_is_refused_at_registration(trained, tmp_path):
+    """A bundle edited after it was made (or made before parts were checked) is refused where a
+    bundle is read: registration (before anything is uploaded) and loading."""
+    import shutil
+
+    from model_code.registry.registry import register_bundle
+    good = save_bundle(str(tmp_path / "good"), "dalle", _dalle(trained))
+    for part, src, match in [("clip", trained["dvae"], "holds a 'easel-dvae' model, not 'easel-clip'"),
+                             ("dvae", trained["dvae2"], "parts transformer and dvae do not belong together")]:
+        bad = tmp_path / f"bad-{part}"
+        shutil.copytree(good, bad)
+        shutil.rmtree(bad / part)
+        shutil.copytree(src, bad / part, ignore=shutil.ignore_patterns("checkpoints"))
+        for read in (read_bundle_meta, Generator.load, lambda b: register_bundle(b, "easel-never-registered")):
+            with pytest.raises(ValueError, match=rf"bundle.json: .*{match}"):
+                read(str(bad))
+
+
+def test_a_bundle_is_written_beside_its_parts_never_into_or_around_one(trained, tmp_path):
+    import shutil
+    parts = {k: str(tmp_path / "parts" / k) for k in ("tokenizer", "clip", "dvae", "transformer")}
+    for k, d in parts.items():
+        shutil.copytree(trained[k], d, ignore=shutil.ignore_patterns("checkpoints"))
+    for out, where in [(parts["dvae"], "is"), (os.path.join(parts["dvae"], "bundle"), "is inside"),
+                       (str(tmp_path / "parts"), "contains")]:
+        before = sorted(os.listdir(parts["dvae"]))
+        with pytest.raises(ValueError, match=rf"out {out} {where} the \w+ part .*: write the bundle to a directory"):
+            save_bundle(out, "dalle", parts)
+        assert sorted(os.listdir(parts["dvae"])) == before and not os.path.exists(os.path.join(out, "bundle.json"))
+    save_bundle(str(tmp_path / "parts-bundle"), "dalle", parts)   # a sibling whose name extends a part's path is fine
+
+
+@pytest.mark.parametrize("recipe, setting, value", [
+    ("dalle", "temperature", float("nan")), ("dalle", "temperature", float("inf")), ("dalle", "temperature", -0.5),
+    ("dalle", "guidance_scale", float("nan")), ("dalle", "top_p", 1.5), ("dalle", "top_p", 0.0),
+    ("dalle", "top_k", 0), ("dalle", "top_k", 2.5), ("dalle", "candidates", 0), ("dalle", "candidates", True),
+    ("unclip", "decoder_guidance", float("nan")), ("unclip", "prior_guidance", -1.0),
+    ("unclip", "decoder_steps", 0), ("unclip", "upsample", "yes"), ("unclip", "candidates", "4")])
+def test_sampling_values_must_be_finite_and_in_range(recipe, setting, value):
+    """Found by a tester: `--set sampling.dalle.temperature=.nan` built a bundle, and NaN guidance
+    scales made a table of identical rows: every sampling value is checked where the settings are."""
+    from model_code.generate import check_sampling
+    with pytest.raises(ValueError, match=rf"sampling\.{setting}: must be"):
+        check_sampling(recipe, {setting: value})
+
+
+def test_sampling_values_in_range_pass():
+    from model_code.generate import check_sampling
+    ok = {"temperature": 0.0, "top_k": 8, "top_p": 1.0, "guidance_scale": 3, "candidates": 2}
+    assert check_sampling("dalle", ok) == ok
+    assert check_sampling("dalle", {"top_k": None, "top_p": None}) == {"top_k": None, "top_p": None}
+    assert check_sampling("unclip", {"decoder_guidance": None, "decoder_steps": 3, "upsample": False})
+
+
+def test_a_bundle_with_a_nan_sampling_setting_is_refused(trained, tmp_path):
+    with pytest.raises(ValueError, match=r"sampling.temperature: must be a finite number >= 0, got nan"):
+        save_bundle(str(tmp_path / "b"), "dalle", _dalle(trained), sampling={"temperature": float("nan")})
+    assert not (tmp_path / "b").exists()
