@@ -156,9 +156,9 @@ def save_bundle(out: str, recipe: str, parts: dict[str, str], preset: str = "",
                              f"or point at its output directory")
         # the parts are copied to out/<name>: an out that is, holds or lies in a part would copy a
         # part onto itself or nest the bundle (with every part's checkpoints) inside that part
-        o, s = _location(out), _location(src)
-        if o.startswith(s) or s.startswith(o):
-            where = "is" if o == s else "is inside" if o.startswith(s) else "contains"
+        inside, around = storage.within(out, src), storage.within(src, out)
+        if inside or around:
+            where = "is" if inside and around else "is inside" if inside else "contains"
             raise ValueError(f"out {out} {where} the {name} part {src}: write the bundle to a directory "
                              f"beside its parts, not into or around one")
     check_parts_fit(parts)
@@ -176,13 +176,6 @@ def save_bundle(out: str, recipe: str, parts: dict[str, str], preset: str = "",
         meta["config"] = config
     storage.write_text(storage.join(out, "bundle.json"), json.dumps(meta, indent=2, default=str))
     return out
-
-
-def _location(uri: str) -> str:
-    """A directory as a prefix to compare locations by: symlinks resolved, one trailing separator."""
-    if storage.is_remote(uri):
-        return uri.rstrip("/") + "/"
-    return os.path.join(os.path.realpath(storage.local_path(uri)), "")
 
 
 def _part_marker(name: str) -> str:

@@ -51,6 +51,19 @@ def local_path(uri: str) -> str:
     return uri[len("file://"):] if uri.startswith("file://") else uri
 
 
+def location(uri: str) -> str:
+    """A directory as a prefix to compare locations by: a local path with its links and `..`
+    resolved, a URI as written; one trailing separator either way."""
+    if is_remote(uri):
+        return uri.rstrip("/") + "/"
+    return os.path.join(os.path.realpath(local_path(uri)), "")
+
+
+def within(a: str, b: str) -> bool:
+    """Directory `a` is `b` or lies inside it (a local path and a URI never do)."""
+    return is_remote(a) == is_remote(b) and location(a).startswith(location(b))
+
+
 _S3_ENV = ("AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
 _S3_FS: dict[tuple, fsspec.AbstractFileSystem] = {}
 

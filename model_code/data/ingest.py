@@ -665,8 +665,7 @@ def _check_out(src: str | list[str], out: str, kind: str) -> None:
     would read the dataset's own files as records."""
     if kind != "folder" or not isinstance(src, str) or storage.is_remote(src) or storage.is_remote(out):
         return
-    s, o = (os.path.realpath(storage.local_path(p)) for p in (src, out))
-    if o == s or o.startswith(s.rstrip(os.sep) + os.sep):
+    if storage.within(out, src):
         raise ValueError(f"out={out} is inside the source folder {src}: write the dataset somewhere else")
 
 

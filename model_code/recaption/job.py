@@ -322,14 +322,9 @@ def check_out(out: str, dataset: str) -> None:
     out/dataset.json would overwrite that dataset's own and corrupt it."""
     from model_code.data.dataset import shards_root
 
-    def norm(uri: str) -> str:
-        if storage.is_remote(uri):
-            return uri.rstrip("/") + "/"
-        return os.path.join(os.path.realpath(storage.local_path(uri)), "")   # symlinks resolved, trailing /
-
     for d in dict.fromkeys((dataset, shards_root(dataset))):
-        if norm(out).startswith(norm(d)):
-            where = "is" if norm(out) == norm(d) else "is inside"
+        if storage.within(out, d):
+            where = "is" if storage.within(d, out) else "is inside"
             raise ValueError(f"recaption: out {out} {where} the dataset {d}; its dataset.json would be overwritten: "
                              f"give an --out outside it")
 

@@ -198,15 +198,6 @@ def _start_over(out: str, names: tuple[str, ...]) -> None:
         storage.remove(storage.join(out, name), recursive=True)
 
 
-def _within(a: str, b: str) -> bool:
-    """`a` is `b` or lies under it: local paths resolved (links, `..`), URIs by their prefix."""
-    def norm(uri: str) -> str:
-        if storage.is_remote(uri):
-            return uri.rstrip("/") + "/"
-        return os.path.realpath(storage.local_path(uri)).rstrip(os.sep) + os.sep
-    return norm(a).startswith(norm(b)) if storage.is_remote(a) == storage.is_remote(b) else False
-
-
 def _check_out(out: str, data: str, deps: dict[str, str]) -> None:
     """`out` is this run's alone: not the dataset or a dependency, nor inside or around one. A run
     writes its model and state there and starting over deletes them, so a shared directory would
@@ -215,8 +206,8 @@ def _check_out(out: str, data: str, deps: dict[str, str]) -> None:
     for what, uri in inputs:
         if not uri:
             continue
-        relation = ("is" if _within(out, uri) and _within(uri, out) else "is inside" if _within(out, uri)
-                    else "contains" if _within(uri, out) else None)
+        inside, around = storage.within(out, uri), storage.within(uri, out)
+        relation = "is" if inside and around else "is inside" if inside else "contains" if around else None
         if relation:
             raise ValueError(f"out {out} {relation} {what} at {uri}: a run writes its model, state and "
                              f"checkpoints into out and starting over deletes them; give out a directory "
