@@ -87,10 +87,12 @@ def check_trained_tokenizer(model_dir_or_uri: str, tokenizer_dir: str) -> None:
     vocabulary size fits the model's shapes and turns every caption into fluent-looking garbage that
     passes the filters. The trainer records its tokenizer's identity in train_state.json
     (inputs.deps.tokenizer, model_code.identity); a captioner trained elsewhere has none, and then
-    only the vocabulary (CoCa.set_tokenizer) could be compared."""
+    only the vocabulary (CoCa.set_tokenizer) could be compared. The rule is a bundle's
+    (generate.check_parts_fit); this adds the warning for a captioner that records nothing."""
     import json
 
-    from model_code.identity import STATE_FILE, part_identity
+    from model_code.generate import check_parts_fit
+    from model_code.identity import STATE_FILE
     state_uri = storage.join(model_dir_or_uri, STATE_FILE)
     state = {}
     if storage.exists(state_uri):
@@ -104,12 +106,7 @@ def check_trained_tokenizer(model_dir_or_uri: str, tokenizer_dir: str) -> None:
                     "tokenizer at %s matches its vocabulary, but the match could not be verified",
                     model_dir_or_uri, STATE_FILE, tokenizer_dir)
         return
-    found = part_identity(tokenizer_dir)
-    if found != recorded:
-        trained_with = (state.get("deps") or {}).get("tokenizer") or "another tokenizer"
-        raise ValueError(f"captioner: the tokenizer at {tokenizer_dir} (identity {found}) is not the one the "
-                         f"captioner at {model_dir_or_uri} was trained with ({trained_with}, identity {recorded}): "
-                         f"give that tokenizer")
+    check_parts_fit({"captioner": model_dir_or_uri, "tokenizer": tokenizer_dir}, where="recaption: ")
 
 
 class CoCaCaptioner:
