@@ -111,6 +111,7 @@ def parse_overrides(items: Iterable[str]) -> dict:
 def _check_types(base: dict, over: dict, path: str = "") -> None:
     """An override must keep the kind of value the preset has there: a number stays a number
     (bool is not a number), a mapping a mapping. The error names the key."""
+    _check_no_dropped_sections(base, over, path)
     for k, v in over.items():
         key = f"{path}{k}"
         if k not in base or base[k] is None or v is None:
@@ -127,13 +128,34 @@ def _check_types(base: dict, over: dict, path: str = "") -> None:
             raise ConfigError(f"{key}: expected true or false, got {v!r}")
 
 
-def _load_raw(name: str, near: str | None = None) -> dict[str, Any]:
+def _check_no_dropped_sections(base: dict, over: Mapping, path: str = "") -> None:
+    """A null over a section (`--set dvae=null`, `dvae: null` in a preset extending another) would
+    drop every key of it, and the part would silently fall back to its paper-scale defaults."""
+    for k, v in over.items():
+        if v is None and isinstance(base.get(k), dict) and base[k]:
+            raise ConfigError(f"{path}{k}: null would drop the whole section (its part would fall back to "
+                              f"the paper-scale defaults); set or override its keys one by one")
+        if isinstance(v, Mapping) and isinstance(base.get(k), dict):
+            _check_no_dropped_sections(base[k], v, f"{path}{k}.")
+
+
+def _load_raw(name: str, near: str | None = None, seen: tuple[str, ...] = ()) -> dict[str, Any]:
     path = preset_path(name, near)
+    real = os.path.realpath(path)
+    if real in seen:
+        raise ConfigError(f"preset {path} extends itself (through {' -> '.join(seen + (real,))})")
     with open(path) as f:
-        cfg = load_yaml(f) or {}
+        try:
+            cfg = load_yaml(f) or {}
+        except yaml.YAMLError as e:   # the parser's message names a line, not the file
+            raise ConfigError(f"preset {path} is not valid YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"preset {path}: expected a mapping of sections (data:, dvae:, train: ...), "
+                          f"got a {type(cfg).__name__}")
     if "extends" in cfg:  # a user preset may extend a built-in one (or a sibling file)
-        parent = cfg.pop("extends")
-        cfg = deep_merge(_load_raw(parent, os.path.dirname(os.path.abspath(path))), cfg)
+        parent = _load_raw(cfg.pop("extends"), os.path.dirname(os.path.abspath(path)), seen + (real,))
+        _check_no_dropped_sections(parent, cfg)
+        cfg = deep_merge(parent, cfg)
     return cfg
 
 

@@ -95,3 +95,31 @@ def test_the_owners_refuse_unknown_keys_in_their_sections():
         eval_config(load_preset("tiny", {"evaluate": {"n_per_categry": 2}}))
     with pytest.raises(ValueError, match=r"unknown recaption config keys \['topp'\]; known: .*'top_p'"):
         _resolve(load_preset("tiny", {"recaption": {"topp": 0.5}}), {})
+
+
+def test_a_null_section_is_refused_not_dropped(tmp_path):
+    """`--set dvae=null` (or `dvae: null` in a preset extending tiny) used to drop the section: the
+    dVAE then trained at its paper-scale defaults, a 500 MB model, without a word."""
+    with pytest.raises(ConfigError, match="dvae: null would drop the whole section"):
+        load_preset("tiny", parse_overrides(["dvae=null"]))
+    with pytest.raises(ConfigError, match="train.dvae: null would drop"):
+        load_preset("tiny", parse_overrides(["train.dvae=null"]))
+    assert load_preset("tiny", parse_overrides(["prior.guidance_scale=2"]))["prior"]["guidance_scale"] == 2
+    (tmp_path / "mine.yaml").write_text("extends: tiny\ndvae: null\n")
+    with pytest.raises(ConfigError, match="dvae: null would drop"):
+        load_preset(str(tmp_path / "mine.yaml"))
+
+
+def test_bad_preset_files_are_named(tmp_path):
+    bad = {"flow.yaml": ("train: [1, 2\n", "is not valid YAML"),
+           "list.yaml": ("- tiny\n- laptop\n", "expected a mapping of sections"),
+           "loop.yaml": ("extends: loop\n", "extends itself")}
+    for name, (text, message) in bad.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ConfigError, match=message) as e:
+            load_preset(str(tmp_path / name))
+        assert name in str(e.value)
+    (tmp_path / "a.yaml").write_text("extends: b\n")
+    (tmp_path / "b.yaml").write_text("extends: a\n")
+    with pytest.raises(ConfigError, match="extends itself"):
+        load_preset(str(tmp_path / "a.yaml"))
