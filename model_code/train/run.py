@@ -388,6 +388,12 @@ def _fit(spec: PartSpec, cfg: dict, tcfg: dict, preset_name: str, model: torch.n
             # checkpoint at the first step boundary; anything else is a real failure
             if not ckpt.preempted:
                 raise
+        except SystemExit as e:
+            # Lightning answers Ctrl-C with its own "graceful shutdown" and sys.exit(1), which would
+            # read as a failure with no message: it is an interrupt (the CLI says so, exit 130)
+            if trainer.interrupted and not ckpt.preempted:
+                raise KeyboardInterrupt(f"{spec.name} interrupted at step {trainer.global_step}") from e
+            raise
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
     metrics.update(throughput.latest)

@@ -634,3 +634,23 @@ def test_damaged_state_files_are_named_and_older_checkpoints_used(data, tmp_path
         files.os.replace = real
     assert open(path).read() == "old" and os.listdir(tmp_path / ".") and \
         not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+def test_ctrl_c_is_an_interrupt_not_a_failure(data, tmp_path, monkeypatch):
+    """Lightning answers Ctrl-C with its own graceful shutdown and sys.exit(1): the CLI then said
+    nothing and exited 1. It is a KeyboardInterrupt again (the CLI's 'interrupted', exit 130), and
+    the run is not marked complete."""
+    import signal
+
+    from model_code.train import callbacks as cb
+    from model_code.train.run import train_part
+    torch.manual_seed(0)
+
+    def sigint_at_1(self, trainer, *args):
+        if trainer.global_step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+    monkeypatch.setattr(cb.SampleGrid, "on_train_batch_end", sigint_at_1)
+    out = str(tmp_path / "d")
+    with pytest.raises(KeyboardInterrupt, match="dvae interrupted at step"):
+        train_part("dvae", "tiny", data=data, out=out, mlflow=False, overrides=_dvae_over(3, ckpt_every=2))
+    assert not os.path.exists(os.path.join(out, "train_state.json"))
