@@ -339,6 +339,7 @@ def multinode_train_step(part: str, dataset: str, out: str, image: str, preset: 
     over = _overrides(overrides)
     if caption_policy:
         over = deep_merge(over, {"train": {"caption_policy": caption_policy}})
+    _cfg(preset, over)   # an unknown or mistyped setting fails here, not in every pod
     if launcher == "trainjob":
         from model_code.cluster.trainjob import render_trainjob as render, submit_trainjob as send
     else:

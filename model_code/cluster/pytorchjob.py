@@ -104,6 +104,11 @@ def train_args(deps: dict[str, str] | None = None, overrides: dict | None = None
                 yield f"{prefix}{key}={json.dumps(value)}"
     args: list[str] = []
     for dep, uri in sorted((deps or {}).items()):
+        if dep not in TRAIN_PARTS:
+            raise ValueError(f"dep {dep!r}: not a part (one of {', '.join(TRAIN_PARTS)})")
+        if uri and not storage.is_remote(uri):
+            raise ValueError(f"dep {dep}={uri}: a trained dependency must be an object-store URI such as "
+                             f"s3://bucket/path (the pods on different nodes share no file system)")
         if uri:
             args += ["--dep", f"{dep}={uri}"]
     for item in leaves(overrides or {}):

@@ -116,6 +116,15 @@ def test_multinode_job_for_a_part(monkeypatch):
         steps.multinode_train_step("transformer", "/data/local", "s3://o", "img:1", submit=False)
     with pytest.raises(ValueError, match="launcher must be one of trainjob, pytorchjob"):
         steps.multinode_train_step("transformer", "s3://d", "s3://o", "img:1", launcher="mpijob", submit=False)
+    # ... and so are local dependencies, parts that do not exist and settings no pod could read
+    with pytest.raises(ValueError, match="dep tokenizer=/local/tok: a trained dependency must be an object-store"):
+        steps.multinode_train_step("transformer", "s3://d", "s3://o", "img:1", deps={"tokenizer": "/local/tok"},
+                                   submit=False)
+    with pytest.raises(ValueError, match="dep 'bogus': not a part"):
+        steps.multinode_train_step("transformer", "s3://d", "s3://o", "img:1", deps={"bogus": "s3://x"}, submit=False)
+    with pytest.raises(ValueError, match="unknown preset section 'nonsense'"):
+        steps.multinode_train_step("transformer", "s3://d", "s3://o", "img:1", overrides={"nonsense": {"key": 1}},
+                                   submit=False)
     # the name stays fixed per output (a retried step finds its job) and differs between outputs
     assert job_name("dvae", "base", "s3://a") == job_name("dvae", "base", "s3://a")
     assert job_name("dvae", "base", "s3://a") != job_name("dvae", "base", "s3://b")
