@@ -894,3 +894,15 @@ def test_pytorchjob_restarts_a_preempted_pod():
         assert job["spec"]["runPolicy"]["backoffLimit"] >= 3
         for spec in job["spec"]["pytorchReplicaSpecs"].values():
             assert spec["restartPolicy"] == "OnFailure"
+
+
+@pytest.mark.parametrize("chart", ["easel-platform", "easel-serving"])
+def test_release_names_that_name_no_service_are_refused(chart):
+    """Helm takes "1easel" and "my.easel" as release names; the charts name Services after them."""
+    values = {} if chart == "easel-platform" else {
+        "model": {"storageUri": "s3://easel-mlflow/artifacts/1/models/m-1/artifacts"},
+        "provenance": {"secretName": "easel-c2pa"}}
+    for bad in ("1easel", "my.easel", "Easel"):
+        with pytest.raises(helm.HelmError, match="must start with a letter"):
+            _chart(chart).render(values, name=bad, namespace=NAMESPACE[chart])
+    assert _chart(chart).render(values, name="easel-2", namespace=NAMESPACE[chart])

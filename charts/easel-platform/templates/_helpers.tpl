@@ -2,7 +2,12 @@
 Names. Every object is "<release>-<component>" so that a release called "easel" gives easel-mlflow,
 easel-objectstore, easel-postgres: the in-cluster URLs the docs and the library defaults use.
 */}}
+{{- /* Service names are DNS-1035 labels: Helm accepts release names ("1easel", "my.easel") that
+would name no Service. */ -}}
 {{- define "easel.prefix" -}}
+{{- if not (regexMatch "^[a-z]([-a-z0-9]*[a-z0-9])?$" .Release.Name) -}}
+{{- fail (printf "release name %q: the chart names Services after it, so it must start with a letter and hold only lower-case letters, digits and '-'" .Release.Name) -}}
+{{- end -}}
 {{- .Release.Name | trunc 40 | trimSuffix "-" -}}
 {{- end -}}
 

@@ -1,5 +1,11 @@
+{{- /* The InferenceService (and its Services) are DNS-1035 labels: Helm accepts release names
+("1easel", "my.easel") that would name none. */ -}}
 {{- define "serving.name" -}}
-{{- .Values.name | default .Release.Name | trunc 45 | trimSuffix "-" -}}
+{{- $n := .Values.name | default .Release.Name -}}
+{{- if not (regexMatch "^[a-z]([-a-z0-9]*[a-z0-9])?$" $n) -}}
+{{- fail (printf "name %q (the release name unless name is set): it names the InferenceService and its Services, so it must start with a letter and hold only lower-case letters, digits and '-'" $n) -}}
+{{- end -}}
+{{- $n | trunc 45 | trimSuffix "-" -}}
 {{- end -}}
 
 {{- define "serving.labels" -}}
