@@ -650,7 +650,13 @@ def test_ctrl_c_is_an_interrupt_not_a_failure(data, tmp_path, monkeypatch):
         if trainer.global_step == 1:
             os.kill(os.getpid(), signal.SIGINT)
     monkeypatch.setattr(cb.SampleGrid, "on_train_batch_end", sigint_at_1)
+    # Ctrl-C as a shell delivers it to a fresh process (servers started by earlier tests in this
+    # process may have left their own SIGINT handler; Lightning leaves SIGINT ignored after one)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     out = str(tmp_path / "d")
-    with pytest.raises(KeyboardInterrupt, match="dvae interrupted at step"):
-        train_part("dvae", "tiny", data=data, out=out, mlflow=False, overrides=_dvae_over(3, ckpt_every=2))
+    try:
+        with pytest.raises(KeyboardInterrupt, match="dvae interrupted at step"):
+            train_part("dvae", "tiny", data=data, out=out, mlflow=False, overrides=_dvae_over(3, ckpt_every=2))
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert not os.path.exists(os.path.join(out, "train_state.json"))
